@@ -1,0 +1,1 @@
+"""Data layer: masks, frame sources, benchmark readers, sampling, the synthetic benchmark, validation."""

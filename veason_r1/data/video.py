@@ -1,0 +1,157 @@
+"""Frame sources read lazily by index: a JPEG folder, an mp4 file, or in-memory arrays.
+
+Every reader and pipeline goes through `FrameSource`, so decoding a few sampled frames never decodes a whole video.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class FrameSource:
+    """A video as an indexable sequence of RGB uint8 (H, W, 3) frames with names."""
+
+    names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def get(self, index: int) -> np.ndarray:
+        raise NotImplementedError
+
+    def get_many(self, indices: Sequence[int]) -> list[np.ndarray]:
+        return [self.get(int(i)) for i in indices]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(H, W) of the frames."""
+        h, w = self.get(0).shape[:2]
+        return h, w
+
+
+class JpegFolderSource(FrameSource):
+    """Frames stored as images in one folder, ordered by name, or by the given frame names (ReVOS `frames`)."""
+
+    def __init__(self, folder: str | os.PathLike, names: Sequence[str] | None = None, suffix: str = ".jpg"):
+        self.folder = Path(folder)
+        if names is None:
+            if not self.folder.is_dir():
+                raise FileNotFoundError(f"frame folder not found: {self.folder}")
+            files = sorted(p for p in self.folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            if not files:
+                raise FileNotFoundError(f"no .jpg/.png frames in {self.folder}")
+            self.names = [p.stem for p in files]
+            self._paths = files
+        else:
+            self.names = [str(n) for n in names]
+            self._paths = [self.folder / f"{n}{suffix}" for n in self.names]
+        self._size: tuple[int, int] | None = None
+
+    def path(self, index: int) -> Path:
+        return self._paths[index]
+
+    def get(self, index: int) -> np.ndarray:
+        path = self._paths[index]
+        try:
+            with Image.open(path) as im:
+                return np.asarray(im.convert("RGB"))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"missing frame {index} ({self.names[index]!r}): {path}") from None
+
+    @property
+    def size(self) -> tuple[int, int]:
+        if self._size is None:
+            with Image.open(self._paths[0]) as im:  # header only: no pixel decode
+                self._size = (im.height, im.width)
+        return self._size
+
+
+class Mp4Source(FrameSource):
+    """An mp4 (or any container PyAV reads). Frames are decoded once on first access and kept in memory as
+    uint8 only if the video is short; longer videos are decoded sequentially up to the requested index."""
+
+    def __init__(self, path: str | os.PathLike, max_cached_frames: int = 4096):
+        import av  # local: only needed for containers
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"video not found: {self.path}")
+        self._av = av
+        with av.open(str(self.path)) as container:
+            stream = container.streams.video[0]
+            n = stream.frames
+            if not n:  # some containers do not store a frame count: count by demuxing packets
+                n = sum(1 for p in container.demux(stream) if p.size)
+            self._height, self._width = stream.codec_context.height, stream.codec_context.width
+        self.names = [f"{i:05d}" for i in range(n)]
+        self._cache: dict[int, np.ndarray] = {}
+        self._max_cached = max_cached_frames
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self._height, self._width
+
+    def _decode(self, wanted: set[int]) -> None:
+        last = max(wanted)
+        with self._av.open(str(self.path)) as container:
+            for i, frame in enumerate(container.decode(video=0)):
+                if i in wanted and i not in self._cache:
+                    self._cache[i] = frame.to_ndarray(format="rgb24")
+                if i >= last:
+                    break
+        if len(self._cache) > self._max_cached:  # keep memory bounded on long videos
+            for k in sorted(self._cache)[: len(self._cache) - self._max_cached]:
+                self._cache.pop(k)
+
+    def get(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self.names):
+            raise IndexError(f"frame {index} out of range for {self.path} ({len(self.names)} frames)")
+        if index not in self._cache:
+            self._decode({index})
+        if index not in self._cache:
+            raise ValueError(f"could not decode frame {index} of {self.path}")
+        return self._cache[index]
+
+    def get_many(self, indices: Sequence[int]) -> list[np.ndarray]:
+        missing = {int(i) for i in indices} - set(self._cache)
+        if missing:
+            self._decode(missing)  # one sequential pass for all requested frames
+        return [self.get(int(i)) for i in indices]
+
+
+class ArraySource(FrameSource):
+    """Frames already in memory: a (T, H, W, 3) array or a list of (H, W, 3) arrays / PIL images."""
+
+    def __init__(self, frames, names: Sequence[str] | None = None):
+        self._frames = [np.asarray(f.convert("RGB")) if isinstance(f, Image.Image) else np.asarray(f) for f in frames]
+        for i, f in enumerate(self._frames):
+            if f.ndim != 3 or f.shape[2] != 3 or f.dtype != np.uint8:
+                raise ValueError(f"frame {i}: expected (H, W, 3) uint8, got {f.shape} {f.dtype}")
+        self.names = [str(n) for n in names] if names is not None else [f"{i:05d}" for i in range(len(self._frames))]
+
+    def get(self, index: int) -> np.ndarray:
+        return self._frames[index]
+
+
+def open_video(path: str | os.PathLike) -> FrameSource:
+    """A JPEG/PNG folder or a video file, by what the path is."""
+    p = Path(path)
+    if p.is_dir():
+        return JpegFolderSource(p)
+    if p.is_file():
+        return Mp4Source(p)
+    raise FileNotFoundError(f"no video folder or file at {p}")
+
+
+def resize_frame(frame: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear resize to size x size (aspect not kept), as every frame the policy sees."""
+    if frame.shape[:2] == (size, size):
+        return frame
+    return np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
