@@ -1,0 +1,414 @@
+"""The policy (a local Qwen2.5-VL folder) and the generation engines that inference and RL rollouts share.
+
+One request = one expression + the frames shown to the policy (already `image_size` squares). `build_inputs` is the
+single place that turns requests into model inputs (chat template + processor, left padded), so HF generation,
+the local RL trainer and the vLLM prompts can never disagree on the prompt or on the number of visual tokens.
+
+Engines:
+- `HFEngine`: transformers `generate`, batched with left padding; works on CPU (tiny models) and GPU.
+- `VLLMEngine`: vLLM 0.24-0.26 on GPU nodes (imported lazily; not installed on CPU machines). Its prompt building,
+  `build_vllm_requests`, is plain Python and tested on CPU; the vLLM run itself is a GPU test.
+
+Never touches the hub: folders are local, loaded with `local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veason_r1.config import IMAGE_SIZE
+from veason_r1.prompting import build_messages
+
+PATCH_FACTOR = 28  # Qwen2.5-VL: patch 14 x spatial merge 2; a side must be a multiple of it to stay unresized
+STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
+
+
+@dataclass
+class Policy:
+    """A loaded policy: the model, its processor (left padding) and the device it sits on."""
+
+    model: Any
+    processor: Any
+    device: str = "cpu"
+    model_dir: Path | None = None
+
+    @property
+    def tokenizer(self):
+        return self.processor.tokenizer
+
+
+@dataclass
+class GenerationRequest:
+    """One prompt: the expression, the shown frame indices, and those frames as (S, S, 3) uint8 arrays."""
+
+    expression: str
+    frame_ids: list[int]
+    images: list[np.ndarray]
+
+
+@dataclass
+class SamplingConfig:
+    """Decoding settings. temperature 0 means greedy (then the n completions are identical copies)."""
+
+    max_new_tokens: int = 1024
+    temperature: float = 0.0
+    top_p: float = 1.0
+    n: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.max_new_tokens < 1:
+            raise ValueError(f"SamplingConfig.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        if self.temperature < 0:
+            raise ValueError(f"SamplingConfig.temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"SamplingConfig.top_p must be in (0, 1], got {self.top_p}")
+        if self.n < 1:
+            raise ValueError(f"SamplingConfig.n must be >= 1, got {self.n}")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def check_model_dir(model_dir: str | Path) -> Path:
+    """The folder as a Path, or a clear error naming what is missing (config, weights, tokenizer, processor)."""
+    path = Path(model_dir).expanduser()
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"policy folder not found: {path} (give a local Qwen2.5-VL folder, e.g. a downloaded "
+            "Qwen/Qwen2.5-VL-3B-Instruct, a merged SFT model, or `veason-r1 make-tiny --out DIR`; "
+            "the hub is never used)"
+        )
+    missing = []
+    if not (path / "config.json").is_file():
+        missing.append("config.json")
+    if not (any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))):
+        missing.append("model weights (*.safetensors or pytorch_model*.bin)")
+    if not ((path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()):
+        missing.append("tokenizer (tokenizer.json or vocab.json + merges.txt)")
+    if not ((path / "preprocessor_config.json").is_file() or (path / "processor_config.json").is_file()):
+        missing.append("image processor (preprocessor_config.json or processor_config.json)")
+    if missing:
+        raise FileNotFoundError(f"policy folder {path} is incomplete: missing {', '.join(missing)}")
+    return path
+
+
+def resolve_dtype(dtype: str, device: str):
+    """'auto' = bfloat16 on a CUDA device that supports it, else float32 (CPU bf16 is slow and not bit-stable)."""
+    import torch
+
+    if dtype == "auto":
+        if str(device).startswith("cuda") and torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    if dtype not in ("bfloat16", "float32", "float16"):
+        raise ValueError(f"dtype must be 'auto', 'bfloat16', 'float16' or 'float32', got {dtype!r}")
+    return getattr(torch, dtype)
+
+
+def load_processor(model_dir: str | Path):
+    """AutoProcessor of a local folder, set to left padding (generation and batched scoring both need it)."""
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(str(model_dir), local_files_only=True)
+    processor.tokenizer.padding_side = "left"
+    return processor
+
+
+def load_policy(model_dir: str | Path, device: str = "cpu", dtype: str = "auto", attn: str = "sdpa") -> Policy:
+    """Load a local Qwen2.5-VL folder (base Instruct model, merged SFT model, RL checkpoint or tiny model).
+
+    `attn`: "sdpa" (default, works everywhere), "eager", or "flash_attention_2" (GPU with flash-attn installed).
+    """
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    path = check_model_dir(model_dir)
+    torch_dtype = resolve_dtype(dtype, device)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        str(path), dtype=torch_dtype, attn_implementation=attn, local_files_only=True
+    )
+    model.to(device).eval()
+    return Policy(model=model, processor=load_processor(path), device=str(device), model_dir=path)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Inputs
+
+
+def pixel_bounds(image_size: int) -> dict[str, int]:
+    """min_pixels = max_pixels = S*S: the processor's smart_resize then keeps an S x S frame exactly as it is."""
+    if image_size <= 0 or image_size % PATCH_FACTOR:
+        raise ValueError(
+            f"image_size must be a positive multiple of {PATCH_FACTOR} (patch 14 x merge 2), got {image_size}"
+        )
+    return {"min_pixels": image_size * image_size, "max_pixels": image_size * image_size}
+
+
+def visual_tokens_per_frame(image_size: int) -> int:
+    """Tokens one S x S frame becomes after 2x2 merging: (S/28)^2 (560 -> 400, 112 -> 16)."""
+    pixel_bounds(image_size)
+    return (image_size // PATCH_FACTOR) ** 2
+
+
+def _to_pil(image: np.ndarray, image_size: int, where: str):
+    from PIL import Image
+
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.shape != (image_size, image_size, 3):
+        raise ValueError(
+            f"{where}: expected a ({image_size}, {image_size}, 3) uint8 frame "
+            "(resize frames to the policy size first), "
+            f"got shape {arr.shape} dtype {arr.dtype}"
+        )
+    return Image.fromarray(arr)
+
+
+def prompt_text(processor, request: GenerationRequest) -> str:
+    """The chat-templated prompt (system + user turn with one vision block per frame + the assistant header)."""
+    messages = build_messages(request.expression, request.frame_ids)
+    return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def _check_request(request: GenerationRequest, i: int, image_size: int) -> list:
+    if len(request.images) != len(request.frame_ids):
+        raise ValueError(f"request {i}: {len(request.images)} images for {len(request.frame_ids)} frame ids")
+    if not request.images:
+        raise ValueError(f"request {i}: no frames")
+    return [_to_pil(img, image_size, f"request {i} frame {j}") for j, img in enumerate(request.images)]
+
+
+def build_inputs(processor, requests: Sequence[GenerationRequest], image_size: int = IMAGE_SIZE, responses=None):
+    """Processor batch (torch tensors, left padded) for `requests`; every frame stays image_size x image_size.
+
+    With `responses` (one string per request) the text after the assistant header is appended and the batch also
+    holds `response_mask` (1 on the response tokens), for scoring/SFT-style losses; the RL trainer usually appends
+    sampled token ids itself instead. Raises when the processor did not keep the frames at the requested size.
+    """
+    import torch
+
+    bounds = pixel_bounds(image_size)
+    if not requests:
+        raise ValueError("build_inputs: no requests")
+    if responses is not None and len(responses) != len(requests):
+        raise ValueError(f"build_inputs: {len(responses)} responses for {len(requests)} requests")
+    texts, images = [], []
+    for i, req in enumerate(requests):
+        images.extend(_check_request(req, i, image_size))
+        text = prompt_text(processor, req)
+        texts.append(text if responses is None else text + responses[i])
+    batch = processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt", **bounds)
+    side = image_size // 14
+    grid = batch["image_grid_thw"]
+    if grid.shape[0] != len(images) or not bool((grid == torch.tensor([1, side, side])).all()):
+        raise RuntimeError(
+            f"processor resized frames: image_grid_thw {grid.tolist()[:3]}... != [1, {side}, {side}] per frame "
+            f"(image_size {image_size}); check the folder's preprocessor settings"
+        )
+    if responses is not None:
+        tok = processor.tokenizer
+        mask = torch.zeros_like(batch["input_ids"])
+        for i, resp in enumerate(responses):
+            ids = tok(resp, add_special_tokens=False)["input_ids"]
+            n = len(ids)
+            if n and batch["input_ids"][i, -n:].tolist() != ids:
+                raise RuntimeError(f"response {i} does not tokenize on its own the same way as after the prompt")
+            if n:
+                mask[i, -n:] = 1
+        batch["response_mask"] = mask
+    return batch
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Engines
+
+
+def _stop_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
+    return [i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id]
+
+
+class HFEngine:
+    """transformers `generate` over left-padded batches. Returns n completions per request, special tokens dropped.
+
+    Decoding is explicit (no repetition penalty, no top-k) so it does not inherit the sampling defaults shipped in
+    Qwen2.5-VL's generation_config.json; sampling is seeded with `sampling.seed` (torch RNG forked, then restored).
+    """
+
+    def __init__(self, policy: Policy, image_size: int = IMAGE_SIZE, batch_size: int = 16):
+        pixel_bounds(image_size)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.policy = policy
+        self.image_size = image_size
+        self.batch_size = batch_size
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingConfig | None = None
+    ) -> list[list[str]]:
+        import torch
+
+        sampling = sampling or SamplingConfig()
+        model, processor = self.policy.model, self.policy.processor
+        tok = processor.tokenizer
+        stop = _stop_ids(tok)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[-1]
+        copies = 1 if sampling.greedy else sampling.n
+        decode = {"max_new_tokens": sampling.max_new_tokens, "eos_token_id": stop, "pad_token_id": pad_id}
+        decode.update(repetition_penalty=1.0, num_return_sequences=copies)
+        if sampling.greedy:
+            decode.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:  # top_k=0: no top-k cut (transformers' default is 50, Qwen's generation_config says 1)
+            decode.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        outputs: list[list[str]] = []
+        dtype = next(model.parameters()).dtype
+        device = torch.device(self.policy.device)
+        rng_devices = [device.index or 0] if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=rng_devices):  # seeded draws that leave the caller's RNG alone
+            torch.manual_seed(sampling.seed)
+            for start in range(0, len(requests), self.batch_size):
+                chunk = list(requests[start : start + self.batch_size])
+                batch = build_inputs(processor, chunk, self.image_size).to(device)
+                batch["pixel_values"] = batch["pixel_values"].to(dtype)
+                prompt_len = batch["input_ids"].shape[1]
+                with torch.inference_mode():
+                    seqs = model.generate(**batch, **decode)
+                texts = tok.batch_decode(seqs[:, prompt_len:], skip_special_tokens=True)
+                for i in range(len(chunk)):
+                    group = texts[i * copies : (i + 1) * copies]
+                    outputs.append(group * sampling.n if copies == 1 else group)
+        return outputs
+
+
+def build_vllm_requests(processor, requests: Sequence[GenerationRequest], image_size: int = IMAGE_SIZE) -> list[dict]:
+    """vLLM prompt dicts: {"prompt": chat-templated text, "multi_modal_data": {"image": [PIL...]},
+    "mm_processor_kwargs": {min_pixels, max_pixels}} with one `<|image_pad|>` per frame (vLLM expands it)."""
+    bounds = pixel_bounds(image_size)
+    out = []
+    for i, req in enumerate(requests):
+        images = _check_request(req, i, image_size)
+        out.append(
+            {
+                "prompt": prompt_text(processor, req),
+                "multi_modal_data": {"image": images},
+                "mm_processor_kwargs": dict(bounds),
+            }
+        )
+    return out
+
+
+def _import_vllm():
+    try:
+        import vllm
+    except ImportError as e:  # CPU machines and CI never have it
+        raise ImportError(
+            "VLLMEngine needs vLLM (GPU nodes only): pip install 'veason-r1[rollout]' (vllm>=0.24,<0.27); "
+            "use engine 'hf' on machines without it"
+        ) from e
+    return vllm
+
+
+@dataclass
+class VLLMEngine:
+    """vLLM offline engine over a local folder (vLLM 0.24-0.26). Not runnable on CPU machines: see the GPU test.
+
+    `max_images` bounds images per prompt (limit_mm_per_prompt); videos are disabled. Extra `llm_kwargs` go to
+    `vllm.LLM` unchanged (e.g. enforce_eager=True for fast start-up in tests).
+    """
+
+    model_dir: str | Path
+    image_size: int = IMAGE_SIZE
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.5
+    max_model_len: int = 8192
+    max_images: int = 8
+    dtype: str = "bfloat16"
+    seed: int = 0
+    llm_kwargs: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        bounds = pixel_bounds(self.image_size)
+        self.model_dir = check_model_dir(self.model_dir)
+        vllm = _import_vllm()
+        self._vllm = vllm
+        self.processor = load_processor(self.model_dir)
+        self.llm = vllm.LLM(
+            model=str(self.model_dir),
+            tensor_parallel_size=self.tensor_parallel_size,
+            gpu_memory_utilization=self.gpu_memory_utilization,
+            max_model_len=self.max_model_len,
+            dtype=self.dtype,
+            seed=self.seed,
+            limit_mm_per_prompt={"image": self.max_images, "video": 0},
+            mm_processor_kwargs=bounds,
+            **self.llm_kwargs,
+        )
+
+    def sampling_params(self, sampling: SamplingConfig):
+        stop = _stop_ids(self.processor.tokenizer)
+        return self._vllm.SamplingParams(
+            n=1 if sampling.greedy else sampling.n,
+            temperature=sampling.temperature,
+            top_p=1.0 if sampling.greedy else sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            seed=sampling.seed,
+            stop_token_ids=stop,
+            repetition_penalty=1.0,
+            skip_special_tokens=True,
+        )
+
+    def generate(
+        self, requests: Sequence[GenerationRequest], sampling: SamplingConfig | None = None
+    ) -> list[list[str]]:
+        sampling = sampling or SamplingConfig()
+        prompts = build_vllm_requests(self.processor, requests, self.image_size)
+        results = self.llm.generate(prompts, self.sampling_params(sampling), use_tqdm=len(prompts) > 1)
+        outputs = []
+        for res in results:
+            texts = [c.text for c in res.outputs]
+            outputs.append(texts * sampling.n if sampling.greedy else texts)
+        return outputs
+
+
+def make_engine(kind: str, model_dir: str | Path | None = None, policy: Policy | None = None, **kwargs):
+    """'hf' -> HFEngine (loads the policy from model_dir unless given; device/dtype/attn kwargs go to load_policy),
+    'vllm' -> VLLMEngine(model_dir, **kwargs)."""
+    if kind == "hf":
+        load_kw = {k: kwargs.pop(k) for k in ("device", "dtype", "attn") if k in kwargs}
+        if policy is None:
+            if model_dir is None:
+                raise ValueError("make_engine('hf'): give model_dir or policy")
+            policy = load_policy(model_dir, **load_kw)
+        return HFEngine(policy, **kwargs)
+    if kind == "vllm":
+        if model_dir is None:
+            raise ValueError("make_engine('vllm'): give model_dir")
+        return VLLMEngine(model_dir, **kwargs)
+    raise ValueError(f"engine kind must be 'hf' or 'vllm', got {kind!r}")
+
+
+__all__ = [
+    "GenerationRequest",
+    "HFEngine",
+    "Policy",
+    "SamplingConfig",
+    "VLLMEngine",
+    "build_inputs",
+    "build_vllm_requests",
+    "check_model_dir",
+    "load_policy",
+    "load_processor",
+    "make_engine",
+    "pixel_bounds",
+    "prompt_text",
+    "visual_tokens_per_frame",
+]
