@@ -1,0 +1,110 @@
+"""Seed CoT generation (METHOD.md section 6): a teacher VLM writes a 3-step reasoning for each sampled expression.
+
+Each sample shows the teacher the N=8 training-grid frames (at most 640x480, "[<t> second]" before each, red boxes on
+the targets) and the chosen keyframe. Output folder: `cot_records.jsonl` (appended as samples finish; a rerun skips
+finished samples), `cot_records.json` (the authors' record format), `cot_failures.jsonl`, `cot_summary.json`, and
+`sft/` (the LLaMA-Factory dataset: `sft/dataset_info.json`, `sft/<name>.json`, `sft/images/`).
+
+Teachers: `openai` (default) = any OpenAI-compatible endpoint; the key is read from the environment variable named by
+--api-key-env (OPENAI_API_KEY) or from --api-key, and is never written to a file or printed. `synthetic` = template
+reasoning from the synthetic benchmark's ground truth (synthetic_facts.json), offline: it tests the pipeline and
+teaches the output format; it is not real CoT data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, required=True,
+                        help="ReVOS-format dataset root (frames and mask_dict.json)")
+    parser.add_argument("--meta", type=Path, default=None,
+                        help="meta file to generate for (default: ROOT/meta_expressions_train_select.json if it "
+                             "exists, else the --split meta)")
+    parser.add_argument("--split", default="train", help="split used to find the masks/meta (default: train)")
+    parser.add_argument("--out-dir", type=Path, required=True, help="output folder (resumable)")
+    parser.add_argument("--teacher", choices=("openai", "synthetic"), default="openai")
+    g = parser.add_argument_group("OpenAI-compatible endpoint")
+    g.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
+                   help="endpoint base URL, e.g. https://host/v1 (default: $OPENAI_BASE_URL)")
+    g.add_argument("--model", default=os.environ.get("OPENAI_MODEL"), help="model name (default: $OPENAI_MODEL)")
+    g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    g.add_argument("--api-key", default=None,
+                   help="API key (prefer the environment variable: a flag is visible in the process list)")
+    g.add_argument("--concurrency", type=int, default=8, help="samples in flight at once (default: 8)")
+    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request attempt (default: 120)")
+    g.add_argument("--max-attempts", type=int, default=6, help="attempts per sample before it is failed (default: 6)")
+    g.add_argument("--backoff-base", type=float, default=2.0, help="first retry delay in seconds; doubles (default 2)")
+    g.add_argument("--backoff-max", type=float, default=60.0, help="longest retry delay in seconds (default: 60)")
+    g.add_argument("--max-tokens", type=int, default=1024, help="completion token limit (0 = endpoint default)")
+    g.add_argument("--temperature", type=float, default=None)
+    s = parser.add_argument_group("sampling")
+    s.add_argument("--frames", type=int, default=8, help="training-grid size N (default: 8, METHOD.md section 4)")
+    s.add_argument("--seed", type=int, default=0, help="seed of the keyframe and worked-example draws (default: 0)")
+    s.add_argument("--limit", type=int, default=None, help="at most this many expressions")
+    s.add_argument("--max-per-video", type=int, default=None,
+                   help="at most this many expressions per video (the release used 10)")
+    s.add_argument("--save-boxed-frames", action="store_true", help="also save the boxed frames sent to the teacher")
+    e = parser.add_argument_group("SFT export")
+    e.add_argument("--sft-name", default="veason_cot", help="dataset name in sft/dataset_info.json")
+    e.add_argument("--image-size", type=int, default=560, help="SFT frame size (default: 560)")
+    e.add_argument("--no-sft", action="store_true", help="do not write the LLaMA-Factory dataset")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _meta_file(args: argparse.Namespace) -> Path | None:
+    if args.meta is not None:
+        return args.meta
+    select = args.root / "meta_expressions_train_select.json"
+    return select if select.is_file() else None
+
+
+def _teacher(args: argparse.Namespace):
+    from veason_r1.datacon.teachers import EndpointConfig, OpenAITeacher, SyntheticTeacher
+
+    if args.teacher == "synthetic":
+        return SyntheticTeacher.from_root(args.root)
+    if not args.base_url or not args.model:
+        raise ValueError("--teacher openai needs --base-url and --model (or $OPENAI_BASE_URL and $OPENAI_MODEL)")
+    key = args.api_key or os.environ.get(args.api_key_env, "")
+    if not key:
+        raise ValueError(f"no API key: set ${args.api_key_env} (or pass --api-key)")
+    config = EndpointConfig(base_url=args.base_url, model=args.model, timeout=args.timeout,
+                            max_attempts=args.max_attempts, backoff_base=args.backoff_base,
+                            backoff_max=args.backoff_max, max_tokens=args.max_tokens or None,
+                            temperature=args.temperature)
+    return OpenAITeacher(config, key, seed=args.seed)
+
+
+def run(args: argparse.Namespace) -> int:
+    from veason_r1.data.revos import ReVOSDataset
+    from veason_r1.datacon.cot import CotConfig, run_cot
+    from veason_r1.sft.dataset import export_llamafactory_dataset
+
+    try:
+        teacher = _teacher(args)
+        ds = ReVOSDataset(args.root, args.split, meta_file=_meta_file(args), load_foreground=False)
+        config = CotConfig(num_frames=args.frames, seed=args.seed, concurrency=args.concurrency, limit=args.limit,
+                           max_per_video=args.max_per_video,
+                           boxed_frames_dir=str(args.out_dir / "boxed_frames") if args.save_boxed_frames else None)
+        print(f"cot: {len(ds.expressions)} expressions in {ds.meta_file}; teacher {teacher!r}", file=sys.stderr)
+        summary = run_cot(ds, teacher, args.out_dir, config, progress=not args.no_progress)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(summary.format())
+    if not args.no_sft:
+        from veason_r1.datacon.cot import FINAL_JSON
+        from veason_r1.sft.dataset import load_cot_records
+
+        records = load_cot_records(args.out_dir / FINAL_JSON)
+        info = export_llamafactory_dataset(records, args.out_dir / "sft", name=args.sft_name,
+                                           image_size=args.image_size, progress=not args.no_progress)
+        print(f"SFT dataset: {len(records)} rows, {info} (entry {args.sft_name!r})")
+    if summary.aborted:
+        return 1
+    return 0 if summary.failed == 0 else 3
