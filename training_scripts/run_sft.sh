@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Stage 1 of Veason-R1: CoT SFT (LoRA, LLaMA-Factory) of Qwen2.5-VL, then merge into a full HF model for RL.
+#
+#   bash training_scripts/run_sft.sh --data data/sft --model /models/Qwen2.5-VL-3B-Instruct --out outputs/sft_3b
+#   bash training_scripts/run_sft.sh --config training_scripts/sft_qwen2_5vl_7b_lora.yaml \
+#        --data data/sft --model /models/Qwen2.5-VL-7B-Instruct --out outputs/sft_7b --learning-rate 5e-5
+#
+# --data: folder with dataset_info.json from the SFT data export. Writes OUT/adapter and OUT/merged (the model RL
+# and `veason-r1 infer` start from). Any SFT hyper-parameter can be overridden by a flag (`veason-r1 sft --help`).
+# With more than one visible GPU, LLaMA-Factory's CLI launches torchrun (DDP); with one, training runs in-process.
+# Re-running resumes an interrupted training and skips finished stages (--force redoes them).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+PYTHON="${PYTHON:-python}"
+CONFIG="${HERE}/sft_qwen2_5vl_3b_lora.yaml"
+
+NGPU="$("${PYTHON}" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"
+LAUNCHER=inprocess
+if [ "${NGPU}" -gt 1 ]; then
+  LAUNCHER=cli
+fi
+
+export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
+export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
+
+# Defaults first: a --config / --launcher given by the caller comes later and wins.
+exec "${PYTHON}" -m veason_r1 sft --config "${CONFIG}" --launcher "${LAUNCHER}" "$@"
