@@ -1,0 +1,271 @@
+"""verl integration on CPU: our YAML composed into verl's Hydra config and checked by verl's validate_config; our RL
+data through verl's dataset machinery and the Qwen2.5-VL processor; GRPO advantage and losses from verl's core_algos.
+(verl's trainer itself needs GPUs, Ray workers and vLLM: not run here. The Ray reward-loop test is the reward's.)"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("verl")
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from veason_r1.models.tiny import make_tiny_qwen
+
+    return make_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen"), seed=0)
+
+
+# --------------------------------------------------------------------------------------------------- configs
+
+
+@pytest.mark.parametrize("name,gpus", [("grpo_qwen2_5vl_3b", 2), ("grpo_qwen2_5vl_7b", 4)])
+def test_verl_yaml_composes_validates_and_matches_method(name, gpus):
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from veason_r1.rl.verl_config import check_method_hparams, compose, select, validate
+
+    cfg = compose(name)
+    validate(cfg)  # verl's own validate_config, as main_ppo runs it
+    assert check_method_hparams(cfg) == []
+    assert select(cfg, "trainer.n_gpus_per_node") == gpus
+    assert select(cfg, "trainer.test_freq") > 0 and select(cfg, "trainer.validation_data_dir")
+    assert select(cfg, "reward.custom_reward_function.path") == "grpo_reward/reward_score.py"
+    assert select(cfg, "data.custom_cls.name") == "VeasonRLDataset"
+    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)  # verl's typed config accepts our values
+    assert (actor.kl_loss_coef, actor.entropy_coeff, actor.optim.lr, actor.clip_ratio) == (5e-3, 1e-3, 1e-6, 0.2)
+    rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    assert (rollout.n, rollout.prompt_length, rollout.response_length, rollout.limit_images) == (8, 7100, 1024, 8)
+
+
+def test_verl_validate_rejects_a_bad_batch_layout():
+    from veason_r1.rl.verl_config import compose, validate
+
+    cfg = compose("grpo_qwen2_5vl_3b", ["actor_rollout_ref.actor.ppo_mini_batch_size=32"])
+    with pytest.raises(ValueError, match="ppo_mini_batch_size"):
+        validate(cfg)
+
+
+def test_local_config_names_mirror_verl_keys():
+    from veason_r1.rl.config import GRPOConfig, verl_overrides
+    from veason_r1.rl.verl_config import compose, select
+
+    cfg = compose("grpo_qwen2_5vl_3b")
+    ours = verl_overrides(GRPOConfig())
+    skip = {"actor_rollout_ref.model.path", "trainer.project_name", "trainer.experiment_name",
+            "trainer.default_local_dir", "trainer.logger", "trainer.val_before_train", "data.val_max_samples",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", "trainer.total_training_steps"}
+    for key, value in ours.items():
+        if key in skip:
+            continue
+        got = select(cfg, key)
+        if isinstance(value, float):
+            assert math.isclose(got, value), key
+        else:
+            assert got == value, key
+
+
+def test_best_checkpoint_picks_the_best_saved_step(tmp_path):
+    from veason_r1.rl.verl_config import best_checkpoint, main
+
+    val, ck = tmp_path / "val", tmp_path / "ckpt"
+    for step, scores in {0: [1.0, 1.2], 100: [2.0, 2.4], 200: [3.0, 3.1], 300: [2.5, 2.5]}.items():
+        val.mkdir(exist_ok=True)
+        (val / f"{step}.jsonl").write_text("".join(json.dumps({"score": s, "step": step}) + "\n" for s in scores))
+    for step in (100, 300):  # step 200 was validated but not saved
+        (ck / f"global_step_{step}" / "actor").mkdir(parents=True)
+    best = best_checkpoint(val, ck)
+    assert best.step == 300 and best.score == pytest.approx(2.5)
+    (ck / "global_step_200" / "actor").mkdir(parents=True)
+    assert best_checkpoint(val, ck).step == 200
+    assert main(["best", str(val), str(ck)]) == 0
+    assert json.loads((ck / "best_checkpoint.json").read_text())["step"] == 200
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+def test_samples_decode_only_the_sampled_frames(synth_root, monkeypatch):
+    from veason_r1.data.revos import ReVOSDataset
+    from veason_r1.data.video import JpegFolderSource
+    from veason_r1.rl.data import RLSampleBuilder, select_expressions
+
+    ds = ReVOSDataset(synth_root, "train")
+    builder = RLSampleBuilder(ds, num_frames=6, image_size=112)
+    expr = select_expressions(ds, builder=builder)[0]
+    decoded = []
+    orig = JpegFolderSource.get
+    monkeypatch.setattr(JpegFolderSource, "get", lambda self, i: decoded.append(i) or orig(self, i))
+    s = builder.build(expr, random.Random(0))
+    assert decoded == s.frame_ids and s.keyframe in s.frame_ids
+    K = len(s.frame_ids)
+    assert s.frames.shape == (K, 112, 112, 3) and s.gt_masks.shape == (K, 112, 112)
+    assert sorted(s.gt_boxes) == sorted(str(i) for i in range(K))
+    assert s.prompt.count("<image>") == K and f"({s.frame_ids[0]}s)<image>" in s.prompt
+    areas = ds.gt_areas(expr)
+    top5 = sorted(range(len(areas)), key=lambda i: (-areas[i], i))[:5]
+    keys = {builder.build(expr, random.Random(seed)).keyframe for seed in range(40)}
+    assert keys <= set(top5) and len(keys) > 1  # the keyframe is redrawn among the top-5 area frames
+    # boxes: the GT union's extent in the 112 square (+0.5 convention) on the keyframe
+    pos = s.frame_ids.index(s.keyframe)
+    ys, xs = np.nonzero(s.gt_masks[pos])
+    box = np.asarray(s.gt_boxes[str(pos)]).reshape(-1, 4)
+    assert box[:, 0].min() == pytest.approx(xs.min(), abs=2) and box[:, 2].max() == pytest.approx(xs.max(), abs=2)
+
+
+def test_no_target_and_unknown_pool_entries(synth_root, tmp_path):
+    from veason_r1.data.revos import ReVOSDataset
+    from veason_r1.rl.data import select_expressions
+
+    ds = ReVOSDataset(synth_root, "train")
+    kept = select_expressions(ds)
+    assert all(e.type_id != 2 for e in kept)
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text(json.dumps({"video": "nope", "exp_id": "0"}) + "\n")
+    with pytest.raises(KeyError, match="nope/0"):
+        select_expressions(ds, pool)
+
+
+def _verl_data_config(tmp_path, image_size):
+    from veason_r1.rl.verl_config import compose
+
+    cfg = compose("grpo_qwen2_5vl_3b", [f"+data.cache_dir={tmp_path / 'cache'}"])
+    return cfg.data
+
+
+def test_verl_dataset_class_with_processor_redraws_train_rows(synth_root, tiny_dir, tmp_path):
+    from transformers import AutoProcessor
+    from verl.trainer.ppo.utils import create_rl_dataset
+    from verl.utils.dataset.rl_dataset import RLHFDataset, collate_fn
+
+    from veason_r1.data.revos import ReVOSDataset
+    from veason_r1.reward.verl_hook import parse_ground_truth
+    from veason_r1.rl.data import RLSampleBuilder, VeasonRLDataset, reference_rows, select_expressions, write_parquet
+
+    ds = ReVOSDataset(synth_root, "train")
+    exprs = select_expressions(ds, builder=RLSampleBuilder(ds))[:3]
+    train = write_parquet(reference_rows(exprs, synth_root, "train", redraw=True, num_frames=6, image_size=112),
+                          tmp_path / "train.parquet")
+    val = write_parquet(reference_rows(exprs, synth_root, "train", redraw=False, num_frames=6, image_size=112),
+                        tmp_path / "val.parquet")
+    processor = AutoProcessor.from_pretrained(str(tiny_dir), local_files_only=True)
+    data_cfg = _verl_data_config(tmp_path, 112)
+    dataset = create_rl_dataset([str(train)], data_cfg, processor.tokenizer, processor, is_train=True)
+    assert isinstance(dataset, VeasonRLDataset) and isinstance(dataset, RLHFDataset) and len(dataset) == 3
+
+    row = dataset[0]
+    K = len(row["extra_info"]["frame_ids"])
+    user = row["raw_prompt"][1]["content"]
+    images = [c["image"] for c in user if c["type"] == "image"]
+    assert len(images) == K and all(im.size == (112, 112) for im in images)
+    sample = parse_ground_truth(row["reward_model"]["ground_truth"], row["extra_info"])
+    assert sample.frame_ids == row["extra_info"]["frame_ids"] and sample.frames.shape == (K, 112, 112, 3)
+    # what verl's agent loop does with raw_prompt: vision extraction + chat template + processor
+    imgs, _, _ = RLHFDataset._process_multi_modal_info(row["raw_prompt"], 14, data_cfg)
+    text = processor.apply_chat_template(row["raw_prompt"], tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[text], images=imgs, return_tensors="pt")
+    pad_id = processor.tokenizer.convert_tokens_to_ids("<|image_pad|>")
+    assert int((inputs["input_ids"] == pad_id).sum()) == K * (112 // 28) ** 2
+    assert "identify the timestamp" in text and f"({row['extra_info']['frame_ids'][0]}s)" in text
+
+    keyframes = {tuple(dataset[0]["extra_info"]["frame_ids"]) + (dataset[0]["extra_info"]["keyframe"],)
+                 for _ in range(12)}
+    assert len(keyframes) > 1  # a fresh keyframe per access
+    batch = collate_fn([dataset[0], dataset[1]])
+    assert batch["raw_prompt"].shape == (2,)
+
+    vset = create_rl_dataset([str(val)], data_cfg, processor.tokenizer, processor, is_train=False)
+    draws = {json.dumps(vset[1]["extra_info"]["frame_ids"]) + str(vset[1]["extra_info"]["keyframe"]) for _ in range(5)}
+    assert len(draws) == 1  # validation rows are fixed
+
+
+def test_static_parquet_loads_with_stock_rlhf_dataset(synth_root, tiny_dir, tmp_path):
+    from transformers import AutoProcessor
+    from verl.utils.dataset.rl_dataset import RLHFDataset
+
+    from veason_r1.data.revos import ReVOSDataset
+    from veason_r1.reward.verl_hook import parse_ground_truth
+    from veason_r1.rl.data import RLSampleBuilder, export_static_parquet, select_expressions
+
+    ds = ReVOSDataset(synth_root, "valid")
+    builder = RLSampleBuilder(ds, 6, 112)
+    exprs = select_expressions(ds, builder=builder)[:2]
+    path = export_static_parquet(builder, exprs, tmp_path / "static.parquet")
+    processor = AutoProcessor.from_pretrained(str(tiny_dir), local_files_only=True)
+    cfg = _verl_data_config(tmp_path, 112)
+    cfg.custom_cls.path = None
+    dataset = RLHFDataset([str(path)], processor.tokenizer, cfg, processor)
+    row = dataset[1]
+    n_images = sum(c["type"] == "image" for c in row["raw_prompt"][1]["content"])
+    sample = parse_ground_truth(row["reward_model"]["ground_truth"])
+    assert n_images == len(sample.frame_ids) == len(row["extra_info"]["frame_ids"])
+
+
+# ------------------------------------------------------------------------------------------------ core_algos
+
+
+def test_grpo_advantage_is_group_normalised_with_unbiased_std():
+    from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
+
+    rewards = torch.tensor([1.0, 2.0, 4.0, 0.5, 0.5, 3.0])
+    index = np.array([0, 0, 0, 1, 1, 1])
+    mask = torch.tensor([[1, 1, 0], [1, 1, 1], [1, 0, 0], [1, 1, 1], [1, 1, 0], [1, 0, 0]], dtype=torch.float32)
+    token_rewards = torch.zeros_like(mask)
+    token_rewards[torch.arange(6), mask.sum(-1).long() - 1] = rewards
+    adv, _ = compute_grpo_outcome_advantage(token_rewards, mask, index, epsilon=1e-6, norm_adv_by_std_in_grpo=True)
+    for g in (0, 1):
+        r = rewards[index == g]
+        want = (r - r.mean()) / (r.std(unbiased=True) + 1e-6)
+        rows = adv[torch.as_tensor(index == g)]
+        for i, w in enumerate(want):
+            got = rows[i][mask[torch.as_tensor(index == g)][i].bool()]
+            assert torch.allclose(got, torch.full_like(got, float(w)), atol=1e-5)
+    assert (adv[mask == 0] == 0).all()
+
+
+def test_low_var_kl_and_clipped_policy_loss_formulas():
+    from verl.trainer.ppo.core_algos import agg_loss, get_policy_loss_fn, kl_penalty
+    from verl.workers.config import ActorConfig
+
+    logp = torch.tensor([[-1.0, -2.0, -0.5]])
+    ref = torch.tensor([[-1.5, -2.0, 30.0]])
+    kl = kl_penalty(logp, ref, "low_var_kl")
+    d = (ref - logp).clamp(-20, 20)
+    assert torch.allclose(kl, (d.exp() - d - 1).clamp(-10, 10))
+    assert kl[0, 2] == 10  # clamped
+
+    cfg = ActorConfig(strategy="fsdp", rollout_n=1, ppo_micro_batch_size_per_gpu=1, clip_ratio=0.2,
+                      clip_ratio_low=0.2, clip_ratio_high=0.2)
+    old = torch.zeros(1, 3)
+    new = torch.log(torch.tensor([[1.5, 0.5, 1.1]]))  # ratios 1.5, 0.5, 1.1
+    adv = torch.tensor([[1.0, -1.0, 1.0]])
+    mask = torch.ones(1, 3, dtype=torch.bool)
+    loss, metrics = get_policy_loss_fn("vanilla")(old_log_prob=old, log_prob=new, advantages=adv, response_mask=mask,
+                                                  loss_agg_mode="token-mean", config=cfg)
+    # per token: -min(r*A, clip(r)*A) = [-1.2, 0.8, -1.1] -> mean
+    assert float(loss) == pytest.approx((-1.2 + 0.8 - 1.1) / 3, abs=1e-6)
+    assert metrics["actor/pg_clipfrac"] == pytest.approx(2 / 3)
+    assert float(agg_loss(torch.tensor([[1.0, 3.0]]), torch.tensor([[1.0, 1.0]]), "token-mean")) == 2.0
+
+
+def test_cli_verl_dry_run_writes_data_and_validates(synth_root, tmp_path, capsys):
+    import pyarrow.parquet as pq
+
+    from veason_r1.cli import main
+
+    rc = main(["rl", "--backend", "verl", "--train-root", str(synth_root), "--val-root", str(synth_root),
+               "--val-size", "2", "--model", "/models/sft", "--data-dir", str(tmp_path), "--dry-run"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "-m verl.trainer.main_ppo" in out and "--config-name=grpo_qwen2_5vl_3b" in out
+    assert "actor_rollout_ref.model.path=/models/sft" in out
+    train = pq.read_table(tmp_path / "train.parquet").to_pylist()
+    val = pq.read_table(tmp_path / "val.parquet").to_pylist()
+    assert len(val) == 2 and all(not r["extra_info"]["redraw"] for r in val)
+    assert train and all(r["extra_info"]["redraw"] and r["extra_info"]["num_frames"] == 6 for r in train)

@@ -1,0 +1,308 @@
+"""GRPO samples from a ReVOS-format split (METHOD.md sections 4, 5, 7).
+
+Every access draws a fresh keyframe (uniform among the top-5 GT-area frames) and the N=6 grid anchored on it, as
+the paper's dataset does, then decodes only those frames, resizes them to the policy square and brings the GT
+masks and boxes into that square for the reward.
+
+verl's stock `RLHFDataset` serves fixed parquet rows, which cannot redraw the keyframe per access, so verl gets
+`VeasonRLDataset` (a `RLHFDataset` subclass selected with `data.custom_cls`): its parquet rows only reference the
+expression (`extra_info`: root, split, video, exp_id, draw settings) and every `__getitem__` builds the frames,
+the prompt with `<image>` placeholders and `reward_model.ground_truth` (via `veason_r1.reward.verl_hook`).
+Validation rows carry `redraw=False`: their draw is seeded by the row index so every validation sees the same frames.
+`export_static_parquet` writes fixed rows with embedded images for verl's stock dataset class instead.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from veason_r1.config import IMAGE_SIZE, PromptConfig
+from veason_r1.data.masks import EMPTY_BOX, box_to_560, mask_to_box, resize_mask, union_masks
+from veason_r1.data.revos import Expression, ReVOSDataset
+from veason_r1.data.sampling import training_frames
+from veason_r1.data.video import resize_frame
+from veason_r1.prompting import build_prompt
+
+DATA_SOURCE = "revos"
+ABILITY = "video_reasoning_segmentation"
+
+
+@dataclass
+class RLSample:
+    """One drawn training sample: what the policy sees and what the reward needs (all in policy space)."""
+
+    key: str
+    expression: str
+    frame_ids: list[int]
+    keyframe: int
+    frames: np.ndarray  # (K, S, S, 3) uint8, S = image_size
+    gt_masks: np.ndarray  # (K, S, S) bool, GT union per sampled frame
+    gt_boxes: dict[str, list[list[float]]]  # str(position 0..K-1) -> boxes in S space ([[0,0,0,0]] when empty)
+    prompt: str  # user turn with one <image> per frame
+
+    def images(self):
+        from PIL import Image
+
+        return [Image.fromarray(f) for f in self.frames]
+
+    def reward_sample(self):
+        from veason_r1.reward import RewardSample
+
+        return RewardSample(frame_ids=list(self.frame_ids), gt_boxes=self.gt_boxes, gt_masks=self.gt_masks,
+                            frames=self.frames)
+
+    def messages(self, system: str = PromptConfig().system) -> list[dict]:
+        """Chat rows as verl's parquet `prompt` column holds them (content strings with <image>)."""
+        return [{"role": "system", "content": system}, {"role": "user", "content": self.prompt}]
+
+
+def boxes_in_square(object_masks: Sequence[np.ndarray | None], height: int, width: int, size: int) -> list[list[float]]:
+    """GT boxes of one frame in the size x size square: one per object, [0,0,0,0] for an absent object,
+    [[0,0,0,0]] when nothing is visible (the rules of `masks.gt_boxes_560`, for any square size)."""
+    boxes = []
+    for m in object_masks:
+        b = mask_to_box(m)
+        boxes.append(list(EMPTY_BOX) if b is None else box_to_560(b, height, width, size))
+    if not boxes or all(b == EMPTY_BOX for b in boxes):
+        return [list(EMPTY_BOX)]
+    return boxes
+
+
+class RLSampleBuilder:
+    """Draws RL samples from one ReVOS-format split; keeps per-expression GT areas (computed from RLEs once)."""
+
+    def __init__(self, dataset: ReVOSDataset, num_frames: int = 6, image_size: int = IMAGE_SIZE,
+                 keyframe_top_k: int = 5, prompt_config: PromptConfig = PromptConfig()):
+        self.dataset = dataset
+        self.num_frames = num_frames
+        self.image_size = image_size
+        self.keyframe_top_k = keyframe_top_k
+        self.prompt_config = prompt_config
+        self._areas: dict[str, list[int]] = {}
+
+    def areas(self, expr: Expression) -> list[int]:
+        if expr.key not in self._areas:
+            self._areas[expr.key] = self.dataset.gt_areas(expr)
+        return self._areas[expr.key]
+
+    def build(self, expr: Expression, rng: random.Random) -> RLSample:
+        frame_ids, keyframe = training_frames(self.areas(expr), self.num_frames, rng, self.keyframe_top_k)
+        return self.build_frames(expr, frame_ids, keyframe)
+
+    def build_frames(self, expr: Expression, frame_ids: Sequence[int], keyframe: int | None = None) -> RLSample:
+        size = self.image_size
+        h, w = self.dataset.size(expr.video)
+        source = self.dataset.frames(expr.video)
+        frames, masks, boxes = [], [], {}
+        for pos, t in enumerate(frame_ids):  # decode only the sampled frames
+            frames.append(resize_frame(source.get(int(t)), size))
+            objects = self.dataset.object_masks(expr, int(t))
+            masks.append(resize_mask(union_masks(objects, (h, w)), size, size))
+            boxes[str(pos)] = boxes_in_square(objects, h, w, size)
+        return RLSample(
+            key=expr.key,
+            expression=expr.text,
+            frame_ids=[int(t) for t in frame_ids],
+            keyframe=int(frame_ids[0] if keyframe is None else keyframe),
+            frames=np.stack(frames).astype(np.uint8),
+            gt_masks=np.stack(masks).astype(bool),
+            gt_boxes=boxes,
+            prompt=build_prompt(expr.text, frame_ids, self.prompt_config),
+        )
+
+
+def read_pool(path: str | Path) -> list[tuple[str, str]]:
+    """(video, exp_id) pairs from a pool JSONL (records with `video` and `exp_id`, or `key` = 'video/exp_id')."""
+    from veason_r1.io_utils import read_jsonl
+
+    out = []
+    for i, rec in enumerate(read_jsonl(path)):
+        if "video" in rec and "exp_id" in rec:
+            out.append((str(rec["video"]), str(rec["exp_id"])))
+        elif "key" in rec:
+            video, _, exp_id = str(rec["key"]).rpartition("/")
+            out.append((video, exp_id))
+        else:
+            raise ValueError(f"{path}: record {i} has neither video+exp_id nor key")
+    if not out:
+        raise ValueError(f"{path}: empty pool")
+    return out
+
+
+def select_expressions(dataset: ReVOSDataset, pool: str | Path | None = None, skip_no_target: bool = True,
+                       max_samples: int = -1, seed: int = 0, builder: RLSampleBuilder | None = None) -> list[Expression]:
+    """The expressions RL trains or validates on: the pool (or the whole split), without no-target expressions
+    (type_id 2) nor expressions whose GT is empty in every frame; `max_samples` > 0 keeps a seeded subset."""
+    if pool is not None:
+        index = {(e.video, e.exp_id): e for e in dataset.expressions}
+        exprs = []
+        for video, exp_id in read_pool(pool):
+            if (video, exp_id) not in index:
+                raise KeyError(f"{pool}: expression {video}/{exp_id} not in {dataset.meta_file}")
+            exprs.append(index[(video, exp_id)])
+    else:
+        exprs = list(dataset.expressions)
+    builder = builder or RLSampleBuilder(dataset)
+    kept = []
+    for e in exprs:
+        if skip_no_target and (e.type_id == 2 or not e.anno_ids):
+            continue
+        if skip_no_target and max(builder.areas(e), default=0) <= 0:
+            continue
+        kept.append(e)
+    if max_samples > 0 and len(kept) > max_samples:
+        rng = random.Random(seed)
+        kept = sorted(rng.sample(kept, max_samples), key=lambda e: e.key)
+    if not kept:
+        raise ValueError(f"no usable expressions in {dataset.meta_file} (pool={pool})")
+    return kept
+
+
+class RLPool:
+    """A list of expressions served as RL samples; `draw(i, seed)` gives a fresh keyframe draw per call."""
+
+    def __init__(self, builder: RLSampleBuilder, expressions: Sequence[Expression]):
+        self.builder = builder
+        self.expressions = list(expressions)
+
+    def __len__(self) -> int:
+        return len(self.expressions)
+
+    def draw(self, index: int, seed: int) -> RLSample:
+        """Sample `index` with the keyframe drawn from `seed` (the local trainer passes (run seed, step))."""
+        return self.builder.build(self.expressions[index], random.Random(f"{seed}:{index}"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# verl
+
+
+def reference_rows(expressions: Sequence[Expression], root: str | Path, split: str, *, redraw: bool,
+                   num_frames: int, image_size: int, keyframe_top_k: int = 5, seed: int = 0) -> list[dict]:
+    """Parquet rows for `VeasonRLDataset`: verl's columns, the expression's reference in `extra_info`."""
+    rows = []
+    for i, e in enumerate(expressions):
+        rows.append({
+            "data_source": DATA_SOURCE,
+            "prompt": [{"role": "user", "content": e.text}],  # replaced per access by the drawn prompt
+            "ability": ABILITY,
+            "reward_model": {"style": "rule", "ground_truth": ""},  # filled per access
+            "extra_info": {
+                "index": i, "root": str(Path(root).resolve()), "split": split, "video": e.video,
+                "exp_id": e.exp_id, "redraw": bool(redraw), "num_frames": int(num_frames),
+                "image_size": int(image_size), "keyframe_top_k": int(keyframe_top_k), "seed": int(seed),
+            },
+        })
+    return rows
+
+
+def write_parquet(rows: list[dict], path: str | Path) -> Path:
+    """Atomic parquet write (pyarrow)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from veason_r1.io_utils import atomic_write_bytes
+
+    buf = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buf)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
+
+
+def ground_truth_for(sample: RLSample):
+    """What `reward_model.ground_truth` holds for the verl reward hook (the reward engineer's encoding)."""
+    from veason_r1.reward.verl_hook import make_ground_truth
+
+    return make_ground_truth(sample.frame_ids, sample.gt_boxes, sample.gt_masks, sample.frames)
+
+
+def export_static_parquet(builder: RLSampleBuilder, expressions: Sequence[Expression], path: str | Path,
+                          seed: int = 0) -> Path:
+    """Fixed rows with embedded PNG frames for verl's stock RLHFDataset (one draw per row, no redraw)."""
+    rows = []
+    for i, e in enumerate(expressions):
+        s = builder.build(e, random.Random(f"{seed}:{i}"))
+        images = []
+        for im in s.images():
+            b = io.BytesIO()
+            im.save(b, format="PNG")
+            images.append({"bytes": b.getvalue()})
+        gt = ground_truth_for(s)
+        rows.append({
+            "data_source": DATA_SOURCE,
+            "prompt": s.messages(),
+            "images": images,
+            "ability": ABILITY,
+            "reward_model": {"style": "rule", "ground_truth": gt if isinstance(gt, str) else json.dumps(gt)},
+            "extra_info": {"index": i, "video": e.video, "exp_id": e.exp_id, "frame_ids": s.frame_ids},
+        })
+    return write_parquet(rows, path)
+
+
+def _verl_base():
+    try:
+        from verl.utils.dataset.rl_dataset import RLHFDataset
+    except ImportError:  # verl is optional outside RL; the class then only works standalone
+        from torch.utils.data import Dataset as RLHFDataset
+    return RLHFDataset
+
+
+class VeasonRLDataset(_verl_base()):
+    """verl `data.custom_cls`: reference rows in, a freshly drawn multimodal row out on every access."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._builders: dict[tuple, RLSampleBuilder] = {}
+        self._datasets: dict[tuple[str, str], ReVOSDataset] = {}
+        self._access: dict[int, int] = {}
+
+    def maybe_filter_out_long_prompts(self, dataframe=None):
+        """Prompts are K frames (K <= 6, 400 tokens each at 560) plus ~150 text tokens: always < 7100."""
+        return dataframe
+
+    def _builder(self, info: dict) -> RLSampleBuilder:
+        dkey = (info["root"], info["split"])
+        if dkey not in self._datasets:
+            self._datasets[dkey] = ReVOSDataset(info["root"], info["split"], load_foreground=False)
+        bkey = (*dkey, int(info["num_frames"]), int(info["image_size"]), int(info["keyframe_top_k"]))
+        if bkey not in self._builders:
+            self._builders[bkey] = RLSampleBuilder(self._datasets[dkey], int(info["num_frames"]),
+                                                   int(info["image_size"]), int(info["keyframe_top_k"]))
+        return self._builders[bkey]
+
+    def draw(self, item: int) -> tuple[dict, RLSample]:
+        row = dict(self.dataframe[item])
+        info = dict(row["extra_info"])
+        builder = self._builder(info)
+        expr = builder.dataset.videos[info["video"]].expressions[info["exp_id"]]
+        if info.get("redraw", True):
+            count = self._access.get(item, 0)
+            self._access[item] = count + 1
+            rng = random.Random(f"{info['seed']}:{item}:{count}:{random.getrandbits(32)}")
+        else:
+            rng = random.Random(f"{info['seed']}:{item}")
+        return row, builder.build(expr, rng)
+
+    def __getitem__(self, item):
+        row, sample = self.draw(item)
+        row["prompt"] = sample.messages()
+        row[self.image_key] = sample.images()
+        row["reward_model"] = {"style": "rule", "ground_truth": ground_truth_for(sample)}
+        row["extra_info"] = {**row["extra_info"], "frame_ids": sample.frame_ids, "keyframe": sample.keyframe}
+        # what RLHFDataset.__getitem__ does after reading its row
+        row["raw_prompt"] = self._build_messages(row, key=self.prompt_key)
+        row.pop(self.image_key, None)
+        import torch
+
+        row["dummy_tensor"] = torch.tensor([0], dtype=torch.uint8)
+        row["index"] = row["extra_info"].get("index", item)
+        row["tools_kwargs"] = {}
+        row["interaction_kwargs"] = {}
+        return row

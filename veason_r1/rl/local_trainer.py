@@ -1,0 +1,554 @@
+"""GRPO on one device (CPU or one GPU) with verl's own algorithms: `veason-r1 rl --backend local`.
+
+One step, as verl's GRPO with `use_kl_loss` does it:
+1. draw `train_batch_size` prompts (a fresh keyframe per access, METHOD.md section 4);
+2. sample `rollout.n` responses per prompt with Hugging Face `generate` (token ids kept, no re-tokenisation);
+3. score each group with `score_groups` (format + keyframe + spatial + SAM2 consistency);
+4. advantages with `core_algos.compute_grpo_outcome_advantage` ((R - mean) / (std + 1e-6), unbiased std, broadcast
+   over response tokens);
+5. old log-probs (current policy, no grad) and reference log-probs (frozen initial model, or the LoRA model with its
+   adapter disabled);
+6. per mini-batch: clipped policy loss (`compute_policy_loss_vanilla`), entropy bonus and `low_var_kl` KL loss
+   (`kl_penalty`), all aggregated with `agg_loss` over the whole mini-batch exactly as verl's `ppo_loss`; AdamW
+   step with gradient clipping.
+Periodic greedy validation on a held-out subset keeps `best_checkpoint.json`; checkpoints resume bit-for-bit on CPU
+(the data draw and the sampling seeds derive from (seed, step)). This is not the distributed engine: it has no vLLM,
+no FSDP and no sequence packing; verl is (training_scripts/, docs/rl.md).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veason_r1.rl import checkpoint as ckpt
+from veason_r1.rl.config import GRPOConfig
+from veason_r1.rl.data import RLPool, RLSample, RLSampleBuilder, select_expressions
+
+
+@dataclass
+class Rollouts:
+    """One step's sequences: prompt inputs per prompt, sampled response ids per sequence."""
+
+    samples: list[RLSample]
+    prompt_inputs: list[dict]  # per prompt: input_ids (1, P), attention_mask, pixel_values, image_grid_thw
+    group: np.ndarray  # (B,) prompt index of each sequence
+    responses: Any  # (B, R) long, padded with pad id after the stop token
+    response_mask: Any  # (B, R) float, 1 up to and including the stop token
+    texts: list[str]
+
+
+def resolve_device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return name
+
+
+class LocalGRPOTrainer:
+    """One-process GRPO. `fit()` runs to `total_steps`, resuming from the latest checkpoint when asked."""
+
+    def __init__(self, cfg: GRPOConfig, propagator=None, policy=None, verbose: bool = True):
+        import torch
+
+        self.cfg = cfg
+        self.verbose = verbose
+        self.device = resolve_device(cfg.trainer.device)
+        self.out_dir = Path(cfg.trainer.default_local_dir)
+        self.lora = cfg.model.lora_rank > 0
+        torch.manual_seed(cfg.trainer.seed)
+
+        from veason_r1.data.revos import ReVOSDataset
+        from veason_r1.models.policy import load_policy, pixel_bounds
+
+        pixel_bounds(cfg.data.image_size)
+        if not cfg.data.train_root:
+            raise ValueError("data.train_root is empty: give a ReVOS-format root")
+        train = ReVOSDataset(cfg.data.train_root, cfg.data.train_split, load_foreground=False)
+        builder = RLSampleBuilder(train, cfg.data.num_frames, cfg.data.image_size, cfg.data.keyframe_top_k)
+        self.train_pool = RLPool(builder, select_expressions(train, cfg.data.train_pool, cfg.data.skip_no_target,
+                                                             builder=builder))
+        self.val_pool = None
+        if cfg.data.val_root:
+            val = ReVOSDataset(cfg.data.val_root, cfg.data.val_split, load_foreground=False)
+            vb = RLSampleBuilder(val, cfg.data.num_frames, cfg.data.image_size, cfg.data.keyframe_top_k)
+            self.val_pool = RLPool(vb, select_expressions(val, None, True, cfg.data.val_max_samples,
+                                                          cfg.data.seed, builder=vb))
+
+        self.policy = policy or load_policy(cfg.model.path, self.device, dtype="float32")  # fp32 master weights
+        self.model = self.policy.model
+        self.processor = self.policy.processor
+        self.tokenizer = self.processor.tokenizer
+        self.autocast_dtype = None
+        if self.device.startswith("cuda") and cfg.trainer.dtype in ("bfloat16", "float16"):
+            self.autocast_dtype = getattr(torch, cfg.trainer.dtype)  # bf16 compute, fp32 master weights
+        self.ref_model = None
+        if cfg.actor.use_kl_loss and not self.lora:
+            self.ref_model = copy.deepcopy(self.model).eval()
+            if self.autocast_dtype is not None:
+                self.ref_model.to(self.autocast_dtype)
+            for p in self.ref_model.parameters():
+                p.requires_grad_(False)
+        if self.lora:
+            self._wrap_lora()
+        if cfg.actor.freeze_vision_tower:
+            for name, p in self.model.named_parameters():
+                if "visual" in name.split("."):
+                    p.requires_grad_(False)
+        if cfg.model.enable_gradient_checkpointing:
+            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            if hasattr(self.model, "enable_input_require_grads"):
+                self.model.enable_input_require_grads()
+        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.actor.lr, betas=tuple(cfg.actor.betas),
+                                           weight_decay=cfg.actor.weight_decay)
+        if cfg.actor.lr_scheduler_type != "constant":
+            raise ValueError(f"actor.lr_scheduler_type {cfg.actor.lr_scheduler_type!r}: the local trainer supports 'constant'")
+
+        from veason_r1.rl.algos import actor_config
+
+        self.verl_actor = actor_config(
+            rollout_n=cfg.rollout.n, ppo_micro_batch_size_per_gpu=cfg.actor.ppo_micro_batch_size_per_gpu,
+            ppo_mini_batch_size=cfg.actor.ppo_mini_batch_size, clip_ratio=cfg.actor.clip_ratio,
+            clip_ratio_low=cfg.actor.clip_ratio, clip_ratio_high=cfg.actor.clip_ratio, clip_ratio_c=cfg.actor.clip_ratio_c,
+            loss_agg_mode=cfg.actor.loss_agg_mode, entropy_coeff=cfg.actor.entropy_coeff,
+            use_kl_loss=cfg.actor.use_kl_loss, kl_loss_coef=cfg.actor.kl_loss_coef, kl_loss_type=cfg.actor.kl_loss_type,
+            ppo_epochs=cfg.actor.ppo_epochs,
+        )
+        from veason_r1.reward import RewardConfig
+
+        self.reward_config = RewardConfig(variant=cfg.reward.variant, use_consistency=cfg.reward.use_consistency,
+                                          image_size=cfg.data.image_size)
+        self.propagator = propagator
+        if self.propagator is None and cfg.reward.use_consistency:
+            from veason_r1.models.sam2 import load_sam2
+
+            self.propagator = load_sam2(cfg.reward.sam2, cfg.reward.sam2_checkpoint,
+                                        cfg.reward.sam2_device or self.device)
+        bs = cfg.data.train_batch_size
+        self.steps_per_epoch = max(1, len(self.train_pool) // bs)
+        self.total_steps = cfg.trainer.total_training_steps or self.steps_per_epoch * cfg.trainer.total_epochs
+        self.step = 0
+        self.best: dict[str, Any] = {"step": None, "score": None}
+        self.loggers = []
+        self.timings: dict[str, float] = {}
+
+    # --------------------------------------------------------------------------------------------------- setup
+    def _wrap_lora(self) -> None:
+        from peft import LoraConfig, get_peft_model
+
+        target = self.cfg.model.target_modules
+        if target == "all-linear":  # language model projections (the vision tower stays as loaded)
+            target = r".*model\.language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+        lcfg = LoraConfig(r=self.cfg.model.lora_rank, lora_alpha=self.cfg.model.lora_alpha, target_modules=target,
+                          lora_dropout=0.0, bias="none")
+        self.model = get_peft_model(self.model, lcfg)
+
+    def _autocast(self):
+        import torch
+
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type="cuda", dtype=self.autocast_dtype)
+
+    # ---------------------------------------------------------------------------------------------------- data
+    def step_indices(self, step: int) -> list[int]:
+        """Prompt indices of step `step` (0-based): a seeded permutation per epoch, drop_last like verl."""
+        bs = self.cfg.data.train_batch_size
+        epoch, pos = divmod(step, self.steps_per_epoch)
+        order = list(range(len(self.train_pool)))
+        if self.cfg.data.shuffle:
+            random.Random(f"{self.cfg.data.seed}:epoch{epoch}").shuffle(order)
+        chunk = order[pos * bs:(pos + 1) * bs]
+        while len(chunk) < bs:  # pools smaller than one batch (demo) repeat
+            chunk += order[: bs - len(chunk)]
+        return chunk
+
+    def draw_step(self, step: int) -> list[RLSample]:
+        return [self.train_pool.draw(i, seed=f"{self.cfg.data.seed}:step{step}") for i in self.step_indices(step)]
+
+    # ------------------------------------------------------------------------------------------------- rollout
+    def _prompt_inputs(self, sample: RLSample) -> dict:
+        from veason_r1.models.policy import GenerationRequest, build_inputs
+
+        req = GenerationRequest(sample.expression, sample.frame_ids, list(sample.frames))
+        batch = build_inputs(self.processor, [req], self.cfg.data.image_size)
+        return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+
+    def _stop_ids(self) -> list[int]:
+        from veason_r1.models.policy import _stop_ids
+
+        return _stop_ids(self.tokenizer)
+
+    def generate(self, samples: list[RLSample], n: int, temperature: float, top_p: float, seed: int,
+                 max_new_tokens: int | None = None) -> Rollouts:
+        """n sampled responses per prompt (greedy when temperature == 0), keeping the token ids."""
+        import torch
+
+        from veason_r1.models.policy import GenerationRequest, build_inputs
+
+        max_new = max_new_tokens or self.cfg.data.max_response_length
+        stop = self._stop_ids()
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop[-1]
+        greedy = temperature == 0
+        copies = 1 if greedy else n
+        decode = dict(max_new_tokens=max_new, eos_token_id=stop, pad_token_id=pad, repetition_penalty=1.0,
+                      num_return_sequences=copies)
+        if greedy:
+            decode.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:
+            decode.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        torch.manual_seed(seed)
+        prompt_inputs = [self._prompt_inputs(s) for s in samples]
+        rows: list[torch.Tensor] = []
+        chunk = max(1, self.cfg.rollout.batch_size // max(1, copies))
+        was_training = self.model.training
+        self.model.eval()
+        for start in range(0, len(samples), chunk):
+            part = samples[start:start + chunk]
+            reqs = [GenerationRequest(s.expression, s.frame_ids, list(s.frames)) for s in part]
+            batch = build_inputs(self.processor, reqs, self.cfg.data.image_size).to(self.device)
+            plen = batch["input_ids"].shape[1]
+            with torch.inference_mode(), self._autocast():
+                seqs = self.model.generate(**batch, **decode)
+            for r in seqs[:, plen:].cpu():
+                rows.append(r)
+            if greedy and n > 1:
+                rows[-len(part):] = [r for r in rows[-len(part):] for _ in range(n)]
+        if was_training:
+            self.model.train()
+        width = max(1, max(len(r) for r in rows))
+        responses = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.float32)
+        stop_t = torch.tensor(stop)
+        for i, r in enumerate(rows):
+            hits = torch.nonzero(torch.isin(r, stop_t)).flatten()
+            length = int(hits[0]) + 1 if len(hits) else len(r)
+            responses[i, :length] = r[:length]
+            mask[i, :length] = 1
+        texts = self.tokenizer.batch_decode([r[: int(m.sum())] for r, m in zip(responses, mask)],
+                                            skip_special_tokens=True)
+        group = np.repeat(np.arange(len(samples)), n)
+        return Rollouts(samples, prompt_inputs, group, responses, mask, texts)
+
+    # ------------------------------------------------------------------------------------------------- scoring
+    def score(self, ro: Rollouts) -> list[dict]:
+        from veason_r1.reward import score_groups
+
+        n = len(ro.texts) // len(ro.samples)
+        groups = [(ro.texts[g * n:(g + 1) * n], s.reward_sample()) for g, s in enumerate(ro.samples)]
+        results = score_groups(groups, self.propagator, self.reward_config)
+        return [r for group in results for r in group]
+
+    def advantages(self, ro: Rollouts, rewards: list[float]):
+        """verl's GRPO outcome advantage: the scalar reward sits on the last response token."""
+        import torch
+
+        from veason_r1.rl.algos import compute_grpo_outcome_advantage
+
+        token_rewards = torch.zeros_like(ro.response_mask)
+        last = (ro.response_mask.sum(-1).long() - 1).clamp(min=0)
+        token_rewards[torch.arange(len(rewards)), last] = torch.tensor(rewards, dtype=torch.float32)
+        adv, _ = compute_grpo_outcome_advantage(
+            token_level_rewards=token_rewards, response_mask=ro.response_mask, index=ro.group,
+            epsilon=self.cfg.algorithm.epsilon, norm_adv_by_std_in_grpo=self.cfg.algorithm.norm_adv_by_std_in_grpo,
+        )
+        return adv
+
+    # ------------------------------------------------------------------------------------------------- forward
+    def _micro_batch(self, ro: Rollouts, idx: list[int]) -> dict:
+        """Left-padded prompt + response inputs for sequences `idx` (their prompts' images concatenated)."""
+        import torch
+
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
+        prompts = [ro.prompt_inputs[int(ro.group[i])] for i in idx]
+        plen = max(p["input_ids"].shape[1] for p in prompts)
+        ids, att = [], []
+        for i, p in zip(idx, prompts):
+            pid, pm = p["input_ids"][0], p["attention_mask"][0]
+            lpad = plen - len(pid)
+            ids.append(torch.cat([torch.full((lpad,), pad, dtype=torch.long), pid, ro.responses[i]]))
+            att.append(torch.cat([torch.zeros(lpad, dtype=pm.dtype), pm, ro.response_mask[i].to(pm.dtype)]))
+        return {
+            "input_ids": torch.stack(ids).to(self.device),
+            "attention_mask": torch.stack(att).to(self.device),
+            "pixel_values": torch.cat([p["pixel_values"] for p in prompts]).to(self.device),
+            "image_grid_thw": torch.cat([p["image_grid_thw"] for p in prompts]).to(self.device),
+        }
+
+    def _forward(self, model, batch: dict, response_len: int, with_entropy: bool):
+        """Per-token log-probs (and entropy) of the response positions, in fp32."""
+        import torch
+
+        from veason_r1.rl.algos import entropy_from_logits
+
+        with self._autocast():
+            out = model(**batch, logits_to_keep=response_len + 1, use_cache=False)
+        logits = out.logits[:, :-1, :].float()
+        labels = batch["input_ids"][:, -response_len:]
+        logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
+        ent = entropy_from_logits(logits) if with_entropy else None
+        return logp, ent
+
+    def log_probs(self, model, ro: Rollouts, adapter_off: bool = False):
+        import torch
+
+        R = ro.responses.shape[1]
+        out = []
+        mb = self.cfg.actor.ppo_micro_batch_size_per_gpu
+        ctx = model.disable_adapter() if adapter_off else nullcontext()
+        with torch.no_grad(), ctx:
+            for s in range(0, len(ro.texts), mb):
+                idx = list(range(s, min(s + mb, len(ro.texts))))
+                logp, _ = self._forward(model, self._micro_batch(ro, idx), R, with_entropy=False)
+                out.append(logp.cpu())
+        return torch.cat(out)
+
+    # ---------------------------------------------------------------------------------------------------- step
+    def update(self, ro: Rollouts, adv, old_logp, ref_logp) -> dict[str, float]:
+        """verl's actor update: ppo_epochs x mini-batches x micro-batches, loss aggregated over the mini-batch."""
+        import torch
+
+        from veason_r1.rl.algos import agg_loss, kl_penalty, policy_loss_vanilla
+
+        cfg = self.cfg
+        policy_loss_fn = policy_loss_vanilla
+        n = cfg.rollout.n
+        mini = cfg.actor.ppo_mini_batch_size * n
+        micro = cfg.actor.ppo_micro_batch_size_per_gpu
+        R = ro.responses.shape[1]
+        self.model.train()
+        sums: dict[str, float] = {}
+        count = 0
+        B = len(ro.texts)
+        for _ in range(cfg.actor.ppo_epochs):
+            for m0 in range(0, B, mini):
+                mini_idx = list(range(m0, min(m0 + mini, B)))
+                info = self.verl_actor.global_batch_info
+                info.update(dp_size=1, batch_num_tokens=int(ro.response_mask[mini_idx].sum().item()),
+                            global_batch_size=len(mini_idx), loss_scale_factor=None)
+                self.optimizer.zero_grad(set_to_none=True)
+                for s in range(0, len(mini_idx), micro):
+                    idx = mini_idx[s:s + micro]
+                    batch = self._micro_batch(ro, idx)
+                    logp, ent = self._forward(self.model, batch, R, with_entropy=cfg.actor.entropy_coeff != 0)
+                    mask = ro.response_mask[idx].to(self.device)
+                    pg_loss, pg_metrics = policy_loss_fn(
+                        old_log_prob=old_logp[idx].to(self.device), log_prob=logp, advantages=adv[idx].to(self.device),
+                        response_mask=mask.bool(), loss_agg_mode=cfg.actor.loss_agg_mode, config=self.verl_actor,
+                    )
+                    loss = pg_loss
+                    metrics = {"actor/pg_loss": pg_loss.item(), **pg_metrics}
+                    if ent is not None:
+                        ent_loss = agg_loss(loss_mat=ent, loss_mask=mask, loss_agg_mode=cfg.actor.loss_agg_mode, **info)
+                        loss = loss - cfg.actor.entropy_coeff * ent_loss
+                        metrics["actor/entropy_loss"] = ent_loss.item()
+                    if cfg.actor.use_kl_loss:
+                        kld = kl_penalty(logprob=logp, ref_logprob=ref_logp[idx].to(self.device),
+                                         kl_penalty=cfg.actor.kl_loss_type)
+                        kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=cfg.actor.loss_agg_mode, **info)
+                        loss = loss + cfg.actor.kl_loss_coef * kl_loss
+                        metrics["actor/kl_loss"] = kl_loss.item()
+                    loss.backward()
+                    metrics["actor/loss"] = loss.item()
+                    for k, v in metrics.items():  # token-mean parts already carry their share of the mini-batch
+                        share = 1.0 if k in ("actor/pg_loss", "actor/entropy_loss", "actor/kl_loss", "actor/loss") \
+                            else len(idx) / len(mini_idx)
+                        sums[k] = sums.get(k, 0.0) + float(v) * share
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.actor.grad_clip)
+                if not torch.isfinite(grad_norm):
+                    raise FloatingPointError(f"step {self.step}: non-finite gradient norm {grad_norm}")
+                self.optimizer.step()
+                sums["actor/grad_norm"] = sums.get("actor/grad_norm", 0.0) + float(grad_norm)
+                count += 1
+        return {k: v / count for k, v in sums.items()}
+
+    def train_step(self) -> dict[str, float]:
+        """One GRPO step (rollout, reward, advantage, old/ref log-probs, update); returns its metrics."""
+        import torch
+
+        cfg = self.cfg
+        t = {}
+        t0 = time.perf_counter()
+        samples = self.draw_step(self.step)
+        t["timing/data"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        ro = self.generate(samples, cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p,
+                           seed=cfg.trainer.seed * 100003 + self.step)
+        t["timing/rollout"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        results = self.score(ro)
+        rewards = [float(r["overall"]) for r in results]
+        t["timing/reward"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        adv = self.advantages(ro, rewards)
+        old_logp = self.log_probs(self.model, ro)
+        if cfg.actor.use_kl_loss:
+            ref_logp = self.log_probs(self.model, ro, adapter_off=True) if self.lora else self.log_probs(self.ref_model, ro)
+        else:
+            ref_logp = None
+        t["timing/old_ref_log_prob"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        metrics = self.update(ro, adv, old_logp, ref_logp)
+        t["timing/update"] = time.perf_counter() - t0
+        metrics.update(t)
+        metrics["reward/overall"] = float(np.mean(rewards))
+        for term in ("format", "keyframe", "spatial", "consistency"):
+            metrics[f"reward/{term}"] = float(np.mean([r[term] for r in results]))
+        metrics["reward/failures"] = float(sum(1 for r in results if r.get("failure")))
+        metrics["response_length/mean"] = float(ro.response_mask.sum(-1).mean())
+        metrics["advantage/abs_mean"] = float((adv.abs().sum() / ro.response_mask.sum().clamp(min=1)).item())
+        if torch.cuda.is_available() and self.device.startswith("cuda"):
+            metrics["memory/peak_gib"] = torch.cuda.max_memory_allocated() / 2**30
+        self.last_rollouts = ro
+        return metrics
+
+    # ---------------------------------------------------------------------------------------------- validation
+    def validate(self) -> dict[str, float]:
+        """Greedy responses on the held-out subset (fixed draws), mean reward and terms."""
+        if self.val_pool is None:
+            return {}
+        samples = [self.val_pool.draw(i, seed="val") for i in range(len(self.val_pool))]
+        ro = self.generate(samples, self.cfg.rollout.val_n, self.cfg.rollout.val_temperature, self.cfg.rollout.top_p,
+                           seed=self.cfg.trainer.seed)
+        results = self.score(ro)
+        out = {"val/reward": float(np.mean([r["overall"] for r in results]))}
+        for term in ("format", "keyframe", "spatial", "consistency"):
+            out[f"val/{term}"] = float(np.mean([r[term] for r in results]))
+        return out
+
+    # -------------------------------------------------------------------------------------------- checkpoints
+    def save_checkpoint(self) -> Path:
+        state = {"step": self.step, "best": self.best, "config": self.cfg.to_dict(),
+                 "total_steps": self.total_steps}
+        path = ckpt.save(self.out_dir, self.step, self.model, self.processor if not self.lora else None,
+                         self.optimizer, state)
+        protect = {self.step} | ({self.best["step"]} if self.best["step"] is not None else set())
+        ckpt.prune(self.out_dir, self.cfg.trainer.max_ckpt_to_keep, protect)
+        return path
+
+    def load_checkpoint(self, step: int) -> None:
+        import torch
+
+        folder = ckpt.step_dir(self.out_dir, step)
+        ckpt.load_model_weights(self.model, folder / "model", self.lora)
+        self.optimizer.load_state_dict(torch.load(folder / "optimizer.pt", map_location=self.device))
+        state = json.loads((folder / "trainer_state.json").read_text())
+        self.step = int(state["step"])
+        self.best = state.get("best", self.best)
+
+    def maybe_resume(self) -> int | None:
+        if self.cfg.trainer.resume_mode == "disable":
+            return None
+        step = ckpt.latest_step(self.out_dir)
+        if step is not None:
+            self.load_checkpoint(step)
+            self._log_console(f"resumed from {ckpt.step_dir(self.out_dir, step)} (step {step})")
+        return step
+
+    def _track_best(self, val: dict[str, float]) -> bool:
+        score = val.get("val/reward")
+        if score is None or (self.best["score"] is not None and score <= self.best["score"]):
+            return False
+        self.best = {"step": self.step, "score": score}
+        if not (ckpt.step_dir(self.out_dir, self.step) / "trainer_state.json").is_file():
+            self.save_checkpoint()
+        from veason_r1.io_utils import atomic_write_json
+
+        atomic_write_json(self.out_dir / ckpt.BEST, {**self.best, "checkpoint_dir":
+                          str(ckpt.step_dir(self.out_dir, self.step))}, indent=2)
+        return True
+
+    # ------------------------------------------------------------------------------------------------ logging
+    def _open_loggers(self) -> None:
+        names = self.cfg.trainer.logger
+        names = [names] if isinstance(names, str) else list(names)
+        unknown = set(names) - {"console", "tensorboard", "wandb"}
+        if unknown:
+            raise ValueError(f"trainer.logger: unknown {sorted(unknown)} (console, tensorboard, wandb)")
+        if "tensorboard" in names:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.loggers.append(("tensorboard", SummaryWriter(str(self.out_dir / "tensorboard"))))
+        if "wandb" in names:
+            import os
+
+            import wandb
+
+            os.environ.setdefault("WANDB_MODE", "offline")
+            run = wandb.init(project=self.cfg.trainer.project_name, name=self.cfg.trainer.experiment_name,
+                             dir=str(self.out_dir), config=self.cfg.to_dict(), mode=os.environ["WANDB_MODE"])
+            self.loggers.append(("wandb", run))
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        from veason_r1.io_utils import append_jsonl
+
+        append_jsonl(self.out_dir / "metrics.jsonl", {"step": step, **metrics})
+        for kind, logger in self.loggers:
+            if kind == "tensorboard":
+                for k, v in metrics.items():
+                    logger.add_scalar(k, v, step)
+                logger.flush()
+            else:
+                logger.log(metrics, step=step)
+
+    def _log_console(self, text: str) -> None:
+        if self.verbose and "console" in self.cfg.trainer.logger:
+            from tqdm import tqdm
+
+            tqdm.write(text)
+
+    def _close_loggers(self) -> None:
+        for kind, logger in self.loggers:
+            if kind == "tensorboard":
+                logger.close()
+            else:
+                logger.finish()
+        self.loggers = []
+
+    # ---------------------------------------------------------------------------------------------------- fit
+    def fit(self, max_steps: int | None = None) -> dict[str, Any]:
+        """Train until `total_steps` (or `max_steps` more steps); returns the last metrics and the best step."""
+        from tqdm import tqdm
+
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.maybe_resume()
+        self._open_loggers()
+        cfg = self.cfg.trainer
+        end = self.total_steps if max_steps is None else min(self.total_steps, self.step + max_steps)
+        last: dict[str, float] = {}
+        try:
+            if cfg.val_before_train and self.step == 0 and self.val_pool is not None:
+                val = self.validate()
+                self._track_best(val)
+                self._log(val, 0)
+            bar = tqdm(total=end, initial=self.step, desc="grpo", disable=not self.verbose, dynamic_ncols=True)
+            while self.step < end:
+                metrics = self.train_step()
+                self.step += 1
+                last_step = self.step >= self.total_steps
+                if cfg.save_freq > 0 and (self.step % cfg.save_freq == 0 or last_step):
+                    self.save_checkpoint()
+                if self.val_pool is not None and cfg.test_freq > 0 and (self.step % cfg.test_freq == 0 or last_step):
+                    val = self.validate()
+                    metrics.update(val)
+                    metrics["val/is_best"] = float(self._track_best(val))
+                if self.step == end and not (ckpt.step_dir(self.out_dir, self.step) / "trainer_state.json").is_file():
+                    self.save_checkpoint()  # stopping early (max_steps) keeps a resume point
+                self._log(metrics, self.step)
+                bar.update(1)
+                bar.set_postfix(reward=f"{metrics['reward/overall']:.3f}", loss=f"{metrics['actor/loss']:.4f}")
+                last = metrics
+            bar.close()
+        finally:
+            self._close_loggers()
+        return {"step": self.step, "total_steps": self.total_steps, "last": last, "best": self.best}
