@@ -1,0 +1,122 @@
+"""Score predicted masks: `veason-r1 eval {revos,mevis,reasonvos,vicas} --data ROOT --pred PRED --out results.json`.
+
+Predictions: PRED/<video>/<exp_id>/<frame>.png at the original frame size (0/1 or 0/255, read as saved). Writes
+results.json (percent, unrounded) and a per-expression CSV beside it (<out stem>_per_expression.csv). Missing
+predictions are counted and printed; --missing zero|skip decides whether they score 0 or are left out (defaults:
+the reference scripts' choice: zero for ReVOS/MeViS/ViCaS, skip for ReasonVOS). MeViS `valid` has no public GT:
+the command builds the evaluation server's zip instead (--submission-zip). See docs/evaluation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+BENCHMARKS = ("revos", "mevis", "reasonvos", "vicas")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("benchmark", choices=BENCHMARKS)
+    parser.add_argument("--data", required=True, help="benchmark root folder")
+    parser.add_argument("--pred", required=True, help="prediction folder PRED")
+    parser.add_argument("--out", default=None, help="results JSON (default: PRED/results.json)")
+    parser.add_argument("--split", default=None,
+                        help="split (defaults: revos valid, mevis valid_u, vicas val; reasonvos has one)")
+    parser.add_argument("--missing", choices=("zero", "skip"), default=None,
+                        help="missing predictions score 0 or are skipped (default: the benchmark's reference)")
+    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: min(4, CPUs))")
+    parser.add_argument("--pred-layout", choices=("exp_id", "obj_id"), default="exp_id",
+                        help="ReasonVOS: PRED/<video>/<exp_id>/ (ours) or VideoLISA's PRED/<video>/<obj_id>/")
+    parser.add_argument("--submission-zip", default=None,
+                        help="MeViS valid: where to write the server zip (default: next to --out)")
+    parser.add_argument("--zip-root", choices=("Annotations", "flat"), default="Annotations",
+                        help="MeViS zip layout: Annotations/<video>/... (default) or <video>/... at the top")
+    parser.add_argument("--vicas-version", default="v0.1", help="ViCaS annotation version folder")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def run(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from veason_r1.eval.evaluators import DEFAULT_MISSING, EvalConfig, per_expression_csv
+    from veason_r1.io_utils import atomic_write_json, atomic_write_text
+
+    pred = Path(args.pred)
+    out = Path(args.out) if args.out else pred / "results.json"
+    missing = args.missing or DEFAULT_MISSING[args.benchmark]
+    workers = args.workers if args.workers is not None else max(1, min(4, os.cpu_count() or 1))
+    progress = not args.no_progress
+    if not pred.is_dir():
+        print(f"error: prediction folder {pred} does not exist")
+        return 2
+
+    if args.benchmark == "mevis" and (args.split or "valid_u") == "valid" and not _has_mask_dict(args.data, "valid"):
+        from veason_r1.eval.submission import build_submission_zip
+
+        zpath = Path(args.submission_zip) if args.submission_zip else out.with_name("mevis_valid_submission.zip")
+        info = build_submission_zip(args.data, pred, zpath, split="valid", root=args.zip_root)
+        print(f"MeViS valid has no public GT: wrote {info['files']} PNGs of {info['expressions']} expressions to "
+              f"{info['zip']} (root {info['root']}); upload it to the MeViS evaluation server")
+        return 0
+
+    if args.benchmark == "vicas":
+        from veason_r1.eval.vicas import evaluate_vicas
+
+        summary, rows = evaluate_vicas(args.data, pred, split=args.split or "val", version=args.vicas_version,
+                                       missing=missing, progress=progress)
+        atomic_write_json(out, summary, indent=2)
+        lines = ["video_id,referral,num_gt,missing_frames,num_pred,best_track_iou,prompt"]
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.writer(buf, lineterminator="\n")
+        w.writerow(lines[0].split(","))
+        for r in rows:
+            w.writerow([r.video_id, r.index, r.num_gt, r.missing_frames, r.num_pred,
+                        "" if r.best_iou is None else repr(r.best_iou), r.prompt])
+        atomic_write_text(_csv_path(out), buf.getvalue())
+        print(f"ViCaS LG-VIS {summary['split']}: mAP {_fmt(summary['mAP'])}  AP@50 {_fmt(summary['AP@50'])}  "
+              f"AP@75 {_fmt(summary['AP@75'])}  AP@90 {_fmt(summary['AP@90'])}  "
+              f"({summary['num_referrals']} referrals)")
+        print(f"missing predictions: {summary['missing_predictions']} (--missing {missing})")
+        print(f"wrote {out} and {_csv_path(out)}")
+        return 0
+
+    from veason_r1.eval import evaluators
+
+    config = EvalConfig(benchmark=args.benchmark, split=args.split, missing=missing, workers=workers,
+                        progress=progress, pred_layout=args.pred_layout)
+    fn = {"revos": evaluators.evaluate_revos, "mevis": evaluators.evaluate_mevis,
+          "reasonvos": evaluators.evaluate_reasonvos}[args.benchmark]
+    summary, results = fn(args.data, pred, config)
+    keys = list(evaluators.METRIC_KEYS) if args.benchmark == "revos" else ["J", "F"]
+    atomic_write_json(out, summary, indent=2)
+    atomic_write_text(_csv_path(out), per_expression_csv(results, keys, missing))
+    if args.benchmark == "revos":
+        for name in ("referring", "reasoning", "overall", "no_target"):
+            s = summary[name]
+            print(f"{name:>10}: J {_fmt(s['J'])}  F {_fmt(s['F'])}  J&F {_fmt(s['JF'])}  A {_fmt(s['A'])}  "
+                  f"R {_fmt(s['R'])}  R(scale-free) {_fmt(s['R_scale_free'])}")
+        print(f"expressions: {summary['num_expressions']}")
+    else:
+        print(f"{args.benchmark}: J {_fmt(summary['J'])}  F {_fmt(summary['F'])}  J&F {_fmt(summary['JF'])}  "
+              f"({summary['num_expressions']} expressions)")
+    print(f"missing predictions: {summary['missing_predictions']} (--missing {missing})")
+    print(f"wrote {out} and {_csv_path(out)}")
+    return 0
+
+
+def _csv_path(out):
+    return out.with_name(f"{out.stem}_per_expression.csv")
+
+
+def _has_mask_dict(data: str, split: str) -> bool:
+    from pathlib import Path
+
+    root = Path(data)
+    return (root / "mask_dict.json").is_file() or (root / split / "mask_dict.json").is_file()

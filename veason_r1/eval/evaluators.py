@@ -1,0 +1,352 @@
+"""Benchmark evaluators: ReVOS, MeViS (valid_u), ReasonVOS. One expression = one task, scored frame by frame
+(memory: one frame of GT and prediction at a time), in parallel worker processes with a progress bar.
+
+Predictions: `PRED/<video>/<exp_id>/<frame>.png` (nested video names allowed), read with PIL as saved (0/1 or
+0/255; never resized). ReasonVOS also reads the VideoLISA layout `PRED/<video>/<obj_id>/` (`pred_layout="obj_id"`).
+A prediction whose size differs from the GT is an error naming the file. An expression with any frame PNG missing is
+"missing": scored 0 on every metric (`missing="zero"`, ReVOS/MeViS reference) or left out (`"skip"`, ReasonVOS
+reference); the count is always reported.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import multiprocessing as mp
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veason_r1.eval.metrics import FrameScore, aggregate_frames, frame_scores, mean
+
+MISSING_MODES = ("zero", "skip")
+METRIC_KEYS = ("J", "F", "A", "R", "R_scale_free")
+DEFAULT_MISSING = {"revos": "zero", "mevis": "zero", "reasonvos": "skip", "vicas": "zero"}
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    benchmark: str = "revos"
+    split: str | None = None
+    missing: str = "zero"
+    workers: int = 1
+    progress: bool = True
+    pred_layout: str = "exp_id"  # ReasonVOS: "exp_id" (ours) or "obj_id" (VideoLISA's inference output)
+
+    def __post_init__(self):
+        if self.missing not in MISSING_MODES:
+            raise ValueError(f"missing must be one of {MISSING_MODES}, got {self.missing!r}")
+        if self.pred_layout not in ("exp_id", "obj_id"):
+            raise ValueError(f"pred_layout must be 'exp_id' or 'obj_id', got {self.pred_layout!r}")
+
+
+@dataclass
+class ExpressionResult:
+    """Per-expression means (fractions) or None for every metric when missing."""
+
+    video: str
+    exp_id: str
+    text: str
+    type_id: int | None
+    num_frames: int
+    missing_frames: int = 0
+    scores: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def missing(self) -> bool:
+        return self.missing_frames > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Reading predictions
+
+
+def read_prediction(path: Path) -> np.ndarray:
+    """A prediction PNG as a 2-D array of the values as saved (modes 1/L/P/I; colour PNGs become grey as
+    cv2.IMREAD_GRAYSCALE does). Errors name the file."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            if im.mode in ("RGB", "RGBA", "LA"):
+                im = im.convert("L")
+            arr = np.asarray(im)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a corrupt PNG must name itself
+        raise ValueError(f"{path}: cannot read prediction PNG ({e})") from None
+    if arr.ndim != 2:
+        raise ValueError(f"{path}: expected a single-channel mask, got shape {arr.shape}")
+    return arr
+
+
+def _check_size(pred: np.ndarray, shape: tuple[int, int], path: Path) -> None:
+    if pred.shape != tuple(shape):
+        raise ValueError(f"{path}: prediction is {pred.shape[0]}x{pred.shape[1]} (HxW) but the ground truth is "
+                         f"{shape[0]}x{shape[1]}; predictions must be at the original frame size")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Tasks: what one worker needs to score one expression
+
+
+@dataclass(frozen=True)
+class Task:
+    index: int
+    expression: Any  # veason_r1.data.revos.Expression
+    pred_dir: Path
+    frame_ids: tuple[int, ...]  # indices into the video's frames that are scored
+    frame_names: tuple[str, ...]
+
+
+def _revos_foreground_area(ds, video: str, t: int) -> int:
+    from pycocotools import mask as mask_utils
+
+    rles = ds.foreground.get(video, {}).get("masks_rle")
+    if rles is None:
+        raise KeyError(f"mask_dict_foreground.json: no entry for video {video!r}")
+    rle = rles[t] if t < len(rles) else None
+    if rle is None:
+        return 0
+    if isinstance(rle.get("counts"), list):
+        rle = mask_utils.frPyObjects(rle, *rle["size"])
+    elif isinstance(rle["counts"], str):
+        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
+    return int(mask_utils.area(rle))
+
+
+def score_task(ds, task: Task, with_revos_terms: bool) -> ExpressionResult:
+    """Score one expression; frames are read one at a time."""
+    e = task.expression
+    if not task.frame_names:
+        raise ValueError(f"{e.key}: no frame to score (no GT frames listed for this expression)")
+    paths = [task.pred_dir / f"{name}.png" for name in task.frame_names]
+    present = [p.is_file() for p in paths]
+    res = ExpressionResult(e.video, e.exp_id, e.text, e.type_id, len(paths), missing_frames=present.count(False))
+    if res.missing:
+        return res
+    shape = tuple(ds.size(e.video))
+    frames: list[FrameScore] = []
+    for t, path in zip(task.frame_ids, paths):
+        gt = ds.gt_mask(e, t)
+        pred = read_prediction(path)
+        _check_size(pred, shape, path)
+        if gt.shape != shape:
+            raise ValueError(f"{e.key}: GT mask of frame {t} is {gt.shape}, the video is {shape}")
+        fg = _revos_foreground_area(ds, e.video, t) if with_revos_terms else None
+        frames.append(frame_scores(gt, pred, fg, with_accuracy=with_revos_terms))
+    res.scores = aggregate_frames(frames)
+    return res
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parallel runner (fork: workers share the parsed dataset copy-on-write; spawn: each worker re-opens it)
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(open_dataset: Callable[[], Any], with_revos_terms: bool) -> None:
+    if "ds" not in _WORKER:
+        _WORKER["ds"] = open_dataset()
+    _WORKER["revos"] = with_revos_terms
+
+
+def _run_one(task: Task) -> tuple[int, ExpressionResult]:
+    return task.index, score_task(_WORKER["ds"], task, _WORKER["revos"])
+
+
+def run_tasks(ds, open_dataset: Callable[[], Any], tasks: Sequence[Task], with_revos_terms: bool,
+              workers: int = 1, progress: bool = True, desc: str = "eval") -> list[ExpressionResult]:
+    from tqdm import tqdm
+
+    results: list[ExpressionResult | None] = [None] * len(tasks)
+    bar = tqdm(total=len(tasks), desc=desc, unit="expr", disable=not progress, dynamic_ncols=True)
+    try:
+        if workers <= 1 or len(tasks) <= 1:
+            for task in tasks:
+                results[task.index] = score_task(ds, task, with_revos_terms)
+                bar.update(1)
+        else:
+            methods = mp.get_all_start_methods()
+            if "fork" in methods:
+                ctx = mp.get_context("fork")
+                _WORKER["ds"] = ds  # inherited by the forked workers
+            else:  # pragma: no cover - macOS/Windows
+                ctx = mp.get_context("spawn")
+            try:
+                with ctx.Pool(workers, initializer=_init_worker, initargs=(open_dataset, with_revos_terms)) as pool:
+                    for idx, res in pool.imap_unordered(_run_one, tasks, chunksize=1):
+                        results[idx] = res
+                        bar.update(1)
+            finally:
+                _WORKER.clear()
+    finally:
+        bar.close()
+    return [r for r in results if r is not None]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Summaries
+
+
+def summarize(results: Sequence[ExpressionResult], keys: Sequence[str], missing: str) -> dict[str, float | None]:
+    """Mean over expressions (x100, unrounded) of each key; missing expressions count 0 ("zero") or not at all."""
+    out: dict[str, float | None] = {}
+    for k in keys:
+        vals = []
+        for r in results:
+            if r.missing:
+                if missing == "zero":
+                    vals.append(0.0)
+            else:
+                vals.append(r.scores[k])
+        m = mean(vals)
+        out[k] = None if np.isnan(m) else 100 * m
+    if "J" in out and "F" in out:
+        out["JF"] = None if out["J"] is None or out["F"] is None else (out["J"] + out["F"]) / 2
+    return out
+
+
+def counted(results: Sequence[ExpressionResult], missing: str) -> int:
+    return sum(1 for r in results if not (r.missing and missing == "skip"))
+
+
+def per_expression_csv(results: Sequence[ExpressionResult], keys: Sequence[str], missing: str) -> str:
+    """One row per expression: ids, type, frames, status and the metrics in percent (blank where not scored)."""
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["video", "exp_id", "type_id", "num_frames", "missing_frames", "status", *keys, "JF", "exp"])
+    for r in results:
+        if r.missing:
+            status = "missing_zero" if missing == "zero" else "missing_skipped"
+            vals = [0.0] * len(keys) if missing == "zero" else [None] * len(keys)
+        else:
+            status = "ok"
+            vals = [100 * r.scores[k] for k in keys]
+        jf = None if vals[0] is None else (vals[keys.index("J")] + vals[keys.index("F")]) / 2
+        w.writerow([r.video, r.exp_id, "" if r.type_id is None else r.type_id, r.num_frames, r.missing_frames,
+                    status, *["" if v is None else repr(float(v)) for v in vals], "" if jf is None else repr(jf),
+                    r.text])
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ReVOS / MeViS
+
+
+def _revos_tasks(ds, pred: Path, expressions) -> list[Task]:
+    tasks = []
+    for i, e in enumerate(expressions):
+        names = tuple(ds.videos[e.video].frames)
+        tasks.append(Task(i, e, pred / e.video / e.exp_id, tuple(range(len(names))), names))
+    return tasks
+
+
+def _open_revos(root: str, split: str):
+    from veason_r1.data.revos import ReVOSDataset
+
+    return ReVOSDataset(root, split=split)
+
+
+def evaluate_revos(data: str | os.PathLike, pred: str | os.PathLike, config: EvalConfig = EvalConfig()) -> tuple[
+        dict, list[ExpressionResult]]:
+    """ReVOS: per expression J, F, A, R, R_scale_free (means over all frames); splits by type_id (0 referring,
+    1 reasoning), overall = plain mean of the two split values, no-target (type_id 2) reported apart."""
+    from functools import partial
+
+    split = config.split or "valid"
+    ds = _open_revos(str(data), split)
+    if not ds.foreground:
+        raise FileNotFoundError(f"{data}: ReVOS needs mask_dict_foreground.json for R")
+    tasks = _revos_tasks(ds, Path(pred), ds.expressions)
+    results = run_tasks(ds, partial(_open_revos, str(data), split), tasks, True, config.workers, config.progress,
+                        desc="ReVOS")
+    return revos_summary(results, config.missing), results
+
+
+def revos_summary(results: Sequence[ExpressionResult], missing: str) -> dict:
+    keys = list(METRIC_KEYS)
+    by_type = {t: [r for r in results if r.type_id == t] for t in (0, 1, 2)}
+    unknown = sorted({r.type_id for r in results} - {0, 1, 2}, key=str)
+    if unknown:
+        raise ValueError(f"ReVOS expressions need type_id 0, 1 or 2; found {unknown}")
+    ref = summarize(by_type[0], keys, missing)
+    rea = summarize(by_type[1], keys, missing)
+    present = [s for s, rs in ((ref, by_type[0]), (rea, by_type[1])) if counted(rs, missing)]
+    overall = {k: (mean(s[k] for s in present) if present else None) for k in ref}
+    out = {
+        "referring": ref,
+        "reasoning": rea,
+        "overall": overall,
+        "num_expressions": {"referring": counted(by_type[0], missing), "reasoning": counted(by_type[1], missing)},
+        "missing_predictions": sum(r.missing for r in results),
+        "missing_mode": missing,
+    }
+    if len(present) < 2:
+        out["note"] = "one of the two splits has no expression: overall is the other split alone"
+    out["no_target"] = summarize(by_type[2], keys, missing)
+    out["num_expressions"]["no_target"] = counted(by_type[2], missing)
+    return out
+
+
+def evaluate_mevis(data: str | os.PathLike, pred: str | os.PathLike, config: EvalConfig = EvalConfig()) -> tuple[
+        dict, list[ExpressionResult]]:
+    """MeViS valid_u (or any MeViS split that ships mask_dict.json): J, F, J&F over all expressions."""
+    from functools import partial
+
+    split = config.split or "valid_u"
+    ds = _open_revos(str(data), split)
+    tasks = _revos_tasks(ds, Path(pred), ds.expressions)
+    results = run_tasks(ds, partial(_open_revos, str(data), split), tasks, False, config.workers, config.progress,
+                        desc="MeViS")
+    summary = summarize(results, ["J", "F"], config.missing)
+    summary.update(num_expressions=counted(results, config.missing),
+                   missing_predictions=sum(r.missing for r in results), missing_mode=config.missing)
+    return summary, results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# ReasonVOS
+
+
+def _open_reasonvos(root: str):
+    from veason_r1.data.reasonvos import ReasonVOSDataset
+
+    return ReasonVOSDataset(root)
+
+
+def evaluate_reasonvos(data: str | os.PathLike, pred: str | os.PathLike, config: EvalConfig = EvalConfig(
+        benchmark="reasonvos", missing="skip")) -> tuple[dict, list[ExpressionResult]]:
+    """ReasonVOS (VideoLISA release): J, F, J&F over expressions, scored on the frames that have a GT PNG.
+
+    `pred_layout="obj_id"` reads VideoLISA's output `PRED/<video>/<obj_id>/` and, as its script, scores each
+    (video, obj_id) once; the default reads ours, `PRED/<video>/<exp_id>/`, one score per expression."""
+    from functools import partial
+
+    ds = _open_reasonvos(str(data))
+    pred = Path(pred)
+    tasks: list[Task] = []
+    seen: set[tuple[str, str]] = set()
+    for e in ds.expressions:
+        if config.pred_layout == "obj_id":
+            obj = "_".join(str(o) for o in e.obj_ids) if len(e.obj_ids) != 1 else str(e.obj_ids[0])
+            if (e.video, obj) in seen:
+                continue
+            seen.add((e.video, obj))
+            folder = pred / e.video / obj
+        else:
+            folder = pred / e.video / e.exp_id
+        frame_ids = tuple(ds.annotated_frames(e))
+        names = tuple(ds.videos[e.video].frames[t] for t in frame_ids)
+        tasks.append(Task(len(tasks), e, folder, frame_ids, names))
+    results = run_tasks(ds, partial(_open_reasonvos, str(data)), tasks, False, config.workers, config.progress,
+                        desc="ReasonVOS")
+    summary = summarize(results, ["J", "F"], config.missing)
+    summary.update(num_expressions=counted(results, config.missing),
+                   missing_predictions=sum(r.missing for r in results), missing_mode=config.missing,
+                   pred_layout=config.pred_layout)
+    return summary, results
