@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Sharded benchmark prediction on every visible GPU, then merge and score.
+#
+#   eval/multi_gpu_eval.sh BENCHMARK DATA_ROOT MODEL_DIR PRED_DIR [extra `veason-r1 predict` args...]
+#   e.g. eval/multi_gpu_eval.sh revos data/ReVOS ckpt/veason-r1-3b pred/revos \
+#            --sam2 sam2.1_hiera_l --sam2-ckpt ckpt/sam2.1_hiera_large.pt
+#
+# One process per GPU (CUDA_VISIBLE_DEVICES=i, --shard i/N): the shards are disjoint blocks of expressions, so
+# the merged predictions equal a single-process run (greedy). Each shard logs to PRED_DIR/logs/shard<i>.log.
+# The script waits for all shards and fails if any failed; re-running it resumes (finished expressions are
+# skipped). Then `veason-r1 predict --merge-only` checks completeness and writes PRED_DIR/predictions.jsonl, and
+# `veason-r1 eval` writes PRED_DIR/results.json.
+#
+# Environment: NUM_GPUS (default: nvidia-smi count), VEASON (default: `veason-r1`), SPLIT (optional --split),
+# EVAL_OUT (default: PRED_DIR/results.json).
+set -euo pipefail
+
+if [[ $# -lt 4 ]]; then
+    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    exit 2
+fi
+BENCH=$1; DATA=$2; MODEL=$3; PRED=$4; shift 4
+VEASON=${VEASON:-veason-r1}
+if [[ -z "${NUM_GPUS:-}" ]]; then
+    NUM_GPUS=$(nvidia-smi --list-gpus 2>/dev/null | wc -l || echo 0)
+fi
+if [[ "$NUM_GPUS" -lt 1 ]]; then
+    echo "multi_gpu_eval.sh: no GPU found (set NUM_GPUS to override)" >&2
+    exit 1
+fi
+SPLIT_ARGS=()
+if [[ -n "${SPLIT:-}" ]]; then SPLIT_ARGS=(--split "$SPLIT"); fi
+EVAL_OUT=${EVAL_OUT:-$PRED/results.json}
+mkdir -p "$PRED/logs"
+
+pids=()
+cleanup() {  # Ctrl-C stops our shard processes (by id), never anything else
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+}
+trap cleanup INT TERM
+
+echo "predict $BENCH on $NUM_GPUS GPU(s) -> $PRED"
+for ((i = 0; i < NUM_GPUS; i++)); do
+    CUDA_VISIBLE_DEVICES=$i $VEASON predict "$BENCH" --data "$DATA" --model "$MODEL" --out "$PRED" \
+        "${SPLIT_ARGS[@]}" --shard "$i/$NUM_GPUS" --no-progress "$@" >"$PRED/logs/shard$i.log" 2>&1 &
+    pids+=($!)
+done
+
+failed=0
+for i in "${!pids[@]}"; do
+    if ! wait "${pids[$i]}"; then
+        echo "shard $i/$NUM_GPUS failed: see $PRED/logs/shard$i.log" >&2
+        tail -n 20 "$PRED/logs/shard$i.log" >&2 || true
+        failed=1
+    fi
+done
+trap - INT TERM
+if [[ $failed -ne 0 ]]; then
+    echo "some shards failed; fix and re-run the same command to resume" >&2
+    exit 1
+fi
+
+$VEASON predict "$BENCH" --data "$DATA" --model "$MODEL" --out "$PRED" "${SPLIT_ARGS[@]}" --merge-only "$@"
+EVAL_SPLIT=()
+if [[ -n "${SPLIT:-}" ]]; then EVAL_SPLIT=(--split "$SPLIT"); fi
+$VEASON eval "$BENCH" --data "$DATA" --pred "$PRED" "${EVAL_SPLIT[@]}" --out "$EVAL_OUT"
+echo "results: $EVAL_OUT"

@@ -1,0 +1,57 @@
+"""Segment one video from a text query: the policy picks a keyframe and boxes on 8 linspace frames, SAM2 propagates
+them over every frame. Writes OUT/masks/<frame>.png (0/255, original size), OUT/result.json (query, reasoning,
+keyframe, boxes in original pixels, timings) and OUT/overlay.mp4 (masks and boxes drawn, keyframe marked).
+
+Example: veason-r1 infer --video clip.mp4 --query "the dog that jumps first" --model ckpt/veason-r1-3b
+         --sam2 sam2.1_hiera_l --sam2-ckpt sam2.1_hiera_large.pt --out out/clip
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from veason_r1.inference.pipeline import add_model_arguments
+
+    parser.add_argument("--video", required=True, help="an mp4 (any container PyAV reads) or a folder of JPEG frames")
+    parser.add_argument("--query", required=True, help="the referring or reasoning expression")
+    parser.add_argument("--out", required=True, help="output folder")
+    add_model_arguments(parser)
+    parser.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
+    parser.add_argument("--overlay-fps", type=float, default=10.0)
+    parser.add_argument("--overlay-max-side", type=int, default=640, help="downsize the overlay (0: original size)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import time
+
+    from veason_r1.data.video import open_video
+    from veason_r1.inference.pipeline import (
+        InferenceConfig,
+        build_engine,
+        build_propagator,
+        segment_video,
+        write_result,
+    )
+
+    t0 = time.perf_counter()
+    source = open_video(args.video)
+    config = InferenceConfig(image_size=args.image_size, num_frames=args.num_frames,
+                             max_new_tokens=args.max_new_tokens)
+    engine = build_engine(args.engine, args.model, args.image_size, batch_size=1, device=args.device,
+                          dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
+                          num_frames=args.num_frames)
+    propagator = build_propagator(args)
+    load_s = time.perf_counter() - t0
+    progress = not args.no_progress
+    result = segment_video(source, args.query, engine, propagator, config, progress=progress)
+    result.timings = {"load_models_s": load_s, **result.timings}
+    write_result(result, source, args.out, overlay=not args.no_overlay, overlay_fps=args.overlay_fps,
+                 overlay_max_side=args.overlay_max_side or None, progress=progress)
+    summary = result.to_json()
+    print(json.dumps({k: summary[k] for k in ("query", "keyframe_index", "boxes", "parser_notes", "timings")}))
+    print(f"wrote {args.out}/masks ({len(result.frame_names)} PNGs), result.json"
+          + ("" if args.no_overlay else ", overlay.mp4"))
+    return 0

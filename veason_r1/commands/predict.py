@@ -1,0 +1,89 @@
+"""Predict masks for a benchmark in two cached stages: stage 1 (policy) writes one JSON line per expression under
+PRED/.stage1/, stage 2 (SAM2) writes PRED/<video>/<exp_id>/<frame>.png (0/255, original size) - the layout
+`veason-r1 eval` reads for every benchmark. Re-running skips finished expressions (a killed run resumes with
+identical results); --shard i/n runs one of n disjoint shards; --merge joins the shards into PRED/predictions.jsonl.
+
+Example (one GPU): veason-r1 predict revos --data data/ReVOS --model ckpt/veason-r1-3b --sam2 sam2.1_hiera_l
+                   --sam2-ckpt sam2.1_hiera_large.pt --out pred/revos
+Several GPUs: eval/multi_gpu_eval.sh (one process per GPU, then merge and evaluate).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from veason_r1.inference.pipeline import add_model_arguments
+    from veason_r1.inference.predict import BENCHMARKS
+
+    parser.add_argument("benchmark", choices=BENCHMARKS)
+    parser.add_argument("--data", required=True, help="benchmark root folder")
+    parser.add_argument("--split", default=None, help="split (defaults: revos valid, mevis valid_u, vicas val)")
+    parser.add_argument("--out", "--pred", dest="out", required=True, help="prediction folder PRED")
+    add_model_arguments(parser, model_required=False)
+    parser.add_argument("--shard", default=None, help="i/n: run shard i (0-based) of n")
+    parser.add_argument("--stage", choices=("1", "2", "all"), default="all")
+    parser.add_argument("--batch-size", type=int, default=16,
+                        help="expressions generated together; also the sharding unit (results depend on it)")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N expressions (smoke runs)")
+    parser.add_argument("--oracle-keyframe", action="store_true", help="keyframe = shown frame with largest GT area")
+    parser.add_argument("--oracle-boxes", action="store_true", help="boxes = GT boxes of the keyframe")
+    parser.add_argument("--merge", action="store_true", help="after this run, merge all shards (fails if incomplete)")
+    parser.add_argument("--merge-only", action="store_true", help="only merge the shards' results")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from veason_r1.inference.pipeline import InferenceConfig, build_engine, build_propagator
+    from veason_r1.inference.predict import (
+        PredictConfig,
+        Shard,
+        merge_predictions,
+        open_benchmark,
+        run_stage1,
+        run_stage2,
+    )
+
+    shard = Shard.parse(args.shard)
+    config = PredictConfig(
+        benchmark=args.benchmark,
+        split=args.split,
+        model=args.model,
+        inference=InferenceConfig(args.image_size, args.num_frames, args.max_new_tokens),
+        batch_size=args.batch_size,
+        oracle_keyframe=args.oracle_keyframe,
+        oracle_boxes=args.oracle_boxes,
+        limit=args.limit,
+    )
+    if config.needs_policy and not args.model and not args.merge_only and args.stage != "2":
+        raise SystemExit("--model is required unless both --oracle-keyframe and --oracle-boxes are given")
+    dataset = open_benchmark(args.benchmark, args.data, args.split)
+    progress = not args.no_progress
+    if not args.merge_only:
+        if args.stage in ("1", "all"):
+            engine = None
+            if config.needs_policy:
+                engine = build_engine(args.engine, args.model, args.image_size, args.batch_size, args.device,
+                                      args.dtype, args.tensor_parallel_size, args.num_frames)
+            stats = run_stage1(dataset, engine, args.out, config, shard, progress=progress)
+            print(json.dumps({"stage": 1, "shard": shard.tag, **_rounded(stats)}))
+            del engine
+        if args.stage in ("2", "all"):
+            stats = run_stage2(dataset, build_propagator(args), args.out, config, shard, progress=progress)
+            print(json.dumps({"stage": 2, "shard": shard.tag, **_rounded(stats)}))
+    if args.merge or args.merge_only:
+        report = merge_predictions(dataset, args.out, config)
+        print(json.dumps({"merge": {"expressions": report.expressions, "stage1_records": report.stage1_records,
+                                    "complete_masks": report.complete_masks,
+                                    "missing_stage1": len(report.missing_stage1),
+                                    "missing_masks": len(report.missing_masks)}}))
+        if not report.ok:
+            print(f"incomplete: first missing {(report.missing_stage1 + report.missing_masks)[:5]}")
+            return 1
+    return 0
+
+
+def _rounded(stats: dict) -> dict:
+    return {k: round(v, 3) if isinstance(v, float) else v for k, v in stats.items()}

@@ -1,0 +1,455 @@
+"""Benchmark prediction in two cached stages, sharded across processes, resumable, merged exactly.
+
+Stage 1 (policy): one JSON line per expression (response, reasoning, keyframe, boxes) appended to
+`PRED/.stage1/stage1.shard<i>of<n>.jsonl`. Stage 2 (SAM2): the masks of every frame written to
+`PRED/<video>/<exp_id>/<frame>.png` (0/255, original size), the layout every evaluator here reads (ReVOS, MeViS,
+ReasonVOS and ViCaS alike). Re-running skips what is finished, so a killed run resumes where it stopped.
+
+Why results do not depend on sharding or on being killed: expressions are cut, in the dataset's order, into fixed
+blocks of `batch_size`; a block is the unit of both generation and sharding (shard i owns blocks b with
+b % n == i). A block is always generated as one batch with the same members, so its greedy outputs are the same in
+a single run, in any shard, and after a resume (a partly written block is regenerated whole and only its missing
+records are appended). Stage-2 masks go to a private temporary folder that is renamed into place when complete, so
+an expression folder either holds every frame or does not exist. `merge_predictions` then joins the shards'
+records in dataset order into `PRED/predictions.jsonl` and checks every mask folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from veason_r1.inference.pipeline import (
+    Answer,
+    InferenceConfig,
+    boxes_to_original,
+    generate_responses,
+    make_answer,
+    mask_png_bytes,
+    policy_images,
+    propagate,
+    sample_frame_ids,
+)
+from veason_r1.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+
+BENCHMARKS = ("revos", "mevis", "reasonvos", "vicas")
+DEFAULT_SPLITS = {"revos": "valid", "mevis": "valid_u", "reasonvos": None, "vicas": "val"}
+STAGE1_DIR = ".stage1"
+PARTIAL_DIR = ".partial"
+MERGED_FILE = "predictions.jsonl"
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Datasets
+
+
+def open_benchmark(name: str, root: str | os.PathLike, split: str | None = None,
+                   vicas_version: str = "v0.1") -> Any:
+    """The reader of a benchmark. Every reader offers `.expressions` (with `.key`, `.video`, `.exp_id`, `.text`),
+    `.frames(video)` (a FrameSource), `.size(video)`, and for the oracles `.gt_areas(expr)`, `.object_masks(expr, t)`.
+
+    ViCaS: the LG-VIS referrals of a split (`veason_r1.inference.vicas_source`), one expression per referral.
+    """
+    name = name.lower()
+    split = split or DEFAULT_SPLITS.get(name)
+    if name == "revos":
+        from veason_r1.data.revos import ReVOSDataset
+
+        return ReVOSDataset(root, split=split)
+    if name == "mevis":
+        from veason_r1.data.revos import MeViSDataset
+
+        return MeViSDataset(root, split=split)
+    if name == "reasonvos":
+        from veason_r1.data.reasonvos import ReasonVOSDataset
+
+        return ReasonVOSDataset(root)
+    if name == "vicas":
+        from veason_r1.inference.vicas_source import ViCaSPredictionSet
+
+        return ViCaSPredictionSet(root, split=split or "val", version=vicas_version)
+    raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Shards and blocks
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard `index` of `count` (0-based): it owns the blocks b with b % count == index."""
+
+    index: int = 0
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if self.count < 1 or not 0 <= self.index < self.count:
+            raise ValueError(f"--shard {self.index}/{self.count}: need 0 <= i < n")
+
+    @classmethod
+    def parse(cls, text: str | None) -> Shard:
+        """'i/n' (0-based i) -> Shard; None or '' -> the whole set."""
+        if not text:
+            return cls()
+        try:
+            i, n = (int(x) for x in str(text).split("/"))
+        except ValueError:
+            raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+        return cls(i, n)
+
+    def owns(self, block: int) -> bool:
+        return block % self.count == self.index
+
+    @property
+    def tag(self) -> str:
+        return f"shard{self.index}of{self.count}"
+
+
+def make_blocks(expressions: Sequence[Any], batch_size: int) -> list[list[Any]]:
+    """Expressions in dataset order cut into consecutive blocks of `batch_size` (the last may be shorter)."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    keys = [e.key for e in expressions]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        raise ValueError(f"duplicate expression key {dup!r} in the benchmark")
+    return [list(expressions[i : i + batch_size]) for i in range(0, len(expressions), batch_size)]
+
+
+def owned_blocks(blocks: Sequence[list[Any]], shard: Shard) -> Iterator[tuple[int, list[Any]]]:
+    for b, block in enumerate(blocks):
+        if shard.owns(b):
+            yield b, block
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Configuration and cache
+
+
+@dataclass(frozen=True)
+class PredictConfig:
+    """Everything that changes stage-1 results; stored in the cache so a resume cannot mix settings."""
+
+    benchmark: str
+    split: str | None = None
+    model: str | None = None  # None only with both oracles (no policy needed)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    batch_size: int = 16
+    oracle_keyframe: bool = False
+    oracle_boxes: bool = False
+    limit: int | None = None  # first N expressions in dataset order (smoke runs)
+
+    @property
+    def needs_policy(self) -> bool:
+        return not (self.oracle_keyframe and self.oracle_boxes)
+
+    def fingerprint(self) -> dict:
+        d = asdict(self)
+        d["model"] = str(Path(self.model).resolve()) if self.model else None
+        return d
+
+
+def stage1_dir(pred: str | os.PathLike) -> Path:
+    return Path(pred) / STAGE1_DIR
+
+
+def check_cache_config(pred: str | os.PathLike, config: PredictConfig) -> None:
+    """Write the run's settings once; refuse to resume a cache made with different settings."""
+    path = stage1_dir(pred) / "config.json"
+    want = config.fingerprint()
+    if path.exists():
+        have = json.loads(path.read_text())
+        if have != want:
+            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
+            raise ValueError(
+                f"{path}: the cached predictions were made with different settings ({', '.join(diff)}); "
+                f"use another --out folder or delete {stage1_dir(pred)}"
+            )
+        return
+    atomic_write_text(path, json.dumps(want, indent=2, sort_keys=True))
+
+
+def load_stage1(pred: str | os.PathLike) -> dict[str, dict]:
+    """Every stage-1 record of every shard file, by expression key. Conflicting duplicates are an error."""
+    records: dict[str, dict] = {}
+    for path in sorted(stage1_dir(pred).glob("stage1.*.jsonl")):
+        for rec in read_jsonl(path):
+            key = rec["key"]
+            if key in records and records[key] != rec:
+                raise ValueError(f"{path}: expression {key!r} has a different record in another shard file")
+            records[key] = rec
+    return records
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 1: policy
+
+
+def apply_oracles(answer: Answer, dataset: Any, expression: Any, config: PredictConfig) -> Answer:
+    """Replace the keyframe and/or boxes with ground truth (see `veason_r1.inference.oracle`)."""
+    from veason_r1.inference.oracle import oracle_boxes, oracle_keyframe
+
+    size = config.inference.image_size
+    if config.oracle_keyframe:
+        key = oracle_keyframe(dataset, expression, answer.frame_ids)
+        if key != answer.keyframe:
+            answer.notes.append(f"oracle keyframe {key} replaced {answer.keyframe}")
+        answer.keyframe = key
+    if config.oracle_boxes:
+        height, width = dataset.size(expression.video)
+        answer.boxes_policy = oracle_boxes(dataset, expression, answer.keyframe, size)
+        answer.boxes = boxes_to_original(answer.boxes_policy, height, width, size)
+        answer.notes.append("oracle boxes")
+    return answer
+
+
+def stage1_record(expression: Any, block: int, answer: Answer) -> dict:
+    return {"key": expression.key, "video": expression.video, "exp_id": expression.exp_id,
+            "expression": expression.text, "block": block, **answer.to_dict()}
+
+
+def run_stage1(
+    dataset: Any,
+    engine: Any,
+    pred: str | os.PathLike,
+    config: PredictConfig,
+    shard: Shard = Shard(),
+    progress: bool = True,
+) -> dict:
+    """Generate answers for the shard's unfinished blocks; returns counts and timings of this call."""
+    from veason_r1.models.policy import GenerationRequest
+
+    check_cache_config(pred, config)
+    expressions = select_expressions(dataset, config)
+    blocks = make_blocks(expressions, config.batch_size)
+    out_file = stage1_dir(pred) / f"stage1.{shard.tag}.jsonl"
+    drop_torn_tail(out_file)  # a killed writer's half line must not end up in the middle of the file
+    done = load_stage1(pred)
+    todo = [(b, blk) for b, blk in owned_blocks(blocks, shard) if any(e.key not in done for e in blk)]
+    stats = {"blocks": len(todo), "written": 0, "skipped": 0, "generate_s": 0.0, "frames_s": 0.0}
+    stats["skipped"] = sum(len(blk) for _, blk in owned_blocks(blocks, shard)) - sum(
+        sum(e.key not in done for e in blk) for _, blk in todo)
+    size = config.inference.image_size
+    for b, block in _bar(todo, progress, "stage 1 (policy)"):
+        t0 = time.perf_counter()
+        frame_ids, requests, sizes = [], [], []
+        for e in block:
+            source = dataset.frames(e.video)
+            ids = sample_frame_ids(len(source), config.inference.num_frames)
+            frame_ids.append(ids)
+            sizes.append(dataset.size(e.video))
+            if config.needs_policy:
+                requests.append(GenerationRequest(e.text, ids, policy_images(source, ids, size)))
+        stats["frames_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        # the whole block, even when part of it is done: identical batch members -> identical greedy outputs
+        responses = generate_responses(engine, requests, config.inference) if config.needs_policy else [""] * len(block)
+        stats["generate_s"] += time.perf_counter() - t0
+        for e, ids, (h, w), response in zip(block, frame_ids, sizes, responses):
+            if e.key in done:
+                continue
+            answer = make_answer(response, ids, h, w, size)
+            if not config.needs_policy:
+                answer.notes = []  # no policy ran: the parser's "no JSON" notes would only be noise
+            answer = apply_oracles(answer, dataset, e, config)
+            append_jsonl(out_file, stage1_record(e, b, answer))
+            stats["written"] += 1
+    return stats
+
+
+def drop_torn_tail(path: Path) -> None:
+    """Truncate a JSONL file after its last complete line (a record cut short by a kill is regenerated)."""
+    if not path.is_file():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(path, "r+b") as f:
+            f.truncate(data.rfind(b"\n") + 1)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def select_expressions(dataset: Any, config: PredictConfig) -> list[Any]:
+    expressions = list(dataset.expressions)
+    return expressions[: config.limit] if config.limit is not None else expressions
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Stage 2: SAM2 -> PNGs
+
+
+def expression_dir(pred: str | os.PathLike, video: str, exp_id: str) -> Path:
+    return Path(pred) / video / str(exp_id)
+
+
+def is_complete(pred: str | os.PathLike, video: str, exp_id: str, frame_names: Sequence[str]) -> bool:
+    folder = expression_dir(pred, video, exp_id)
+    return folder.is_dir() and all((folder / f"{n}.png").is_file() for n in frame_names)
+
+
+def write_expression_masks(pred: str | os.PathLike, video: str, exp_id: str, frame_names: Sequence[str],
+                           masks: np.ndarray, partial_root: Path) -> Path:
+    """Write all PNGs of one expression into a private folder, then rename it into place (all or nothing)."""
+    if len(masks) != len(frame_names):
+        raise ValueError(f"{video}/{exp_id}: {len(masks)} masks for {len(frame_names)} frames")
+    final = expression_dir(pred, video, exp_id)
+    tmp = partial_root / f"{video.replace('/', '__')}__{exp_id}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    for name, mask in zip(frame_names, masks):
+        (tmp / f"{name}.png").write_bytes(mask_png_bytes(mask))
+    if final.exists():  # a stale or incomplete folder from an earlier run
+        shutil.rmtree(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(tmp, final)
+    return final
+
+
+MASK_BUDGET_BYTES = 2**31  # masks of one SAM2 group held in host memory at once
+FEATURE_CACHE_FRAMES = 128  # SAM2 image features kept per video (about 8-17 MB per frame with Hiera-L)
+
+
+def video_groups(dataset: Any, blocks: Sequence[list[Any]], shard: Shard,
+                 budget: int = MASK_BUDGET_BYTES) -> list[list[Any]]:
+    """The shard's SAM2 work units: consecutive expressions of one video within one block (split so their masks
+    fit in `budget` bytes). Units have fixed members, so a resumed or sharded run batches SAM2 the same way."""
+    groups: list[list[Any]] = []
+    for _, block in owned_blocks(blocks, shard):
+        run: list[Any] = []
+        for e in block + [None]:
+            if run and (e is None or e.video != run[0].video):
+                h, w = dataset.size(run[0].video)
+                per = max(1, len(dataset.frames(run[0].video)) * h * w)
+                size = max(1, budget // per)
+                groups.extend(run[i : i + size] for i in range(0, len(run), size))
+                run = []
+            if e is not None:
+                run.append(e)
+    return groups
+
+
+def propagate_group(propagator: Any, source: Any, records: Sequence[dict]) -> list[np.ndarray]:
+    """Union masks (L, H, W) for several expressions of one video: one SAM2 pass over the video for all their
+    objects (`propagate_many`) when the propagator offers it; empty masks for expressions without boxes."""
+    height, width = source.size
+    with_boxes = [i for i, r in enumerate(records) if r["boxes"]]
+    out = [np.zeros((len(source), height, width), dtype=bool) for _ in records]
+    if not with_boxes:
+        return out
+    if hasattr(propagator, "propagate_many") and hasattr(propagator, "encode"):
+        # keep every frame's features (up to FEATURE_CACHE_FRAMES): groups with several keyframes walk the video
+        # once per keyframe and should not re-encode it
+        encoded = propagator.encode(source, cache_frames=min(len(source), FEATURE_CACHE_FRAMES))
+        prompts = [(int(records[i]["keyframe"]), np.asarray(records[i]["boxes"], np.float32).reshape(-1, 4))
+                   for i in with_boxes]
+        for i, masks in zip(with_boxes, propagator.propagate_many(encoded, prompts)):
+            out[i] = np.asarray(masks).astype(bool, copy=False)
+    else:
+        for i in with_boxes:
+            out[i] = propagate(propagator, source, records[i]["keyframe"], records[i]["boxes"])
+    for i, m in enumerate(out):
+        if m.shape != (len(source), height, width):
+            raise ValueError(f"SAM2 returned masks of shape {m.shape}, expected {(len(source), height, width)}")
+    return out
+
+
+def run_stage2(
+    dataset: Any,
+    propagator: Any,
+    pred: str | os.PathLike,
+    config: PredictConfig,
+    shard: Shard = Shard(),
+    progress: bool = True,
+) -> dict:
+    """SAM2 for the shard's expressions whose stage-1 record exists and whose mask folder is not complete.
+
+    Work goes in `video_groups`: every object of a group is tracked in one pass over the video (frames decoded and
+    encoded once). A group runs only when all its members have stage-1 records, and always whole (finished members
+    are recomputed, not rewritten), so a resumed run batches exactly as an uninterrupted one.
+    """
+    records = load_stage1(pred)
+    blocks = make_blocks(select_expressions(dataset, config), config.batch_size)
+    partial_root = Path(pred) / PARTIAL_DIR / shard.tag
+    if partial_root.exists():
+        shutil.rmtree(partial_root)  # leftovers of this shard's killed run
+    stats = {"written": 0, "skipped": 0, "missing_stage1": 0, "sam2_s": 0.0, "write_s": 0.0}
+    todo = []
+    for group in video_groups(dataset, blocks, shard):
+        missing = [e for e in group if e.key not in records]
+        if missing:
+            stats["missing_stage1"] += len(missing)
+            continue
+        names = dataset.frames(group[0].video).names
+        pending = [e for e in group if not is_complete(pred, e.video, e.exp_id, names)]
+        stats["skipped"] += len(group) - len(pending)
+        if pending:
+            todo.append((group, pending))
+    for group, pending in _bar(todo, progress, "stage 2 (SAM2)"):
+        t0 = time.perf_counter()
+        source = dataset.frames(group[0].video)
+        all_masks = propagate_group(propagator, source, [records[e.key] for e in group])
+        stats["sam2_s"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        for e, masks in zip(group, all_masks):
+            if e in pending:
+                write_expression_masks(pred, e.video, e.exp_id, source.names, masks, partial_root)
+                stats["written"] += 1
+        stats["write_s"] += time.perf_counter() - t0
+    if partial_root.exists():
+        shutil.rmtree(partial_root, ignore_errors=True)
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Merge
+
+
+@dataclass
+class MergeReport:
+    expressions: int
+    stage1_records: int
+    complete_masks: int
+    missing_stage1: list[str]
+    missing_masks: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing_stage1 and not self.missing_masks
+
+
+def merge_predictions(dataset: Any, pred: str | os.PathLike, config: PredictConfig) -> MergeReport:
+    """Join every shard's stage-1 records in dataset order into PRED/predictions.jsonl; check the mask folders."""
+    records = load_stage1(pred)
+    expressions = select_expressions(dataset, config)
+    lines, missing_stage1, missing_masks, complete = [], [], [], 0
+    for e in expressions:
+        rec = records.get(e.key)
+        if rec is None:
+            missing_stage1.append(e.key)
+            continue
+        lines.append(json.dumps(rec))
+        if is_complete(pred, e.video, e.exp_id, dataset.frames(e.video).names):
+            complete += 1
+        else:
+            missing_masks.append(e.key)
+    atomic_write_text(Path(pred) / MERGED_FILE, "".join(line + "\n" for line in lines))
+    report = MergeReport(len(expressions), len(lines), complete, missing_stage1, missing_masks)
+    atomic_write_json(Path(pred) / "merge_report.json", asdict(report), indent=2)
+    return report
+
+
+def _bar(items: list, enabled: bool, desc: str):
+    if not enabled:
+        return items
+    from tqdm import tqdm
+
+    return tqdm(items, desc=desc, unit="group" if "2" in desc else "batch")
