@@ -119,9 +119,19 @@ class RLSampleBuilder:
 
 
 def read_pool(path: str | Path) -> list[tuple[str, str]]:
-    """(video, exp_id) pairs from a pool JSONL (records with `video` and `exp_id`, or `key` = 'video/exp_id')."""
+    """(video, exp_id) pairs from a pool: the data-sampling output (`meta_expressions_train_select.json`, the
+    meta_expressions format) or a JSONL (records with `video` and `exp_id`, or `key` = 'video/exp_id')."""
     from veason_r1.io_utils import read_jsonl
 
+    path = Path(path)
+    if path.suffix == ".json":
+        from veason_r1.data.revos import load_json, parse_meta
+
+        videos = parse_meta(load_json(path), path)
+        pairs = [(v.name, e) for v in videos.values() for e in v.expressions]
+        if not pairs:
+            raise ValueError(f"{path}: empty pool")
+        return pairs
     out = []
     for i, rec in enumerate(read_jsonl(path)):
         if "video" in rec and "exp_id" in rec:
