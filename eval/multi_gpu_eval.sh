@@ -11,8 +11,9 @@
 # skipped). Then `veason-r1 predict --merge-only` checks completeness and writes PRED_DIR/predictions.jsonl, and
 # `veason-r1 eval` writes PRED_DIR/results.json.
 #
-# Environment: NUM_GPUS (default: nvidia-smi count), VEASON (default: `veason-r1`), SPLIT (optional --split),
-# EVAL_OUT (default: PRED_DIR/results.json).
+# Environment: NUM_GPUS (default: nvidia-smi count), NUM_SHARDS (default: NUM_GPUS; shard i runs on GPU i mod
+# NUM_GPUS), SEQUENTIAL=1 (run the shards one after another instead of at once, e.g. 2 shards on 1 GPU),
+# VEASON (default: `veason-r1`), SPLIT (optional --split), EVAL_OUT (default: PRED_DIR/results.json).
 set -euo pipefail
 
 if [[ $# -lt 4 ]]; then
@@ -34,27 +35,41 @@ EVAL_OUT=${EVAL_OUT:-$PRED/results.json}
 mkdir -p "$PRED/logs"
 
 pids=()
+rcs=()
 cleanup() {  # Ctrl-C stops our shard processes (by id), never anything else
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
 }
 trap cleanup INT TERM
 
-echo "predict $BENCH on $NUM_GPUS GPU(s) -> $PRED"
-for ((i = 0; i < NUM_GPUS; i++)); do
-    CUDA_VISIBLE_DEVICES=$i $VEASON predict "$BENCH" --data "$DATA" --model "$MODEL" --out "$PRED" \
-        "${SPLIT_ARGS[@]}" --shard "$i/$NUM_GPUS" --no-progress "$@" >"$PRED/logs/shard$i.log" 2>&1 &
+NUM_SHARDS=${NUM_SHARDS:-$NUM_GPUS}
+echo "predict $BENCH: $NUM_SHARDS shard(s) on $NUM_GPUS GPU(s) -> $PRED"
+start=$(date +%s)
+for ((i = 0; i < NUM_SHARDS; i++)); do
+    CUDA_VISIBLE_DEVICES=$((i % NUM_GPUS)) $VEASON predict "$BENCH" --data "$DATA" --model "$MODEL" --out "$PRED" \
+        "${SPLIT_ARGS[@]}" --shard "$i/$NUM_SHARDS" --no-progress "$@" >"$PRED/logs/shard$i.log" 2>&1 &
     pids+=($!)
+    if [[ ${SEQUENTIAL:-0} == 1 ]]; then  # shards one after another (e.g. several shards on one GPU)
+        rc=0; wait "${pids[$i]}" || rc=$?
+        rcs+=("$rc")
+    fi
 done
+if [[ ${SEQUENTIAL:-0} != 1 ]]; then
+    for i in "${!pids[@]}"; do
+        rc=0; wait "${pids[$i]}" || rc=$?
+        rcs+=("$rc")
+    done
+fi
 
 failed=0
-for i in "${!pids[@]}"; do
-    if ! wait "${pids[$i]}"; then
-        echo "shard $i/$NUM_GPUS failed: see $PRED/logs/shard$i.log" >&2
+for i in "${!rcs[@]}"; do
+    if [[ ${rcs[$i]} -ne 0 ]]; then
+        echo "shard $i/$NUM_SHARDS failed: see $PRED/logs/shard$i.log" >&2
         tail -n 20 "$PRED/logs/shard$i.log" >&2 || true
         failed=1
     fi
 done
 trap - INT TERM
+echo "prediction wall time: $(( $(date +%s) - start )) s"
 if [[ $failed -ne 0 ]]; then
     echo "some shards failed; fix and re-run the same command to resume" >&2
     exit 1

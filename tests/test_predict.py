@@ -526,3 +526,35 @@ def test_vicas_predictions_are_read_by_the_vicas_evaluator(tmp_path, tiny_sam2):
     summary, rows = evaluate_vicas(root, tmp_path / "pred", split="val", progress=False)
     assert summary["num_referrals"] == 4 and summary["missing_predictions"] == 0
     assert all(r.missing_frames == 0 for r in rows)
+
+
+@pytest.mark.slow
+def test_multi_gpu_script_sequential_shards_equal_one_process(synth_root, tiny_qwen, tmp_path):
+    """SEQUENTIAL=1 NUM_SHARDS=2 on one device: both shards run one after another, cover every expression once,
+    and the merged predictions (records and mask PNGs) equal a single-process run."""
+    import os
+    import subprocess
+
+    from veason_r1.cli import main
+
+    repo = Path(__file__).resolve().parents[1]
+    extra = ["--sam2", "tiny", "--image-size", "112", "--max-new-tokens", "8", "--batch-size", "2", "--limit", "6",
+             "--device", "cpu"]
+    sharded, single = tmp_path / "sharded", tmp_path / "single"
+    env = {**os.environ, "NUM_GPUS": "1", "NUM_SHARDS": "2", "SEQUENTIAL": "1",
+           "VEASON": f"{sys.executable} -m veason_r1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(["bash", str(repo / "eval/multi_gpu_eval.sh"), "revos", str(synth_root), str(tiny_qwen),
+                           str(sharded), *extra], env=env, cwd=repo, capture_output=True, text=True, timeout=300,
+                          check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "2 shard(s) on 1 GPU(s)" in proc.stdout
+    shard_keys = [set(json.loads(line)["key"] for line in f.read_text().splitlines() if line.strip())
+                  for f in sorted(stage1_dir(sharded).glob("stage1.shard*of2.jsonl"))]
+    assert len(shard_keys) == 2 and not (shard_keys[0] & shard_keys[1]) and len(shard_keys[0] | shard_keys[1]) == 6
+    assert main(["predict", "revos", "--data", str(synth_root), "--model", str(tiny_qwen), "--out", str(single),
+                 *extra, "--no-progress", "--merge"]) == 0
+    assert _records(sharded) == _records(single)
+    pngs = sorted(p.relative_to(single) for p in single.rglob("*.png"))
+    assert pngs and pngs == sorted(p.relative_to(sharded) for p in sharded.rglob("*.png"))
+    assert all((single / p).read_bytes() == (sharded / p).read_bytes() for p in pngs)
+    assert (sharded / "results.json").is_file()
