@@ -14,6 +14,16 @@ One step, as verl's GRPO with `use_kl_loss` does it:
 Periodic greedy validation on a held-out subset keeps `best_checkpoint.json`; checkpoints resume bit-for-bit on CPU
 (the data draw and the sampling seeds derive from (seed, step)). This is not the distributed engine: it has no vLLM,
 no FSDP and no sequence packing; verl is (training_scripts/, docs/rl.md).
+
+Speed on one GPU (none of it changes the maths):
+- rollouts run on a transient bf16 copy of the fp32 master weights (`rollout_copy`, CUDA + bf16 only), as verl's
+  vLLM rollout holds bf16 weights synced from the FSDP actor; old/ref log-probs and the update still use the fp32
+  master model under autocast, so the PPO ratio is measured on the trained model;
+- the vision tower's window attention runs as one batched SDPA call per chunk length instead of one call per
+  window (`fast_vision_attention`; transformers' non-flash path loops over ~25 windows x frames x 28 layers);
+- gradients are freed after each update so rollouts and log-probs do not carry a full fp32 gradient copy;
+- `log_prob_micro_batch` lets the no-grad old/ref forwards use bigger micro-batches than the update;
+- `phase_hook(phase, event, seconds)` reports each phase (and rollout chunk) as it starts and ends.
 """
 
 from __future__ import annotations
@@ -21,8 +31,10 @@ from __future__ import annotations
 import copy
 import json
 import random
+import sys
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,13 +66,119 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def _grouped_vision_attention(self, hidden_states, cu_seqlens, rotary_pos_emb=None, position_embeddings=None,
+                              **kwargs):
+    """Qwen2.5-VL vision attention with chunks of equal length batched into one SDPA call (same values as the
+    per-chunk loop transformers runs when flash-attention is not installed)."""
+    import torch
+    import torch.nn.functional as F
+
+    modeling = sys.modules[type(self).__module__]
+    seq = hidden_states.shape[0]
+    q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
+    if position_embeddings is None:
+        emb = torch.cat((rotary_pos_emb, rotary_pos_emb), dim=-1)
+        position_embeddings = (emb.cos(), emb.sin())
+    cos, sin = position_embeddings
+    q, k = modeling.apply_rotary_pos_emb_vision(q, k, cos, sin)
+    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
+    starts = cu_seqlens[:-1].tolist()
+    by_length: dict[int, list[int]] = {}
+    for st, ln in zip(starts, lengths):
+        if ln > 0:
+            by_length.setdefault(int(ln), []).append(int(st))
+    dropout = 0.0 if not self.training else float(getattr(self, "attention_dropout", 0.0))
+    outs, order = [], []
+    for ln, sts in by_length.items():
+        contiguous = sts == list(range(sts[0], sts[0] + ln * len(sts), ln))
+        if contiguous:
+            sl = slice(sts[0], sts[0] + ln * len(sts))
+            qg, kg, vg = (t[sl].reshape(len(sts), ln, *t.shape[1:]) for t in (q, k, v))
+            order.append(torch.arange(sts[0], sts[0] + ln * len(sts), device=q.device))
+        else:
+            idx = (torch.tensor(sts)[:, None] + torch.arange(ln)[None]).to(q.device)
+            qg, kg, vg = (t[idx] for t in (q, k, v))
+            order.append(idx.flatten())
+        o = F.scaled_dot_product_attention(qg.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2),
+                                           dropout_p=dropout, scale=self.scaling)
+        outs.append(o.transpose(1, 2).reshape(-1, *q.shape[1:]))
+    out = torch.cat(outs) if len(outs) > 1 else outs[0]
+    pos = torch.cat(order) if len(order) > 1 else order[0]
+    if not bool((pos == torch.arange(seq, device=pos.device)).all()):
+        out = out[torch.argsort(pos)]
+    return self.proj(out.reshape(seq, -1).contiguous())
+
+
+def fast_vision_attention(model, check: bool = True) -> int:
+    """Patch every Qwen2.5-VL vision attention module of `model` (instances only) with the batched version.
+
+    Returns how many modules were patched: 0 when the model uses flash-attention (already varlen), when the
+    modules do not look like transformers' `Qwen2_5_VLVisionAttention`, or when the self-check (the original
+    forward vs the batched one on random chunks of unequal length) disagrees, so a transformers change can never
+    silently change the model.
+    """
+    import types
+
+    import torch
+
+    mods = [m for m in model.modules() if type(m).__name__ == "Qwen2_5_VLVisionAttention"]
+    if not mods or not all(hasattr(m, a) for m in mods for a in ("qkv", "proj", "num_heads", "scaling")):
+        return 0
+    impl = str(getattr(mods[0].config, "_attn_implementation", "") or "")
+    if "flash" in impl or getattr(mods[0], "_veason_batched", False):
+        return 0
+    if check:
+        m = mods[0]
+        p = next(m.parameters())
+        dim, heads = m.qkv.in_features, m.num_heads
+        g = torch.Generator(device="cpu").manual_seed(0)
+        lengths = [16, 16, 8, 16, 4]
+        seq = sum(lengths)
+        x = torch.randn(seq, dim, generator=g).to(p.device, p.dtype)
+        ang = torch.randn(seq, dim // heads, generator=g).to(p.device)
+        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=p.device)
+        try:
+            with torch.no_grad():
+                ref = m.forward(x, cu, position_embeddings=(ang.cos(), ang.sin()))
+                new = _grouped_vision_attention(m, x, cu, position_embeddings=(ang.cos(), ang.sin()))
+        except Exception:  # noqa: BLE001 - an unknown signature: keep transformers' own code
+            return 0
+        tol = 1e-4 if p.dtype == torch.float32 else 3e-2
+        if ref.shape != new.shape or not torch.allclose(ref.float(), new.float(), atol=tol, rtol=tol):
+            return 0
+    for m in mods:
+        m.forward = types.MethodType(_grouped_vision_attention, m)
+        m._veason_batched = True
+    return len(mods)
+
+
+def _bf16_copy(model, dtype):
+    """A frozen copy of `model` with its parameters in `dtype`, built without a transient fp32 copy."""
+    import torch
+
+    memo = {}
+    for p in model.parameters():
+        if id(p) not in memo:
+            memo[id(p)] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
+    clone = copy.deepcopy(model, memo)
+    return clone.eval()
+
+
 class LocalGRPOTrainer:
     """One-process GRPO. `fit()` runs to `total_steps`, resuming from the latest checkpoint when asked."""
 
-    def __init__(self, cfg: GRPOConfig, propagator=None, policy=None, verbose: bool = True):
+    def __init__(self, cfg: GRPOConfig, propagator=None, policy=None, verbose: bool = True, *,
+                 rollout_copy: bool = True, vision_attention: str = "auto", log_prob_micro_batch: int | None = None,
+                 phase_hook: Callable[[str, str, float], None] | None = None):
+        """`rollout_copy`: generate with a transient bf16 copy of the weights (CUDA + bf16/fp16, full fine-tune);
+        `vision_attention`: "auto" (batched on CUDA), "batched" or "hf"; `log_prob_micro_batch`: sequences per
+        no-grad old/ref forward (None = actor.ppo_micro_batch_size_per_gpu); `phase_hook(phase, "start"|"end",
+        seconds)` is called around every phase of a step."""
         import torch
 
         self.cfg = cfg
+        self.phase_hook = phase_hook
+        self.log_prob_micro_batch = log_prob_micro_batch
         self.verbose = verbose
         self.device = resolve_device(cfg.trainer.device)
         self.out_dir = Path(cfg.trainer.default_local_dir)
@@ -91,11 +209,18 @@ class LocalGRPOTrainer:
         self.autocast_dtype = None
         if self.device.startswith("cuda") and cfg.trainer.dtype in ("bfloat16", "float16"):
             self.autocast_dtype = getattr(torch, cfg.trainer.dtype)  # bf16 compute, fp32 master weights
+        self.rollout_copy = bool(rollout_copy and self.autocast_dtype is not None and not self.lora)
+        if vision_attention not in ("auto", "batched", "hf"):
+            raise ValueError(f"vision_attention must be 'auto', 'batched' or 'hf', got {vision_attention!r}")
+        self.vision_attention_patched = 0
+        if vision_attention == "batched" or (vision_attention == "auto" and self.device.startswith("cuda")):
+            self.vision_attention_patched = fast_vision_attention(self.model)
         self.ref_model = None
         if cfg.actor.use_kl_loss and not self.lora:
-            self.ref_model = copy.deepcopy(self.model).eval()
-            if self.autocast_dtype is not None:
-                self.ref_model.to(self.autocast_dtype)
+            if self.autocast_dtype is not None:  # no transient fp32 copy of the whole model
+                self.ref_model = _bf16_copy(self.model, self.autocast_dtype).to(self.autocast_dtype)
+            else:
+                self.ref_model = copy.deepcopy(self.model).eval()
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
         if self.lora:
@@ -152,6 +277,20 @@ class LocalGRPOTrainer:
         lcfg = LoraConfig(r=self.cfg.model.lora_rank, lora_alpha=self.cfg.model.lora_alpha, target_modules=target,
                           lora_dropout=0.0, bias="none")
         self.model = get_peft_model(self.model, lcfg)
+
+    @contextmanager
+    def _phase(self, name: str):
+        """Calls `phase_hook(name, "start", 0)` then `(name, "end", seconds)`."""
+        t0 = time.perf_counter()
+        if self.phase_hook is not None:
+            self.phase_hook(name, "start", 0.0)
+        yield
+        if self.phase_hook is not None:
+            if self.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.synchronize()
+            self.phase_hook(name, "end", time.perf_counter() - t0)
 
     def _autocast(self):
         import torch
@@ -213,17 +352,28 @@ class LocalGRPOTrainer:
         chunk = max(1, self.cfg.rollout.batch_size // max(1, copies))
         was_training = self.model.training
         self.model.eval()
-        for start in range(0, len(samples), chunk):
+        gen_model, ctx = self.model, self._autocast
+        if self.rollout_copy:  # bf16 weights for decoding (what verl's vLLM rollout holds), freed afterwards
+            gen_model, ctx = _bf16_copy(self.model, self.autocast_dtype), nullcontext
+        n_chunks = (len(samples) + chunk - 1) // chunk
+        for c, start in enumerate(range(0, len(samples), chunk)):
             part = samples[start:start + chunk]
-            reqs = [GenerationRequest(s.expression, s.frame_ids, list(s.frames)) for s in part]
-            batch = build_inputs(self.processor, reqs, self.cfg.data.image_size).to(self.device)
-            plen = batch["input_ids"].shape[1]
-            with torch.inference_mode(), self._autocast():
-                seqs = self.model.generate(**batch, **decode)
-            for r in seqs[:, plen:].cpu():
-                rows.append(r)
-            if greedy and n > 1:
-                rows[-len(part):] = [r for r in rows[-len(part):] for _ in range(n)]
+            with self._phase(f"rollout_chunk_{c + 1}/{n_chunks}"):
+                reqs = [GenerationRequest(s.expression, s.frame_ids, list(s.frames)) for s in part]
+                batch = build_inputs(self.processor, reqs, self.cfg.data.image_size).to(self.device)
+                if self.rollout_copy:
+                    batch["pixel_values"] = batch["pixel_values"].to(self.autocast_dtype)
+                plen = batch["input_ids"].shape[1]
+                with torch.inference_mode(), ctx():
+                    seqs = gen_model.generate(**batch, **decode)
+                for r in seqs[:, plen:].cpu():
+                    rows.append(r)
+                if greedy and n > 1:
+                    rows[-len(part):] = [r for r in rows[-len(part):] for _ in range(n)]
+        if gen_model is not self.model:
+            del gen_model
+            if self.device.startswith("cuda"):
+                torch.cuda.empty_cache()
         if was_training:
             self.model.train()
         width = max(1, max(len(r) for r in rows))
@@ -304,7 +454,7 @@ class LocalGRPOTrainer:
 
         R = ro.responses.shape[1]
         out = []
-        mb = self.cfg.actor.ppo_micro_batch_size_per_gpu
+        mb = self.log_prob_micro_batch or self.cfg.actor.ppo_micro_batch_size_per_gpu
         ctx = model.disable_adapter() if adapter_off else nullcontext()
         with torch.no_grad(), ctx:
             for s in range(0, len(ro.texts), mb):
@@ -370,6 +520,7 @@ class LocalGRPOTrainer:
                 self.optimizer.step()
                 sums["actor/grad_norm"] = sums.get("actor/grad_norm", 0.0) + float(grad_norm)
                 count += 1
+        self.optimizer.zero_grad(set_to_none=True)  # no fp32 gradient copy held through the next rollout
         return {k: v / count for k, v in sums.items()}
 
     def train_step(self) -> dict[str, float]:
@@ -379,26 +530,33 @@ class LocalGRPOTrainer:
         cfg = self.cfg
         t = {}
         t0 = time.perf_counter()
-        samples = self.draw_step(self.step)
+        with self._phase("data"):
+            samples = self.draw_step(self.step)
         t["timing/data"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        ro = self.generate(samples, cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p,
-                           seed=cfg.trainer.seed * 100003 + self.step)
+        with self._phase("rollout"):
+            ro = self.generate(samples, cfg.rollout.n, cfg.rollout.temperature, cfg.rollout.top_p,
+                               seed=cfg.trainer.seed * 100003 + self.step)
         t["timing/rollout"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        results = self.score(ro)
-        rewards = [float(r["overall"]) for r in results]
+        with self._phase("reward"):
+            results = self.score(ro)
+            rewards = [float(r["overall"]) for r in results]
         t["timing/reward"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         adv = self.advantages(ro, rewards)
-        old_logp = self.log_probs(self.model, ro)
-        if cfg.actor.use_kl_loss:
-            ref_logp = self.log_probs(self.model, ro, adapter_off=True) if self.lora else self.log_probs(self.ref_model, ro)
-        else:
-            ref_logp = None
+        with self._phase("old_log_prob"):
+            old_logp = self.log_probs(self.model, ro)
+        with self._phase("ref_log_prob"):
+            if cfg.actor.use_kl_loss:
+                ref_logp = (self.log_probs(self.model, ro, adapter_off=True) if self.lora
+                            else self.log_probs(self.ref_model, ro))
+            else:
+                ref_logp = None
         t["timing/old_ref_log_prob"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        metrics = self.update(ro, adv, old_logp, ref_logp)
+        with self._phase("update"):
+            metrics = self.update(ro, adv, old_logp, ref_logp)
         t["timing/update"] = time.perf_counter() - t0
         metrics.update(t)
         metrics["reward/overall"] = float(np.mean(rewards))

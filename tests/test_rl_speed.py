@@ -1,0 +1,94 @@
+"""The local trainer's GPU speed paths, checked on CPU: batched vision window attention gives the same values and
+gradients as transformers' per-window loop, the bf16 copy leaves the master weights alone, bigger no-grad
+micro-batches give the same log-probs, and the phase hook sees every phase in order."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("verl")
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    from veason_r1.models.tiny import TinyQwenConfig, build_tiny_model
+
+    return build_tiny_model(0, TinyQwenConfig(vision_depth=3, vision_fullatt_block_indexes=[2]))
+
+
+def _batch(processor, size):
+    from veason_r1.models.policy import GenerationRequest, build_inputs
+
+    rng = np.random.default_rng(0)
+    reqs = [GenerationRequest("the red circle", [0, 4, 9], [rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
+                                                           for _ in range(3)]) for _ in range(2)]
+    return build_inputs(processor, reqs, size)
+
+
+@pytest.mark.parametrize("size", [140, 224])  # 140: windows of unequal length (5x5 merged tokens, windows of 4)
+def test_batched_vision_attention_matches_transformers(tiny_model, size):
+    from veason_r1.rl.local_trainer import fast_vision_attention
+
+    model, processor = tiny_model
+    ref = copy.deepcopy(model)
+    fast = copy.deepcopy(model)
+    assert fast_vision_attention(fast) == 3
+    assert fast_vision_attention(fast) == 0  # already patched
+    batch = _batch(processor, size)
+    out_ref = ref(**batch).logits
+    out_fast = fast(**batch).logits
+    assert torch.allclose(out_ref, out_fast, atol=1e-5)
+    out_ref.float().pow(2).mean().backward()
+    out_fast.float().pow(2).mean().backward()
+    g_ref = ref.model.visual.blocks[0].attn.qkv.weight.grad
+    g_fast = fast.model.visual.blocks[0].attn.qkv.weight.grad
+    assert g_ref.abs().sum() > 0 and torch.allclose(g_ref, g_fast, atol=1e-6)
+    # copies keep the patch, bound to themselves
+    clone = copy.deepcopy(fast)
+    attn = clone.model.visual.blocks[0].attn
+    assert attn.forward.__self__ is attn
+
+
+def test_bf16_copy_is_a_frozen_cast_and_leaves_the_master_alone(tiny_model):
+    from veason_r1.rl.local_trainer import _bf16_copy
+
+    model, _ = tiny_model
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    half = _bf16_copy(model, torch.bfloat16)
+    for (k, p), (k2, q) in zip(model.named_parameters(), half.named_parameters()):
+        assert k == k2 and q.dtype == torch.bfloat16 and not q.requires_grad
+        assert torch.equal(q, p.detach().to(torch.bfloat16))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+def test_log_prob_micro_batch_and_phase_hook(synth_root, tmp_path):
+    from veason_r1.models.tiny import make_tiny_qwen
+    from veason_r1.rl.config import load_config
+    from veason_r1.rl.local_trainer import LocalGRPOTrainer
+
+    tiny = make_tiny_qwen(tmp_path / "tiny", seed=0)
+    cfg = load_config("configs/grpo_local_tiny.yaml", [
+        f"data.train_root={synth_root}", "data.val_root=null", f"model.path={tiny}", "reward.use_consistency=false",
+        f"trainer.default_local_dir={tmp_path / 'run'}", "trainer.logger=[]", "actor.ppo_micro_batch_size_per_gpu=1",
+    ])
+    events = []
+    tr = LocalGRPOTrainer(cfg, verbose=False, phase_hook=lambda name, ev, s: events.append((name, ev)),
+                          log_prob_micro_batch=8)
+    tr.train_step()
+    names = [n for n, ev in events if ev == "start"]
+    assert names == ["data", "rollout", "rollout_chunk_1/1", "reward", "old_log_prob", "ref_log_prob", "update"]
+    assert [n for n, ev in events if ev == "end"][-1] == "update"
+    assert all(p.grad is None for p in tr.model.parameters())  # gradients freed after the update
+    ro = tr.last_rollouts
+    big = tr.log_probs(tr.model, ro)
+    tr.log_prob_micro_batch = None  # the update's micro-batch of 1
+    small = tr.log_probs(tr.model, ro)
+    m = ro.response_mask.bool()
+    assert torch.allclose(big[m], small[m], atol=1e-4)
+    with pytest.raises(ValueError, match="vision_attention"):
+        LocalGRPOTrainer(cfg, verbose=False, vision_attention="flash")
