@@ -9,8 +9,15 @@ Reports both times, the ratio, mask agreement (mean IoU per rollout and frame vs
 propagation) and the largest reward difference. Random weights at real model size (no checkpoint needed); the
 numbers are speed and agreement only, never method results.
 
-GPU box:  python bench/bench_reward.py --device cuda --model sam2.1_hiera_l --out bench_reward.json
-CPU smoke: python bench/bench_reward.py --device cpu --tiny --groups 2 --rollouts 3 --out /tmp/b.json
+GPU box:  python bench/bench_reward.py --device cuda --model sam2.1_hiera_l --profile --out bench_reward.json
+CPU smoke: python bench/bench_reward.py --device cpu --tiny --groups 2 --rollouts 3 --profile --out /tmp/b.json
+
+Warm-up: each path first runs once on a different set of groups of the same sizes (another seed: other batch
+sizes per keyframe, as the next GRPO step has). `--repeats N` times ours N times and reports the median (and every
+run; the first one meets this set's batch shapes for the first time).
+`--profile`: per-stage seconds of ours (preprocess, encode, keyframe_step, track_steps, upsample_threshold, union,
+iou, reward_terms, reward_finish; CUDA synchronised at each stage's ends, so from an extra untimed run) and, on
+CUDA, torch.profiler's top kernels of one more untimed run.
 """
 
 from __future__ import annotations
@@ -98,6 +105,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=5)
     parser.add_argument("--size", type=int, default=560)
     parser.add_argument("--max-batch-objects", type=int, default=256)
+    parser.add_argument("--encode-batch", type=int, default=32, help="frames per backbone call (ours)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of ours (median reported)")
+    parser.add_argument("--cudnn-attention", action="store_true",
+                        help="let ours use cuDNN SDPA (builds a plan per new shape; off by default)")
+    parser.add_argument("--profile", action="store_true", help="per-stage breakdown of ours (+ CUDA top kernels)")
     parser.add_argument("--skip-fp32", action="store_true", help="skip the slow fp32 authors' run")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
@@ -116,24 +128,59 @@ def main(argv: list[str] | None = None) -> int:
     name = "tiny" if args.tiny else args.model
     model = build_sam2_model(name, args.checkpoint, device, args.seed)
     ours = SAM2Propagator(model, max_batch_objects=args.max_batch_objects, precision="auto")
+    ours.encode_batch = args.encode_batch
+    ours.avoid_cudnn_attention = not args.cudnn_attention
     ref_bf16 = SAM2Propagator(model, precision="auto")
     ref_fp32 = SAM2Propagator(model, precision="fp32")
     rng = np.random.default_rng(args.seed)
     groups = [make_group(rng, args.frames, args.size, args.rollouts) for _ in range(args.groups)]
+    warm_rng = np.random.default_rng(args.seed + 1000)
+    warm = [make_group(warm_rng, args.frames, args.size, args.rollouts) for _ in range(args.groups)]
     n_objects = sum(len(s.gt_boxes["0"]) * len(r) for r, s in groups)
 
-    # warm-up (kernels, allocator) on one group, both paths
-    score_groups(groups[:1], ours)
-    per_rollout(groups[:1], ref_bf16)
+    # warm-up (kernels, allocator) on other groups of the same sizes: a GRPO step after the first is warm
+    score_groups(warm, ours)
+    per_rollout(warm[:1], ref_bf16)
+    if not args.skip_fp32:
+        per_rollout(warm[:1], ref_fp32)
 
     fp32_results, fp32_s = (None, None) if args.skip_fp32 else per_rollout(groups, ref_fp32)
     ref_masks: list[np.ndarray] = []
     bf16_results, bf16_s = per_rollout(groups, ref_bf16, ref_masks)
-    _sync(device)
-    start = time.perf_counter()
-    our_results = score_groups(groups, ours)
-    _sync(device)
-    ours_s = time.perf_counter() - start
+    times = []
+    for _ in range(max(1, args.repeats)):
+        _sync(device)
+        start = time.perf_counter()
+        our_results = score_groups(groups, ours)
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    ours_s = float(np.median(times))
+
+    profile = None
+    if args.profile:
+        ours.profile = {}
+        _sync(device)
+        start = time.perf_counter()
+        score_groups(groups, ours)
+        _sync(device)
+        total = time.perf_counter() - start
+        stages = dict(ours.profile)
+        ours.profile = None
+        stages["other"] = total - sum(stages.values())
+        profile = {"total_synced_s": total, "stages_s": stages}
+        print("ours, per stage (s, CUDA-synchronised):")
+        for k, v in stages.items():
+            print(f"  {k:20s} {v:8.3f}")
+        if device.startswith("cuda"):
+            from torch.profiler import ProfilerActivity
+            from torch.profiler import profile as torch_profile
+
+            with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                score_groups(groups, ours)
+                _sync(device)
+            table = prof.key_averages().table(sort_by="cuda_time_total", row_limit=30)
+            print(table)
+            profile["top_cuda_ops"] = table
 
     # agreement: our masks for the same prompts (one more batched call, not timed)
     from veason_r1.reward.scoring import _score_without_sam2
@@ -159,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         "authors_fp32_s": fp32_s,
         "authors_bf16_s": bf16_s,
         "ours_s": ours_s,
+        "ours_runs_s": times,
+        "encode_batch": args.encode_batch,
+        "max_batch_objects": args.max_batch_objects,
+        "ours_cudnn_attention": args.cudnn_attention,
         "speedup_vs_authors_fp32": (fp32_s / ours_s) if fp32_s else None,
         "speedup_vs_authors_bf16": bf16_s / ours_s,
         "mask_mean_iou_vs_bf16": float(np.mean(ious)) if ious else None,
@@ -166,6 +217,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_reward_diff_vs_bf16": max(diffs) if diffs else 0.0,
         "max_reward_diff_vs_fp32": max(fp32_diffs) if fp32_diffs else None,
         "torch": torch.__version__,
+        "profile": profile,
     }
     print(json.dumps(result, indent=2))
     if args.out:

@@ -1,5 +1,6 @@
-"""Our reward through verl 0.9.1's own reward loop (RewardLoopManager -> Ray RewardLoopWorker -> NaiveRewardManager
--> custom_reward_function loaded by path) on CPU with the tiny SAM2, and the per-process predictor / caches."""
+"""Our reward through verl 0.9.1's own reward loop (RewardLoopManager -> Ray RewardLoopWorker -> our
+VeasonGroupRewardManager loaded by importlib as the GRPO YAMLs do -> compute_score_batch / score_groups) on CPU with
+the tiny SAM2, the manager's batching in-process, and the per-process predictor / caches."""
 
 from __future__ import annotations
 
@@ -64,27 +65,11 @@ def test_compute_score_and_ground_truth_roundtrip(tmp_path):
     assert compute_score("revos", "garbage", json.dumps(gt), {})["score"] == 0.0
 
 
-def test_verl_reward_loop_with_ray_on_cpu(tmp_path):
-    ray = pytest.importorskip("ray")
+def _dataproto(tok, responses, gts, uids):
     import torch
-    from omegaconf import OmegaConf
     from tensordict import TensorDict
-
-    from grpo_reward.reward_score import make_ground_truth
     from verl import DataProto
-    from verl.experimental.reward_loop.reward_loop import RewardLoopManager
 
-    tok = _byte_tokenizer(tmp_path / "tok")
-    rng = np.random.default_rng(1)
-    fids, boxes, masks, frames = _sample(rng)
-    np.save(tmp_path / "frames.npy", frames)
-    gt = json.dumps(make_ground_truth(fids, boxes, masks, tmp_path / "frames.npy"))
-    responses = [
-        '<think>t</think><answer>{"keyframe_timestamp": 2, "bbox_2d_list": [[20,10,39,29]]}</answer>',
-        '<think>t</think><answer>{"keyframe_timestamp": 0, "bbox_2d_list": [[0,0,0,0]]}</answer>',
-        "no tags at all",
-        '<think>t</think><answer>{"keyframe_timestamp": "4", "bbox_2d_list": [[20,10,30,29], "x"]}</answer>',
-    ]
     prompt_ids = [tok.encode("q")] * len(responses)
     resp_ids = [tok.encode(r) for r in responses]
     width = max(map(len, resp_ids))
@@ -94,41 +79,125 @@ def test_verl_reward_loop_with_ray_on_cpu(tmp_path):
         responses_t[i, : len(ids)] = torch.tensor(ids)
         attn_resp[i, : len(ids)] = 1
     prompts_t = torch.tensor(prompt_ids, dtype=torch.long)
-    data = DataProto(
+    return DataProto(
         batch=TensorDict({"prompts": prompts_t, "responses": responses_t,
                           "attention_mask": torch.cat([torch.ones_like(prompts_t), attn_resp], 1)},
                          batch_size=len(responses)),
         non_tensor_batch={
             "data_source": np.array(["revos"] * len(responses), dtype=object),
-            "reward_model": np.array([{"ground_truth": gt}] * len(responses), dtype=object),
+            "reward_model": np.array([{"ground_truth": g} for g in gts], dtype=object),
             "extra_info": np.array([{} for _ in responses], dtype=object),
+            "uid": np.array(uids, dtype=object),
         },
     )
-    config = OmegaConf.create({
+
+
+RESPONSES = [
+    '<think>t</think><answer>{"keyframe_timestamp": 2, "bbox_2d_list": [[20,10,39,29]]}</answer>',
+    '<think>t</think><answer>{"keyframe_timestamp": 0, "bbox_2d_list": [[0,0,0,0]]}</answer>',
+    "no tags at all",
+    '<think>t</think><answer>{"keyframe_timestamp": "4", "bbox_2d_list": [[20,10,30,29], "x"]}</answer>',
+    '<think>t</think><answer>{"keyframe_timestamp": 1, "bbox_2d_list": [[18,12,41,30]]}</answer>',
+    '<think>t</think><answer>{"keyframe_timestamp": 2, "bbox_2d_list": [[20,10,39,29]]}</answer>',  # repeat
+]
+
+
+def _step(tmp_path, rng_seed=1, groups=2):
+    """A GRPO step: `groups` prompts (own frames) x len(RESPONSES) rollouts, rollouts of a prompt contiguous."""
+    from grpo_reward.reward_score import make_ground_truth
+
+    rng = np.random.default_rng(rng_seed)
+    gts, responses, uids = [], [], []
+    for g in range(groups):
+        fids, boxes, masks, frames = _sample(rng)
+        np.save(tmp_path / f"frames{g}.npy", frames)
+        gt = json.dumps(make_ground_truth(fids, boxes, masks, tmp_path / f"frames{g}.npy"))
+        gts += [gt] * len(RESPONSES)
+        responses += RESPONSES
+        uids += [f"uid-{g}"] * len(RESPONSES)
+    return responses, gts, uids
+
+
+def _config(tmp_path, manager: dict, workers: int):
+    from omegaconf import OmegaConf
+
+    return OmegaConf.create({
         "actor_rollout_ref": {"model": {"path": str(tmp_path / "tok"), "tokenizer_path": None}},
         "reward": {
-            "num_workers": 2,
+            "num_workers": workers,
             "reward_model": {"enable": False, "enable_resource_pool": False},
-            "reward_manager": {"source": "register", "name": "naive", "module": {"path": None, "name": None}},
+            "reward_manager": manager,
             "custom_reward_function": {"path": str(ROOT / "grpo_reward" / "reward_score.py"), "name": "compute_score",
-                                       "reward_kwargs": {"sam2_model": "tiny", "sam2_device": "cpu"}},
+                                       "reward_kwargs": {"sam2_model": "tiny", "sam2_device": "cpu",
+                                                         "group_window_s": 0.05}},
             "sandbox_fusion": None,
         },
     })
+
+
+GROUP_MANAGER = {"source": "importlib", "name": "VeasonGroupRewardManager",
+                 "module": {"path": "pkg://veason_r1.reward.verl_manager", "name": None}}
+
+
+def test_group_manager_batches_a_step_in_one_call(tmp_path):
+    """In-process (no Ray): verl's worker-side loop (one asyncio task per sample) -> one compute_score_batch call
+    for the whole step, scores equal to per-sample compute_score."""
+    import asyncio
+
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    from grpo_reward.reward_score import compute_score
+    from veason_r1.reward import verl_hook
+
+    tok = _byte_tokenizer(tmp_path / "tok")
+    responses, gts, uids = _step(tmp_path)
+    data = _dataproto(tok, responses, gts, uids)
+    manager = load_reward_manager(_config(tmp_path, GROUP_MANAGER, 1), tok)
+    calls = []
+    original = verl_hook.score_groups
+
+    def counting(groups, *a, **k):
+        calls.append([len(r) for r, _ in groups])
+        return original(groups, *a, **k)
+
+    verl_hook.score_groups = counting
+    try:
+        async def step():  # as RewardLoopWorker.compute_score_batch
+            return await asyncio.gather(*[manager.run_single(data[i : i + 1]) for i in range(len(data))])
+
+        outputs = asyncio.run(step())
+    finally:
+        verl_hook.score_groups = original
+    assert manager.batch_sizes == [len(responses)] and calls == [[len(RESPONSES)] * 2]  # one call, grouped by uid
+    kwargs = {"sam2_model": "tiny", "sam2_device": "cpu"}
+    for out, r, gt in zip(outputs, responses, gts):
+        expected = compute_score("revos", r, gt, {}, **kwargs)
+        assert out["reward_score"] == pytest.approx(expected["score"], abs=1e-6)
+        assert out["reward_extra_info"] == pytest.approx(expected, abs=1e-6)
+    assert outputs[0]["reward_extra_info"]["consistency"] > 0 and outputs[2]["reward_score"] == 0.0
+
+
+def test_verl_reward_loop_with_ray_on_cpu(tmp_path):
+    """verl's RewardLoopManager (driver) -> Ray RewardLoopWorker -> VeasonGroupRewardManager, as the GRPO YAMLs
+    configure it; rewards equal per-sample compute_score (the naive manager's path)."""
+    ray = pytest.importorskip("ray")
+    from verl.experimental.reward_loop.reward_loop import RewardLoopManager
+
+    from grpo_reward.reward_score import compute_score
+
+    tok = _byte_tokenizer(tmp_path / "tok")
+    responses, gts, uids = _step(tmp_path, rng_seed=2)
+    data = _dataproto(tok, responses, gts, uids)
     ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}})
     try:
-        manager = RewardLoopManager(config)
+        manager = RewardLoopManager(_config(tmp_path, GROUP_MANAGER, 1))
         out = manager.compute_rm_score(data)
     finally:
         ray.shutdown()
-    from veason_r1.models.sam2 import load_sam2
-    from veason_r1.reward.scoring import score_response
-
-    prop = load_sam2("tiny", device="cpu")
-    expected = [score_response(r, fids, boxes, masks, frames, prop.propagate) for r in responses]
+    expected = [compute_score("revos", r, gt, {}, sam2_model="tiny", sam2_device="cpu") for r, gt in zip(responses, gts)]
     scores = out.batch["rm_scores"].sum(dim=1).tolist()
-    assert scores == pytest.approx([e["overall"] for e in expected], abs=1e-5)
+    assert scores == pytest.approx([e["score"] for e in expected], abs=1e-5)
     assert list(out.non_tensor_batch["consistency"]) == pytest.approx([e["consistency"] for e in expected], abs=1e-5)
     assert scores[0] > 4.0 and expected[0]["consistency"] > 0 and scores[2] == 0.0
     assert out.meta_info["reward_extra_keys"] == ["score", "format", "keyframe", "spatial", "consistency", "overall"]

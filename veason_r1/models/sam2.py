@@ -28,12 +28,13 @@ but store the values in the compute dtype, and `propagate_reference` patches the
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import threading
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -199,16 +200,19 @@ def _as_frame_list(frames) -> list[np.ndarray]:
 
 
 class EncodedVideo:
-    """One video's preprocessed frames and a cache of per-frame image features.
+    """One video's frames resized to the model size (uint8) and a cache of per-frame image features.
 
-    Features are computed lazily (one frame at a time) and cached up to `cache_frames` frames (LRU), so a group's
-    5 frames are encoded once for all its rollouts, while a 1000-frame video keeps a bounded window. Positional
-    encodings are the same for every frame and stored once.
+    Resizing is PIL's (as sam2's loader), done in a thread pool; the resized uint8 frames are kept (4x smaller than
+    fp32, pinned when the model is on CUDA) and normalised (/255, ImageNet mean/std, fp32) on the compute device
+    right before the backbone, so a GRPO step uploads 3 MB instead of 12 MB per frame. Features are computed lazily
+    (one frame at a time) or for many videos at once (`encode_batched`), cached up to `cache_frames` frames (LRU),
+    so a group's 5 frames are encoded once for all its rollouts while a 1000-frame video keeps a bounded window.
+    Positional encodings are the same for every frame and stored once.
     """
 
-    def __init__(self, model, frames, *, offload: bool = False, cache_frames: int = 64, autocast=None):
+    def __init__(self, model, frames, *, offload: bool = False, cache_frames: int = 64, autocast=None,
+                 sdpa=None, _resized: list[np.ndarray] | None = None):
         import torch
-        from PIL import Image
 
         arrays = _as_frame_list(frames)
         self.model = model
@@ -217,14 +221,10 @@ class EncodedVideo:
         self.device = model.device
         self.storage = torch.device("cpu") if offload else self.device
         self._autocast = autocast or contextlib.nullcontext
-        size = model.image_size
-        mean = torch.tensor(IMG_MEAN, dtype=torch.float32)[:, None, None]
-        std = torch.tensor(IMG_STD, dtype=torch.float32)[:, None, None]
-        self._images = []
-        for f in arrays:  # as sam2's loader: PIL resize (default filter), /255, normalise
-            img = np.asarray(Image.fromarray(f).resize((size, size)), dtype=np.float32) / 255.0
-            t = (torch.from_numpy(img).permute(2, 0, 1) - mean) / std
-            self._images.append(t.to(self.storage))
+        self._sdpa = sdpa or contextlib.nullcontext
+        size = int(model.image_size)
+        resized = _resized if _resized is not None else _resize_frames(arrays, size)
+        self._pixels = torch.from_numpy(np.stack(resized)).to(self.storage)  # (K, S, S, 3) uint8
         digest = hashlib.sha1()
         for f in arrays:
             digest.update(np.ascontiguousarray(f).tobytes())
@@ -234,23 +234,28 @@ class EncodedVideo:
         self.pos: list | None = None  # per-level positional encodings (1, C, h, w), frame independent
         self.feat_sizes: list | None = None
 
+    def images(self, indices, device=None):
+        """Normalised fp32 frames (N, 3, S, S) on `device` (default: the compute device), as sam2's loader makes."""
+        return normalize_pixels(self._pixels[list(indices)], device or self.device)
+
+    @property
+    def _images(self) -> list:
+        """Per-frame normalised (3, S, S) fp32 tensors on the storage device (the stock inference state's list)."""
+        return list(self.images(range(self.num_frames), self.storage))
+
     def features(self, index: int) -> list:
         """Per-level backbone features (1, C, h, w) of frame `index` on the compute device (the SAM levels)."""
         import torch
 
         feats = self._cache.get(index)
         if feats is None:
-            image = self._images[index].to(self.device).unsqueeze(0)
-            with torch.inference_mode(), self._autocast():
+            image = self.images([index])
+            with torch.inference_mode(), self._autocast(), self._sdpa():
                 out = self.model.forward_image(image)
-            levels = self.model.num_feature_levels
-            feats = [x.to(self.storage) for x in out["backbone_fpn"][-levels:]]
-            if self.pos is None:
-                self.pos = [x.to(self.storage) for x in out["vision_pos_enc"][-levels:]]
-                self.feat_sizes = [(x.shape[-2], x.shape[-1]) for x in self.pos]
-            self._cache[index] = feats
+            self._store_features(index, out, 0)
             while len(self._cache) > self._cache_frames:
                 self._cache.popitem(last=False)
+            feats = self._cache[index]
         else:
             self._cache.move_to_end(index)
         return [x.to(self.device, non_blocking=True) for x in feats]
@@ -263,7 +268,40 @@ class EncodedVideo:
             self.feat_sizes = [(x.shape[-2], x.shape[-1]) for x in self.pos]
 
 
-def encode_batched(videos: Sequence[EncodedVideo], batch: int = 16) -> None:
+_RESIZE_POOL = None
+
+
+def _resize_frames(arrays: list[np.ndarray], size: int) -> list[np.ndarray]:
+    """PIL resize (default filter, as sam2's loader) of every frame to size x size, uint8; threads (PIL releases
+    the GIL) when there are several frames."""
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    def one(f: np.ndarray) -> np.ndarray:
+        return np.asarray(Image.fromarray(f).resize((size, size)))
+
+    if len(arrays) < 4:
+        return [one(f) for f in arrays]
+    global _RESIZE_POOL
+    if _RESIZE_POOL is None:
+        _RESIZE_POOL = ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1), thread_name_prefix="sam2-resize")
+    return list(_RESIZE_POOL.map(one, arrays))
+
+
+def normalize_pixels(pixels, device):
+    """uint8 (N, S, S, 3) -> fp32 (N, 3, S, S): /255 then ImageNet mean/std, the same fp32 operations (and so the
+    same values on CPU) as sam2's `load_video_frames`."""
+    import torch
+
+    x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
+    mean = torch.tensor(IMG_MEAN, dtype=torch.float32, device=x.device)[:, None, None]
+    std = torch.tensor(IMG_STD, dtype=torch.float32, device=x.device)[:, None, None]
+    return (x - mean) / std
+
+
+def encode_batched(videos: Sequence[EncodedVideo], batch: int = 32) -> None:
     """Encode every frame of short videos (those fully cacheable) in image batches: one GRPO step's frames in a
     few backbone calls instead of one call per frame."""
     import torch
@@ -272,8 +310,10 @@ def encode_batched(videos: Sequence[EncodedVideo], batch: int = 16) -> None:
     for start in range(0, len(todo), batch):
         chunk = todo[start : start + batch]
         model = chunk[0][0].model
-        images = torch.stack([v._images[t].to(v.device) for v, t in chunk])
-        with torch.inference_mode(), chunk[0][0]._autocast():
+        first = chunk[0][0]
+        pixels = torch.cat([v._pixels[t : t + 1].to(first.device, non_blocking=True) for v, t in chunk])
+        images = normalize_pixels(pixels, first.device)
+        with torch.inference_mode(), first._autocast(), first._sdpa():
             out = model.forward_image(images)
         for row, (v, t) in enumerate(chunk):
             v._store_features(t, out, row)
@@ -288,7 +328,7 @@ class _Object:
     video: EncodedVideo
     keyframe: int
     box: tuple[float, float, float, float]  # in the video's pixel coordinates
-    masks: dict[int, Any] = field(default_factory=dict)  # frame -> (H, W) bool array
+    masks: Any = None  # (K, H, W) bool tensor on the compute device, filled by tracking
 
 
 def _fill_holes(model, masks):
@@ -327,7 +367,9 @@ class SAM2Propagator:
         self.offload = offload
         self.progress = progress
         self.max_batch_objects = max(1, int(max_batch_objects))
-        self.encode_batch = 16  # frames per backbone call when a whole step's frames are encoded up front
+        self.encode_batch = 32  # frames per backbone call when a whole step's frames are encoded up front
+        self.profile: dict[str, float] | None = None  # a dict -> per-stage seconds are added to it (`_stage`)
+        self.avoid_cudnn_attention = True  # see `_sdpa`
         self.compute_dtype = torch.float32
         self.lock = threading.RLock()
 
@@ -342,7 +384,7 @@ class SAM2Propagator:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
-    def encode(self, frames, *, offload: bool | None = None, cache_frames: int = 64) -> EncodedVideo:
+    def encode(self, frames, *, offload: bool | None = None, cache_frames: int = 64, _resized=None) -> EncodedVideo:
         """Preprocess a video once; pass the result to `propagate*` to reuse its features across calls."""
         if isinstance(frames, EncodedVideo):
             return frames
@@ -352,7 +394,32 @@ class SAM2Propagator:
             offload=self.offload if offload is None else offload,
             cache_frames=cache_frames,
             autocast=self._autocast,
+            sdpa=self._sdpa,
+            _resized=_resized,
         )
+
+    def encode_many(self, videos: Sequence[Any]) -> list[EncodedVideo]:
+        """`encode` for several videos with all their frames resized in one thread-pool pass."""
+        arrays = [None if isinstance(v, EncodedVideo) else _as_frame_list(v) for v in videos]
+        flat = [f for a in arrays if a is not None for f in a]
+        resized = _resize_frames(flat, self.image_size) if flat else []
+        out, i = [], 0
+        for v, a in zip(videos, arrays):
+            if a is None:
+                out.append(v)
+                continue
+            out.append(self.encode(a, _resized=resized[i : i + len(a)]))
+            i += len(a)
+        return out
+
+    def _sdpa(self):
+        """SDPA backends for our batched calls on CUDA: flash / memory-efficient / math, not cuDNN. cuDNN attention
+        builds an execution plan per new shape (~0.1 s each), and the batch sizes of a GRPO step change every step."""
+        if self.device.type != "cuda" or not self.avoid_cudnn_attention:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
 
     # -- public API ----------------------------------------------------------------------------------------------
 
@@ -367,16 +434,20 @@ class SAM2Propagator:
         progress: bool | None = None,
     ) -> np.ndarray:
         """(K, H, W) bool union masks, or (N, K, H, W) per object, of boxes (N, 4) prompted on `keyframe_index`."""
+        import torch
+
         video = self.encode(frames, offload=offload, cache_frames=64 if offload is None else 16)
         boxes = self._check_boxes(boxes, video)
         self._check_keyframe(keyframe_index, video)
         objects = [_Object(video, int(keyframe_index), tuple(b)) for b in boxes.tolist()]
         self._run(objects, progress=self.progress if progress is None else progress)
-        per = np.zeros((len(objects), video.num_frames, video.height, video.width), dtype=bool)
-        for i, obj in enumerate(objects):
-            for t, m in obj.masks.items():
-                per[i, t] = m
-        return per if per_object else per.any(axis=0)
+        if not objects:
+            per = np.zeros((0, video.num_frames, video.height, video.width), dtype=bool)
+            return per if per_object else per.any(axis=0)
+        stacked = torch.stack([o.masks for o in objects])
+        if per_object:
+            return stacked.cpu().numpy()
+        return stacked.any(dim=0).cpu().numpy()
 
     def propagate_many(self, frames, prompts: Sequence[tuple[int, np.ndarray]]) -> list[np.ndarray]:
         """Union masks (K, H, W) for each (keyframe_index, boxes) prompt on one video: features encoded once,
@@ -385,8 +456,70 @@ class SAM2Propagator:
 
     def propagate_groups(self, groups: Sequence[tuple[Any, Sequence[tuple[int, np.ndarray]]]]) -> list[list[np.ndarray]]:
         """`propagate_many` over several videos at once: tracking is batched across videos too."""
-        videos = [self.encode(frames) for frames, _ in groups]
-        with self.lock:
+        _, unions = self._propagate_unions(groups)
+        with self._stage("download"):
+            flat = [u for group in unions for u in group]
+            host = [u.cpu().numpy() for u in flat]
+        out, i = [], 0
+        for group in unions:
+            out.append(host[i : i + len(group)])
+            i += len(group)
+        return out
+
+    def frame_ious_groups(
+        self, groups: Sequence[tuple[Any, Sequence[tuple[int, np.ndarray]]]], gt_masks: Sequence[np.ndarray]
+    ) -> list[list[np.ndarray]]:
+        """Per prompt, the (K,) float64 IoU of its union masks with the group's GT masks (K, H, W) on each frame
+        (1 when both are empty): `propagate_groups` + `terms.mask_iou` with the masks never leaving the device
+        (intersection and union pixel counts are computed there, exactly, and divided here in float64)."""
+        import torch
+
+        if len(gt_masks) != len(groups):
+            raise ValueError(f"gt_masks: {len(gt_masks)} arrays for {len(groups)} groups")
+        videos, unions = self._propagate_unions(groups)
+        with self._stage("iou"):
+            counts = []
+            for video, group, gt in zip(videos, unions, gt_masks):
+                gt_arr = np.asarray(gt, dtype=bool)
+                if gt_arr.shape != (video.num_frames, video.height, video.width):
+                    raise ValueError(f"gt_masks: shape {gt_arr.shape} does not fit the frames "
+                                     f"{(video.num_frames, video.height, video.width)}")
+                if not group:
+                    continue
+                if self.device.type == "cpu":  # numpy counts bool pixels ~10x faster than torch on CPU
+                    pred_np = torch.stack(group).numpy().reshape(len(group), video.num_frames, -1)
+                    target_np = gt_arr.reshape(1, video.num_frames, -1)
+                    inter = np.count_nonzero(pred_np & target_np, axis=-1)
+                    union = np.count_nonzero(pred_np | target_np, axis=-1)
+                    counts.append(torch.from_numpy(np.stack([inter, union], axis=-1).astype(np.int64)).reshape(-1))
+                    continue
+                target = torch.from_numpy(gt_arr).to(self.device, non_blocking=True)
+                pred = torch.stack(group)  # (P, K, H, W)
+                inter = torch.count_nonzero((pred & target).flatten(2), dim=-1)
+                union = torch.count_nonzero((pred | target).flatten(2), dim=-1)
+                counts.append(torch.stack([inter, union], dim=-1).reshape(-1))  # (P, K, 2) flattened
+            # groups may show different frame counts K: one flat transfer (one sync), split per group below
+            host = torch.cat(counts).cpu().numpy() if counts else np.zeros(0, np.int64)
+        out, i = [], 0
+        for video, group in zip(videos, unions):
+            size = len(group) * video.num_frames * 2
+            rows = host[i : i + size].reshape(len(group), video.num_frames, 2)
+            i += size
+            ious = []
+            for r in rows:
+                inter, union = r[:, 0], r[:, 1]
+                ious.append(np.array([1.0 if u == 0 else float(n / u) for n, u in zip(inter, union)]))
+            out.append(ious)
+        return out
+
+    def _propagate_unions(self, groups):
+        """Encode, plan (identical objects once), track; per group, per prompt the (K, H, W) bool union mask on the
+        compute device."""
+        import torch
+
+        with self._stage("preprocess"):
+            videos = self.encode_many([frames for frames, _ in groups])
+        with self.lock, self._stage("encode"):
             encode_batched(list({id(v): v for v in videos}.values()), self.encode_batch)
         unique: dict[tuple, _Object] = {}
         plans: list[list[list[tuple]]] = []
@@ -404,17 +537,40 @@ class SAM2Propagator:
                 plan.append(keys)
             plans.append(plan)
         self._run(list(unique.values()), progress=self.progress)
-        results = []
-        for video, plan in zip(videos, plans):
-            out = []
-            for keys in plan:
-                union = np.zeros((video.num_frames, video.height, video.width), dtype=bool)
-                for key in keys:
-                    for t, m in unique[key].masks.items():
-                        union[t] |= m
-                out.append(union)
-            results.append(out)
-        return results
+        unions = []
+        with self._stage("union"):
+            for video, plan in zip(videos, plans):
+                out = []
+                for keys in plan:
+                    if not keys:
+                        out.append(torch.zeros((video.num_frames, video.height, video.width), dtype=torch.bool,
+                                               device=self.device))
+                    elif len(keys) == 1:
+                        out.append(unique[keys[0]].masks)
+                    else:
+                        out.append(functools.reduce(torch.logical_or, [unique[k].masks for k in keys]))
+                unions.append(out)
+        return videos, unions
+
+    @contextlib.contextmanager
+    def _stage(self, name: str):
+        """Adds the stage's wall time (CUDA synchronised on both ends) to `self.profile` when that is a dict."""
+        if self.profile is None:
+            yield
+            return
+        import time
+
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            self.profile[name] = self.profile.get(name, 0.0) + time.perf_counter() - start
 
     # -- checks --------------------------------------------------------------------------------------------------
 
@@ -446,7 +602,7 @@ class SAM2Propagator:
                 for start in range(0, len(objs), self.max_batch_objects):
                     self._track_batch(objs[start : start + self.max_batch_objects], num_frames, keyframe, progress)
 
-    def _batched_features(self, objs: list[_Object], t: int):
+    def _batched_features(self, objs: list[_Object], t: int, rows):
         """Vision features of frame t for every object (gathered from each object's video), SAM2 layout."""
         import torch
 
@@ -456,11 +612,10 @@ class SAM2Propagator:
         order = list(videos)
         per_video = [videos[v].features(t) for v in order]
         first = videos[order[0]]
-        index = torch.tensor([order.index(id(o.video)) for o in objs], device=self.device)
         if len(order) == 1:
             levels = [f.expand(len(objs), -1, -1, -1) for f in per_video[0]]
         else:
-            levels = [torch.cat([pv[lvl] for pv in per_video]).index_select(0, index) for lvl in range(len(per_video[0]))]
+            levels = [torch.cat([pv[lvl] for pv in per_video]).index_select(0, rows) for lvl in range(len(per_video[0]))]
         pos = [p.to(self.device).expand(len(objs), -1, -1, -1) for p in first.pos]
         feats = [x.flatten(2).permute(2, 0, 1) for x in levels]
         pos = [x.flatten(2).permute(2, 0, 1) for x in pos]
@@ -481,20 +636,17 @@ class SAM2Propagator:
             "object_score_logits": out["object_score_logits"],
         }
 
-    def _emit(self, objs: list[_Object], t: int, pred_masks) -> None:
-        """Low-res logits (B, 1, h, w) -> masks at each object's video resolution (bilinear, > 0), as stock."""
+    def _emit(self, outputs: list[tuple[Any, Any, Any]], t: int, pred_masks) -> None:
+        """Low-res logits (B, 1, h, w) -> masks at each object's video resolution (bilinear, > 0, as stock), written
+        into the batch's per-size mask tensors on the device (no host copy, no sync)."""
         import torch.nn.functional as F
 
-        sizes: dict[tuple[int, int], list[int]] = {}
-        for i, o in enumerate(objs):
-            sizes.setdefault((o.video.height, o.video.width), []).append(i)
-        for (h, w), idx in sizes.items():
-            logits = pred_masks[idx].float()
-            if logits.shape[-2:] != (h, w):
-                logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-            masks = (logits[:, 0] > 0).cpu().numpy()
-            for j, i in enumerate(idx):
-                objs[i].masks[t] = masks[j]
+        with self._stage("upsample_threshold"):
+            for idx, (h, w), target in outputs:
+                logits = (pred_masks if idx is None else pred_masks.index_select(0, idx)).float()
+                if logits.shape[-2:] != (h, w):
+                    logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
+                target[:, t] = logits[:, 0] > 0
 
     def _track_batch(self, objs: list[_Object], num_frames: int, keyframe: int, progress: bool) -> None:
         import torch
@@ -510,45 +662,61 @@ class SAM2Propagator:
             from tqdm import tqdm
 
             iterator = iter(tqdm(steps, desc=f"SAM2 propagate ({len(objs)} objects)", leave=False))
-        with torch.inference_mode(), self._autocast():
+        # per-object output masks (K, H, W) bool on the device: one tensor per video size, objects are row views
+        by_size: dict[tuple[int, int], list[int]] = {}
+        for i, o in enumerate(objs):
+            by_size.setdefault((o.video.height, o.video.width), []).append(i)
+        outputs = []
+        for (h, w), idx in by_size.items():
+            target = torch.zeros((len(idx), num_frames, h, w), dtype=torch.bool, device=self.device)
+            rows = None if len(idx) == len(objs) else torch.tensor(idx, device=self.device)
+            outputs.append((rows, (h, w), target))
+            for j, i in enumerate(idx):
+                objs[i].masks = target[j]
+        video_ids: dict[int, int] = {}
+        rows = torch.tensor([video_ids.setdefault(id(o.video), len(video_ids)) for o in objs], device=self.device)
+        boxes = torch.tensor(
+            [[o.box[0] / o.video.width, o.box[1] / o.video.height, o.box[2] / o.video.width,
+              o.box[3] / o.video.height] for o in objs],
+            dtype=torch.float32,
+        ).reshape(-1, 2, 2) * size
+        labels = torch.tensor([[2, 3]] * len(objs), dtype=torch.int32)
+        with torch.inference_mode(), self._autocast(), self._sdpa():
             for t, reverse in iterator:
-                feats, pos, feat_sizes = self._batched_features(objs, t)
+                feats, pos, feat_sizes = self._batched_features(objs, t, rows)
                 if t == keyframe:  # conditioning frame: stock add_new_points_or_box + propagate preflight
-                    boxes = torch.tensor(
-                        [[o.box[0] / o.video.width, o.box[1] / o.video.height, o.box[2] / o.video.width,
-                          o.box[3] / o.video.height] for o in objs],
-                        dtype=torch.float32,
-                    ).reshape(-1, 2, 2) * size
-                    labels = torch.tensor([[2, 3]] * len(objs), dtype=torch.int32)
-                    point_inputs = {"point_coords": boxes.to(self.device), "point_labels": labels.to(self.device)}
-                    out = model.track_step(
-                        frame_idx=t, is_init_cond_frame=True, current_vision_feats=feats,
-                        current_vision_pos_embeds=pos, feat_sizes=feat_sizes, point_inputs=point_inputs,
-                        mask_inputs=None, output_dict=output_dict, num_frames=num_frames, track_in_reverse=False,
-                        run_mem_encoder=False,
-                    )
-                    pred = _fill_holes(model, out["pred_masks"])
-                    high = F.interpolate(pred.to(self.device), size=(size, size), mode="bilinear", align_corners=False)
-                    mem, mem_pos = model._encode_new_memory(
-                        current_vision_feats=feats, feat_sizes=feat_sizes, pred_masks_high_res=high,
-                        object_score_logits=out["object_score_logits"], is_mask_from_pts=True,
-                    )
-                    out["maskmem_features"], out["maskmem_pos_enc"] = mem, mem_pos
-                    output_dict["cond_frame_outputs"][t] = self._store(out, pred)
+                    with self._stage("keyframe_step"):
+                        point_inputs = {"point_coords": boxes.to(self.device), "point_labels": labels.to(self.device)}
+                        out = model.track_step(
+                            frame_idx=t, is_init_cond_frame=True, current_vision_feats=feats,
+                            current_vision_pos_embeds=pos, feat_sizes=feat_sizes, point_inputs=point_inputs,
+                            mask_inputs=None, output_dict=output_dict, num_frames=num_frames, track_in_reverse=False,
+                            run_mem_encoder=False,
+                        )
+                        pred = _fill_holes(model, out["pred_masks"])
+                        high = F.interpolate(pred.to(self.device), size=(size, size), mode="bilinear",
+                                             align_corners=False)
+                        mem, mem_pos = model._encode_new_memory(
+                            current_vision_feats=feats, feat_sizes=feat_sizes, pred_masks_high_res=high,
+                            object_score_logits=out["object_score_logits"], is_mask_from_pts=True,
+                        )
+                        out["maskmem_features"], out["maskmem_pos_enc"] = mem, mem_pos
+                        output_dict["cond_frame_outputs"][t] = self._store(out, pred)
                 else:
-                    out = model.track_step(
-                        frame_idx=t, is_init_cond_frame=False, current_vision_feats=feats,
-                        current_vision_pos_embeds=pos, feat_sizes=feat_sizes, point_inputs=None, mask_inputs=None,
-                        output_dict=output_dict, num_frames=num_frames, track_in_reverse=reverse,
-                        run_mem_encoder=True,
-                    )
-                    pred = _fill_holes(model, out["pred_masks"])
-                    output_dict["non_cond_frame_outputs"][t] = self._store(out, pred)
+                    with self._stage("track_steps"):
+                        out = model.track_step(
+                            frame_idx=t, is_init_cond_frame=False, current_vision_feats=feats,
+                            current_vision_pos_embeds=pos, feat_sizes=feat_sizes, point_inputs=None,
+                            mask_inputs=None, output_dict=output_dict, num_frames=num_frames,
+                            track_in_reverse=reverse, run_mem_encoder=True,
+                        )
+                        pred = _fill_holes(model, out["pred_masks"])
+                        output_dict["non_cond_frame_outputs"][t] = self._store(out, pred)
                     stale = [f for f in output_dict["non_cond_frame_outputs"]
                              if abs(f - t) > window and abs(f - keyframe) > window]
                     for f in stale:  # bounded memory on long videos: outputs no later step can attend to
                         del output_dict["non_cond_frame_outputs"][f]
-                self._emit(objs, t, pred)
+                self._emit(outputs, t, pred)
 
     # -- stock reference -----------------------------------------------------------------------------------------
 

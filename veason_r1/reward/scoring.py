@@ -58,7 +58,12 @@ class RewardSample:
 
     @property
     def areas(self) -> np.ndarray:
-        return self.gt_masks.reshape(len(self.gt_masks), -1).sum(axis=1)
+        """GT union area per shown frame (cached: every rollout's keyframe term reads it)."""
+        cached = self.__dict__.get("_areas")
+        if cached is None or cached[0] is not self.gt_masks:
+            cached = (self.gt_masks, self.gt_masks.reshape(len(self.gt_masks), -1).sum(axis=1))
+            self.__dict__["_areas"] = cached
+        return cached[1]
 
 
 @dataclass
@@ -119,9 +124,14 @@ def _score_without_sam2(response: Any, sample: RewardSample, config: RewardConfi
     return _Partial(result, prompt)
 
 
-def _finish(partial: _Partial, masks: np.ndarray | None, sample: RewardSample, error: str = "") -> dict:
+def _finish(partial: _Partial, masks: np.ndarray | None, sample: RewardSample, error: str = "",
+            frame_ious: np.ndarray | None = None) -> dict:
+    """Adds the consistency term (from the predicted masks, or from per-frame IoUs computed on the SAM2 device,
+    the same numbers) and `overall`."""
     result = partial.result
-    if masks is not None:
+    if frame_ious is not None:
+        result["consistency"] = float(np.mean([float(x) for x in frame_ious]))
+    elif masks is not None:
         try:
             result["consistency"] = terms.consistency_reward(np.asarray(masks, dtype=bool), sample.gt_masks)
         except Exception as e:  # noqa: BLE001
@@ -176,8 +186,15 @@ def score_groups(
     propagator=None,
     config: RewardConfig = RewardConfig(),
 ) -> list[list[dict]]:
-    """Several prompts' rollouts at once: SAM2 tracking is batched across prompts too (one GRPO step)."""
-    partials = [[_score_without_sam2(r, sample, config) for r in responses] for responses, sample in groups]
+    """Several prompts' rollouts at once: SAM2 tracking is batched across prompts too (one GRPO step).
+
+    With a propagator that has `frame_ious_groups` (SAM2Propagator) the masks stay on its device and only the
+    per-frame IoUs come back (same values as `terms.consistency_reward` on the masks); otherwise
+    `propagate_groups` masks are scored here."""
+    profile = getattr(propagator, "profile", None)
+    timer = _Timer(profile)
+    with timer("reward_terms"):
+        partials = [[_score_without_sam2(r, sample, config) for r in responses] for responses, sample in groups]
     use_sam2 = propagator is not None and config.use_consistency
     jobs, owners = [], []
     for g, ((_, sample), parts) in enumerate(zip(groups, partials)):
@@ -186,19 +203,54 @@ def score_groups(
             jobs.append((sample.frames, prompts))
             owners.append(g)
     masks_by_group: dict[int, list] = {}
+    ious_by_group: dict[int, list] = {}
     error = ""
     if jobs:
         try:
-            for g, masks in zip(owners, propagator.propagate_groups(jobs)):
-                masks_by_group[g] = list(masks)
+            if hasattr(propagator, "frame_ious_groups"):
+                gts = [groups[g][1].gt_masks for g in owners]
+                for g, ious in zip(owners, propagator.frame_ious_groups(jobs, gts)):
+                    ious_by_group[g] = list(ious)
+            else:
+                for g, masks in zip(owners, propagator.propagate_groups(jobs)):
+                    masks_by_group[g] = list(masks)
         except Exception as e:  # noqa: BLE001
             error = _sam2_error(e)
     out = []
-    for g, ((_, sample), parts) in enumerate(zip(groups, partials)):
-        queue = masks_by_group.get(g)
-        results = []
-        for p in parts:
-            masks = queue.pop(0) if (queue and p.prompt is not None) else None
-            results.append(_finish(p, masks, sample, error if (p.prompt is not None and use_sam2) else ""))
-        out.append(results)
+    with timer("reward_finish"):
+        for g, ((_, sample), parts) in enumerate(zip(groups, partials)):
+            queue = masks_by_group.get(g)
+            iou_queue = ious_by_group.get(g)
+            results = []
+            for p in parts:
+                masks = queue.pop(0) if (queue and p.prompt is not None) else None
+                ious = iou_queue.pop(0) if (iou_queue and p.prompt is not None) else None
+                err = error if (p.prompt is not None and use_sam2) else ""
+                results.append(_finish(p, masks, sample, err, ious))
+            out.append(results)
     return out
+
+
+class _Timer:
+    """Adds wall seconds per named block to `profile` (a dict) when given one; free otherwise."""
+
+    def __init__(self, profile: dict | None):
+        self.profile = profile if isinstance(profile, dict) else None
+
+    def __call__(self, name: str):
+        import contextlib
+        import time
+
+        if self.profile is None:
+            return contextlib.nullcontext()
+        profile = self.profile
+
+        @contextlib.contextmanager
+        def block():
+            start = time.perf_counter()
+            try:
+                yield
+            finally:
+                profile[name] = profile.get(name, 0.0) + time.perf_counter() - start
+
+        return block()

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from veason_r1.reward.scoring import TERMS, RewardConfig, RewardSample, score_response
+from veason_r1.reward.scoring import TERMS, RewardConfig, RewardSample, score_groups, score_response
 
 logger = logging.getLogger(__name__)
 
@@ -164,3 +164,42 @@ def compute_score(data_source=None, solution_str="", ground_truth=None, extra_in
     if result["failure"]:
         logger.debug("reward failure (%s): %s", data_source, result["failure"])
     return {"score": result["overall"], **{k: result[k] for k in (*TERMS, "overall")}}
+
+
+def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, uids=None, **kwargs) -> list[dict]:
+    """Batch form of `compute_score` (same dicts, same values): rollouts grouped by prompt (`uids[i]`, else the
+    ground truth), then one `score_groups` call, so SAM2 tracks all of them in shared batches. Used by
+    `VeasonGroupRewardManager` (verl_manager.py); also fits reward managers that call a function with lists."""
+    n = len(solution_strs)
+    for name, values in (("data_sources", data_sources), ("ground_truths", ground_truths),
+                         ("extra_infos", extra_infos)):
+        if len(values) != n:
+            raise ValueError(f"compute_score_batch: {name} has {len(values)} items for {n} solution_strs")
+    if uids is not None and len(uids) != n:
+        raise ValueError(f"compute_score_batch: uids has {len(uids)} items for {n} solution_strs")
+    config = RewardConfig(
+        variant=kwargs.get("variant", "faithful"), use_consistency=bool(kwargs.get("use_consistency", True))
+    )
+    groups: OrderedDict[tuple, list[int]] = OrderedDict()
+    samples: dict[tuple, RewardSample] = {}
+    for i in range(n):
+        extra = extra_infos[i] if isinstance(extra_infos[i], dict) else {}
+        skey = _sample_key(ground_truths[i], extra)
+        sample = _cached(_SAMPLES, skey, lambda gt=ground_truths[i], ex=extra: parse_ground_truth(gt, ex), SAMPLE_CACHE)
+        uid = None if uids is None or uids[i] is None else str(uids[i])
+        key = (uid, skey)
+        groups.setdefault(key, []).append(i)
+        samples[key] = sample
+    propagator = None
+    if config.use_consistency and any(s.frames is not None for s in samples.values()):
+        propagator = get_propagator(kwargs.get("sam2_model"), kwargs.get("sam2_checkpoint"), kwargs.get("sam2_device"))
+    texts = [s if isinstance(s, str) else str(s) for s in solution_strs]
+    batches = [([texts[i] for i in idx], samples[key]) for key, idx in groups.items()]
+    scored = score_groups(batches, propagator, config)
+    out: list[dict | None] = [None] * n
+    for idx, results in zip(groups.values(), scored):
+        for i, result in zip(idx, results):
+            if result["failure"]:
+                logger.debug("reward failure (%s): %s", data_sources[i], result["failure"])
+            out[i] = {"score": result["overall"], **{k: result[k] for k in (*TERMS, "overall")}}
+    return out  # type: ignore[return-value]

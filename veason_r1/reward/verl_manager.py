@@ -1,0 +1,110 @@
+"""verl 0.9.1 reward-loop manager that scores a step's rollouts together: `score_groups` once per flush.
+
+Why: verl calls a `custom_reward_function` one sample at a time (`RewardLoopWorker.compute_score_batch` makes one
+asyncio task per sample; the agent loop streams finished rollouts one by one), so the SAM2 consistency term of the
+8 rollouts of a prompt, and of the step's 16 prompts, would be tracked one rollout at a time. This manager's
+`run_single` only decodes the response and queues it; a debounced flush (`group_window_s` after the last arrival,
+at most `max_wait_s` after the first) scores everything queued with one `compute_score_batch` call in a thread:
+rollouts grouped by prompt (`uid`, else the ground truth), SAM2 tracking batched across all of them.
+
+- `compute_rm_score` (colocated rewards) schedules a whole chunk's tasks in one event-loop turn, so each reward
+  worker scores its chunk with one call: one call per step with `reward.num_workers: 1`.
+- Streaming (the agent loop sends each finished rollout to a reward worker) batches whatever arrives within the
+  window; scores do not depend on how samples are batched (same as per-sample `compute_score`).
+
+Config (verl YAML):
+    reward:
+      num_workers: 1
+      reward_manager: {source: importlib, name: VeasonGroupRewardManager,
+                       module: {path: pkg://veason_r1.reward.verl_manager}}
+      custom_reward_function: {path: grpo_reward/reward_score.py, name: compute_score,
+                               reward_kwargs: {sam2_model: ..., group_window_s: 0.05, max_wait_s: 2.0}}
+The `reward_kwargs` are those of `compute_score` (verl_hook.py) plus the two timing knobs above.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from verl import DataProto
+from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
+
+from veason_r1.reward.verl_hook import compute_score_batch
+
+logger = logging.getLogger(__name__)
+
+
+class VeasonGroupRewardManager(RewardManagerBase):
+    """Queues samples and scores them in batches with `compute_score_batch` (module docstring)."""
+
+    def __init__(self, config, tokenizer, compute_score=None, reward_router_address=None, reward_model_tokenizer=None):
+        super().__init__(config, tokenizer, compute_score)
+        reward_cfg = config.reward.get("custom_reward_function", None) or {}
+        kwargs = dict(reward_cfg.get("reward_kwargs", None) or {})
+        self.window_s = float(kwargs.pop("group_window_s", 0.05))
+        self.max_wait_s = float(kwargs.pop("max_wait_s", 2.0))
+        self.reward_kwargs = kwargs
+        self._pending: list[tuple[dict, asyncio.Future]] = []
+        self._first_arrival = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self.batch_sizes: list[int] = []  # samples per compute_score_batch call (tests, logging)
+
+    async def run_single(self, data: DataProto) -> dict:
+        item = data[-1:][0]  # multi-sequence outputs: the reward is computed on the last sequence (as naive)
+        response_ids = item.batch["responses"]
+        valid = int(item.batch["attention_mask"][-response_ids.shape[-1] :].sum())
+        # decoded here, before the first await, so that every task of a batch is queued in the same loop turn
+        text = self.tokenizer.decode(response_ids[:valid], skip_special_tokens=True)
+        extra_info = item.non_tensor_batch.get("extra_info", None)
+        sample = {
+            "data_source": item.non_tensor_batch.get("data_source", None),
+            "solution_str": text,
+            "ground_truth": item.non_tensor_batch["reward_model"]["ground_truth"],
+            "extra_info": dict(extra_info) if isinstance(extra_info, dict) else {},
+            "uid": item.non_tensor_batch.get("uid", None),
+        }
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        if not self._pending:
+            self._first_arrival = loop.time()
+        self._pending.append((sample, future))
+        self._schedule(loop)
+        result = await future
+        return {"reward_score": result["score"], "reward_extra_info": result}
+
+    def _schedule(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        deadline = min(loop.time() + self.window_s, self._first_arrival + self.max_wait_s)
+        self._timer = loop.call_at(deadline, lambda: loop.create_task(self._flush()))
+
+    async def _flush(self) -> None:
+        batch, self._pending, self._timer = self._pending, [], None
+        if not batch:
+            return
+        samples = [s for s, _ in batch]
+        self.batch_sizes.append(len(samples))
+        start = time.perf_counter()
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(
+                None,
+                lambda: compute_score_batch(
+                    [s["data_source"] for s in samples], [s["solution_str"] for s in samples],
+                    [s["ground_truth"] for s in samples], [s["extra_info"] for s in samples],
+                    uids=[s["uid"] for s in samples], **self.reward_kwargs,
+                ),
+            )
+        except Exception as e:  # noqa: BLE001 - a failing batch must not hang its samples
+            for _, future in batch:
+                if not future.done():
+                    future.set_exception(e)
+            return
+        logger.info("scored %d samples in one batch in %.2fs", len(samples), time.perf_counter() - start)
+        for (_, future), result in zip(batch, results):
+            if not future.done():
+                future.set_result(result)
+
+
+__all__ = ["VeasonGroupRewardManager"]
