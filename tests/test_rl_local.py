@@ -184,3 +184,21 @@ def test_trainer_uses_verl_core_algos_and_the_port_matches_it():
         assert torch.allclose(l1, l2) and m1 == pytest.approx(m2)
     logits = torch.randn(2, 3, 11, generator=g)
     assert torch.allclose(algos.entropy_from_logits(logits), port.entropy_from_logits(logits), atol=1e-6)
+
+
+def test_non_finite_gradient_skips_the_optimizer_step(synth_root, tiny_dir, tmp_path, monkeypatch):
+    """As verl's actor: a NaN gradient norm skips that optimizer step (weights untouched, counted), never crashes."""
+    import torch
+
+    from veason_r1.rl.local_trainer import LocalGRPOTrainer
+
+    cfg = make_cfg(synth_root, tiny_dir, tmp_path / "nan", "reward.use_consistency=false", "data.train_batch_size=1",
+                   "actor.ppo_mini_batch_size=1", "trainer.total_training_steps=1", "trainer.save_freq=-1",
+                   "trainer.test_freq=-1")
+    tr = LocalGRPOTrainer(cfg, verbose=False)
+    before = weights(tr.model)
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: torch.tensor(float("nan")))
+    metrics = tr.train_step()
+    assert metrics["actor/skipped_steps"] == 1.0
+    after = weights(tr.model)
+    assert all(torch.equal(before[k], after[k]) for k in before)

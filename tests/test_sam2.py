@@ -98,3 +98,20 @@ def test_config_names_and_checkpoint(tmp_path, prop):
         load_sam2("tiny", checkpoint=str(tmp_path / "bad.pt"), device="cpu")
     with pytest.raises(FileNotFoundError):
         load_sam2("tiny", checkpoint=str(tmp_path / "missing.pt"), device="cpu")
+
+
+def test_frame_ious_groups_with_different_frame_counts(prop):
+    """One GRPO step mixes prompts whose grids have different lengths K (short videos): IoUs per group must
+    equal terms.mask_iou on stock propagation (regression: a single concatenation assumed one K)."""
+    from veason_r1.reward.terms import mask_iou
+
+    groups = [(video(3, k=4), [(1, np.array([[20, 10, 40, 30]]))]),
+              (video(4, k=5), [(0, np.array([[5, 5, 30, 30]])), (4, np.array([[20, 10, 40, 30]]))])]
+    rng = np.random.default_rng(0)
+    gts = [rng.random((len(f), 48, 64)) > 0.7 for f, _ in groups]
+    out = prop.frame_ious_groups(groups, gts)
+    assert [len(g) for g in out] == [1, 2] and [len(g[0]) for g in out] == [4, 5]
+    for (frames, prompts), gt, ious in zip(groups, gts, out):
+        for (kf, boxes), got in zip(prompts, ious):
+            ref = prop.propagate_reference(frames, kf, boxes)
+            assert np.allclose(got, [mask_iou(p, g) for p, g in zip(ref, gt)])

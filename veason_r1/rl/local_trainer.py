@@ -478,7 +478,7 @@ class LocalGRPOTrainer:
         R = ro.responses.shape[1]
         self.model.train()
         sums: dict[str, float] = {}
-        count = 0
+        count = skipped = 0
         B = len(ro.texts)
         for _ in range(cfg.actor.ppo_epochs):
             for m0 in range(0, B, mini):
@@ -515,13 +515,21 @@ class LocalGRPOTrainer:
                             else len(idx) / len(mini_idx)
                         sums[k] = sums.get(k, 0.0) + float(v) * share
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.actor.grad_clip)
-                if not torch.isfinite(grad_norm):
-                    raise FloatingPointError(f"step {self.step}: non-finite gradient norm {grad_norm}")
+                count += 1
+                if not torch.isfinite(grad_norm):  # as verl's actor: skip this optimizer step, keep training
+                    skipped += 1
+                    from tqdm import tqdm
+
+                    tqdm.write(f"step {self.step}: non-finite gradient norm {float(grad_norm)}; optimizer step skipped")
+                    continue
                 self.optimizer.step()
                 sums["actor/grad_norm"] = sums.get("actor/grad_norm", 0.0) + float(grad_norm)
-                count += 1
         self.optimizer.zero_grad(set_to_none=True)  # no fp32 gradient copy held through the next rollout
-        return {k: v / count for k, v in sums.items()}
+        out = {k: v / count for k, v in sums.items()}
+        if "actor/grad_norm" in out:  # mean over the optimizer steps actually taken
+            out["actor/grad_norm"] = sums["actor/grad_norm"] / (count - skipped)
+        out["actor/skipped_steps"] = float(skipped)
+        return out
 
     def train_step(self) -> dict[str, float]:
         """One GRPO step (rollout, reward, advantage, old/ref log-probs, update); returns its metrics."""
