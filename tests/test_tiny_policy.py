@@ -292,3 +292,34 @@ def test_hf_engine_on_cuda_bf16(tiny_dir):  # pragma: no cover - needs CUDA
     assert next(engine.policy.model.parameters()).dtype == torch.bfloat16
     out = engine.generate(requests_112(), SamplingConfig(max_new_tokens=16, temperature=1.0, n=2))
     assert [len(c) for c in out] == [2, 2, 2]
+
+
+def test_generation_never_emits_vision_tokens(tmp_path):
+    """A policy that would emit <|image_pad|> (its LM head biased to it) produces none: such a token in a
+    response breaks re-encoding prompt + response for RL log-probs (image tokens != image features)."""
+    import torch
+
+    from veason_r1.models.policy import HFEngine, GenerationRequest, SamplingConfig, load_policy, vision_token_ids
+    from veason_r1.models.tiny import make_tiny_qwen
+
+    folder = make_tiny_qwen(tmp_path / "tiny", seed=0)
+    policy = load_policy(folder, "cpu", dtype="float32")
+    tok = policy.processor.tokenizer
+    pad_id = tok.convert_tokens_to_ids("<|image_pad|>")
+    assert pad_id in vision_token_ids(tok)
+    with torch.no_grad():
+        policy.model.lm_head.weight[pad_id] *= 0
+        policy.model.lm_head.weight[pad_id] += 5.0 * policy.model.lm_head.weight.abs().max()
+    frames = [np.zeros((112, 112, 3), np.uint8)] * 2
+    engine = HFEngine(policy, image_size=112, batch_size=2)
+    captured = {}
+    orig = policy.model.generate
+
+    def spy(**kw):
+        out = orig(**kw)
+        captured["ids"] = out[:, kw["input_ids"].shape[1]:]
+        return out
+
+    policy.model.generate = spy
+    engine.generate([GenerationRequest("the red circle", [0, 1], frames)], SamplingConfig(max_new_tokens=6))
+    assert captured["ids"].numel() > 0 and not (captured["ids"] == pad_id).any()

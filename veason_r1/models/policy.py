@@ -232,6 +232,16 @@ def build_inputs(processor, requests: Sequence[GenerationRequest], image_size: i
 # Engines
 
 
+# Tokens a response must never contain: re-encoding prompt + response (RL log-probs) would count one more image
+# slot than there are image features. A random or early policy does sample them; generation suppresses them.
+VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def vision_token_ids(tokenizer) -> list[int]:
+    ids = [tokenizer.convert_tokens_to_ids(t) for t in VISION_TOKENS]
+    return sorted({i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id})
+
+
 def _stop_ids(tokenizer) -> list[int]:
     ids = [tokenizer.convert_tokens_to_ids(t) for t in STOP_TOKENS]
     return [i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id]
@@ -264,7 +274,7 @@ class HFEngine:
         pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[-1]
         copies = 1 if sampling.greedy else sampling.n
         decode = {"max_new_tokens": sampling.max_new_tokens, "eos_token_id": stop, "pad_token_id": pad_id}
-        decode.update(repetition_penalty=1.0, num_return_sequences=copies)
+        decode.update(repetition_penalty=1.0, num_return_sequences=copies, suppress_tokens=vision_token_ids(tok))
         if sampling.greedy:
             decode.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:  # top_k=0: no top-k cut (transformers' default is 50, Qwen's generation_config says 1)

@@ -333,7 +333,7 @@ class LocalGRPOTrainer:
         """n sampled responses per prompt (greedy when temperature == 0), keeping the token ids."""
         import torch
 
-        from veason_r1.models.policy import GenerationRequest, build_inputs
+        from veason_r1.models.policy import GenerationRequest, build_inputs, vision_token_ids
 
         max_new = max_new_tokens or self.cfg.data.max_response_length
         stop = self._stop_ids()
@@ -341,7 +341,7 @@ class LocalGRPOTrainer:
         greedy = temperature == 0
         copies = 1 if greedy else n
         decode = dict(max_new_tokens=max_new, eos_token_id=stop, pad_token_id=pad, repetition_penalty=1.0,
-                      num_return_sequences=copies)
+                      num_return_sequences=copies, suppress_tokens=vision_token_ids(self.tokenizer))
         if greedy:
             decode.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         else:
