@@ -1,0 +1,181 @@
+"""`veason-r1 demo` end to end at a reduced size (CPU, tiny models): every stage runs, the report, plots and GIF are
+real files, the results table has J/F/J&F per split before and after RL and the reward terms, a rerun reuses every
+stage, and a rerun with other settings is refused."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+pytest.importorskip("llamafactory")
+pytest.importorskip("verl")
+pytest.importorskip("sam2")
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def small_config(out, **changes):
+    from veason_r1.demo import DemoConfig
+
+    values = {"out": str(out), "videos": 4, "max_frames": 10, "pool_size": 6, "sft_steps": 4, "sft_batch_size": 2,
+              "sft_cutoff_len": 1536, "rl_steps": 2, "rl_batch_size": 1, "rl_rollout_n": 2,
+              "rl_max_response_length": 32, "max_new_tokens": 32, "predict_batch_size": 4, "threads": None,
+              "progress": False, "verbose": False}
+    values.update(changes)
+    return DemoConfig(**values)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    from veason_r1.demo import run_demo
+
+    out = tmp_path_factory.mktemp("demo") / "demo_out"
+    return out, run_demo(small_config(out))
+
+
+def test_demo_writes_report_plots_gif_and_results(demo):
+    from PIL import Image
+
+    out, result = demo
+    for name in ("report.md", "reward_terms.png", "jf_before_after.png", "overlay.gif", "results.json",
+                 "demo_state.json"):
+        assert (out / name).is_file(), name
+    for name in ("reward_terms.png", "jf_before_after.png"):
+        data = (out / name).read_bytes()
+        assert data.startswith(PNG_MAGIC), name
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.width > 300 and im.height > 200
+            assert len(set(im.convert("L").getdata())) > 10  # a drawn figure, not a blank canvas
+    with Image.open(out / "overlay.gif") as gif:
+        assert gif.format == "GIF"
+        frames = gif.n_frames
+    assert frames >= 8 and frames == result["overlay"]["frames"]  # every frame of one synthetic video (>= 8)
+    meta = json.loads((out / "data" / "synth" / "meta_expressions_valid_.json").read_text())
+    assert frames == len(meta["videos"][result["overlay"]["video"]]["frames"])
+
+    report = (out / "report.md").read_text()
+    assert "measure the pipeline, not the method" in report
+    for needle in ("reward_terms.png", "jf_before_after.png", "overlay.gif", "Total wall time", "| referring | J&F |",
+                   "| format |", "What the numbers mean", "naming a timestamp that was not shown"):
+        assert needle in report, needle
+    for stage in ("synth", "sample", "cot", "tiny", "sft", "rl", "eval_sft", "eval_rl", "report"):
+        assert f"| `{stage}` |" in report, stage
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["before_rl"] == result["before_rl"] and saved["after_rl"] == result["after_rl"]
+
+
+def test_results_table_keys_and_values(demo):
+    out, result = demo
+    for when in ("before_rl", "after_rl"):
+        for split in ("referring", "reasoning", "overall"):
+            scores = result[when][split]
+            assert set(scores) == {"J", "F", "JF"}
+            assert all(0.0 <= scores[k] <= 100.0 for k in scores)
+            assert scores["JF"] == pytest.approx((scores["J"] + scores["F"]) / 2)
+        ov = result[when]["overall"]["JF"]
+        assert ov == pytest.approx((result[when]["referring"]["JF"] + result[when]["reasoning"]["JF"]) / 2)
+        # the same numbers as the evaluator's own results.json for that prediction folder
+        pred = out / "pred" / when
+        ev = json.loads((pred / "results.json").read_text())
+        assert ev["overall"]["JF"] == pytest.approx(ov)
+        assert ev["missing_predictions"] == 0
+        answers = result[when]["answers"]
+        n_valid = sum(len(v["expressions"]) for v in json.loads(
+            (out / "data" / "synth" / "meta_expressions_valid_.json").read_text())["videos"].values())
+        assert answers["answers"] == n_valid
+        assert 0 <= answers["format_ok"] <= n_valid and 0 <= answers["with_boxes"] <= n_valid
+    reward = result["reward"]
+    assert reward["steps"] == 2 and [r["step"] for r in reward["per_step"]] == [1, 2]
+    metrics = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    for term in ("format", "keyframe", "spatial", "consistency", "overall"):
+        assert reward["first"][term] == pytest.approx(metrics[0][f"reward/{term}"])
+        assert reward["last"][term] == pytest.approx(metrics[-1][f"reward/{term}"])
+        assert all(math.isfinite(r[term]) for r in reward["per_step"])
+    assert 0 <= reward["first"]["format"] <= 2 and 0 <= reward["last"]["overall"] <= 5
+    table = result["table"]
+    for needle in ("before RL", "after RL", "referring", "reasoning", "overall", "J&F", "format", "consistency"):
+        assert needle in table, needle
+    assert [s["name"] for s in result["stages"]] == ["synth", "sample", "cot", "tiny", "sft", "rl", "eval_sft",
+                                                     "eval_rl", "report"]
+    assert all(s["status"] == "ran" and s["seconds"] >= 0 for s in result["stages"])
+    assert result["total_seconds"] >= sum(s["seconds"] for s in result["stages"][:-1])
+
+
+def test_trained_models_are_loadable_policy_folders(demo):
+    from safetensors.torch import load_file
+
+    from veason_r1.models.policy import check_model_dir
+
+    out, _ = demo
+    for folder in (out / "sft" / "merged", out / "rl" / "global_step_2" / "model"):
+        check_model_dir(folder)
+    # the demo's tiny base has its random lm_head scaled (DemoConfig.lm_head_scale); the merge keeps it
+    base = load_file(str(out / "models" / "tiny_qwen" / "model.safetensors"))["lm_head.weight"]
+    merged = load_file(str(out / "sft" / "merged" / "model.safetensors"))["lm_head.weight"]
+    assert float(base.std()) > 3 * 0.05 and (merged == base).all()
+
+
+def test_rerun_reuses_every_stage_and_other_settings_are_refused(demo):
+    from veason_r1.demo import DemoSetupError, run_demo
+
+    out, first = demo
+    again = run_demo(small_config(out))
+    statuses = {s["name"]: s["status"] for s in again["stages"]}
+    assert all(statuses[n] == "reused" for n in statuses if n != "report"), statuses
+    assert again["before_rl"] == first["before_rl"] and again["after_rl"] == first["after_rl"]
+    with pytest.raises(DemoSetupError, match="sft_steps"):
+        run_demo(small_config(out, sft_steps=5))
+    with pytest.raises(DemoSetupError, match="image_size"):
+        small_config(out, image_size=100).validate()
+
+
+def test_cli_refuses_a_folder_that_is_not_a_demo(tmp_path, capsys):
+    from veason_r1.cli import main
+
+    (tmp_path / "precious.txt").write_text("keep me")
+    assert main(["demo", "--out", str(tmp_path), "--no-progress"]) == 2
+    assert "not a demo output folder" in capsys.readouterr().err
+    assert main(["demo", "--out", str(tmp_path), "--force", "--no-progress"]) == 2
+    assert (tmp_path / "precious.txt").read_text() == "keep me"
+
+
+def test_a_stage_with_missing_outputs_or_a_failure_is_redone_and_the_rest_reused(demo, monkeypatch):
+    from veason_r1.demo import Demo, run_demo
+
+    out, first = demo
+    (out / "pred" / "after_rl" / "results.json").unlink()
+    again = run_demo(small_config(out))
+    statuses = {s["name"]: s["status"] for s in again["stages"]}
+    assert statuses["eval_rl"] == "ran" and statuses["rl"] == "reused" and statuses["eval_sft"] == "reused"
+    assert again["after_rl"] == first["after_rl"]  # stage-1/2 caches and greedy decoding give the same masks
+
+    def broken(self, results):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(Demo, "stage_report", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        run_demo(small_config(out))
+    state = json.loads((out / "demo_state.json").read_text())
+    assert state["stages"]["report"]["status"] == "failed" and state["stages"]["eval_rl"]["status"] == "reused"
+    monkeypatch.undo()
+    final = run_demo(small_config(out))
+    assert {s["name"]: s["status"] for s in final["stages"]}["report"] == "ran"
+
+
+def test_overlay_gif_marks_the_keyframe(demo):
+    from PIL import Image
+
+    out, result = demo
+    ov = result["overlay"]
+    assert ov["panels"] == ["before RL (SFT)", "after RL (GRPO)", "ground truth"]
+    with Image.open(out / "overlay.gif") as gif:
+        panel_w = gif.width // 3
+        colors = []
+        for t in range(gif.n_frames):
+            gif.seek(t)
+            rgb = gif.convert("RGB")
+            colors.append(rgb.getpixel((panel_w + 1, 18 + 1)))  # top-left corner of the "after RL" panel
+    gold = [i for i, (r, g, b) in enumerate(colors) if r > 200 and g > 160 and b < 90]
+    assert gold == [ov["keyframe"]]
