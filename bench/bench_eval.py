@@ -202,44 +202,22 @@ class BenchDataset:
 # Policy
 
 
-def policy_3b_sizes(text_layers: int = 36, vision_depth: int = 32):
-    """Qwen2.5-VL-3B-Instruct sizes (config.json of the release) in the tiny builder's terms."""
-    from veason_r1.models.tiny import TinyQwenConfig
-
-    return TinyQwenConfig(
-        hidden_size=2048, intermediate_size=11008, num_hidden_layers=text_layers, num_attention_heads=16,
-        num_key_value_heads=2, mrope_section=[16, 24, 24], vision_depth=vision_depth, vision_hidden_size=1280,
-        vision_intermediate_size=3420, vision_num_heads=16,
-        vision_fullatt_block_indexes=[i for i in (7, 15, 23, 31) if i < vision_depth] or [vision_depth - 1],
-        initializer_range=0.02, tie_word_embeddings=True, max_position_embeddings=128000,
-    )
-
-
-REAL_VOCAB = 151936
-
-
 def build_policy(args, workdir: Path):
     """(Policy, description). --tiny: the project's tiny folder; else 3B sizes with random weights on the device."""
-    import torch
-
     from veason_r1.models import policy as policy_lib
-    from veason_r1.models.tiny import build_config, build_processor, build_tokenizer, make_tiny_qwen
+    from veason_r1.models.tiny import make_tiny_qwen
 
     if args.policy == "tiny":
         folder = make_tiny_qwen(workdir / "tiny_qwen", seed=args.seed)
         return policy_lib.load_policy(folder, device=args.device, dtype=args.policy_dtype), "tiny Qwen2.5-VL"
-    tokenizer = build_tokenizer()
-    processor = build_processor(tokenizer)
-    processor.tokenizer.padding_side = "left"
-    config = build_config(tokenizer, policy_3b_sizes(args.text_layers, args.vision_depth))
-    config.text_config.vocab_size = REAL_VOCAB
-    config.vocab_size = REAL_VOCAB
-    from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
+    from veason_r1.models.real_size import build_real_size_model
 
-    dtype = getattr(torch, args.policy_dtype)
-    torch.manual_seed(args.seed)
-    with torch.device(args.device):
-        model = Qwen2_5_VLForConditionalGeneration._from_config(config, dtype=dtype)
+    model, processor = build_real_size_model("3b", args.device, args.policy_dtype, seed=args.seed,
+                                             text_layers=args.text_layers, vision_depth=args.vision_depth)
+    processor.tokenizer.padding_side = "left"
+    tokenizer = processor.tokenizer
+    from transformers import GenerationConfig
+
     model.eval()
     stop = [tokenizer.convert_tokens_to_ids("<|im_end|>"), tokenizer.convert_tokens_to_ids("<|endoftext|>")]
     model.generation_config = GenerationConfig(bos_token_id=stop[1], pad_token_id=stop[1], eos_token_id=stop,

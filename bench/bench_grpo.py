@@ -36,45 +36,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-QWEN2_5_VL_3B = dict(
-    text=dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-              num_key_value_heads=2, vocab_size=151936, tie_word_embeddings=True,
-              rope_scaling={"type": "mrope", "mrope_section": [16, 24, 24], "rope_type": "default"}),
-    vision=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=2048,
-                fullatt_block_indexes=[7, 15, 23, 31], window_size=112, patch_size=14, spatial_merge_size=2,
-                temporal_patch_size=2, in_chans=3),
-)
-
 
 class BudgetSpent(RuntimeError):
     """Raised at a phase boundary once --time-budget is spent."""
 
 
 def build_real_size_model(tiny_dir: Path, device: str, dtype: str = "float32"):
-    """Qwen2.5-VL-3B architecture with random weights, created directly on `device` (no CPU init, no disk),
-    using the tiny folder's processor and tokenizer. The config is rebuilt from a dict so derived fields
-    (layer_types...) follow the real layer count; the tiny folder's special-token ids are kept (they lie inside the
-    real vocabulary size)."""
-    import torch
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+    """Qwen2.5-VL-3B architecture with random weights, created directly on `device` (no CPU init, no disk)
+    (`veason_r1.models.real_size`); generation stops at the tiny folder's eos/pad ids (same tokenizer)."""
+    from veason_r1.models import real_size
 
+    model, _ = real_size.build_real_size_model("3b", device, dtype, seed=0)
     d = json.loads((tiny_dir / "config.json").read_text())
-    text = {k: v for k, v in d.get("text_config", {}).items() if k not in ("layer_types",)}
-    t = dict(QWEN2_5_VL_3B["text"])
-    rope = t.pop("rope_scaling")
-    text.update(t, max_window_layers=t["num_hidden_layers"])
-    if "rope_parameters" in text:
-        text["rope_parameters"] = {**text["rope_parameters"], "mrope_section": rope["mrope_section"]}
-    top = {k: v for k, v in d.items() if k not in ("text_config", "vision_config", "layer_types")}
-    top.update(t, max_window_layers=t["num_hidden_layers"], rope_scaling={**d.get("rope_scaling", {}), **rope})
-    vision = {**d["vision_config"], **{k: v for k, v in QWEN2_5_VL_3B["vision"].items() if k != "in_chans"}}
-    cfg = Qwen2_5_VLConfig(**top, text_config=text, vision_config=vision)
-    torch_dtype = getattr(torch, dtype)
-    with torch.device(device):
-        try:
-            model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, dtype=torch_dtype)
-        except TypeError:  # an older signature (torch_dtype=)
-            model = Qwen2_5_VLForConditionalGeneration._from_config(cfg, torch_dtype=torch_dtype)
     stop = [d.get("eos_token_id"), d.get("pad_token_id") or d.get("bos_token_id")]
     model.generation_config.eos_token_id = [s for s in stop if s is not None]
     model.generation_config.pad_token_id = stop[-1]

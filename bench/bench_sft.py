@@ -35,15 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("DISABLE_VERSION_CHECK", "1")  # LLaMA-Factory 0.9.5 pins transformers<=5.6 (GPU box: newer)
 
-# Real Qwen2.5-VL sizes (config.json of the Instruct releases).
-SIZES = {
-    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-               num_key_value_heads=2, mrope_section=[16, 24, 24], tie_word_embeddings=True, vocab_size=151936),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, mrope_section=[16, 24, 24], tie_word_embeddings=False, vocab_size=152064),
-}
-VISION = dict(vision_depth=32, vision_hidden_size=1280, vision_intermediate_size=3420, vision_num_heads=16,
-              vision_fullatt_block_indexes=[7, 15, 23, 31])
+from veason_r1.models.real_size import REAL_SIZES as SIZES  # noqa: E402  (real Qwen2.5-VL 3B/7B sizes)
 
 WORDS = ("the dog runs across the yard while a person in a red shirt throws a ball near the fence and then "
          "walks to the left side of the frame where the target is clearly visible").split()
@@ -52,32 +44,15 @@ WORDS = ("the dog runs across the yard while a person in a red shirt throws a ba
 def build_model(out_dir: Path, size: str, tiny: bool, device: str) -> dict:
     """Write a random-weight Qwen2.5-VL folder at the real size (or the tiny one) and return its stats."""
     import torch
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from veason_r1.models.tiny import TinyQwenConfig, build_config, build_processor, build_tokenizer, make_tiny_qwen
+    from veason_r1.models.real_size import build_real_size_model
+    from veason_r1.models.tiny import make_tiny_qwen
 
     if tiny:
         make_tiny_qwen(out_dir, seed=0)
         return {"params": None}
-    sizes = dict(SIZES[size])
-    vocab = sizes.pop("vocab_size")
-    cfg = TinyQwenConfig(**sizes, **VISION, initializer_range=0.02, max_position_embeddings=128000)
-    tokenizer = build_tokenizer(cfg.bpe_vocab_size, seed=0)
-    processor = build_processor(tokenizer)
-    config = build_config(tokenizer, cfg)
-    config.text_config.vocab_size = vocab
-    config.vocab_size = vocab
-    config.vision_config.window_size = 112
     init_device = "cuda" if device.startswith("cuda") else "cpu"
-    torch.manual_seed(0)
-    prev = torch.get_default_dtype()
-    torch.set_default_dtype(torch.bfloat16)
-    try:
-        with torch.device(init_device):
-            model = Qwen2_5_VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(prev)
-    model.config.dtype = torch.bfloat16
+    model, processor = build_real_size_model(size, init_device, "bfloat16", seed=0)
     n_params = sum(p.numel() for p in model.parameters())
     model.save_pretrained(out_dir)
     processor.save_pretrained(out_dir)
