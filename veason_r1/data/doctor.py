@@ -131,6 +131,21 @@ class _Checker:
             self.issue(path, key, f"unreadable image: {e}")
             return None
 
+    def videos(self, meta_file: Path, meta: dict, desc: str):
+        """(name, entry, key) of each video whose name is safe and whose 'frames' list is non-empty; the others
+        are reported. Counts every video."""
+        for vname, v in self.bar(list(meta["videos"].items()), desc):
+            self.report.videos += 1
+            key = f"videos[{vname!r}]"
+            bad = unsafe_name(vname)
+            if bad:
+                self.issue(meta_file, key, bad)
+                continue
+            if not isinstance(v, dict) or not isinstance(v.get("frames"), list) or not v["frames"]:
+                self.issue(meta_file, f"{key}.frames", "missing or empty 'frames' list")
+                continue
+            yield vname, v, key
+
     def bar(self, items, desc: str):
         if not self.progress:
             return items
@@ -194,16 +209,7 @@ class _Checker:
             self.issue(fg_file, "", "expected an object video -> {'masks_rle': [...]}")
             fg = None
         checked_annos: set[str] = set()
-        for vname, v in self.bar(list(meta["videos"].items()), f"doctor {split}"):
-            self.report.videos += 1
-            key = f"videos[{vname!r}]"
-            bad = unsafe_name(vname)
-            if bad:
-                self.issue(meta_file, key, bad)
-                continue
-            if not isinstance(v, dict) or not isinstance(v.get("frames"), list) or not v["frames"]:
-                self.issue(meta_file, f"{key}.frames", "missing or empty 'frames' list")
-                continue
+        for vname, v, key in self.videos(meta_file, meta, f"doctor {split}"):
             size = self.check_frames(split, meta_file, vname, v)
             n = len(v["frames"])
             exps = v.get("expressions")
@@ -337,16 +343,7 @@ class _Checker:
         if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
             self.issue(meta_file, "", "expected {'videos': {...}} at top level")
             return
-        for vname, v in self.bar(list(meta["videos"].items()), "doctor reasonvos"):
-            self.report.videos += 1
-            key = f"videos[{vname!r}]"
-            bad = unsafe_name(vname)
-            if bad:
-                self.issue(meta_file, key, bad)
-                continue
-            if not isinstance(v, dict) or not isinstance(v.get("frames"), list) or not v["frames"]:
-                self.issue(meta_file, f"{key}.frames", "missing or empty 'frames' list")
-                continue
+        for vname, v, key in self.videos(meta_file, meta, "doctor reasonvos"):
             src = v.get("source")
             if not isinstance(src, str) or unsafe_name(src):
                 self.issue(meta_file, f"{key}.source", f"missing or unsafe 'source': {src!r}")
