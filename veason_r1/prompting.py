@@ -39,7 +39,7 @@ THINK_PATTERN = re.compile(r"<think>(.*?)</think>", re.DOTALL)
 
 def normalize_expression(expression: str) -> str:
     """Lower-cased, trailing periods and whitespace stripped."""
-    return expression.strip().lower().rstrip(".").strip()
+    return expression.strip().lower().rstrip(". ")
 
 
 def question_text(expression: str, num_frames: int, config: PromptConfig = PromptConfig()) -> str:
