@@ -295,6 +295,19 @@ def is_complete(pred: str | os.PathLike, video: str, exp_id: str, frame_names: S
     return folder.is_dir() and all((folder / f"{n}.png").is_file() for n in frame_names)
 
 
+_PNG_POOL = None
+
+
+def _png_pool():
+    """One process-wide thread pool for mask PNG writing (created on first use)."""
+    global _PNG_POOL
+    if _PNG_POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _PNG_POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="png")
+    return _PNG_POOL
+
+
 def write_expression_masks(pred: str | os.PathLike, video: str, exp_id: str, frame_names: Sequence[str],
                            masks: np.ndarray, partial_root: Path) -> Path:
     """Write all PNGs of one expression into a private folder, then rename it into place (all or nothing)."""
@@ -305,8 +318,12 @@ def write_expression_masks(pred: str | os.PathLike, video: str, exp_id: str, fra
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
-    for name, mask in zip(frame_names, masks):
-        (tmp / f"{name}.png").write_bytes(mask_png_bytes(mask))
+
+    def write(item: tuple[str, np.ndarray]) -> None:
+        (tmp / f"{item[0]}.png").write_bytes(mask_png_bytes(item[1]))
+
+    # PNG encoding (zlib) and file writes release the GIL: a few threads overlap them (100 PNGs per expression)
+    list(_png_pool().map(write, zip(frame_names, masks)))
     if final.exists():  # a stale or incomplete folder from an earlier run
         shutil.rmtree(final)
     final.parent.mkdir(parents=True, exist_ok=True)
