@@ -232,3 +232,28 @@ def test_array_source_and_resize():
         ArraySource([np.zeros((5, 7), np.uint8)])
     out = resize_frame(np.full((5, 7, 3), 200, np.uint8), 16)
     assert out.shape == (16, 16, 3) and (out == 200).all()
+
+
+def test_coco_rle_and_area_accept_both_count_forms():
+    """String (compressed) and list (uncompressed) counts give the same mask and area; None has area 0."""
+    from veason_r1.data.masks import coco_rle, rle_area
+
+    m = _mask(6, 5, 1, 2, 3, 4)
+    compressed = encode_rle(m)
+    uncompressed = {"size": [6, 5], "counts": [int(c) for c in _runs(m)]}
+    assert rle_area(compressed) == rle_area(uncompressed) == int(m.sum()) and rle_area(None) == 0
+    assert np.array_equal(decode_rle(uncompressed), m) and isinstance(coco_rle(compressed)["counts"], bytes)
+
+
+def _runs(mask):
+    """Uncompressed COCO counts (column-major run lengths, starting with background)."""
+    flat = np.asarray(mask, dtype=np.uint8).flatten(order="F")
+    runs, cur, n = [], 0, 0
+    for v in flat:
+        if v == cur:
+            n += 1
+        else:
+            runs.append(n)
+            cur, n = v, 1
+    runs.append(n)
+    return runs

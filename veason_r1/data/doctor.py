@@ -24,6 +24,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from PIL import Image
 from pycocotools import mask as mask_utils
 
+from veason_r1.data.masks import coco_rle, rle_area
 from veason_r1.data.revos import TYPE_NAMES
 
 ERROR, WARNING = "error", "warning"
@@ -131,6 +132,14 @@ class _Checker:
             self.issue(path, key, f"unreadable image: {e}")
             return None
 
+    def load_meta(self, meta_file: Path) -> dict | None:
+        """A meta_expressions JSON with a 'videos' object, or None (the problem is reported)."""
+        meta = self.load(meta_file)
+        if meta is not None and (not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict)):
+            self.issue(meta_file, "", "expected {'videos': {...}} at top level")
+            return None
+        return meta
+
     def videos(self, meta_file: Path, meta: dict, desc: str):
         """(name, entry, key) of each video whose name is safe and whose 'frames' list is non-empty; the others
         are reported. Counts every video."""
@@ -190,11 +199,8 @@ class _Checker:
             self.check_split(split, meta_file)
 
     def check_split(self, split: str, meta_file: Path) -> None:
-        meta = self.load(meta_file)
+        meta = self.load_meta(meta_file)
         if meta is None:
-            return
-        if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
-            self.issue(meta_file, "", "expected {'videos': {...}} at top level")
             return
         mask_file = self.find("mask_dict.json", split)
         mask_dict = self.load(mask_file) if mask_file else None
@@ -337,11 +343,8 @@ class _Checker:
 
         self.report.format = "reasonvos"
         self.report.splits.append("test")
-        meta = self.load(meta_file)
+        meta = self.load_meta(meta_file)
         if meta is None:
-            return
-        if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
-            self.issue(meta_file, "", "expected {'videos': {...}} at top level")
             return
         for vname, v, key in self.videos(meta_file, meta, "doctor reasonvos"):
             src = v.get("source")
@@ -404,22 +407,15 @@ def _meta_size(v: dict) -> tuple[int, int] | None:
     return (int(h), int(w)) if isinstance(h, int) and isinstance(w, int) else None
 
 
-def _frpy(r: dict) -> dict:
-    counts = r["counts"]
-    if isinstance(counts, list):
-        return mask_utils.frPyObjects(r, int(r["size"][0]), int(r["size"][1]))
-    return {"size": [int(r["size"][0]), int(r["size"][1])], "counts": counts.encode("ascii")}
-
-
 def _area(r: dict) -> int:
     try:
-        return int(mask_utils.area(_frpy(r)))
+        return rle_area(r)
     except Exception:  # noqa: BLE001 - malformed RLEs are reported elsewhere
         return 0
 
 
 def _decode_check(r: dict) -> None:
-    m = mask_utils.decode(_frpy(r))
+    m = mask_utils.decode(coco_rle(r))
     h, w = int(r["size"][0]), int(r["size"][1])
     if m.shape[:2] != (h, w):
         raise ValueError(f"decoded to {m.shape[:2]}")

@@ -13,11 +13,18 @@ Box = list[float]
 EMPTY_BOX: Box = [0.0, 0.0, 0.0, 0.0]
 
 
-def _as_bytes_rle(rle: dict) -> dict:
+def coco_rle(rle: dict) -> dict:
+    """An RLE as pycocotools' C API takes it: uncompressed list counts compressed, string counts as bytes."""
+    h, w = int(rle["size"][0]), int(rle["size"][1])
     counts = rle["counts"]
-    if isinstance(counts, str):
-        counts = counts.encode("ascii")
-    return {"size": [int(rle["size"][0]), int(rle["size"][1])], "counts": counts}
+    if isinstance(counts, list):
+        return mask_utils.frPyObjects(rle, h, w)
+    return {"size": [h, w], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
+
+
+def rle_area(rle: dict | None) -> int:
+    """Foreground pixel count of an RLE without decoding it (0 for an absent object)."""
+    return 0 if rle is None else int(mask_utils.area(coco_rle(rle)))
 
 
 def decode_rle(rle: dict | None, shape: tuple[int, int] | None = None) -> np.ndarray | None:
@@ -27,10 +34,7 @@ def decode_rle(rle: dict | None, shape: tuple[int, int] | None = None) -> np.nda
     """
     if rle is None:
         return None if shape is None else np.zeros(shape, dtype=bool)
-    if isinstance(rle.get("counts"), list):
-        h, w = rle["size"]
-        rle = mask_utils.frPyObjects(rle, int(h), int(w))
-    return mask_utils.decode(_as_bytes_rle(rle)).astype(bool)
+    return mask_utils.decode(coco_rle(rle)).astype(bool)
 
 
 def encode_rle(mask: np.ndarray) -> dict:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
-from veason_r1.data.masks import decode_rle, union_masks
+from veason_r1.data.masks import coco_rle, decode_rle, rle_area, union_masks
 from veason_r1.data.video import JpegFolderSource
 
 TYPE_NAMES = {0: "referring", 1: "reasoning", 2: "no_target"}
@@ -160,9 +160,9 @@ class ReVOSDataset:
                 areas.append(0)
             elif len(rles) == 1:
                 r = rles[0]
-                areas.append(int(mask_utils.area(_frpy(r))))
+                areas.append(rle_area(r))
             else:
-                merged = mask_utils.merge([_frpy(r) for r in rles], intersect=False)
+                merged = mask_utils.merge([coco_rle(r) for r in rles], intersect=False)
                 areas.append(int(mask_utils.area(merged)))
         return areas
 
@@ -172,13 +172,6 @@ class ReVOSDataset:
         if rles is None:
             raise KeyError(f"{self.root}/mask_dict_foreground.json: no entry for video {video!r}")
         return decode_rle(rles[t] if t < len(rles) else None, self.size(video))
-
-
-def _frpy(rle: dict) -> dict:
-    counts = rle["counts"]
-    if isinstance(counts, list):
-        return mask_utils.frPyObjects(rle, *rle["size"])
-    return {"size": rle["size"], "counts": counts.encode("ascii") if isinstance(counts, str) else counts}
 
 
 def MeViSDataset(root: str | os.PathLike, split: str = "valid_u", **kw) -> ReVOSDataset:  # noqa: N802

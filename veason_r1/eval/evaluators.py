@@ -104,19 +104,12 @@ class Task:
 
 
 def _revos_foreground_area(ds, video: str, t: int) -> int:
-    from pycocotools import mask as mask_utils
+    from veason_r1.data.masks import rle_area
 
     rles = ds.foreground.get(video, {}).get("masks_rle")
     if rles is None:
         raise KeyError(f"mask_dict_foreground.json: no entry for video {video!r}")
-    rle = rles[t] if t < len(rles) else None
-    if rle is None:
-        return 0
-    if isinstance(rle.get("counts"), list):
-        rle = mask_utils.frPyObjects(rle, *rle["size"])
-    elif isinstance(rle["counts"], str):
-        rle = {"size": rle["size"], "counts": rle["counts"].encode("ascii")}
-    return int(mask_utils.area(rle))
+    return rle_area(rles[t] if t < len(rles) else None)
 
 
 def score_task(ds, task: Task, with_revos_terms: bool) -> ExpressionResult:
