@@ -83,5 +83,7 @@ def save_real_size_policy(out_dir: str | Path, size: str = "3b", device: str = "
 if __name__ == "__main__":  # python -m veason_r1.models.real_size OUT [3b|7b]
     import sys
 
-    print(save_real_size_policy(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "3b",
-                                "cuda" if __import__("torch").cuda.is_available() else "cpu"))
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(save_real_size_policy(sys.argv[1], sys.argv[2] if len(sys.argv) > 2 else "3b", device))
