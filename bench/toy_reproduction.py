@@ -619,7 +619,7 @@ def main(argv=None) -> int:
         r["data"] = data["counts"]
         t = time.perf_counter()
         policy, model_cfg = build_model(work, p, args.device, args.seed)
-        from veason_r1.rl.local_trainer import fast_vision_attention
+        from veason_r1.models.fast_qwen import fast_vision_attention
 
         patched = fast_vision_attention(policy.model) if args.device.startswith("cuda") else 0
         n_params = sum(x.numel() for x in policy.model.parameters())

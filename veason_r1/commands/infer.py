@@ -42,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
                              max_new_tokens=args.max_new_tokens)
     engine = build_engine(args.engine, args.model, args.image_size, batch_size=1, device=args.device,
                           dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
-                          num_frames=args.num_frames)
+                          num_frames=args.num_frames, fast_paths=args.fast_paths)
     propagator = build_propagator(args)
     load_s = time.perf_counter() - t0
     progress = not args.no_progress

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
             engine = None
             if config.needs_policy:
                 engine = build_engine(args.engine, args.model, args.image_size, args.batch_size, args.device,
-                                      args.dtype, args.tensor_parallel_size, args.num_frames)
+                                      args.dtype, args.tensor_parallel_size, args.num_frames, args.fast_paths)
             stats = run_stage1(dataset, engine, args.out, config, shard, progress=progress)
             print(json.dumps({"stage": 1, "shard": shard.tag, **_rounded(stats)}))
             del engine

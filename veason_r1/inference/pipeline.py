@@ -127,7 +127,7 @@ def mask_png_bytes(mask: np.ndarray) -> bytes:
     from PIL import Image
 
     buf = io.BytesIO()
-    Image.fromarray(np.where(np.asarray(mask, dtype=bool), 255, 0).astype(np.uint8), mode="L").save(buf, "PNG")
+    Image.fromarray(np.multiply(np.asarray(mask, dtype=bool), 255, dtype=np.uint8)).save(buf, "PNG")
     return buf.getvalue()
 
 
@@ -289,6 +289,7 @@ def build_engine(
     dtype: str = "auto",
     tensor_parallel_size: int = 1,
     num_frames: int = 8,
+    fast_paths: str = "auto",
 ) -> Any:
     """A generation engine: "hf" (batched `generate`, left padding; CPU or GPU) or "vllm" (GPU nodes only)."""
     from veason_r1.models import policy as policy_lib
@@ -301,7 +302,7 @@ def build_engine(
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        policy = policy_lib.load_policy(str(model_dir), device=device, dtype=dtype)
+        policy = policy_lib.load_policy(str(model_dir), device=device, dtype=dtype, fast_paths=fast_paths)
         return policy_lib.HFEngine(policy, image_size=image_size, batch_size=batch_size)
     if kind == "vllm":
         return policy_lib.VLLMEngine(str(model_dir), image_size=image_size, tensor_parallel_size=tensor_parallel_size,
@@ -318,6 +319,9 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
     parser.add_argument("--dtype", default="auto", help="policy dtype: auto, bfloat16, float32")
+    parser.add_argument("--fast-paths", choices=("auto", "on", "off"), default="auto",
+                        help="exact HF speed-ups for Qwen2.5-VL (batched vision windows, grouped decode attention); "
+                             "auto = on CUDA")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="policy square frame side (560)")
     parser.add_argument("--num-frames", type=int, default=8, help="frames shown to the policy (linspace)")
     parser.add_argument("--max-new-tokens", type=int, default=1024)

@@ -14,6 +14,7 @@ Never touches the hub: folders are local, loaded with `local_files_only=True`.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,19 +126,31 @@ def load_processor(model_dir: str | Path):
     return processor
 
 
-def load_policy(model_dir: str | Path, device: str = "cpu", dtype: str = "auto", attn: str = "sdpa") -> Policy:
+FAST_PATHS = ("auto", "on", "off")
+
+
+def load_policy(model_dir: str | Path, device: str = "cpu", dtype: str = "auto", attn: str = "sdpa",
+                fast_paths: str = "auto") -> Policy:
     """Load a local Qwen2.5-VL folder (base Instruct model, merged SFT model, RL checkpoint or tiny model).
 
     `attn`: "sdpa" (default, works everywhere), "eager", or "flash_attention_2" (GPU with flash-attn installed).
+    `fast_paths`: the exact rewrites of `veason_r1.models.fast_qwen` (batched vision windows, grouped decode
+    attention): "auto" = on CUDA, "on", "off" (transformers' own code, e.g. to rule them out when debugging).
     """
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    if fast_paths not in FAST_PATHS:
+        raise ValueError(f"fast_paths must be one of {FAST_PATHS}, got {fast_paths!r}")
     path = check_model_dir(model_dir)
     torch_dtype = resolve_dtype(dtype, device)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         str(path), dtype=torch_dtype, attn_implementation=attn, local_files_only=True
     )
     model.to(device).eval()
+    if fast_paths == "on" or (fast_paths == "auto" and str(device).startswith("cuda")):
+        from veason_r1.models.fast_qwen import apply_fast_paths
+
+        apply_fast_paths(model)
     return Policy(model=model, processor=load_processor(path), device=str(device), model_dir=path)
 
 
@@ -261,24 +274,33 @@ class HFEngine:
         self.policy = policy
         self.image_size = image_size
         self.batch_size = batch_size
+        self.batch_stats: list[dict] = []  # one entry per generate batch: where its time went
+
+    def generate_kwargs(self, sampling: SamplingConfig) -> dict:
+        """The keyword arguments `model.generate` gets besides the inputs (explicit, never the folder defaults)."""
+        tok = self.policy.processor.tokenizer
+        stop = _stop_ids(tok)
+        pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[-1]
+        decode = {"max_new_tokens": sampling.max_new_tokens, "eos_token_id": stop, "pad_token_id": pad_id}
+        decode.update(repetition_penalty=1.0, num_return_sequences=1 if sampling.greedy else sampling.n,
+                      suppress_tokens=vision_token_ids(tok))
+        if sampling.greedy:
+            decode.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        else:  # top_k=0: no top-k cut (transformers' default is 50, Qwen's generation_config says 1)
+            decode.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        return decode
 
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingConfig | None = None
     ) -> list[list[str]]:
         import torch
+        from transformers import LogitsProcessorList
 
         sampling = sampling or SamplingConfig()
         model, processor = self.policy.model, self.policy.processor
         tok = processor.tokenizer
-        stop = _stop_ids(tok)
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[-1]
         copies = 1 if sampling.greedy else sampling.n
-        decode = {"max_new_tokens": sampling.max_new_tokens, "eos_token_id": stop, "pad_token_id": pad_id}
-        decode.update(repetition_penalty=1.0, num_return_sequences=copies, suppress_tokens=vision_token_ids(tok))
-        if sampling.greedy:
-            decode.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:  # top_k=0: no top-k cut (transformers' default is 50, Qwen's generation_config says 1)
-            decode.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+        decode = self.generate_kwargs(sampling)
         outputs: list[list[str]] = []
         dtype = next(model.parameters()).dtype
         device = torch.device(self.policy.device)
@@ -287,16 +309,44 @@ class HFEngine:
             torch.manual_seed(sampling.seed)
             for start in range(0, len(requests), self.batch_size):
                 chunk = list(requests[start : start + self.batch_size])
+                t0 = time.perf_counter()
                 batch = build_inputs(processor, chunk, self.image_size).to(device)
                 batch["pixel_values"] = batch["pixel_values"].to(dtype)
                 prompt_len = batch["input_ids"].shape[1]
+                clock = _FirstTokenClock(device)
+                t1 = time.perf_counter()
                 with torch.inference_mode():
-                    seqs = model.generate(**batch, **decode)
+                    seqs = model.generate(**batch, **decode, logits_processor=LogitsProcessorList([clock]))
                 texts = tok.batch_decode(seqs[:, prompt_len:], skip_special_tokens=True)
+                t2 = time.perf_counter()
+                steps = int(seqs.shape[1] - prompt_len)
+                first = (clock.first or t2) - t1
+                self.batch_stats.append({
+                    "rows": len(chunk), "prompt_tokens": int(prompt_len), "inputs_s": t1 - t0,
+                    "prefill_s": first, "decode_steps": steps,
+                    "decode_ms_per_step": 1000 * (t2 - t1 - first) / max(steps - 1, 1),
+                })
                 for i in range(len(chunk)):
                     group = texts[i * copies : (i + 1) * copies]
                     outputs.append(group * sampling.n if copies == 1 else group)
         return outputs
+
+
+class _FirstTokenClock:
+    """A logits processor that leaves scores alone and notes when the first one arrives (end of the prefill), so a
+    batch's time splits into prefill and per-step decode (one device sync, at the first step only)."""
+
+    def __init__(self, device):
+        self.device, self.first = device, None
+
+    def __call__(self, input_ids, scores):
+        if self.first is None:
+            if self.device.type == "cuda":
+                import torch
+
+                torch.cuda.synchronize(self.device)
+            self.first = time.perf_counter()
+        return scores
 
 
 def build_vllm_requests(processor, requests: Sequence[GenerationRequest], image_size: int = IMAGE_SIZE) -> list[dict]:
@@ -393,7 +443,7 @@ def make_engine(kind: str, model_dir: str | Path | None = None, policy: Policy |
     """'hf' -> HFEngine (loads the policy from model_dir unless given; device/dtype/attn kwargs go to load_policy),
     'vllm' -> VLLMEngine(model_dir, **kwargs)."""
     if kind == "hf":
-        load_kw = {k: kwargs.pop(k) for k in ("device", "dtype", "attn") if k in kwargs}
+        load_kw = {k: kwargs.pop(k) for k in ("device", "dtype", "attn", "fast_paths") if k in kwargs}
         if policy is None:
             if model_dir is None:
                 raise ValueError("make_engine('hf'): give model_dir or policy")

@@ -20,7 +20,7 @@ Speed on one GPU (none of it changes the maths):
   vLLM rollout holds bf16 weights synced from the FSDP actor; old/ref log-probs and the update still use the fp32
   master model under autocast, so the PPO ratio is measured on the trained model;
 - the vision tower's window attention runs as one batched SDPA call per chunk length instead of one call per
-  window (`fast_vision_attention`; transformers' non-flash path loops over ~25 windows x frames x 28 layers);
+  window, and decoding attends to un-repeated grouped K/V (`veason_r1.models.fast_qwen`, exact rewrites);
 - gradients are freed after each update so rollouts and log-probs do not carry a full fp32 gradient copy;
 - `log_prob_micro_batch` lets the no-grad old/ref forwards use bigger micro-batches than the update;
 - `phase_hook(phase, event, seconds)` reports each phase (and rollout chunk) as it starts and ends.
@@ -31,7 +31,6 @@ from __future__ import annotations
 import copy
 import json
 import random
-import sys
 import time
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
@@ -41,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from veason_r1.models.fast_qwen import fast_vision_attention, patch_text_attention
 from veason_r1.rl import checkpoint as ckpt
 from veason_r1.rl.config import GRPOConfig
 from veason_r1.rl.data import RLPool, RLSample, RLSampleBuilder, select_expressions
@@ -64,92 +64,6 @@ def resolve_device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return name
-
-
-def _grouped_vision_attention(self, hidden_states, cu_seqlens, rotary_pos_emb=None, position_embeddings=None,
-                              **kwargs):
-    """Qwen2.5-VL vision attention with chunks of equal length batched into one SDPA call (same values as the
-    per-chunk loop transformers runs when flash-attention is not installed)."""
-    import torch
-    import torch.nn.functional as F
-
-    modeling = sys.modules[type(self).__module__]
-    seq = hidden_states.shape[0]
-    q, k, v = self.qkv(hidden_states).reshape(seq, 3, self.num_heads, -1).permute(1, 0, 2, 3).unbind(0)
-    if position_embeddings is None:
-        emb = torch.cat((rotary_pos_emb, rotary_pos_emb), dim=-1)
-        position_embeddings = (emb.cos(), emb.sin())
-    cos, sin = position_embeddings
-    q, k = modeling.apply_rotary_pos_emb_vision(q, k, cos, sin)
-    lengths = (cu_seqlens[1:] - cu_seqlens[:-1]).tolist()
-    starts = cu_seqlens[:-1].tolist()
-    by_length: dict[int, list[int]] = {}
-    for st, ln in zip(starts, lengths):
-        if ln > 0:
-            by_length.setdefault(int(ln), []).append(int(st))
-    dropout = 0.0 if not self.training else float(getattr(self, "attention_dropout", 0.0))
-    outs, order = [], []
-    for ln, sts in by_length.items():
-        contiguous = sts == list(range(sts[0], sts[0] + ln * len(sts), ln))
-        if contiguous:
-            sl = slice(sts[0], sts[0] + ln * len(sts))
-            qg, kg, vg = (t[sl].reshape(len(sts), ln, *t.shape[1:]) for t in (q, k, v))
-            order.append(torch.arange(sts[0], sts[0] + ln * len(sts), device=q.device))
-        else:
-            idx = (torch.tensor(sts)[:, None] + torch.arange(ln)[None]).to(q.device)
-            qg, kg, vg = (t[idx] for t in (q, k, v))
-            order.append(idx.flatten())
-        o = F.scaled_dot_product_attention(qg.transpose(1, 2), kg.transpose(1, 2), vg.transpose(1, 2),
-                                           dropout_p=dropout, scale=self.scaling)
-        outs.append(o.transpose(1, 2).reshape(-1, *q.shape[1:]))
-    out = torch.cat(outs) if len(outs) > 1 else outs[0]
-    pos = torch.cat(order) if len(order) > 1 else order[0]
-    if not bool((pos == torch.arange(seq, device=pos.device)).all()):
-        out = out[torch.argsort(pos)]
-    return self.proj(out.reshape(seq, -1).contiguous())
-
-
-def fast_vision_attention(model, check: bool = True) -> int:
-    """Patch every Qwen2.5-VL vision attention module of `model` (instances only) with the batched version.
-
-    Returns how many modules were patched: 0 when the model uses flash-attention (already varlen), when the
-    modules do not look like transformers' `Qwen2_5_VLVisionAttention`, or when the self-check (the original
-    forward vs the batched one on random chunks of unequal length) disagrees, so a transformers change can never
-    silently change the model.
-    """
-    import types
-
-    import torch
-
-    mods = [m for m in model.modules() if type(m).__name__ == "Qwen2_5_VLVisionAttention"]
-    if not mods or not all(hasattr(m, a) for m in mods for a in ("qkv", "proj", "num_heads", "scaling")):
-        return 0
-    impl = str(getattr(mods[0].config, "_attn_implementation", "") or "")
-    if "flash" in impl or getattr(mods[0], "_veason_batched", False):
-        return 0
-    if check:
-        m = mods[0]
-        p = next(m.parameters())
-        dim, heads = m.qkv.in_features, m.num_heads
-        g = torch.Generator(device="cpu").manual_seed(0)
-        lengths = [16, 16, 8, 16, 4]
-        seq = sum(lengths)
-        x = torch.randn(seq, dim, generator=g).to(p.device, p.dtype)
-        ang = torch.randn(seq, dim // heads, generator=g).to(p.device)
-        cu = torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=p.device)
-        try:
-            with torch.no_grad():
-                ref = m.forward(x, cu, position_embeddings=(ang.cos(), ang.sin()))
-                new = _grouped_vision_attention(m, x, cu, position_embeddings=(ang.cos(), ang.sin()))
-        except Exception:  # noqa: BLE001 - an unknown signature: keep transformers' own code
-            return 0
-        tol = 1e-4 if p.dtype == torch.float32 else 3e-2
-        if ref.shape != new.shape or not torch.allclose(ref.float(), new.float(), atol=tol, rtol=tol):
-            return 0
-    for m in mods:
-        m.forward = types.MethodType(_grouped_vision_attention, m)
-        m._veason_batched = True
-    return len(mods)
 
 
 def _bf16_copy(model, dtype):
@@ -215,6 +129,7 @@ class LocalGRPOTrainer:
         self.vision_attention_patched = 0
         if vision_attention == "batched" or (vision_attention == "auto" and self.device.startswith("cuda")):
             self.vision_attention_patched = fast_vision_attention(self.model)
+            patch_text_attention(self.model)  # rollouts: grouped decode attention (exact; training forwards untouched)
         self.ref_model = None
         if cfg.actor.use_kl_loss and not self.lora:
             if self.autocast_dtype is not None:  # no transient fp32 copy of the whole model
