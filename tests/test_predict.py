@@ -289,6 +289,32 @@ def test_stage2_layout_resume_and_atomic_folders(mini, tiny_sam2, tmp_path):
     assert report.ok and report.complete_masks == 7
 
 
+def test_stage2_background_writer_failure_surfaces_and_keeps_finished_work(mini, tiny_sam2, tmp_path, monkeypatch):
+    from veason_r1.inference import predict as predict_mod
+
+    cfg = _config()
+    run_stage1(mini, BatchSensitiveEngine(), tmp_path, cfg, progress=False)
+    real = predict_mod.write_expression_masks
+    calls = []
+
+    def flaky(pred, video, exp_id, *a, **k):
+        calls.append((video, exp_id))
+        if len(calls) == 2:
+            raise OSError("disk full (injected)")
+        return real(pred, video, exp_id, *a, **k)
+
+    monkeypatch.setattr(predict_mod, "write_expression_masks", flaky)
+    with pytest.raises(OSError, match="injected"):
+        run_stage2(mini, tiny_sam2, tmp_path, cfg, progress=False)
+    first = calls[0]
+    names = mini.videos[first[0]].frames
+    assert predict_mod.is_complete(tmp_path, first[0], first[1], names)  # finished before the failure: kept
+    monkeypatch.setattr(predict_mod, "write_expression_masks", real)
+    stats = run_stage2(mini, tiny_sam2, tmp_path, cfg, progress=False)
+    assert stats["written"] + stats["skipped"] == 7 and stats["skipped"] >= 1
+    assert merge_predictions(mini, tmp_path, cfg).ok
+
+
 def test_stage2_without_boxes_writes_empty_masks(mini, tiny_sam2, tmp_path):
     class NoBoxes:
         def generate(self, requests, sampling):

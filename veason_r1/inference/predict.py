@@ -398,7 +398,7 @@ def run_stage2(
     partial_root = Path(pred) / PARTIAL_DIR / shard.tag
     if partial_root.exists():
         shutil.rmtree(partial_root)  # leftovers of this shard's killed run
-    stats = {"written": 0, "skipped": 0, "missing_stage1": 0, "sam2_s": 0.0, "write_s": 0.0}
+    stats = {"written": 0, "skipped": 0, "missing_stage1": 0, "sam2_s": 0.0, "write_s": 0.0, "write_wait_s": 0.0}
     todo = []
     for group in video_groups(dataset, blocks, shard):
         missing = [e for e in group if e.key not in records]
@@ -410,17 +410,35 @@ def run_stage2(
         stats["skipped"] += len(group) - len(pending)
         if pending:
             todo.append((group, pending))
-    for group, pending in _bar(todo, progress, "stage 2 (SAM2)"):
-        t0 = time.perf_counter()
-        source = dataset.frames(group[0].video)
-        all_masks = propagate_group(propagator, source, [records[e.key] for e in group])
-        stats["sam2_s"] += time.perf_counter() - t0
+
+    def write_group(group, pending, names, all_masks) -> None:
         t0 = time.perf_counter()
         for e, masks in zip(group, all_masks):
             if e in pending:
-                write_expression_masks(pred, e.video, e.exp_id, source.names, masks, partial_root)
+                write_expression_masks(pred, e.video, e.exp_id, names, masks, partial_root)
                 stats["written"] += 1
         stats["write_s"] += time.perf_counter() - t0
+
+    # A group's PNGs are written by a background thread while SAM2 tracks the next group (at most one group's masks
+    # wait in memory). A failure in either surfaces here; a write in flight always finishes first.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage2-writer") as writer:
+        in_flight = None
+        for group, pending in _bar(todo, progress, "stage 2 (SAM2)"):
+            t0 = time.perf_counter()
+            source = dataset.frames(group[0].video)
+            all_masks = propagate_group(propagator, source, [records[e.key] for e in group])
+            stats["sam2_s"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if in_flight is not None:
+                in_flight.result()
+            stats["write_wait_s"] += time.perf_counter() - t0
+            in_flight = writer.submit(write_group, group, pending, list(source.names), all_masks)
+        t0 = time.perf_counter()
+        if in_flight is not None:
+            in_flight.result()
+        stats["write_wait_s"] += time.perf_counter() - t0
     if partial_root.exists():
         shutil.rmtree(partial_root, ignore_errors=True)
     return stats
