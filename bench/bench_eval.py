@@ -78,16 +78,21 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", required=True, help="JSON file for the results")
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny policy + tiny SAM2 + small videos (CPU smoke test)")
-    p.add_argument("--videos", type=int, default=8)
+    p.add_argument("--videos", type=int, default=6)
     p.add_argument("--exps-per-video", type=int, default=4)
     p.add_argument("--frames", type=int, default=100)
     p.add_argument("--height", type=int, default=720)
     p.add_argument("--width", type=int, default=1280)
-    p.add_argument("--authors-exps", type=int, default=8, help="expressions run the authors' way (it is slow)")
+    p.add_argument("--authors-exps", type=int, default=6, help="expressions run the authors' way (it is slow)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--image-size", type=int, default=560)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--policy-dtype", default="bfloat16")
+    p.add_argument("--no-fast-paths", action="store_true",
+                   help="ours without veason_r1.models.fast_qwen (transformers' own attention code)")
+    p.add_argument("--agreement-exps", type=int, default=None,
+                   help="expressions whose greedy tokens are compared in fp32, authors' way vs ours "
+                        "(default: --authors-exps; 0 skips)")
     p.add_argument("--sam2", default="sam2.1_hiera_l")
     p.add_argument("--policy", choices=("3b", "tiny"), default=None,
                    help="3b: Qwen2.5-VL-3B sizes, random weights (default); tiny: the project's tiny folder (--tiny)")
@@ -253,6 +258,10 @@ class GenerateRecorder:
 # Timing helpers
 
 
+def rounded_batches(stats: list[dict]) -> list[dict]:
+    return [{k: round(v, 3) if isinstance(v, float) else v for k, v in b.items()} for b in stats]
+
+
 def sync(device: str) -> None:
     if str(device).startswith("cuda"):
         import torch
@@ -295,11 +304,12 @@ def authors_way(ds: BenchDataset, exprs, policy, sam_model, args, out_dir: Path)
         boxes_to_original,
         generate_responses,
         make_answer,
-        write_mask_png,
     )
+    from veason_r1.models.fast_qwen import remove_fast_paths
     from veason_r1.models.policy import GenerationRequest, HFEngine
     from veason_r1.models.sam2 import _quiet, _stock_fp32_memory_patch
 
+    remove_fast_paths(policy.model)  # the authors run transformers' own code
     engine = HFEngine(policy, image_size=args.image_size, batch_size=1)
     config = InferenceConfig(args.image_size, 8, args.max_new_tokens)
     times = {"load_s": 0.0, "generate_s": 0.0, "sam2_s": 0.0, "write_s": 0.0}
@@ -335,12 +345,14 @@ def authors_way(ds: BenchDataset, exprs, policy, sam_model, args, out_dir: Path)
         sync(args.device)
         times["sam2_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        for name, m in zip(ds.names, masks):
-            write_mask_png(out_dir / e.video / e.exp_id / f"{name}.png", m)
+        folder = out_dir / e.video / e.exp_id
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, m in zip(ds.names, masks):  # the release: one PIL save per frame, no temp files
+            Image.fromarray((m * 255).astype(np.uint8)).save(folder / f"{name}.png")
         times["write_s"] += time.perf_counter() - t0
         masks_out[e.key] = masks
     total = sum(times.values())
-    return {"expressions": len(exprs), "seconds": round(total, 3),
+    return {"expressions": len(exprs), "seconds": round(total, 3), "generate_batches": rounded_batches(engine.batch_stats),
             "per_expression_s": {k: round(v / len(exprs), 4) for k, v in times.items()},
             "expressions_per_hour": round(3600 * len(exprs) / total, 1), "masks": masks_out, "answers": answers}
 
@@ -352,8 +364,10 @@ def authors_way(ds: BenchDataset, exprs, policy, sam_model, args, out_dir: Path)
 def our_way(ds: BenchDataset, policy, propagator, args, pred: Path) -> dict:
     from veason_r1.inference.pipeline import InferenceConfig
     from veason_r1.inference.predict import PredictConfig, load_stage1, run_stage1, run_stage2
+    from veason_r1.models.fast_qwen import apply_fast_paths, remove_fast_paths
     from veason_r1.models.policy import HFEngine
 
+    (remove_fast_paths if args.no_fast_paths else apply_fast_paths)(policy.model)
     engine = HFEngine(policy, image_size=args.image_size, batch_size=args.batch_size)
     config = PredictConfig(benchmark="bench", model=None, batch_size=args.batch_size, oracle_boxes=True,
                            inference=InferenceConfig(args.image_size, 8, args.max_new_tokens))
@@ -375,11 +389,75 @@ def our_way(ds: BenchDataset, policy, propagator, args, pred: Path) -> dict:
         "expressions": n, "seconds": round(total, 3),
         "per_expression_s": {"stage1_s": round(stage1_s / n, 4), "generate_s": round(s1["generate_s"] / n, 4),
                              "frames_s": round(s1["frames_s"] / n, 4), "stage2_s": round(stage2_s / n, 4),
-                             "sam2_s": round(s2["sam2_s"] / n, 4), "write_s": round(s2["write_s"] / n, 4)},
+                             "sam2_s": round(s2["sam2_s"] / n, 4), "write_s": round(s2["write_s"] / n, 4),
+                             "write_wait_s": round(s2["write_wait_s"] / n, 4)},
         "expressions_per_hour": round(3600 * n / total, 1),
         "peak_gpu_gb": {"stage1": peak1, "stage2": peak_gb(args.device)},
+        "generate_batches": rounded_batches(engine.batch_stats),
         "records": load_stage1(pred),
     }
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Greedy agreement without bf16 rounding
+
+
+def fp32_agreement(ds: BenchDataset, policy, recorder: GenerateRecorder, args, n: int) -> dict:
+    """Greedy token ids of the authors' way (transformers' code, one expression at a time, frames via PIL) vs ours
+    (fast paths, one batch of `--batch-size`, frames via our reader) with the policy in fp32 and TF32 off.
+
+    In bf16 any change of batch shape changes kernel rounding, and a random-weight model's near-tied argmaxes flip
+    (vLLM has the same property); in fp32 the rounding is ~1e-7, so a token that still differs is a real difference
+    in what the two ways compute.
+    """
+    import torch
+    from PIL import Image
+
+    from veason_r1.data.sampling import eval_frames
+    from veason_r1.inference.pipeline import policy_images, sample_frame_ids
+    from veason_r1.models.fast_qwen import apply_fast_paths, remove_fast_paths
+    from veason_r1.models.policy import GenerationRequest, HFEngine, SamplingConfig
+
+    size = args.image_size
+    exprs = ds.expressions[: max(n, min(args.batch_size, len(ds.expressions)))]
+    ours_reqs, authors_reqs = [], []
+    for e in exprs:
+        src = ds.frames(e.video)
+        ids = sample_frame_ids(len(src), 8)
+        ours_reqs.append(GenerationRequest(e.text, ids, policy_images(src, ids, size)))
+    for e in exprs[:n]:
+        pil = [Image.open(ds.root / e.video / f"{name}.jpg").convert("RGB") for name in ds.names]
+        ids = eval_frames(len(pil), 8)
+        authors_reqs.append(GenerationRequest(e.text, ids, [np.asarray(pil[i].resize((size, size), Image.BILINEAR))
+                                                            for i in ids]))
+    same_inputs = all(a.frame_ids == b.frame_ids and all(np.array_equal(x, y) for x, y in zip(a.images, b.images))
+                      for a, b in zip(authors_reqs, ours_reqs))
+    model = policy.model
+    dtype = next(model.parameters()).dtype
+    flags = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    model.float()
+    sampling = SamplingConfig(max_new_tokens=args.max_new_tokens)
+    try:
+        t0 = time.perf_counter()
+        remove_fast_paths(model)
+        authors_engine = HFEngine(policy, size, batch_size=1)
+        for r in authors_reqs:
+            authors_engine.generate([r], sampling)
+        authors_ids = recorder.take()
+        if not args.no_fast_paths:
+            apply_fast_paths(model)
+        HFEngine(policy, size, batch_size=args.batch_size).generate(ours_reqs, sampling)
+        ours_ids = recorder.take()[:n]
+        seconds = time.perf_counter() - t0
+    finally:
+        model.to(dtype)
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
+    return {"dtype": "float32", "tf32": False, "compared": n, "ours_batch": len(ours_reqs),
+            "same_input_frames": bool(same_inputs),
+            "identical_greedy_token_ids": int(sum(a == b for a, b in zip(authors_ids, ours_ids))),
+            "first_divergence_positions": [first_divergence(a, b) for a, b in zip(authors_ids, ours_ids)],
+            "generated_tokens": [len(a) for a in authors_ids], "seconds": round(seconds, 1)}
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -454,6 +532,7 @@ def main(argv=None) -> int:
         "device": torch.cuda.get_device_name(0) if args.device.startswith("cuda") else platform.processor() or "cpu",
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "transformers": transformers.__version__},
+        "fast_paths": not args.no_fast_paths,
         "args": {k: v for k, v in vars(args).items() if k != "out"},
         "pycocotools_stubbed": stubbed,
     }
@@ -488,6 +567,7 @@ def main(argv=None) -> int:
             our_warm = workdir / "warm"
             warm_ds = BenchDataset(workdir / "videos", 1, 1, args.frames, args.height, args.width)
             our_way(warm_ds, policy, propagator, args, our_warm)
+            authors_way(warm_ds, warm_ds.expressions[:1], policy, sam_model, args, workdir / "warm_authors")
             recorder.take()
 
             n_auth = min(args.authors_exps, len(ds.expressions))
@@ -520,7 +600,11 @@ def main(argv=None) -> int:
                 "compared": len(same), "identical_greedy_token_ids": int(sum(same)),
                 "first_divergence_positions": div, "generated_tokens": [len(a) for a in authors_ids],
                 "keyframes_equal": int(keyframes_same), "mask_mean_iou_fp32_stock_vs_ours": round(float(np.mean(ious)), 4),
+                "policy_dtype": args.policy_dtype,
             }
+            n_agree = n_auth if args.agreement_exps is None else min(args.agreement_exps, len(ds.expressions))
+            if n_agree > 0:
+                result["agreement_fp32"] = fp32_agreement(ds, policy, recorder, args, n_agree)
             del policy, propagator, sam_model, recorder
             if args.device.startswith("cuda"):
                 torch.cuda.empty_cache()
