@@ -544,7 +544,7 @@ class SAM2Propagator:
                 for keys in plan:
                     if not keys:
                         out.append(torch.zeros((video.num_frames, video.height, video.width), dtype=torch.bool,
-                                               device=self.device))
+                                               device=video.storage))
                     elif len(keys) == 1:
                         out.append(unique[keys[0]].masks)
                     else:
@@ -646,7 +646,7 @@ class SAM2Propagator:
                 logits = (pred_masks if idx is None else pred_masks.index_select(0, idx)).float()
                 if logits.shape[-2:] != (h, w):
                     logits = F.interpolate(logits, size=(h, w), mode="bilinear", align_corners=False)
-                target[:, t] = logits[:, 0] > 0
+                target[:, t] = (logits[:, 0] > 0).to(target.device)
 
     def _track_batch(self, objs: list[_Object], num_frames: int, keyframe: int, progress: bool) -> None:
         import torch
@@ -662,13 +662,15 @@ class SAM2Propagator:
             from tqdm import tqdm
 
             iterator = iter(tqdm(steps, desc=f"SAM2 propagate ({len(objs)} objects)", leave=False))
-        # per-object output masks (K, H, W) bool on the device: one tensor per video size, objects are row views
+        # per-object output masks (K, H, W) bool: one tensor per video size, objects are row views. On the device
+        # (no host copy, no sync per step), except for offloaded videos: a long video's masks (1,000 frames of 1080p = 2 GB
+        # per object) then live in host memory, so GPU memory stays bounded whatever the length.
         by_size: dict[tuple[int, int], list[int]] = {}
         for i, o in enumerate(objs):
             by_size.setdefault((o.video.height, o.video.width), []).append(i)
         outputs = []
         for (h, w), idx in by_size.items():
-            target = torch.zeros((len(idx), num_frames, h, w), dtype=torch.bool, device=self.device)
+            target = torch.zeros((len(idx), num_frames, h, w), dtype=torch.bool, device=objs[idx[0]].video.storage)
             rows = None if len(idx) == len(objs) else torch.tensor(idx, device=self.device)
             outputs.append((rows, (h, w), target))
             for j, i in enumerate(idx):
