@@ -292,12 +292,23 @@ def host_peak_gb() -> float:
 # The authors' way
 
 
+def authors_request(ds: BenchDataset, e: BenchExpression, size: int):
+    """The authors' prompt frames: every frame of the video opened as PIL, 8 linspace frames resized (bilinear)."""
+    from PIL import Image
+
+    from veason_r1.data.sampling import eval_frames
+    from veason_r1.models.policy import GenerationRequest
+
+    pil = [Image.open(ds.root / e.video / f"{name}.jpg").convert("RGB") for name in ds.names]
+    ids = eval_frames(len(pil), 8)
+    return GenerationRequest(e.text, ids, [np.asarray(pil[i].resize((size, size), Image.BILINEAR)) for i in ids])
+
+
 def authors_way(ds: BenchDataset, exprs, policy, sam_model, args, out_dir: Path) -> dict:
     """One expression at a time: all frames as PIL, HF generate batch 1, stock fp32 SAM2 on the JPEG folder."""
     import torch
     from PIL import Image
 
-    from veason_r1.data.sampling import eval_frames
     from veason_r1.inference.oracle import oracle_boxes
     from veason_r1.inference.pipeline import (
         InferenceConfig,
@@ -306,7 +317,7 @@ def authors_way(ds: BenchDataset, exprs, policy, sam_model, args, out_dir: Path)
         make_answer,
     )
     from veason_r1.models.fast_qwen import remove_fast_paths
-    from veason_r1.models.policy import GenerationRequest, HFEngine
+    from veason_r1.models.policy import HFEngine
     from veason_r1.models.sam2 import _quiet, _stock_fp32_memory_patch
 
     remove_fast_paths(policy.model)  # the authors run transformers' own code
@@ -317,13 +328,11 @@ def authors_way(ds: BenchDataset, exprs, policy, sam_model, args, out_dir: Path)
     for e in exprs:
         sync(args.device)
         t0 = time.perf_counter()
-        folder = ds.root / e.video
-        pil = [Image.open(folder / f"{n}.jpg").convert("RGB") for n in ds.names]  # every frame, as PIL
-        ids = eval_frames(len(pil), 8)
-        images = [np.asarray(pil[i].resize((args.image_size, args.image_size), Image.BILINEAR)) for i in ids]
+        request = authors_request(ds, e, args.image_size)
+        ids = request.frame_ids
         times["load_s"] += time.perf_counter() - t0
         t0 = time.perf_counter()
-        (response,) = generate_responses(engine, [GenerationRequest(e.text, ids, images)], config)
+        (response,) = generate_responses(engine, [request], config)
         sync(args.device)
         times["generate_s"] += time.perf_counter() - t0
         answer = make_answer(response, ids, ds.height, ds.width, args.image_size)
@@ -334,7 +343,7 @@ def authors_way(ds: BenchDataset, exprs, policy, sam_model, args, out_dir: Path)
         masks = np.zeros((ds.num_frames, ds.height, ds.width), bool)
         # stock API, fp32 (no autocast); the fp32 memory cast patch is forced on (cpu device) for CUDA too
         with torch.inference_mode(), _stock_fp32_memory_patch(sam_model, torch.device("cpu")), _quiet():
-            state = sam_model.init_state(video_path=str(folder))
+            state = sam_model.init_state(video_path=str(ds.root / e.video))
             for i, b in enumerate(boxes):
                 sam_model.add_new_points_or_box(state, frame_idx=answer.keyframe, obj_id=i,
                                                 box=np.asarray(b, np.float32))
@@ -411,25 +420,19 @@ def fp32_agreement(ds: BenchDataset, policy, recorder: GenerateRecorder, args, n
     in what the two ways compute.
     """
     import torch
-    from PIL import Image
 
-    from veason_r1.data.sampling import eval_frames
     from veason_r1.inference.pipeline import policy_images, sample_frame_ids
     from veason_r1.models.fast_qwen import apply_fast_paths, remove_fast_paths
     from veason_r1.models.policy import GenerationRequest, HFEngine, SamplingConfig
 
     size = args.image_size
     exprs = ds.expressions[: max(n, min(args.batch_size, len(ds.expressions)))]
-    ours_reqs, authors_reqs = [], []
+    ours_reqs = []
     for e in exprs:
         src = ds.frames(e.video)
         ids = sample_frame_ids(len(src), 8)
         ours_reqs.append(GenerationRequest(e.text, ids, policy_images(src, ids, size)))
-    for e in exprs[:n]:
-        pil = [Image.open(ds.root / e.video / f"{name}.jpg").convert("RGB") for name in ds.names]
-        ids = eval_frames(len(pil), 8)
-        authors_reqs.append(GenerationRequest(e.text, ids, [np.asarray(pil[i].resize((size, size), Image.BILINEAR))
-                                                            for i in ids]))
+    authors_reqs = [authors_request(ds, e, size) for e in exprs[:n]]
     same_inputs = all(a.frame_ids == b.frame_ids and all(np.array_equal(x, y) for x, y in zip(a.images, b.images))
                       for a, b in zip(authors_reqs, ours_reqs))
     model = policy.model
