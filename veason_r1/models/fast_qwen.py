@@ -19,6 +19,7 @@ other models). Both are exact rewrites; the tests compare them with the stock pa
 
 from __future__ import annotations
 
+import contextlib
 import sys
 
 GROUPED_DECODE_SDPA = "veason_grouped_decode_sdpa"  # attention implementation name registered with transformers
@@ -137,11 +138,12 @@ def grouped_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, 
     `sdpa_attention_forward`, which handles every other case (prefill, no grouping, dropout).
     """
     import torch
-    from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     batch, heads, q_len, dim = query.shape
     kv_heads = key.shape[1]
     if q_len != 1 or heads == kv_heads or heads % kv_heads or (dropout and module.training):
+        from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
     group = heads // kv_heads
@@ -149,20 +151,18 @@ def grouped_decode_sdpa(module, query, key, value, attention_mask, dropout=0.0, 
     mask = attention_mask
     if mask is not None and mask.dim() == 4:
         mask = mask[:, :, -1:, :]  # (B, 1, 1, L): broadcast over the grouped query rows
-    with _decode_backends(query):
+    with _decode_backends(query.device):
         out = torch.nn.functional.scaled_dot_product_attention(q, key, value, attn_mask=mask, scale=scaling,
                                                                is_causal=False)
     return out.reshape(batch, heads, 1, dim).transpose(1, 2).contiguous(), None
 
 
-def _decode_backends(query):
+def _decode_backends(device):
     """On CUDA, every SDPA backend but cuDNN. cuDNN attention builds an execution plan per input shape, and a decode
     step's key length is new at every step (and per batch, as prompt lengths vary): on an H100 that plan building
     made HF decoding of a 3B model at batch 16 cost ~105-138 ms per step instead of ~43 ms."""
-    from contextlib import nullcontext
-
-    if query.device.type != "cuda":
-        return nullcontext()
+    if device.type != "cuda":
+        return contextlib.nullcontext()
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     return sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH])
