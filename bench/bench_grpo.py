@@ -2,7 +2,7 @@
 
 Runs `veason_r1.rl.local_trainer` (the same code as `veason-r1 rl --backend local`) on the synthetic benchmark
 with 560x560 frames, N=6 frames, fp32 master weights + bf16 autocast, gradient checkpointing, a bf16 reference
-model, and the METHOD.md batch (16 prompts x 8 rollouts) unless told otherwise. Random weights never emit a stop
+model, and the docs/method.md batch (16 prompts x 8 rollouts) unless told otherwise. Random weights never emit a stop
 token, so every response runs to --max-new-tokens: the worst-case length. SAM2 (the consistency term) is used when
 the `sam2` package is importable (tiny SAM2 config, random weights: the timing of the term, not its value);
 otherwise the reward runs without it and the JSON says so. Random responses never parse, so SAM2 is not actually

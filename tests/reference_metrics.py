@@ -1,4 +1,4 @@
-"""Independent, literal implementation of METHOD.md section 9, used only by tests and bench/bench_metrics.py.
+"""Independent, literal implementation of docs/method.md §9, used only by tests and bench/bench_metrics.py.
 
 Written the way the reference scripts do it (DAVIS `db_eval_iou` / `f_measure` / `seg2bmap`, VISA's
 `get_r2vos_accuracy` / `get_r2vos_robustness`, the ReVOS evaluation loop): whole-frame arrays, whole-frame disk
@@ -139,7 +139,7 @@ def _decode(rle):
 
 
 def revos_reference(root: Path, pred: Path, split: str = "valid", dilation: str = "ndimage") -> dict:
-    """Score a ReVOS-format folder as METHOD.md section 9 says: per expression (missing -> 0 for every metric),
+    """Score a ReVOS-format folder as docs/method.md §9 says: per expression (missing -> 0 for every metric),
     means per type_id 0/1, overall = plain mean of the two; x100; also R on binarised predictions."""
     root, pred = Path(root), Path(pred)
     meta = json.loads((root / f"meta_expressions_{split}_.json").read_text())["videos"]

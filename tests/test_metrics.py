@@ -1,4 +1,4 @@
-"""veason_r1.eval.metrics: every row of METRICS.md, and exact equality with the literal DAVIS/VISA reference."""
+"""veason_r1.eval.metrics: every row of docs/metrics.md, and exact equality with the literal DAVIS/VISA reference."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def pixel(r, c, shape=(10, 10)):
     return rect(r, r, c, c, shape)
 
 
-JF_VECTORS = {  # id: (gt, pred, J, F) -- METRICS.md
+JF_VECTORS = {  # id: (gt, pred, J, F) -- docs/metrics.md
     "V1": (EMPTY, EMPTY, 1, 1),
     "V2": (SQ, SQ, 1, 1),
     "V3": (SQ, EMPTY, 0, 0),
@@ -74,7 +74,7 @@ def test_jf_vectors(vid):
     assert s.F == pytest.approx(f, abs=1e-12)
     assert jaccard(gt, pred) == pytest.approx(j, abs=1e-12)
     assert boundary_f(gt, pred) == pytest.approx(f, abs=1e-12)
-    # and the literal reference agrees with METRICS.md too (so the reference itself is checked)
+    # and the literal reference agrees with docs/metrics.md too (so the reference itself is checked)
     assert float(ref.db_eval_iou(gt, pred)) == pytest.approx(j, abs=1e-12)
     assert ref.f_measure(pred, gt) == pytest.approx(f, abs=1e-12)
 

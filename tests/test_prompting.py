@@ -1,4 +1,4 @@
-"""The one prompt/answer module: exact METHOD.md section 5 text, release-exact parsing (section 7) and the
+"""The one prompt/answer module: exact docs/method.md §5 text, release-exact parsing (section 7) and the
 documented behaviour of the robust inference parser."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The reward terms against hand-computed cases (METHOD.md section 7)."""
+"""The reward terms against hand-computed cases (docs/method.md §7)."""
 
 from __future__ import annotations
 

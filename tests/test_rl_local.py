@@ -125,7 +125,7 @@ def test_config_contract(tmp_path):
 
     cfg = load_config("configs/grpo_local_tiny.yaml")
     assert cfg.data.image_size == 112 and cfg.rollout.n == 4 and cfg.trainer.device == "cpu"
-    d = GRPOConfig()  # defaults are METHOD.md section 8
+    d = GRPOConfig()  # defaults are docs/method.md §8
     assert (d.data.train_batch_size, d.rollout.n, d.actor.lr, d.actor.kl_loss_coef, d.actor.entropy_coeff) == (
         16, 8, 1e-6, 5e-3, 1e-3)
     assert (d.data.max_prompt_length, d.data.max_response_length, d.trainer.save_freq, d.data.num_frames) == (

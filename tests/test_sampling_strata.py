@@ -1,4 +1,4 @@
-"""Stratified sampling of the training pool (METHOD.md section 3): quotas, top-up, trim, seeds, output format."""
+"""Stratified sampling of the training pool (docs/method.md §3): quotas, top-up, trim, seeds, output format."""
 
 from __future__ import annotations
 

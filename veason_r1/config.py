@@ -1,6 +1,6 @@
 """Dataclasses shared by every stage: frame counts, image size, prompt variant, faithful switches.
 
-One place holds the numbers of METHOD.md so SFT data, RL, inference and evaluation cannot drift apart.
+One place holds the numbers of docs/method.md so SFT data, RL, inference and evaluation cannot drift apart.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ MAX_BOXES = 120  # the reward considers at most this many boxes per side
 
 @dataclass(frozen=True)
 class FrameConfig:
-    """How many frames the policy sees at each stage (METHOD.md section 4)."""
+    """How many frames the policy sees at each stage (docs/method.md §4)."""
 
     sft_frames: int = 8  # training grid for CoT / SFT data
     rl_frames: int = 6  # training grid for GRPO

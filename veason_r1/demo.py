@@ -64,7 +64,7 @@ class DemoConfig:
     max_frames: int = 24
     # data construction
     pool_size: int = 64  # stratified pool (capped at the eligible train expressions)
-    cot_frames: int = 8  # training grid for CoT / SFT (METHOD.md section 4)
+    cot_frames: int = 8  # training grid for CoT / SFT (docs/method.md §4)
     # policy inputs: 112 px -> 16 visual tokens per frame (560 -> 400 on the real model)
     image_size: int = 112
     # The tiny model's random lm_head is scaled so that LoRA (which leaves lm_head and the final norm frozen) can

@@ -1,6 +1,6 @@
 """The only place that knows the prompt text, the answer schema and how answers are parsed.
 
-SFT data, GRPO rollouts and inference all build their inputs here (METHOD.md section 5), and the reward and the
+SFT data, GRPO rollouts and inference all build their inputs here (docs/method.md §5), and the reward and the
 inference pipeline parse answers here (section 7), so a change to the prompt or schema is one edit.
 
 The canonical prompt is a string with one `<image>` placeholder per frame (the form LLaMA-Factory's `qwen2_vl`
@@ -30,7 +30,7 @@ QUESTION_TEMPLATE = (
     "<answer> </answer> tags."
 )
 
-# Parsing exactly as the release (METHOD.md section 7).
+# Parsing exactly as the release (docs/method.md §7).
 FORMAT_PATTERN = re.compile(r"<think>.*?</think>\s*<answer>.*?</answer>", re.DOTALL)
 FORMAT_JSON_PATTERN = re.compile(r"<answer>\s*(\{.*?\})\s*</answer>", re.DOTALL)
 ANSWER_PATTERN = re.compile(r"<answer>\s*(.*?)\s*</answer>", re.DOTALL)

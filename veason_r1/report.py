@@ -361,8 +361,8 @@ ground-truth mask in the same cyan.
 - **J** (region similarity) is the mean IoU of predicted and ground-truth masks over every frame of a video; **F**
   (contour accuracy) the boundary F-measure; **J&F** their mean; all x100, averaged over expressions. Referring =
   type 0 expressions ("the red circle"), reasoning = type 1 ("the object that enters the frame last"), overall = the
-  plain mean of the two (no-target expressions are scored apart, as in ReVOS). METRICS.md / docs/evaluation.md.
-- **Reward terms** (METHOD.md section 7): format in [0, 2] (the `<think>...</think><answer>...</answer>` layout plus
+  plain mean of the two (no-target expressions are scored apart, as in ReVOS). docs/metrics.md / docs/evaluation.md.
+- **Reward terms** (docs/method.md §7): format in [0, 2] (the `<think>...</think><answer>...</answer>` layout plus
   a well-formed answer JSON), keyframe in [0, 1] (GT area at the chosen frame / the largest GT area among the shown
   frames), spatial in [0, 1] (Hungarian-matched box IoU on the keyframe), consistency in [0, 1] (SAM2 propagates
   the matched boxes over the shown frames; mask IoU with the GT); overall = their sum in [0, 5].
@@ -371,7 +371,7 @@ ground-truth mask in the same cyan.
   SAM2 the consistency term and every J&F measure the random SAM2 as much as the policy's boxes.
 - What the policy wrote on the valid split ({_answers_line(results)}). Answers are parsed by the robust
   inference parser (docs/inference.md): a timestamp that was not shown snaps to the nearest shown frame, and an
-  answer without a valid box gives empty masks. The training reward parses strictly (METHOD.md section 7): there a
+  answer without a valid box gives empty masks. The training reward parses strictly (docs/method.md §7): there a
   timestamp that is not one of the shown frames scores 0 on keyframe, spatial and consistency.
 - Why J&F is not zero even when the masks are noise: a frame where the target is absent and the prediction is
   empty scores J = F = 1, and an answer without a valid box gives empty masks on every frame. Expressions whose

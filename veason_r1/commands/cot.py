@@ -1,4 +1,4 @@
-"""Seed CoT generation (METHOD.md section 6): a teacher VLM writes a 3-step reasoning for each sampled expression.
+"""Seed CoT generation (docs/method.md §6): a teacher VLM writes a 3-step reasoning for each sampled expression.
 
 Each sample shows the teacher the N=8 training-grid frames (at most 640x480, "[<t> second]" before each, red boxes on
 the targets) and the chosen keyframe. Output folder: `cot_records.jsonl` (appended as samples finish; a rerun skips
@@ -43,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, default=1024, help="completion token limit (0 = endpoint default)")
     g.add_argument("--temperature", type=float, default=None)
     s = parser.add_argument_group("sampling")
-    s.add_argument("--frames", type=int, default=8, help="training-grid size N (default: 8, METHOD.md section 4)")
+    s.add_argument("--frames", type=int, default=8, help="training-grid size N (default: 8, docs/method.md §4)")
     s.add_argument("--seed", type=int, default=0, help="seed of the keyframe and worked-example draws (default: 0)")
     s.add_argument("--limit", type=int, default=None, help="at most this many expressions")
     s.add_argument("--max-per-video", type=int, default=None,

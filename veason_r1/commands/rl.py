@@ -15,7 +15,7 @@ import sys
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["local", "verl"], default="local")
-    p.add_argument("--config", help="local: a GRPO YAML (configs/grpo_local_tiny.yaml); defaults = METHOD.md numbers")
+    p.add_argument("--config", help="local: a GRPO YAML (configs/grpo_local_tiny.yaml); defaults = docs/method.md numbers")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
                    help="local: override a config field (repeatable)")
     p.add_argument("--max-steps", type=int, help="local: stop after this many more steps (resumable)")
@@ -88,7 +88,7 @@ def run_verl(args) -> int:
     cfg = compose(args.verl_config, overrides)
     validate(cfg)
     for line in check_method_hparams(cfg):
-        print(f"note: differs from METHOD.md section 8: {line}")
+        print(f"note: differs from docs/method.md §8: {line}")
     cmd = [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={TRAINING_SCRIPTS}",
            f"--config-name={args.verl_config}", *overrides]
     print(" ".join(cmd))

@@ -1,4 +1,4 @@
-"""Stratified sampling of the training expression pool (METHOD.md section 3).
+"""Stratified sampling of the training expression pool (docs/method.md §3).
 
 Reads a ReVOS-format meta_expressions file, draws exactly --target-size expressions with quotas
 round(r_type * r_inst * T) over the (referring|reasoning) x (single|multi) strata, tops up at random (never with

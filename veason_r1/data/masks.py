@@ -1,4 +1,4 @@
-"""COCO RLE <-> arrays, unions, boxes from masks and boxes in the policy's 560x560 space (METHOD.md section 5)."""
+"""COCO RLE <-> arrays, unions, boxes from masks and boxes in the policy's 560x560 space (docs/method.md §5)."""
 
 from __future__ import annotations
 

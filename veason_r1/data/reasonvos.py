@@ -1,6 +1,6 @@
 """ReasonVOS reader (VideoLISA release), with the public interface of `ReVOSDataset`.
 
-Layout (METHOD.md section 2): `meta_expressions.json` with `videos[vid] = {source, frames, is_sent,
+Layout (docs/method.md §2): `meta_expressions.json` with `videos[vid] = {source, frames, is_sent,
 expressions: {key: {exp_text, obj_id}}}`, frames in `JPEGImages/<vid>/<frame>.jpg` and one GT folder per expression
 target, `Annotations/<source>_<vid>_<obj_id>/<frame>.png` (the union mask of the expression; 0 = background).
 

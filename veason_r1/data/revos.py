@@ -1,6 +1,6 @@
 """ReVOS / MeViS reader (MeViS: the same files without `type_id`). Masks are decoded lazily, one frame at a time.
 
-Layout (METHOD.md section 2): `JPEGImages/<video>/<frame>.jpg` (video names may contain slashes),
+Layout (docs/method.md §2): `JPEGImages/<video>/<frame>.jpg` (video names may contain slashes),
 `mask_dict.json` (anno_id -> per-frame RLE or null), `mask_dict_foreground.json` (video -> {"masks_rle": [...]}),
 `meta_expressions_<split>_.json`.
 """

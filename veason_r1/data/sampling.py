@@ -1,4 +1,4 @@
-"""Keyframe and frame grids (METHOD.md section 4).
+"""Keyframe and frame grids (docs/method.md §4).
 
 Training: the keyframe is drawn uniformly among the top-k union-area frames and a grid with step ceil(L/(N-1)) is
 anchored on it. Evaluation: linspace(0, L-1, N). Timestamps shown to the model are the original frame indices.

@@ -1,4 +1,4 @@
-"""Resumable seed-CoT driver and the authors' record format (METHOD.md section 6).
+"""Resumable seed-CoT driver and the authors' record format (docs/method.md §6).
 
 Files in the output folder:
 - `cot_records.jsonl`: one finished record per line, appended (and fsync'ed) by the main thread the moment a sample
@@ -95,7 +95,7 @@ def make_record(ds: ReVOSDataset, sample: CotSample, reply: TeacherReply) -> dic
     """The authors' record: sample meta + CoT, frame_ids, solution and a ShareGPT conversation.
 
     Differences from the release, on purpose: `CoT` holds the bare reasoning (the conversation wraps it in <think>),
-    the human turn is the RL/eval prompt with one <image> per frame (METHOD.md section 5 decision), answer boxes are
+    the human turn is the RL/eval prompt with one <image> per frame (docs/method.md §5 decision), answer boxes are
     integers in 560 space, and `keyframe`, `keyframe_boxes` (original-pixel boxes per target, None = absent),
     `height`, `width`, `type_id` and `key` are added so the SFT export can rebuild boxes at any image size.
     """

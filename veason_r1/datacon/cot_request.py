@@ -1,4 +1,4 @@
-"""What the teacher VLM sees for one sample (METHOD.md section 6).
+"""What the teacher VLM sees for one sample (docs/method.md §6).
 
 One request = the N=8 training-grid frames (keyframe-anchored, section 4), each resized to at most 640x480
 (landscape) or 480x640 (portrait, squares included, as the release), each preceded by the text "[<t> second]", with a
@@ -99,7 +99,7 @@ class CotSample:
     """One expression ready for the teacher: its frame grid, keyframe, and per-object boxes.
 
     `object_boxes[i][j]` is the inclusive extent box (original pixels) of target j in shown frame i, or None when the
-    object is absent there. `keyframe_boxes_560` is the answer (METHOD.md section 5 rules).
+    object is absent there. `keyframe_boxes_560` is the answer (docs/method.md §5 rules).
     """
 
     video: str

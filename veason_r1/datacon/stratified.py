@@ -1,4 +1,4 @@
-"""Stratified sampling of the training expression pool (METHOD.md section 3).
+"""Stratified sampling of the training expression pool (docs/method.md §3).
 
 The pool keeps the train split's mix of referring vs reasoning and single- vs multi-object expressions: with the
 marginal ratios r_ref = #type0 / (#type0 + #type1) and r_single = #single / (#single + #multi) (single = exactly one

@@ -1,4 +1,4 @@
-"""Per-frame segmentation metrics, exactly as the reference scripts compute them (METHOD.md section 9), but fast.
+"""Per-frame segmentation metrics, exactly as the reference scripts compute them (docs/method.md §9), but fast.
 
 - J (region similarity): |G & P| / |G | P|, 1 when both are empty (DAVIS `db_eval_iou`).
 - F (contour accuracy): boundary maps by the DAVIS `seg2bmap` rule; a boundary pixel of one mask is matched when a

@@ -1,6 +1,6 @@
 """MeViS `valid` (and any server-scored split): pack predictions into the zip the evaluation server reads.
 
-Layout inside the zip (default, METHOD.md section 2): `Annotations/<video>/<exp_id>/<frame>.png`; `root="flat"` puts
+Layout inside the zip (default, docs/method.md §2): `Annotations/<video>/<exp_id>/<frame>.png`; `root="flat"` puts
 `<video>/<exp_id>/<frame>.png` at the top (what MeViS's own LMPM code zips: `cd inference && zip -r submission.zip ./*`).
 Every expression of the split's meta file must have every frame, else the error lists what is missing (a server
 silently scoring holes as 0 is exactly what this avoids). PNGs are stored as they are (no re-encoding).

@@ -13,7 +13,7 @@ Running the same benchmark four ways shows how much J&F each stage loses:
 better keyframe alone would buy). The oracle keyframe is the *shown* frame with the largest GT union area (ties: the
 earliest), i.e. the best the policy could have picked (the keyframe reward's maximum). Oracle boxes are the GT boxes
 of each object visible in that frame, in policy space (`size` x `size`), the same boxes the spatial reward compares
-against (METHOD.md section 5); absent objects are left out because a [0,0,0,0] box is no prompt for SAM2.
+against (docs/method.md §5); absent objects are left out because a [0,0,0,0] box is no prompt for SAM2.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""One video, one query -> keyframe, boxes and a mask per frame (METHOD.md sections 4, 5 and 1.5).
+"""One video, one query -> keyframe, boxes and a mask per frame (docs/method.md §4, §5 and §1.5).
 
-The flow is the evaluation protocol: 8 linspace frames resized to the policy's square size, the METHOD.md prompt,
+The flow is the evaluation protocol: 8 linspace frames resized to the policy's square size, the docs/method.md prompt,
 greedy decoding, the robust answer parser, boxes mapped back to original pixels, then SAM2 from the keyframe over
 every frame. `veason-r1 infer` and the benchmark predictor (`predict.py`) share these functions, so a prediction
 for one video and for a benchmark are made the same way.
@@ -31,7 +31,7 @@ from veason_r1.prompting import parse_prediction
 
 @dataclass(frozen=True)
 class InferenceConfig:
-    """Eval-time settings (METHOD.md section 4/5). `image_size` is the policy's square side (the CPU demo: 112)."""
+    """Eval-time settings (docs/method.md §4/§5). `image_size` is the policy's square side (the CPU demo: 112)."""
 
     image_size: int = IMAGE_SIZE
     num_frames: int = 8

@@ -1,6 +1,6 @@
 """SAM2 box-prompt propagation from in-memory frames, shared by the GRPO reward and inference.
 
-What it does (METHOD.md section 7): box prompts on one keyframe, propagate forward to the last frame and then
+What it does (docs/method.md §7): box prompts on one keyframe, propagate forward to the last frame and then
 backward to the first (one state, so the backward pass sees the forward pass's memories, exactly as stock
 `SAM2VideoPredictor.propagate_in_video` then `propagate_in_video(reverse=True)`), threshold logits > 0, and return
 union or per-object masks at the frames' own resolution.

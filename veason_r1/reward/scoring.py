@@ -1,4 +1,4 @@
-"""Score GRPO rollouts: format + keyframe + spatial + consistency (SAM2), METHOD.md section 7.
+"""Score GRPO rollouts: format + keyframe + spatial + consistency (SAM2), docs/method.md §7.
 
 `score_response` scores one response with any `propagate` callable; `score_group` scores all rollouts of one prompt
 with one SAM2 encoding of its frames (`SAM2Propagator.propagate_many`), and `score_groups` batches SAM2 tracking

@@ -1,4 +1,4 @@
-"""The four reward terms as pure functions (METHOD.md section 7). No model, no I/O: easy to table-test.
+"""The four reward terms as pure functions (docs/method.md §7). No model, no I/O: easy to table-test.
 
 Release-faithful details kept on purpose: the +1 pixel IoU convention, dummy [0,0,0,0] GT boxes for absent objects
 (they take part in the matching and in max(M, N)), no IoU threshold, at most 120 boxes per side, and the two

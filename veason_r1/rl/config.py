@@ -3,7 +3,7 @@
 One config drives both back-ends: the local one-device trainer reads it directly, and the verl path writes the same
 numbers into verl keys (`verl_overrides`). Where a field has a verl counterpart its name is verl's leaf name
 (`actor.kl_loss_coef` <-> `actor_rollout_ref.actor.kl_loss_coef`); `VERL_KEYS` lists every mapping. Defaults are the
-3B run of METHOD.md section 8.
+3B run of docs/method.md §8.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class DataConfig:
     val_root: str | None = None  # held-out subset for periodic validation; None = no validation
     val_split: str = "valid"
     val_max_samples: int = 64  # size of the held-out subset (deterministic: first N after a seeded shuffle)
-    num_frames: int = 6  # N of the RL training grid (METHOD.md section 4)
+    num_frames: int = 6  # N of the RL training grid (docs/method.md §4)
     keyframe_top_k: int = 5
     image_size: int = IMAGE_SIZE
     train_batch_size: int = 16  # prompts per step
@@ -32,7 +32,7 @@ class DataConfig:
     max_response_length: int = 1024
     shuffle: bool = True
     seed: int = 0
-    skip_no_target: bool = True  # type_id 2 has no GT: RL drops it (METHOD.md section 3)
+    skip_no_target: bool = True  # type_id 2 has no GT: RL drops it (docs/method.md §3)
 
 
 @dataclass
@@ -86,7 +86,7 @@ class AlgorithmConfig:
 class RewardSettings:
     variant: str = "faithful"
     use_consistency: bool = True
-    sam2: str = "tiny"  # load_sam2 name; the real run uses hiera_large (METHOD.md section 7)
+    sam2: str = "tiny"  # load_sam2 name; the real run uses hiera_large (docs/method.md §7)
     sam2_checkpoint: str | None = None
     sam2_device: str | None = None  # None = same device as the policy
 

@@ -1,4 +1,4 @@
-"""GRPO samples from a ReVOS-format split (METHOD.md sections 4, 5, 7).
+"""GRPO samples from a ReVOS-format split (docs/method.md §4, §5, §7).
 
 Every access draws a fresh keyframe (uniform among the top-5 GT-area frames) and the N=6 grid anchored on it, as
 the paper's dataset does, then decodes only those frames, resizes them to the policy square and brings the GT

@@ -1,7 +1,7 @@
 """GRPO on one device (CPU or one GPU) with verl's own algorithms: `veason-r1 rl --backend local`.
 
 One step, as verl's GRPO with `use_kl_loss` does it:
-1. draw `train_batch_size` prompts (a fresh keyframe per access, METHOD.md section 4);
+1. draw `train_batch_size` prompts (a fresh keyframe per access, docs/method.md §4);
 2. sample `rollout.n` responses per prompt with Hugging Face `generate` (token ids kept, no re-tokenisation);
 3. score each group with `score_groups` (format + keyframe + spatial + SAM2 consistency);
 4. advantages with `core_algos.compute_grpo_outcome_advantage` ((R - mean) / (std + 1e-6), unbiased std, broadcast

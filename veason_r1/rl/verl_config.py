@@ -2,7 +2,7 @@
 
 `python -m verl.trainer.main_ppo --config-path training_scripts --config-name grpo_qwen2_5vl_3b` composes the same
 tree; here it is composed in-process (Hydra compose API) so CPU tests and `veason-r1 rl --backend verl --dry-run`
-can run verl's own `validate_config` and our METHOD.md section 8 checks without a GPU, Ray or vLLM.
+can run verl's own `validate_config` and our docs/method.md §8 checks without a GPU, Ray or vLLM.
 
 Best-checkpoint tracking: verl validates every `test_freq` steps and dumps each validation's generations and scores to
 `trainer.validation_data_dir/<step>.jsonl`; `best_checkpoint` reads them back and picks the saved step with the
@@ -20,7 +20,7 @@ from typing import Any
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAINING_SCRIPTS = REPO_ROOT / "training_scripts"
 
-# METHOD.md section 8, as verl keys. `check_method_hparams` compares a composed config against this table.
+# docs/method.md §8, as verl keys. `check_method_hparams` compares a composed config against this table.
 METHOD_HPARAMS: dict[str, Any] = {
     "data.train_batch_size": 16,
     "actor_rollout_ref.rollout.n": 8,
@@ -73,7 +73,7 @@ def compose(config_name: str = "grpo_qwen2_5vl_3b", overrides: list[str] | None 
 
 
 def validate(cfg) -> None:
-    """verl's own `validate_config` (what main_ppo runs before starting Ray) plus our METHOD.md checks."""
+    """verl's own `validate_config` (what main_ppo runs before starting Ray) plus our docs/method.md checks."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
@@ -88,7 +88,7 @@ def select(cfg, key: str) -> Any:
 
 
 def check_method_hparams(cfg, expected: dict[str, Any] = METHOD_HPARAMS) -> list[str]:
-    """Mismatches between a composed config and METHOD.md section 8 ('key: got X, want Y'); empty when faithful."""
+    """Mismatches between a composed config and docs/method.md §8 ('key: got X, want Y'); empty when faithful."""
     problems = []
     for key, want in expected.items():
         got = select(cfg, key)

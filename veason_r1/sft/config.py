@@ -50,7 +50,7 @@ class SFTConfig:
     output_dir: str = "outputs/sft_3b/adapter"  # LoRA adapter + checkpoints
     export_dir: str | None = "outputs/sft_3b/merged"  # full HF model after merging (None: do not merge)
     template: str = "qwen2_vl"  # LLaMA-Factory's Qwen2-VL chat template == Qwen2.5-VL's chat_template
-    # Frames are image_size x image_size: 560 -> 400 visual tokens each, as in RL and evaluation (METHOD.md 5).
+    # Frames are image_size x image_size: 560 -> 400 visual tokens each, as in RL and evaluation (docs/method.md §5).
     image_size: int = IMAGE_SIZE
     # 8 frames x 400 tokens + ~200 prompt tokens + a CoT of a few hundred tokens is ~3.7k; 8192 covers RL's largest
     # prompt (7100) plus its response budget (1024), so no sample is ever cut (a cut inside the image tokens would
@@ -68,7 +68,7 @@ class SFTConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target: str = "all"  # all linear layers of the LLM (LLaMA-Factory skips the frozen vision tower)
-    # The vision tower and merger stay frozen in SFT (LLaMA-Factory's default): GRPO trains them later (METHOD.md 8).
+    # The vision tower and merger stay frozen in SFT (LLaMA-Factory's default): GRPO trains them later (docs/method.md §8).
     freeze_vision_tower: bool = True
     freeze_multi_modal_projector: bool = True
 

@@ -1,6 +1,6 @@
 """CoT records -> an SFT dataset LLaMA-Factory loads (sharegpt formatting, `qwen2_vl` template).
 
-Each row is the RL/eval prompt layout (METHOD.md section 5 decision): system message, the user turn
+Each row is the RL/eval prompt layout (docs/method.md §5 decision): system message, the user turn
 `build_prompt(expression, frame_ids)` with one `<image>` placeholder per frame, and the assistant turn
 `format_response(CoT, keyframe, boxes)` with boxes in the image_size x image_size space; `images` lists the sampled
 frames resized to image_size x image_size (bilinear, aspect not kept), saved once per (video, frame) under
