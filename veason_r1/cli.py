@@ -12,6 +12,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("veason_r1.commands.synth", "write the synthetic ReVOS-format benchmark"),
     "doctor": ("veason_r1.commands.doctor", "validate a ReVOS/MeViS-format dataset"),
     "make-tiny": ("veason_r1.commands.make_tiny", "write a tiny random-weight Qwen2.5-VL with an offline tokenizer"),
+    "make-toy": ("veason_r1.commands.make_toy", "rebuild a shipped toy checkpoint (toy SAM2 or toy base policy)"),
     "sample": ("veason_r1.commands.sample", "stratified sampling of the training expression pool"),
     "cot": ("veason_r1.commands.cot", "seed CoT generation (OpenAI-compatible endpoint or synthetic teacher)"),
     "sft": ("veason_r1.commands.sft", "CoT SFT with LLaMA-Factory (LoRA) and merge"),

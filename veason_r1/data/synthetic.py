@@ -47,6 +47,7 @@ SIZES = {"small": 0.075, "large": 0.14}  # radius as a fraction of min(H, W)
 JPEG_SETTINGS = {"quality": 92, "subsampling": 2, "optimize": False, "progressive": False}
 SOURCE = "synthetic"  # ReasonVOS `source` field
 COUNT_WORDS = {2: "both", 3: "the three", 4: "all four"}
+POSITION_CUE = 48.0  # background colour drift across the frame, in grey levels (see `_background`)
 
 
 @dataclass
@@ -154,6 +155,11 @@ def _background(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     noise = rng.normal(0, 5, (h, w)).astype(np.float32)
     lum = 9 * tex + 6 * checker + noise
     img = base[None, None, :] + lum[:, :, None] * np.array([1.0, 0.95, 0.9], dtype=np.float32)[None, None, :]
+    # A faint colour drift across the frame (red grows to the right, blue downwards): the toy world's stand-in for
+    # the absolute layout cues of real footage (sky above, ground below). Qwen2.5-VL has no absolute position
+    # embedding, and without such a cue a toy-size model learns almost no localisation (docs/toy_reproduction.md).
+    img[:, :, 0] += POSITION_CUE * (xx / w - 0.5)
+    img[:, :, 2] += POSITION_CUE * (yy / h - 0.5)
     return np.clip(img, 0, 255).astype(np.uint8)
 
 

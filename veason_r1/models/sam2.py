@@ -95,12 +95,16 @@ IMG_STD = (0.229, 0.224, 0.225)
 
 
 def _config_path(name: str) -> tuple[Path, dict[str, Any]]:
-    """(yaml path, extra overrides) for "tiny", a known SAM2/SAM2.1 config name, or a yaml path."""
+    """(yaml path, extra overrides) for "tiny", "toy", a known SAM2/SAM2.1 config name, or a yaml path."""
     import sam2
+
+    from veason_r1.models.toy import TOY_SAM2_OVERRIDES, is_toy
 
     root = Path(sam2.__path__[0])
     if name == "tiny":
         return root / SAM2_CONFIGS["sam2.1_hiera_t"], dict(TINY_OVERRIDES)
+    if is_toy(name):
+        return root / SAM2_CONFIGS["sam2.1_hiera_t"], dict(TOY_SAM2_OVERRIDES)
     key = name[:-5] if name.endswith(".yaml") else name
     key = key.rsplit("/", 1)[-1] if key.rsplit("/", 1)[-1] in SAM2_CONFIGS else key
     if key in SAM2_CONFIGS:
@@ -120,6 +124,10 @@ def build_sam2_model(name: str = "tiny", checkpoint: str | None = None, device: 
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
+    from veason_r1.models.toy import is_toy, toy_sam2_checkpoint
+
+    if is_toy(name) and checkpoint is None:
+        checkpoint = str(toy_sam2_checkpoint())  # the shipped toy weights (`veason-r1 make-toy sam2`)
     path, overrides = _config_path(name)
     cfg = OmegaConf.load(path)
     for key, value in {**overrides, **VIDEO_PREDICTOR_OVERRIDES}.items():

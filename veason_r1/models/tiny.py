@@ -87,6 +87,9 @@ class TinyQwenConfig:
     initializer_range: float = 0.05  # wider than 0.02 so greedy argmaxes are well separated (stable tests)
     tie_word_embeddings: bool = False  # as Qwen2.5-VL-7B; tied input/output embeddings make random greedy text repeat
     max_position_embeddings: int = 32768
+    # Coordinate-friendly tokenisation: the integers 0..number_tokens-1 as added tokens, so "57" is one token (the
+    # stock Qwen split makes it "5", "7"). 0 = off (the tiny test model); the toy policy uses it (models/toy.py).
+    number_tokens: int = 0
 
     def __post_init__(self) -> None:
         head_dim, rem = divmod(self.hidden_size, self.num_attention_heads)
@@ -803,8 +806,9 @@ def _corpus(seed: int) -> list[str]:
     return texts
 
 
-def build_tokenizer(bpe_vocab_size: int = 3000, seed: int = 0):
-    """A Qwen2Tokenizer (transformers) over a byte-level BPE trained here, plus the Qwen2.5-VL added tokens.
+def build_tokenizer(bpe_vocab_size: int = 3000, seed: int = 0, number_tokens: int = 0):
+    """A Qwen2Tokenizer (transformers) over a byte-level BPE trained here, plus the Qwen2.5-VL added tokens (and,
+    with `number_tokens`, the integers below it as added tokens, matched longest-first).
 
     The BPE uses Qwen2's exact normalizer / pre-tokenizer / decoder, so the saved folder reloads identically both
     from tokenizer.json and from vocab.json + merges.txt.
@@ -855,6 +859,8 @@ def build_tokenizer(bpe_vocab_size: int = 3000, seed: int = 0):
         got = tokenizer.convert_tokens_to_ids(token)
         if got != base + i:  # pragma: no cover - a tokenizers/transformers change would break the id layout
             raise RuntimeError(f"tiny tokenizer: {token} got id {got}, expected {base + i}")
+    if number_tokens:
+        tokenizer.add_tokens([AddedToken(str(i), special=False, normalized=False) for i in range(number_tokens)])
     return tokenizer
 
 
@@ -976,6 +982,9 @@ def _write_legacy_files(folder: Path, tokenizer, processor, model_config) -> Non
         }
         for t, s in QWEN_ADDED_TOKENS
     }
+    for token, info in tokenizer.backend_tokenizer.get_added_tokens_decoder().items():  # e.g. number tokens
+        added.setdefault(str(token), {"content": info.content, "lstrip": False, "normalized": False,
+                                      "rstrip": False, "single_word": False, "special": info.special})
     atomic_write_json(
         folder / "tokenizer_config.json",
         {
@@ -1040,7 +1049,7 @@ def build_tiny_model(seed: int = 0, config: TinyQwenConfig | None = None, dtype:
     from transformers import GenerationConfig, Qwen2_5_VLForConditionalGeneration
 
     cfg = config or TinyQwenConfig()
-    tokenizer = build_tokenizer(cfg.bpe_vocab_size, seed=seed)
+    tokenizer = build_tokenizer(cfg.bpe_vocab_size, seed=seed, number_tokens=cfg.number_tokens)
     processor = build_processor(tokenizer)
     model_config = build_config(tokenizer, cfg)
     with torch.random.fork_rng(devices=[]):  # leave the caller's RNG stream alone

@@ -1,0 +1,81 @@
+"""Rebuild a shipped toy checkpoint: `make-toy sam2` (toy SAM2) or `make-toy policy` (toy base policy).
+
+Seeded; writes the checkpoint and `manifest.json` (sha256, data seed, steps, held-out metrics) into --out. To replace
+the shipped ones: `--out veason_r1/assets/toy/sam2` / `--out veason_r1/assets/toy/policy`. Intermediate files
+(exported videos, the resumable train state) live in --out/_work until the run finishes; re-run the same command
+after a crash to resume. Times (docs/demo.md): minutes on one GPU; on 2 CPU cores hours (use --time-budget).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("which", choices=["sam2", "policy"], help="which toy checkpoint to build")
+    parser.add_argument("--out", required=True, help="output folder (created; the checkpoint files are replaced)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's)")
+    parser.add_argument("--time-budget", type=float, default=None,
+                        help="seconds: after 40 steps the step count is cut to what fits (recorded in the manifest)")
+    parser.add_argument("--batch-size", type=int, default=None)
+    parser.add_argument("--workers", type=int, default=None, help="data-loading processes")
+    parser.add_argument("--train-videos", type=int, default=None, help="sam2: synthetic training videos exported")
+    parser.add_argument("--heldout", type=int, default=None, help="held-out videos (sam2) / samples per task (policy)")
+    parser.add_argument("--seed", type=int, default=0, help="weights seed")
+    parser.add_argument("--keep-work", action="store_true", help="keep --out/_work after success")
+
+
+def _positive(name: str, value) -> None:
+    if value is not None and value <= 0:
+        raise SystemExit(f"error: --{name}: must be positive, got {value}")
+
+
+def run(args: argparse.Namespace) -> int:
+    import dataclasses
+    import os
+    import shutil
+    from pathlib import Path
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    for name in ("steps", "time_budget", "batch_size", "workers", "train_videos", "heldout"):
+        _positive(name.replace("_", "-"), getattr(args, name))
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    out = Path(args.out)
+    work = out / "_work"
+    work.mkdir(parents=True, exist_ok=True)
+    overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
+                                   ("workers", args.workers), ("seed", args.seed)) if v is not None}
+    if args.which == "sam2":
+        from veason_r1.models.sam2 import load_sam2
+        from veason_r1.toy import sam2_train as toy
+
+        extra = {k: v for k, v in (("train_videos", args.train_videos), ("heldout_videos", args.heldout)) if v}
+        cfg = dataclasses.replace(toy.ToySAM2TrainConfig(), **overrides, **extra)
+        summary = toy.train(work, cfg, device=device, time_budget_s=args.time_budget)
+        shutil.copyfile(work / "sam2_toy.pt", out / "sam2_toy.pt")
+        propagator = load_sam2("toy", checkpoint=str(out / "sam2_toy.pt"), device=device)
+        metrics = toy.oracle_box_j(propagator, toy.heldout_videos(cfg), progress=True)
+        toy.write_manifest(out, cfg, summary, metrics, device)
+        print(f"toy SAM2: {summary['steps']} steps in {summary['seconds']:.0f} s, held-out oracle-box J "
+              f"{metrics['oracle_box_J']:.3f} (static box {metrics['static_box_J']:.3f}) -> {out / 'sam2_toy.pt'}")
+    else:
+        from veason_r1.toy import policy_train as toy
+
+        if args.train_videos is not None:
+            raise SystemExit("error: --train-videos: only for `make-toy sam2` (the policy draws fresh videos)")
+        extra = {"heldout_samples": args.heldout} if args.heldout else {}
+        cfg = dataclasses.replace(toy.ToyPolicyTrainConfig(), **overrides, **extra)
+        summary = toy.train(work, cfg, device=device, time_budget_s=args.time_budget)
+        toy.export_model_folder(work / "model", out)
+        metrics = toy.evaluate(out, toy.heldout_samples(cfg), device=device, image_size=cfg.tasks.image_size,
+                               progress=True)
+        toy.write_manifest(out, cfg, summary, metrics, device)
+        print(f"toy policy: {summary['steps']} steps in {summary['seconds']:.0f} s, held-out box IoU "
+              f"{metrics['box_iou']:.3f}, parse rate {metrics['parse_rate']:.3f}, keyframe exact "
+              f"{metrics['when']['exact']:.3f} -> {out}")
+    if not args.keep_work:
+        shutil.rmtree(work)
+    return 0

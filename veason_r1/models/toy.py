@@ -1,0 +1,87 @@
+"""The shipped toy checkpoints, by name: `--model toy` (a Qwen2.5-VL folder) and `--sam2 toy` (a SAM2 `.pt`).
+
+They are ordinary checkpoints read by the ordinary loaders (`models.policy.load_policy`, `models.sam2.load_sam2`);
+this module only knows where they live and what architecture they have. `veason-r1 make-toy` rebuilds them
+(`veason_r1/toy/`); `manifest.json` beside each records its sha256, data seed, steps and held-out metrics.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+TOY_ROOT = Path(__file__).resolve().parent.parent / "assets" / "toy"
+TOY_POLICY_DIR = TOY_ROOT / "policy"
+TOY_SAM2_CHECKPOINT = TOY_ROOT / "sam2" / "sam2_toy.pt"
+TOY_NAME = "toy"
+
+# The toy SAM2: SAM2.1's hiera_t config at toy sizes (128 px input, 64-d features, 2 memory-attention layers).
+TOY_SAM2_OVERRIDES: dict[str, Any] = {
+    "model.image_size": 128,
+    "model.image_encoder.trunk.embed_dim": 16,
+    "model.image_encoder.trunk.num_heads": 1,
+    "model.image_encoder.trunk.stages": [1, 2, 2, 1],
+    "model.image_encoder.trunk.global_att_blocks": [4],
+    "model.image_encoder.trunk.window_spec": [8, 4, 4, 4],
+    "model.image_encoder.trunk.window_pos_embed_bkg_spatial_size": [4, 4],
+    "model.image_encoder.neck.d_model": 64,
+    "model.image_encoder.neck.backbone_channel_list": [128, 64, 32, 16],
+    "model.image_encoder.neck.position_encoding.num_pos_feats": 64,
+    "model.memory_attention.d_model": 64,
+    "model.memory_attention.num_layers": 2,
+    "model.memory_attention.layer.d_model": 64,
+    "model.memory_attention.layer.dim_feedforward": 256,
+    "model.memory_attention.layer.self_attention.embedding_dim": 64,
+    "model.memory_attention.layer.self_attention.feat_sizes": [8, 8],
+    "model.memory_attention.layer.cross_attention.embedding_dim": 64,
+    "model.memory_attention.layer.cross_attention.feat_sizes": [8, 8],
+    "model.memory_attention.layer.cross_attention.kv_in_dim": 32,
+    "model.memory_encoder.out_dim": 32,
+    "model.memory_encoder.in_dim": 64,
+    "model.memory_encoder.position_encoding.num_pos_feats": 32,
+    "model.memory_encoder.mask_downsampler.embed_dim": 64,
+    "model.memory_encoder.fuser.layer.dim": 64,
+    "model.memory_encoder.fuser.num_layers": 2,
+}
+
+
+def _toy_policy_config():
+    from veason_r1.models.tiny import TinyQwenConfig
+
+    # ~5.7M parameters (~11 MB in bf16): 4 text layers of 256 (GQA 4/2 heads of 64), a depth-4 vision tower of 128
+    return TinyQwenConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                          num_key_value_heads=2, mrope_section=[8, 12, 12], vision_depth=4, vision_hidden_size=128,
+                          vision_intermediate_size=256, vision_num_heads=2, vision_fullatt_block_indexes=[1, 3],
+                          initializer_range=0.02, number_tokens=1000)
+
+
+def __getattr__(name: str):
+    if name == "TOY_POLICY_CONFIG":  # built lazily: models.tiny imports transformers-free code only, but stays off
+        return _toy_policy_config()  # the import path of `--sam2 toy`
+    raise AttributeError(name)
+
+
+def is_toy(name: str | Path | None) -> bool:
+    return str(name) == TOY_NAME
+
+
+def toy_policy_dir() -> Path:
+    """The shipped toy base policy folder (a full Qwen2.5-VL folder: config, safetensors, processor)."""
+    if not (TOY_POLICY_DIR / "config.json").is_file():
+        raise FileNotFoundError(
+            f"the toy policy is not in this checkout ({TOY_POLICY_DIR}); rebuild it with `veason-r1 make-toy policy`"
+        )
+    return TOY_POLICY_DIR
+
+
+def toy_sam2_checkpoint() -> Path:
+    if not TOY_SAM2_CHECKPOINT.is_file():
+        raise FileNotFoundError(
+            f"the toy SAM2 is not in this checkout ({TOY_SAM2_CHECKPOINT}); rebuild it with `veason-r1 make-toy sam2`"
+        )
+    return TOY_SAM2_CHECKPOINT
+
+
+def resolve_policy(model: str | Path) -> Path:
+    """`toy` -> the shipped folder; anything else is a path, returned as is."""
+    return toy_policy_dir() if is_toy(model) else Path(model)

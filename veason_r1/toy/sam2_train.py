@@ -1,0 +1,326 @@
+"""Train the toy SAM2 with SAM2's own training code, and measure it the way the pipeline uses it.
+
+Why SAM2's code: the toy model should be a SAM2 in every respect but size, so the propagator, the reward and the
+evaluation meet exactly the model class they meet at full scale. We use the pieces sam2's wheel installs as the
+top-level package `training`: `SAM2Train` (prompt sampling, tracking with memory), `MultiStepMultiMasksAndIous` (its
+focal + dice + IoU + object-score loss), and its VOS data path (`PNGRawDataset` -> `VOSDataset` with
+`RandomUniformSampler` -> `collate_fn`) reading synthetic videos exported in the VOS layout
+(`JPEGImages/<video>/<frame>.jpg`, palettised `Annotations/<video>/<frame>.png`). Only the outer loop is ours
+(SAM2's `Trainer` needs torch.distributed and its Hydra launcher): AdamW, cosine schedule, gradient clipping,
+bf16 autocast on CUDA, resumable checkpoints.
+
+Prompts are boxes only (as the policy gives boxes), noised as SAM2's trainer noises them; clips run forward or
+backward in time (the propagator tracks both ways from the keyframe).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from veason_r1.data.synthetic import SynthConfig, make_video
+from veason_r1.toy.schedule import StepBudget, cosine_lr
+from veason_r1.io_utils import atomic_write_bytes, atomic_write_json
+
+
+@dataclass
+class ToySAM2TrainConfig:
+    """Everything that changes the trained weights (the manifest records it)."""
+
+    train_videos: int = 4000
+    data_seed: int = 1000  # training videos: SynthConfig(seed=data_seed); held-out videos use heldout_seed
+    heldout_seed: int = 777
+    heldout_videos: int = 48
+    steps: int = 3000
+    batch_size: int = 16
+    num_frames: int = 4  # frames per training clip (short clips: more updates per second)
+    max_objects: int = 3
+    reverse_time_prob: float = 0.5
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.05
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0
+    workers: int = 8
+    checkpoint_every: int = 500
+    synth: SynthConfig = field(default_factory=lambda: SynthConfig(min_frames=8, max_frames=24))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# data
+
+
+def _palette_png(labels: np.ndarray) -> bytes:
+    img = Image.fromarray(labels.astype(np.uint8), mode="P")
+    palette = [0, 0, 0] + [c for i in range(1, 256) for c in ((i * 67) % 256, (i * 131) % 256, (i * 197) % 256)]
+    img.putpalette(palette)
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _write(path: Path, data: bytes) -> None:
+    """Plain write for the many frame files: a torn file is rewritten because a video counts as done only once its
+    last mask exists (`export_vos`)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+def export_vos_video(root: Path, name: str, video) -> None:
+    """One synthetic video in SAM2's VOS layout; object k is palette index k + 1 (visible pixels only)."""
+    for t, frame in enumerate(video.frames):
+        labels = np.zeros(frame.shape[:2], dtype=np.uint8)
+        for k in range(len(video.objects)):
+            labels[video.visible[k][t]] = k + 1
+        buf = io.BytesIO()
+        Image.fromarray(frame).save(buf, "JPEG", quality=92)
+        _write(root / "JPEGImages" / name / f"{t:05d}.jpg", buf.getvalue())
+        _write(root / "Annotations" / name / f"{t:05d}.png", _palette_png(labels))
+
+
+def _export_one(args) -> None:
+    root, index, synth = args
+    root = Path(root)
+    export_vos_video(root, f"v{index:06d}", make_video(index, synth))
+    _write(root / "done" / f"v{index:06d}", b"")  # written last: the video is complete
+
+
+def export_vos(root: Path, cfg: ToySAM2TrainConfig, workers: int = 1, progress: bool = True) -> Path:
+    """Write (or finish writing) the training videos; a video whose last mask exists is skipped."""
+    from tqdm import tqdm
+
+    root = Path(root)
+    synth = SynthConfig(**{**asdict(cfg.synth), "seed": cfg.data_seed, "num_videos": cfg.train_videos})
+    todo = []
+    for i in range(cfg.train_videos):
+        if not (root / "done" / f"v{i:06d}").exists():
+            todo.append((str(root), i, synth))
+    if workers > 1 and todo:
+        from multiprocessing import get_context
+
+        with get_context("spawn").Pool(workers) as pool:
+            for _ in tqdm(pool.imap_unordered(_export_one, todo, chunksize=8), total=len(todo),
+                          desc="export VOS videos", disable=not progress):
+                pass
+    else:
+        for item in tqdm(todo, desc="export VOS videos", disable=not progress):
+            _export_one(item)
+    return root
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# model
+
+
+def _box_only_class():
+    """`SAM2Train` that never adds correction clicks: the pipeline prompts with boxes alone, so the memory the model
+    learns to track from must come from a box-only mask (SAM2Train always corrects its conditioning frames)."""
+    from training.model.sam2 import SAM2Train
+
+    class BoxOnlySAM2Train(SAM2Train):
+        def prepare_prompt_inputs(self, backbone_out, input, start_frame_idx=0):
+            out = super().prepare_prompt_inputs(backbone_out, input, start_frame_idx)
+            out["frames_to_add_correction_pt"] = []
+            return out
+
+    return BoxOnlySAM2Train
+
+
+TRAIN_ARGS: dict[str, Any] = {
+    "model.prob_to_use_pt_input_for_train": 1.0,
+    "model.prob_to_use_box_input_for_train": 1.0,  # P(box) = 1.0 * 1.0: box prompts only
+    "model.num_frames_to_correct_for_train": 1,
+    "model.num_init_cond_frames_for_train": 1,
+    "model.rand_init_cond_frames_for_train": False,
+}
+
+
+def build_train_model(device: str = "cpu", seed: int = 0):
+    """`SAM2Train` with the toy architecture (the same config the propagator loads as `toy`)."""
+    import torch
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    from veason_r1.models.sam2 import _config_path
+
+    path, overrides = _config_path("toy")
+    cfg = OmegaConf.load(path)
+    for key, value in {**overrides, **TRAIN_ARGS}.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    OmegaConf.resolve(cfg)
+    kwargs = OmegaConf.to_container(cfg.model, resolve=True)
+    kwargs.pop("_target_")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        parts = {k: instantiate(v, _recursive_=True) if isinstance(v, dict) and "_target_" in v else v
+                 for k, v in kwargs.items()}
+        model = _box_only_class()(**parts)
+    return model.to(device)
+
+
+def _loss_fn():
+    from training.loss_fns import MultiStepMultiMasksAndIous
+
+    return MultiStepMultiMasksAndIous(
+        weight_dict={"loss_mask": 20, "loss_dice": 1, "loss_iou": 1, "loss_class": 1},
+        supervise_all_iou=True, iou_use_l1_loss=True, pred_obj_scores=True,
+        focal_gamma_obj_score=0.0, focal_alpha_obj_score=-1.0,
+    )
+
+
+def _loader(vos_root: Path, cfg: ToySAM2TrainConfig, image_size: int):
+    import functools
+
+    import torch
+    from training.dataset.transforms import ComposeAPI, NormalizeAPI, RandomHorizontalFlip, RandomResizeAPI, ToTensorAPI
+    from training.dataset.vos_dataset import VOSDataset
+    from training.dataset.vos_raw_dataset import PNGRawDataset
+    from training.dataset.vos_sampler import RandomUniformSampler
+    from training.utils.data_utils import collate_fn
+
+    from veason_r1.models.sam2 import IMG_MEAN, IMG_STD
+
+    transforms = [ComposeAPI([
+        RandomHorizontalFlip(consistent_transform=True),
+        RandomResizeAPI(sizes=image_size, square=True, consistent_transform=True),
+        ToTensorAPI(),
+        NormalizeAPI(mean=list(IMG_MEAN), std=list(IMG_STD)),
+    ])]
+    raw = PNGRawDataset(img_folder=str(vos_root / "JPEGImages"), gt_folder=str(vos_root / "Annotations"))
+    sampler = RandomUniformSampler(num_frames=cfg.num_frames, max_num_objects=cfg.max_objects,
+                                   reverse_time_prob=cfg.reverse_time_prob)
+    dataset = VOSDataset(transforms=transforms, training=True, video_dataset=raw, sampler=sampler, multiplier=1)
+    return torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.workers,
+        collate_fn=functools.partial(collate_fn, dict_key="all"), persistent_workers=cfg.workers > 0,
+        generator=torch.Generator().manual_seed(cfg.seed),
+    )
+
+
+
+
+def train(work: Path, cfg: ToySAM2TrainConfig, device: str = "cpu", progress: bool = True,
+          time_budget_s: float | None = None) -> dict[str, Any]:
+    """Train (resuming from `work/train_state.pt`) and return a summary; the weights are in `work/sam2_toy.pt`."""
+    import random
+
+    import torch
+    from tqdm import tqdm
+    from training.trainer import CORE_LOSS_KEY
+
+    work = Path(work)
+    vos = export_vos(work / "vos", cfg, workers=max(1, cfg.workers), progress=progress)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    model = build_train_model(device, cfg.seed).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    state_path, step, history = work / "train_state.pt", 0, []
+    if state_path.is_file():
+        state = torch.load(state_path, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        step, history = int(state["step"]), list(state["history"])
+        cfg = dataclasses.replace(cfg, steps=int(state.get("total", cfg.steps)))
+    loss_fn = _loss_fn()
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
+    loader = _loader(vos, cfg, int(model.image_size))
+    t0 = time.time()
+    budget = StepBudget(cfg.steps, time_budget_s, start_step=step)
+    bar = tqdm(total=cfg.steps, initial=step, desc="toy SAM2", disable=not progress)
+
+    def save_state():
+        buf = io.BytesIO()
+        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
+                    "total": budget.total}, buf)
+        atomic_write_bytes(state_path, buf.getvalue())
+
+    while step < budget.total:
+        for batch in loader:
+            if step >= budget.total:
+                break
+            lr = cosine_lr(step, budget.update(step), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+            bar.total = budget.total
+            for group in opt.param_groups:
+                group["lr"] = lr
+            batch = batch.to(device, non_blocking=True)
+            with amp or torch.autocast("cpu", enabled=False):
+                outputs = model(batch)
+                losses = loss_fn(outputs, batch.masks)
+            loss = losses[CORE_LOSS_KEY]
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            step += 1
+            bar.update(1)
+            if step % 25 == 0:
+                history.append({"step": step, "loss": float(loss.detach()), "s": round(time.time() - t0, 1)})
+                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
+            if step % cfg.checkpoint_every == 0:
+                save_state()
+    bar.close()
+    save_state()
+    weights = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    buf = io.BytesIO()
+    torch.save({"model": weights}, buf)
+    atomic_write_bytes(work / "sam2_toy.pt", buf.getvalue())
+    return {"steps": step, "requested_steps": cfg.steps, "seconds": round(time.time() - t0, 1), "history": history,
+            "params": sum(v.numel() for v in weights.values())}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# measurement
+
+
+def heldout_videos(cfg: ToySAM2TrainConfig):
+    synth = SynthConfig(**{**asdict(cfg.synth), "seed": cfg.heldout_seed, "num_videos": cfg.heldout_videos})
+    return [make_video(i, synth) for i in range(cfg.heldout_videos)]
+
+
+def oracle_box_j(propagator, videos, progress: bool = False) -> dict[str, float]:
+    """Mean J over objects of held-out videos: the GT box on the object's largest-area frame, propagated both ways
+    through the whole video (the pipeline's use of SAM2), J per frame with "both empty = 1", mean over frames.
+    Also the J of a static box (the GT box's rectangle on every frame) as the trivial baseline."""
+    from tqdm import tqdm
+
+    from veason_r1.data.masks import mask_to_box
+    from veason_r1.eval.metrics import jaccard
+
+    js, static = [], []
+    for video in tqdm(videos, desc="oracle-box J", disable=not progress):
+        for k in range(len(video.objects)):
+            masks = np.stack(video.visible[k])
+            areas = masks.reshape(len(masks), -1).sum(1)
+            t = int(np.argmax(areas))
+            box = mask_to_box(masks[t])
+            pred = propagator.propagate(video.frames, t, np.asarray([box], dtype=np.float32))
+            js.append(float(np.mean([jaccard(masks[i], pred[i]) for i in range(len(masks))])))
+            rect = np.zeros_like(masks[t])
+            x0, y0, x1, y1 = (int(v) for v in box)
+            rect[y0:y1 + 1, x0:x1 + 1] = True
+            static.append(float(np.mean([jaccard(masks[i], rect) for i in range(len(masks))])))
+    return {"oracle_box_J": float(np.mean(js)), "static_box_J": float(np.mean(static)), "objects": len(js)}
+
+
+def write_manifest(out: Path, cfg: ToySAM2TrainConfig, summary: dict, metrics: dict, device: str) -> dict:
+    import hashlib
+
+    ckpt = out / "sam2_toy.pt"
+    manifest = {
+        "model": "toy SAM2 (SAM2.1 architecture, toy sizes: veason_r1/models/toy.py)",
+        "checkpoint": ckpt.name, "sha256": hashlib.sha256(ckpt.read_bytes()).hexdigest(),
+        "bytes": ckpt.stat().st_size, "device": device, "config": json.loads(json.dumps(asdict(cfg))),
+        "train": {k: v for k, v in summary.items() if k != "history"}, "heldout": metrics,
+        "rebuild": "veason-r1 make-toy sam2 --out DIR",
+    }
+    atomic_write_json(out / "manifest.json", manifest, indent=2)
+    return manifest
