@@ -48,6 +48,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from veason_r1.config import IMAGE_SIZE  # noqa: E402
+
 
 def _shim_pycocotools() -> bool:
     """veason_r1.data.masks imports pycocotools (RLE) at module level; the bench never decodes RLE, so on a box
@@ -85,7 +87,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--authors-exps", type=int, default=6, help="expressions run the authors' way (it is slow)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--image-size", type=int, default=560)
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--policy-dtype", default="bfloat16")
     p.add_argument("--no-fast-paths", action="store_true",
@@ -293,14 +295,14 @@ def host_peak_gb() -> float:
 
 
 def authors_request(ds: BenchDataset, e: BenchExpression, size: int):
-    """The authors' prompt frames: every frame of the video opened as PIL, 8 linspace frames resized (bilinear)."""
+    """The authors' prompt frames: every frame of the video opened as PIL, the eval linspace frames resized (bilinear)."""
     from PIL import Image
 
     from veason_r1.data.sampling import eval_frames
     from veason_r1.models.policy import GenerationRequest
 
     pil = [Image.open(ds.root / e.video / f"{name}.jpg").convert("RGB") for name in ds.names]
-    ids = eval_frames(len(pil), 8)
+    ids = eval_frames(len(pil))
     return GenerationRequest(e.text, ids, [np.asarray(pil[i].resize((size, size), Image.BILINEAR)) for i in ids])
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from veason_r1.config import FrameConfig
+from veason_r1.config import FRAMES
 from veason_r1.data.masks import Box, box_to_560, gt_boxes_560, mask_to_box
 from veason_r1.data.revos import Expression, ReVOSDataset
 from veason_r1.data.sampling import training_frames
@@ -136,7 +136,7 @@ def sample_rng(seed: int, key: str) -> random.Random:
     return random.Random(f"veason-cot:{seed}:{key}")
 
 
-def prepare_sample(ds: ReVOSDataset, expr: Expression, num_frames: int = FrameConfig().sft_frames,
+def prepare_sample(ds: ReVOSDataset, expr: Expression, num_frames: int = FRAMES.sft_frames,
                    seed: int = 0) -> CotSample:
     """Frame grid, keyframe, per-object boxes (each from its own mask) and answer boxes for one expression."""
     rng = sample_rng(seed, expr.key)

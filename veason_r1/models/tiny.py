@@ -758,6 +758,7 @@ COMMON_WORDS = [
 
 def _corpus(seed: int) -> list[str]:
     """English, digits, JSON punctuation, the prompt text and well-formed answers: what the tokenizer must cover."""
+    from veason_r1.config import FRAMES, IMAGE_SIZE
     from veason_r1.prompting import SCHEMA_EXAMPLE, build_prompt, format_response, question_text
 
     rng = random.Random(seed)
@@ -782,7 +783,7 @@ def _corpus(seed: int) -> list[str]:
         "walking running jumping sitting standing holding moving turning eating playing riding flying swimming "
         "Hello, world! It's a test: (a) 1+1=2; (b) x*y/z - 3.5% [ok] {json} \"quoted\" 'single' <tag> </tag> #@$&|~^`"
     )
-    texts = [english, english.upper(), english.lower(), SCHEMA_EXAMPLE, question_text("the dog", 8)]
+    texts = [english, english.upper(), english.lower(), SCHEMA_EXAMPLE, question_text("the dog", FRAMES.eval_frames)]
     texts += ["system\nYou are a helpful assistant.\nuser\n", "assistant\n<think>", "</think>\n<answer>"] * 20
     texts += [" ".join(str(i) for i in range(1001)), "0123456789 " * 20, "{}[]():;,.\"'<>=+-*/\\|!?_ \n\t" * 10]
     words = english.replace(".", " ").replace(",", " ").split() + COMMON_WORDS
@@ -790,14 +791,14 @@ def _corpus(seed: int) -> list[str]:
         sentence = " ".join(rng.choice(words) for _ in range(rng.randint(6, 16)))
         texts += [sentence.capitalize() + ".", sentence.upper(), sentence + ","]
     for _ in range(300):
-        n = rng.randint(2, 8)
+        n = rng.randint(2, FRAMES.eval_frames)
         frames = sorted(rng.sample(range(200), n))
         expr = " ".join(rng.choice(words) for _ in range(rng.randint(2, 10)))
         texts.append(build_prompt(expr, frames))
         boxes = []
         for _ in range(rng.randint(1, 3)):
             x1, y1 = rng.randint(0, 500), rng.randint(0, 500)
-            boxes.append([x1, y1, rng.randint(x1, 560), rng.randint(y1, 560)])
+            boxes.append([x1, y1, rng.randint(x1, IMAGE_SIZE), rng.randint(y1, IMAGE_SIZE)])
         reasoning = " ".join(rng.choice(words) for _ in range(rng.randint(10, 40)))
         texts.append(format_response(reasoning, rng.choice(frames), boxes))
     return texts

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from veason_r1.config import IMAGE_SIZE, PromptConfig
+from veason_r1.config import FRAMES, IMAGE_SIZE, PromptConfig
 from veason_r1.data.masks import EMPTY_BOX, box_to_560, mask_to_box, resize_mask, union_masks
 from veason_r1.data.revos import Expression, ReVOSDataset
 from veason_r1.data.sampling import training_frames
@@ -78,8 +78,8 @@ def boxes_in_square(object_masks: Sequence[np.ndarray | None], height: int, widt
 class RLSampleBuilder:
     """Draws RL samples from one ReVOS-format split; keeps per-expression GT areas (computed from RLEs once)."""
 
-    def __init__(self, dataset: ReVOSDataset, num_frames: int = 6, image_size: int = IMAGE_SIZE,
-                 keyframe_top_k: int = 5, prompt_config: PromptConfig = PromptConfig()):
+    def __init__(self, dataset: ReVOSDataset, num_frames: int = FRAMES.rl_frames, image_size: int = IMAGE_SIZE,
+                 keyframe_top_k: int = FRAMES.keyframe_top_k, prompt_config: PromptConfig = PromptConfig()):
         self.dataset = dataset
         self.num_frames = num_frames
         self.image_size = image_size
@@ -195,7 +195,8 @@ class RLPool:
 
 
 def reference_rows(expressions: Sequence[Expression], root: str | Path, split: str, *, redraw: bool,
-                   num_frames: int, image_size: int, keyframe_top_k: int = 5, seed: int = 0) -> list[dict]:
+                   num_frames: int, image_size: int, keyframe_top_k: int = FRAMES.keyframe_top_k,
+                   seed: int = 0) -> list[dict]:
     """Parquet rows for `VeasonRLDataset`: verl's columns, the expression's reference in `extra_info`."""
     rows = []
     for i, e in enumerate(expressions):

@@ -1,0 +1,95 @@
+"""One home per number and per rule: the method's frame numbers live in `config.FrameConfig` only."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+
+from veason_r1.config import FRAMES, IMAGE_SIZE
+
+ROOT = Path(__file__).resolve().parents[1]
+# Parameters, dataclass fields and argparse options that carry one of the method's frame numbers.
+FRAME_NAMES = {"num_frames", "frames", "n_frames", "keyframe_top_k", "sft_frames", "rl_frames", "eval_frames",
+               "cot_frames", "top_k"}
+METHOD_NUMBERS = {FRAMES.sft_frames, FRAMES.rl_frames, FRAMES.eval_frames, FRAMES.keyframe_top_k}
+KNOWN = {
+    ("veason_r1/demo.py", "cot_frames"),  # DemoConfig: owned by the demo's stage runner (issue 18, lead)
+    ("bench/bench_reward.py", "frames"),  # frames per prompt of the timed workload (a grid's K), not N
+}
+
+
+def _int_literal(node) -> bool:
+    """An int literal equal to one of the method's numbers (a video length of 100 frames is not one)."""
+    return isinstance(node, ast.Constant) and type(node.value) is int and node.value in METHOD_NUMBERS
+
+
+def retyped_frame_numbers(path: Path) -> list[str]:
+    """`name = <int>` defaults of frame-number names in one file (function defaults, fields, add_argument)."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.posonlyargs + node.args.args
+            pairs = list(zip(args[len(args) - len(node.args.defaults):], node.args.defaults))
+            pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            found += [f"{a.arg}={d.value} (line {d.lineno})" for a, d in pairs
+                      if a.arg in FRAME_NAMES and _int_literal(d)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if node.target.id in FRAME_NAMES and node.value is not None and _int_literal(node.value):
+                found.append(f"{node.target.id}={node.value.value} (line {node.lineno})")
+        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
+            flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+            dest = flags[0].lstrip("-").replace("-", "_") if flags else ""
+            for kw in node.keywords:
+                if kw.arg == "default" and dest in FRAME_NAMES and _int_literal(kw.value):
+                    found.append(f"--{dest}={kw.value.value} (line {kw.lineno})")
+    return found
+
+
+def test_no_frame_number_is_retyped_outside_config():
+    problems = []
+    for path in sorted([*(ROOT / "veason_r1").rglob("*.py"), *(ROOT / "bench").glob("*.py")]):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel == "veason_r1/config.py":
+            continue
+        for hit in retyped_frame_numbers(path):
+            if (rel, hit.split("=")[0].lstrip("-")) not in KNOWN:
+                problems.append(f"{rel}: {hit}")
+    assert not problems, "read these from veason_r1.config.FRAMES: " + "; ".join(problems)
+
+
+def test_the_scanner_sees_retyped_numbers(tmp_path):
+    src = tmp_path / "x.py"
+    src.write_text("def f(a, num_frames: int = 8, *, keyframe_top_k=5):\n    pass\n"
+                   "class C:\n    rl_frames: int = 6\n"
+                   "p.add_argument('--frames', type=int, default=8)\n"
+                   "def g(num_frames=FRAMES.eval_frames):\n    pass\n")
+    assert sorted(retyped_frame_numbers(src)) == ["--frames=8 (line 5)", "keyframe_top_k=5 (line 1)",
+                                                  "num_frames=8 (line 1)", "rl_frames=6 (line 4)"]
+
+
+def test_readers_take_the_frame_config():
+    from veason_r1.commands import cot, rl
+    from veason_r1.datacon.cot import CotConfig
+    from veason_r1.inference.pipeline import InferenceConfig, add_model_arguments
+    from veason_r1.rl.config import DataConfig
+
+    assert (FRAMES.sft_frames, FRAMES.rl_frames, FRAMES.eval_frames, FRAMES.keyframe_top_k) == (8, 6, 8, 5)
+    assert FRAMES.image_size == IMAGE_SIZE == 560
+    assert CotConfig().num_frames == FRAMES.sft_frames
+    assert InferenceConfig().num_frames == FRAMES.eval_frames and InferenceConfig().image_size == IMAGE_SIZE
+    data = DataConfig()
+    assert (data.num_frames, data.keyframe_top_k, data.image_size) == (FRAMES.rl_frames, FRAMES.keyframe_top_k,
+                                                                       IMAGE_SIZE)
+    p = argparse.ArgumentParser()
+    cot.add_arguments(p)
+    args = p.parse_args(["--root", "r", "--out-dir", "o"])
+    assert (args.frames, args.image_size) == (FRAMES.sft_frames, IMAGE_SIZE)
+    p = argparse.ArgumentParser()
+    add_model_arguments(p, model_required=False)
+    args = p.parse_args([])
+    assert (args.num_frames, args.image_size) == (FRAMES.eval_frames, IMAGE_SIZE)
+    p = argparse.ArgumentParser()
+    rl.add_arguments(p)
+    assert p.parse_args([]).image_size == IMAGE_SIZE
