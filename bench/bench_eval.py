@@ -514,9 +514,12 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of the per-frame IoU (1 where both are empty) of two (K, H, W) mask stacks."""
+    from veason_r1.data.masks import iou_from_counts
+
     inter = np.logical_and(a, b).reshape(len(a), -1).sum(1)
     union = np.logical_or(a, b).reshape(len(a), -1).sum(1)
-    return float(np.where(union == 0, 1.0, inter / np.maximum(union, 1)).mean())
+    return float(iou_from_counts(inter, union).mean())
 
 
 def main(argv=None) -> int:

@@ -93,3 +93,31 @@ def test_readers_take_the_frame_config():
     p = argparse.ArgumentParser()
     rl.add_arguments(p)
     assert p.parse_args([]).image_size == IMAGE_SIZE
+
+
+def test_one_benchmark_table_feeds_predict_eval_and_the_readers():
+    import inspect
+
+    import pytest
+
+    from veason_r1.benchmarks import BENCHMARKS, DEFAULT_MISSING, DEFAULT_SPLITS, SPLIT_HELP
+    from veason_r1.commands import eval as eval_cmd
+    from veason_r1.commands import predict as predict_cmd
+    from veason_r1.data.revos import MeViSDataset, ReVOSDataset
+    from veason_r1.eval.vicas import evaluate_vicas
+    from veason_r1.inference.predict import open_benchmark
+
+    assert BENCHMARKS == ("revos", "mevis", "reasonvos", "vicas")
+    assert DEFAULT_SPLITS == {"revos": "valid", "mevis": "valid_u", "reasonvos": None, "vicas": "val"}
+    assert DEFAULT_MISSING == {"revos": "zero", "mevis": "zero", "reasonvos": "skip", "vicas": "zero"}
+    assert SPLIT_HELP == "split (defaults: revos valid, mevis valid_u, vicas val; reasonvos has one)"
+    for cmd in (eval_cmd, predict_cmd):
+        p = argparse.ArgumentParser()
+        cmd.add_arguments(p)
+        (positional,) = [a for a in p._actions if a.dest == "benchmark"]
+        assert tuple(positional.choices) == BENCHMARKS
+    assert inspect.signature(ReVOSDataset).parameters["split"].default == DEFAULT_SPLITS["revos"]
+    assert inspect.signature(MeViSDataset).parameters["split"].default == DEFAULT_SPLITS["mevis"]
+    assert inspect.signature(evaluate_vicas).parameters["split"].default == DEFAULT_SPLITS["vicas"]
+    with pytest.raises(ValueError, match="unknown benchmark 'davis'; choose one of revos, mevis, reasonvos, vicas"):
+        open_benchmark("davis", "/nonexistent")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from veason_r1.config import FRAMES, IMAGE_SIZE
-from veason_r1.data.masks import box_from_560
+from veason_r1.data.masks import box_from_square
 from veason_r1.data.sampling import eval_frames
 from veason_r1.data.video import FrameSource, open_video, resize_frame
 from veason_r1.prompting import parse_prediction
@@ -72,7 +72,7 @@ def boxes_to_original(boxes: Sequence[Sequence[float]], height: int, width: int,
     """Policy-space boxes -> original pixels (the release's x*W/size + 0.5 then int), clipped into the frame."""
     out = []
     for b in boxes:
-        x1, y1, x2, y2 = box_from_560(b, height, width, size)
+        x1, y1, x2, y2 = box_from_square(b, height, width, size)
         out.append([min(max(x1, 0), width - 1), min(max(y1, 0), height - 1),
                     min(max(x2, 0), width - 1), min(max(y2, 0), height - 1)])
     return out

@@ -40,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+from veason_r1.data.masks import iou_from_counts
+
 SAM2_CONFIGS = {
     "sam2_hiera_t": "configs/sam2/sam2_hiera_t.yaml",
     "sam2_hiera_s": "configs/sam2/sam2_hiera_s.yaml",
@@ -505,11 +507,7 @@ class SAM2Propagator:
             size = len(group) * video.num_frames * 2
             rows = host[i : i + size].reshape(len(group), video.num_frames, 2)
             i += size
-            ious = []
-            for r in rows:
-                inter, union = r[:, 0], r[:, 1]
-                ious.append(np.array([1.0 if u == 0 else float(n / u) for n, u in zip(inter, union)]))
-            out.append(ious)
+            out.append([iou_from_counts(r[:, 0], r[:, 1]) for r in rows])
         return out
 
     def _propagate_unions(self, groups):

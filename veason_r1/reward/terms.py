@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from veason_r1.config import MAX_BOXES
+from veason_r1.data.masks import mask_iou
 from veason_r1.prompting import FORMAT_PATTERN, answer_payload, boxes_array, format_json, release_int
 
 VARIANTS = ("faithful", "strict")
@@ -162,14 +163,6 @@ def spatial_reward(pred: np.ndarray | None, gt: np.ndarray | None, plus_one: boo
     rows, cols = rows[order], cols[order]
     matched = [float(iou[r, c]) for r, c in zip(rows, cols)]
     return SpatialResult(sum(matched) / max(len(pred), len(gt)), [int(r) for r in rows], matched)
-
-
-def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """IoU of two bool masks; 1 when both are empty."""
-    union = np.logical_or(pred, gt).sum()
-    if union == 0:
-        return 1.0
-    return float(np.logical_and(pred, gt).sum() / union)
 
 
 def consistency_reward(pred_masks: np.ndarray, gt_masks: np.ndarray) -> float:

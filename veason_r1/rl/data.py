@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from veason_r1.config import FRAMES, IMAGE_SIZE, PromptConfig
-from veason_r1.data.masks import EMPTY_BOX, box_to_560, mask_to_box, resize_mask, union_masks
+from veason_r1.data.masks import gt_boxes_in_square, resize_mask, union_masks
 from veason_r1.data.revos import Expression, ReVOSDataset
 from veason_r1.data.sampling import training_frames
 from veason_r1.data.video import resize_frame
@@ -63,18 +63,6 @@ class RLSample:
         return [{"role": "system", "content": system}, {"role": "user", "content": self.prompt}]
 
 
-def boxes_in_square(object_masks: Sequence[np.ndarray | None], height: int, width: int, size: int) -> list[list[float]]:
-    """GT boxes of one frame in the size x size square: one per object, [0,0,0,0] for an absent object,
-    [[0,0,0,0]] when nothing is visible (the rules of `masks.gt_boxes_560`, for any square size)."""
-    boxes = []
-    for m in object_masks:
-        b = mask_to_box(m)
-        boxes.append(list(EMPTY_BOX) if b is None else box_to_560(b, height, width, size))
-    if not boxes or all(b == EMPTY_BOX for b in boxes):
-        return [list(EMPTY_BOX)]
-    return boxes
-
-
 class RLSampleBuilder:
     """Draws RL samples from one ReVOS-format split; keeps per-expression GT areas (computed from RLEs once)."""
 
@@ -105,7 +93,7 @@ class RLSampleBuilder:
             frames.append(resize_frame(source.get(int(t)), size))
             objects = self.dataset.object_masks(expr, int(t))
             masks.append(resize_mask(union_masks(objects, (h, w)), size, size))
-            boxes[str(pos)] = boxes_in_square(objects, h, w, size)
+            boxes[str(pos)] = gt_boxes_in_square(objects, h, w, size)
         return RLSample(
             key=expr.key,
             expression=expr.text,
