@@ -320,11 +320,11 @@ def authors_way(ds: BenchDataset, exprs, policy, sam_model, args, out_dir: Path)
     )
     from veason_r1.models.fast_qwen import remove_fast_paths
     from veason_r1.models.policy import HFEngine
-    from veason_r1.models.sam2 import _quiet, _stock_fp32_memory_patch
+    from veason_r1.models.sam2_reference import quiet, stock_fp32_memory_patch
 
     remove_fast_paths(policy.model)  # the authors run transformers' own code
     engine = HFEngine(policy, image_size=args.image_size, batch_size=1)
-    config = InferenceConfig(args.image_size, 8, args.max_new_tokens)
+    config = InferenceConfig(image_size=args.image_size, max_new_tokens=args.max_new_tokens)
     times = {"load_s": 0.0, "generate_s": 0.0, "sam2_s": 0.0, "write_s": 0.0}
     masks_out, answers = {}, {}
     for e in exprs:
@@ -344,7 +344,7 @@ def authors_way(ds: BenchDataset, exprs, policy, sam_model, args, out_dir: Path)
         t0 = time.perf_counter()
         masks = np.zeros((ds.num_frames, ds.height, ds.width), bool)
         # stock API, fp32 (no autocast); the fp32 memory cast patch is forced on (cpu device) for CUDA too
-        with torch.inference_mode(), _stock_fp32_memory_patch(sam_model, torch.device("cpu")), _quiet():
+        with torch.inference_mode(), stock_fp32_memory_patch(sam_model, torch.device("cpu")), quiet():
             state = sam_model.init_state(video_path=str(ds.root / e.video))
             for i, b in enumerate(boxes):
                 sam_model.add_new_points_or_box(state, frame_idx=answer.keyframe, obj_id=i,
@@ -381,7 +381,7 @@ def our_way(ds: BenchDataset, policy, propagator, args, pred: Path) -> dict:
     (remove_fast_paths if args.no_fast_paths else apply_fast_paths)(policy.model)
     engine = HFEngine(policy, image_size=args.image_size, batch_size=args.batch_size)
     config = PredictConfig(benchmark="bench", model=None, batch_size=args.batch_size, oracle_boxes=True,
-                           inference=InferenceConfig(args.image_size, 8, args.max_new_tokens))
+                           inference=InferenceConfig(image_size=args.image_size, max_new_tokens=args.max_new_tokens))
     reset_peak(args.device)
     sync(args.device)
     t0 = time.perf_counter()
@@ -432,7 +432,7 @@ def fp32_agreement(ds: BenchDataset, policy, recorder: GenerateRecorder, args, n
     ours_reqs = []
     for e in exprs:
         src = ds.frames(e.video)
-        ids = sample_frame_ids(len(src), 8)
+        ids = sample_frame_ids(len(src))
         ours_reqs.append(GenerationRequest(e.text, ids, policy_images(src, ids, size)))
     authors_reqs = [authors_request(ds, e, size) for e in exprs[:n]]
     same_inputs = all(a.frame_ids == b.frame_ids and all(np.array_equal(x, y) for x, y in zip(a.images, b.images))
@@ -561,7 +561,7 @@ def main(argv=None) -> int:
 
             e0 = ds.expressions[0]
             src = ds.frames(e0.video)
-            ids = sample_frame_ids(len(src), 8)
+            ids = sample_frame_ids(len(src))
             batch = build_inputs(policy.processor, [GenerationRequest(e0.text, ids, policy_images(src, ids,
                                                                                                  args.image_size))],
                                  args.image_size)

@@ -80,10 +80,11 @@ def _sync(device: str) -> None:
 
 def per_rollout(groups, propagator, record: list | None = None) -> tuple[list[list[dict]], float]:
     """The authors' way: each rollout on its own fresh stock inference state."""
+    from veason_r1.models.sam2_reference import propagate_reference
     from veason_r1.reward import score_response
 
     def propagate(frames, position, boxes):
-        masks = propagator.propagate_reference(frames, position, boxes)
+        masks = propagate_reference(propagator, frames, position, boxes)
         if record is not None:
             record.append(masks)
         return masks

@@ -12,9 +12,13 @@ ROOT = Path(__file__).resolve().parents[1]
 # Parameters, dataclass fields and argparse options that carry one of the method's frame numbers.
 FRAME_NAMES = {"num_frames", "frames", "n_frames", "keyframe_top_k", "sft_frames", "rl_frames", "eval_frames",
                "cot_frames", "top_k"}
+# Calls whose positional arguments include a frame count or the keyframe top-k.
+FRAME_CALLS = {"InferenceConfig", "sample_frame_ids", "eval_frames", "training_frames", "anchored_grid",
+               "pick_keyframe", "RLSampleBuilder", "prepare_sample"}
 METHOD_NUMBERS = {FRAMES.sft_frames, FRAMES.rl_frames, FRAMES.eval_frames, FRAMES.keyframe_top_k}
 KNOWN = {
     ("veason_r1/demo.py", "cot_frames"),  # DemoConfig: owned by the demo's stage runner (issue 18, lead)
+    ("veason_r1/demo.py", "InferenceConfig"),  # ditto: InferenceConfig(c.image_size, 8, ...)
     ("bench/bench_reward.py", "frames"),  # frames per prompt of the timed workload (a grid's K), not N
 }
 
@@ -38,12 +42,17 @@ def retyped_frame_numbers(path: Path) -> list[str]:
         elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
             if node.target.id in FRAME_NAMES and node.value is not None and _int_literal(node.value):
                 found.append(f"{node.target.id}={node.value.value} (line {node.lineno})")
-        elif isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "add_argument":
-            flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-            dest = flags[0].lstrip("-").replace("-", "_") if flags else ""
-            for kw in node.keywords:
-                if kw.arg == "default" and dest in FRAME_NAMES and _int_literal(kw.value):
-                    found.append(f"--{dest}={kw.value.value} (line {kw.lineno})")
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name == "add_argument":
+                flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                dest = flags[0].lstrip("-").replace("-", "_") if flags else ""
+                found += [f"--{dest}={kw.value.value} (line {kw.lineno})" for kw in node.keywords
+                          if kw.arg == "default" and dest in FRAME_NAMES and _int_literal(kw.value)]
+            found += [f"{kw.arg}={kw.value.value} (line {kw.lineno})" for kw in node.keywords
+                      if kw.arg in FRAME_NAMES and _int_literal(kw.value)]
+            if name in FRAME_CALLS:
+                found += [f"{name}=(..., {a.value}, ...) (line {a.lineno})" for a in node.args if _int_literal(a)]
     return found
 
 
@@ -64,8 +73,10 @@ def test_the_scanner_sees_retyped_numbers(tmp_path):
     src.write_text("def f(a, num_frames: int = 8, *, keyframe_top_k=5):\n    pass\n"
                    "class C:\n    rl_frames: int = 6\n"
                    "p.add_argument('--frames', type=int, default=8)\n"
-                   "def g(num_frames=FRAMES.eval_frames):\n    pass\n")
-    assert sorted(retyped_frame_numbers(src)) == ["--frames=8 (line 5)", "keyframe_top_k=5 (line 1)",
+                   "def g(num_frames=FRAMES.eval_frames):\n    pass\n"
+                   "InferenceConfig(112, 8, 64)\nrows(x, num_frames=6)\neval_frames(100)\n")
+    assert sorted(retyped_frame_numbers(src)) == ["--frames=8 (line 5)", "InferenceConfig=(..., 8, ...) (line 8)",
+                                                  "keyframe_top_k=5 (line 1)", "num_frames=6 (line 9)",
                                                   "num_frames=8 (line 1)", "rl_frames=6 (line 4)"]
 
 
