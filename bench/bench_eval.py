@@ -38,7 +38,6 @@ import shutil
 import sys
 import tempfile
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,26 +48,6 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from veason_r1.config import IMAGE_SIZE  # noqa: E402
-
-
-def _shim_pycocotools() -> bool:
-    """veason_r1.data.masks imports pycocotools (RLE) at module level; the bench never decodes RLE, so on a box
-    without it a stub that fails loudly on use is enough. Returns True when the stub was installed."""
-    try:
-        import pycocotools.mask  # noqa: F401
-
-        return False
-    except ImportError:
-        def _missing(*_a, **_k):
-            raise ImportError("pycocotools is not installed (the bench does not need RLE)")
-
-        pkg = types.ModuleType("pycocotools")
-        mod = types.ModuleType("pycocotools.mask")
-        for name in ("encode", "decode", "area", "merge", "frPyObjects", "toBbox", "iou"):
-            setattr(mod, name, _missing)
-        pkg.mask = mod
-        sys.modules["pycocotools"], sys.modules["pycocotools.mask"] = pkg, mod
-        return True
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -295,7 +274,8 @@ def host_peak_gb() -> float:
 
 
 def authors_request(ds: BenchDataset, e: BenchExpression, size: int):
-    """The authors' prompt frames: every frame of the video opened as PIL, the eval linspace frames resized (bilinear)."""
+    """The authors' prompt frames: every frame of the video opened as PIL, the eval linspace frames resized
+    (bilinear)."""
     from PIL import Image
 
     from veason_r1.data.sampling import eval_frames
@@ -524,7 +504,6 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    stubbed = _shim_pycocotools()
     import torch
 
     if args.device == "cpu":
@@ -542,7 +521,6 @@ def main(argv=None) -> int:
                      "transformers": transformers.__version__},
         "fast_paths": not args.no_fast_paths,
         "args": {k: v for k, v in vars(args).items() if k != "out"},
-        "pycocotools_stubbed": stubbed,
     }
     try:
         if not args.long_only:

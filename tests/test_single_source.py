@@ -132,3 +132,13 @@ def test_one_benchmark_table_feeds_predict_eval_and_the_readers():
     assert inspect.signature(evaluate_vicas).parameters["split"].default == DEFAULT_SPLITS["vicas"]
     with pytest.raises(ValueError, match="unknown benchmark 'davis'; choose one of revos, mevis, reasonvos, vicas"):
         open_benchmark("davis", "/nonexistent")
+
+
+def test_no_two_public_classes_share_a_name():
+    """Two `SamplingConfig`s or two `ParsedAnswer`s read alike at the call site and mean different things."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "veason_r1").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                seen.setdefault(node.name, []).append(path.relative_to(ROOT).as_posix())
+    assert {name: where for name, where in seen.items() if len(where) > 1} == {}

@@ -164,7 +164,7 @@ def boxes_array(value: Any, max_boxes: int):
 
 
 @dataclass
-class ParsedAnswer:
+class ParsedPrediction:
     """What inference takes from a response. `notes` say which fallbacks were used."""
 
     reasoning: str = ""
@@ -186,7 +186,7 @@ def _loads_lenient(text: str) -> Any:
     return None
 
 
-def parse_prediction(response: str, frame_ids: Sequence[int]) -> ParsedAnswer:
+def parse_prediction(response: str, frame_ids: Sequence[int]) -> ParsedPrediction:
     """Parse a model answer for inference.
 
     Documented behaviour: accepts single-quoted (Python-literal) JSON, text after the JSON, a missing </answer>,
@@ -194,7 +194,7 @@ def parse_prediction(response: str, frame_ids: Sequence[int]) -> ParsedAnswer:
     frame (noted); no keyframe at all falls back to the middle shown frame (noted). Boxes that are not 4 finite
     numbers are dropped (noted); coordinates are clipped to [0, IMAGE_SIZE].
     """
-    out = ParsedAnswer()
+    out = ParsedPrediction()
     think = THINK_PATTERN.search(response)
     out.reasoning = think.group(1).strip() if think else ""
     start = response.find("<answer>")

@@ -336,7 +336,8 @@ imports); torch threads: {cfg['threads'] if cfg['threads'] is not None else 'unc
 Valid split of the synthetic benchmark ({n_before.get('referring', '?')} referring and
 {n_before.get('reasoning', '?')} reasoning expressions), ReVOS protocol, x100. *Before RL* is the SFT model, *after
 RL* the model after the last GRPO step; both are predicted and scored by the same code (`veason-r1 predict` +
-`veason-r1 eval` functions, {cfg['image_size']} px frames, {FRAMES.eval_frames} linspace frames, greedy decoding, tiny SAM2).
+`veason-r1 eval` functions, {cfg['image_size']} px frames, {FRAMES.eval_frames} linspace frames, greedy decoding,
+tiny SAM2).
 
 {_md_table(["split", "metric", "before RL", "after RL", "delta"], results_rows(results))}
 

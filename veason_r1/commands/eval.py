@@ -53,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: prediction folder {pred} does not exist")
         return 2
 
-    if args.benchmark == "mevis" and (args.split or DEFAULT_SPLITS["mevis"]) == "valid" and not _has_mask_dict(args.data, "valid"):
+    split = args.split or DEFAULT_SPLITS[args.benchmark]
+    if args.benchmark == "mevis" and split == "valid" and not _has_mask_dict(args.data, "valid"):
         from veason_r1.eval.submission import build_submission_zip
 
         zpath = Path(args.submission_zip) if args.submission_zip else out.with_name("mevis_valid_submission.zip")
@@ -65,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark == "vicas":
         from veason_r1.eval.vicas import evaluate_vicas
 
-        summary, rows = evaluate_vicas(args.data, pred, split=args.split or DEFAULT_SPLITS["vicas"], version=args.vicas_version,
+        summary, rows = evaluate_vicas(args.data, pred, split=split, version=args.vicas_version,
                                        missing=missing, progress=progress)
         atomic_write_json(out, summary, indent=2)
         lines = ["video_id,referral,num_gt,missing_frames,num_pred,best_track_iou,prompt"]

@@ -59,14 +59,16 @@ def write_verl_data(args) -> tuple[str, str | None]:
     out = Path(args.data_dir)
     train = ReVOSDataset(args.train_root, args.train_split, load_foreground=False)
     exprs = select_expressions(train, args.pool, True, builder=RLSampleBuilder(train))
-    train_file = write_parquet(reference_rows(exprs, args.train_root, args.train_split, redraw=True, num_frames=FRAMES.rl_frames,
-                                              image_size=args.image_size, seed=args.seed), out / "train.parquet")
+    train_file = write_parquet(reference_rows(exprs, args.train_root, args.train_split, redraw=True,
+                                              num_frames=FRAMES.rl_frames, image_size=args.image_size,
+                                              seed=args.seed), out / "train.parquet")
     val_file = None
     if args.val_root:
         val = ReVOSDataset(args.val_root, args.val_split, load_foreground=False)
         vexprs = select_expressions(val, None, True, args.val_size, args.seed, builder=RLSampleBuilder(val))
-        val_file = write_parquet(reference_rows(vexprs, args.val_root, args.val_split, redraw=False, num_frames=FRAMES.rl_frames,
-                                                image_size=args.image_size, seed=args.seed), out / "val.parquet")
+        val_file = write_parquet(reference_rows(vexprs, args.val_root, args.val_split, redraw=False,
+                                                num_frames=FRAMES.rl_frames, image_size=args.image_size,
+                                                seed=args.seed), out / "val.parquet")
     print(f"wrote {len(exprs)} training rows to {train_file}" + (f", {len(vexprs)} validation rows to {val_file}" if val_file else ""))
     return str(train_file.resolve()), (str(val_file.resolve()) if val_file else None)
 

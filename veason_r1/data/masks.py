@@ -106,7 +106,8 @@ def iou_from_counts(inter, union):
 
 def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
     """IoU of two bool masks of one frame; 1 when both are empty."""
-    return iou_from_counts(int(np.count_nonzero(np.logical_and(pred, gt))), int(np.count_nonzero(np.logical_or(pred, gt))))
+    inter, union = np.count_nonzero(np.logical_and(pred, gt)), np.count_nonzero(np.logical_or(pred, gt))
+    return iou_from_counts(int(inter), int(union))
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:

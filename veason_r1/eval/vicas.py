@@ -184,8 +184,9 @@ def score_video(gt: dict, pred_root: Path, missing: str) -> tuple[list[dict], li
     return outputs, rows
 
 
-def evaluate_vicas(data: str | os.PathLike, pred: str | os.PathLike, split: str = DEFAULT_SPLITS["vicas"], version: str = "v0.1",
-                   missing: str = "zero", progress: bool = True) -> tuple[dict, list[ReferralResult]]:
+def evaluate_vicas(data: str | os.PathLike, pred: str | os.PathLike, split: str = DEFAULT_SPLITS["vicas"],
+                   version: str = "v0.1", missing: str = "zero",
+                   progress: bool = True) -> tuple[dict, list[ReferralResult]]:
     """LG-VIS mAP of PNG predictions over the videos of a ViCaS split (one video in memory at a time)."""
     from tqdm import tqdm
 

@@ -1,9 +1,9 @@
 """One video, one query -> keyframe, boxes and a mask per frame (docs/method.md §4, §5 and §1.5).
 
-The flow is the evaluation protocol: N linspace frames (`FrameConfig.eval_frames`) resized to the policy's square size, the docs/method.md prompt,
-greedy decoding, the robust answer parser, boxes mapped back to original pixels, then SAM2 from the keyframe over
-every frame. `veason-r1 infer` and the benchmark predictor (`predict.py`) share these functions, so a prediction
-for one video and for a benchmark are made the same way.
+The flow is the evaluation protocol: `FrameConfig.eval_frames` linspace frames resized to the policy's square size,
+the docs/method.md prompt, greedy decoding, the robust answer parser, boxes mapped back to original pixels, then SAM2
+from the keyframe over every frame. `veason-r1 infer` and the benchmark predictor (`predict.py`) share these
+functions, so a prediction for one video and for a benchmark are made the same way.
 
 Parser behaviour (documented, never a crash; see `veason_r1.prompting.parse_prediction`): single-quoted JSON and
 trailing text are accepted; a keyframe that is not a shown frame snaps to the nearest shown frame; no keyframe
@@ -323,7 +323,8 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
                         help="exact HF speed-ups for Qwen2.5-VL (batched vision windows, grouped decode attention); "
                              "auto = on CUDA")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="policy square frame side (560)")
-    parser.add_argument("--num-frames", type=int, default=FRAMES.eval_frames, help="frames shown to the policy (linspace)")
+    parser.add_argument("--num-frames", type=int, default=FRAMES.eval_frames,
+                        help="frames shown to the policy (linspace)")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM only")
     parser.add_argument("--offload", action="store_true",
