@@ -19,6 +19,8 @@ IMG_STD = (0.229, 0.224, 0.225)
 
 
 def as_frame_list(frames) -> list[np.ndarray]:
+    """(H, W, 3) uint8 arrays of one size from a (K, H, W, 3) array, a list of arrays / PIL images / tensors, or a
+    `FrameSource`; a ValueError naming the frame otherwise."""
     from PIL import Image
 
     from veason_r1.data.video import FrameSource
