@@ -38,7 +38,6 @@ import shutil
 import sys
 import tempfile
 import time
-import types
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,25 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-
-def _shim_pycocotools() -> bool:
-    """veason_r1.data.masks imports pycocotools (RLE) at module level; the bench never decodes RLE, so on a box
-    without it a stub that fails loudly on use is enough. Returns True when the stub was installed."""
-    try:
-        import pycocotools.mask  # noqa: F401
-
-        return False
-    except ImportError:
-        def _missing(*_a, **_k):
-            raise ImportError("pycocotools is not installed (the bench does not need RLE)")
-
-        pkg = types.ModuleType("pycocotools")
-        mod = types.ModuleType("pycocotools.mask")
-        for name in ("encode", "decode", "area", "merge", "frPyObjects", "toBbox", "iou"):
-            setattr(mod, name, _missing)
-        pkg.mask = mod
-        sys.modules["pycocotools"], sys.modules["pycocotools.mask"] = pkg, mod
-        return True
+from veason_r1.config import IMAGE_SIZE  # noqa: E402
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -85,7 +66,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=1280)
     p.add_argument("--authors-exps", type=int, default=6, help="expressions run the authors' way (it is slow)")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--image-size", type=int, default=560)
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     p.add_argument("--max-new-tokens", type=int, default=256)
     p.add_argument("--policy-dtype", default="bfloat16")
     p.add_argument("--no-fast-paths", action="store_true",
@@ -293,14 +274,15 @@ def host_peak_gb() -> float:
 
 
 def authors_request(ds: BenchDataset, e: BenchExpression, size: int):
-    """The authors' prompt frames: every frame of the video opened as PIL, 8 linspace frames resized (bilinear)."""
+    """The authors' prompt frames: every frame of the video opened as PIL, the eval linspace frames resized
+    (bilinear)."""
     from PIL import Image
 
     from veason_r1.data.sampling import eval_frames
     from veason_r1.models.policy import GenerationRequest
 
     pil = [Image.open(ds.root / e.video / f"{name}.jpg").convert("RGB") for name in ds.names]
-    ids = eval_frames(len(pil), 8)
+    ids = eval_frames(len(pil))
     return GenerationRequest(e.text, ids, [np.asarray(pil[i].resize((size, size), Image.BILINEAR)) for i in ids])
 
 
@@ -318,11 +300,11 @@ def authors_way(ds: BenchDataset, exprs, policy, sam_model, args, out_dir: Path)
     )
     from veason_r1.models.fast_qwen import remove_fast_paths
     from veason_r1.models.policy import HFEngine
-    from veason_r1.models.sam2 import _quiet, _stock_fp32_memory_patch
+    from veason_r1.models.sam2_reference import quiet, stock_fp32_memory_patch
 
     remove_fast_paths(policy.model)  # the authors run transformers' own code
     engine = HFEngine(policy, image_size=args.image_size, batch_size=1)
-    config = InferenceConfig(args.image_size, 8, args.max_new_tokens)
+    config = InferenceConfig(image_size=args.image_size, max_new_tokens=args.max_new_tokens)
     times = {"load_s": 0.0, "generate_s": 0.0, "sam2_s": 0.0, "write_s": 0.0}
     masks_out, answers = {}, {}
     for e in exprs:
@@ -342,7 +324,7 @@ def authors_way(ds: BenchDataset, exprs, policy, sam_model, args, out_dir: Path)
         t0 = time.perf_counter()
         masks = np.zeros((ds.num_frames, ds.height, ds.width), bool)
         # stock API, fp32 (no autocast); the fp32 memory cast patch is forced on (cpu device) for CUDA too
-        with torch.inference_mode(), _stock_fp32_memory_patch(sam_model, torch.device("cpu")), _quiet():
+        with torch.inference_mode(), stock_fp32_memory_patch(sam_model, torch.device("cpu")), quiet():
             state = sam_model.init_state(video_path=str(ds.root / e.video))
             for i, b in enumerate(boxes):
                 sam_model.add_new_points_or_box(state, frame_idx=answer.keyframe, obj_id=i,
@@ -379,7 +361,7 @@ def our_way(ds: BenchDataset, policy, propagator, args, pred: Path) -> dict:
     (remove_fast_paths if args.no_fast_paths else apply_fast_paths)(policy.model)
     engine = HFEngine(policy, image_size=args.image_size, batch_size=args.batch_size)
     config = PredictConfig(benchmark="bench", model=None, batch_size=args.batch_size, oracle_boxes=True,
-                           inference=InferenceConfig(args.image_size, 8, args.max_new_tokens))
+                           inference=InferenceConfig(image_size=args.image_size, max_new_tokens=args.max_new_tokens))
     reset_peak(args.device)
     sync(args.device)
     t0 = time.perf_counter()
@@ -430,7 +412,7 @@ def fp32_agreement(ds: BenchDataset, policy, recorder: GenerateRecorder, args, n
     ours_reqs = []
     for e in exprs:
         src = ds.frames(e.video)
-        ids = sample_frame_ids(len(src), 8)
+        ids = sample_frame_ids(len(src))
         ours_reqs.append(GenerationRequest(e.text, ids, policy_images(src, ids, size)))
     authors_reqs = [authors_request(ds, e, size) for e in exprs[:n]]
     same_inputs = all(a.frame_ids == b.frame_ids and all(np.array_equal(x, y) for x, y in zip(a.images, b.images))
@@ -512,14 +494,16 @@ def first_divergence(a: list[int], b: list[int]) -> int | None:
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
+    """Mean over frames of the per-frame IoU (1 where both are empty) of two (K, H, W) mask stacks."""
+    from veason_r1.data.masks import iou_from_counts
+
     inter = np.logical_and(a, b).reshape(len(a), -1).sum(1)
     union = np.logical_or(a, b).reshape(len(a), -1).sum(1)
-    return float(np.where(union == 0, 1.0, inter / np.maximum(union, 1)).mean())
+    return float(iou_from_counts(inter, union).mean())
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    stubbed = _shim_pycocotools()
     import torch
 
     if args.device == "cpu":
@@ -537,7 +521,6 @@ def main(argv=None) -> int:
                      "transformers": transformers.__version__},
         "fast_paths": not args.no_fast_paths,
         "args": {k: v for k, v in vars(args).items() if k != "out"},
-        "pycocotools_stubbed": stubbed,
     }
     try:
         if not args.long_only:
@@ -556,7 +539,7 @@ def main(argv=None) -> int:
 
             e0 = ds.expressions[0]
             src = ds.frames(e0.video)
-            ids = sample_frame_ids(len(src), 8)
+            ids = sample_frame_ids(len(src))
             batch = build_inputs(policy.processor, [GenerationRequest(e0.text, ids, policy_images(src, ids,
                                                                                                  args.image_size))],
                                  args.image_size)

@@ -140,6 +140,8 @@ class Recorder:
 
 
 def main(argv=None) -> int:
+    from veason_r1.config import IMAGE_SIZE
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--tiny", action="store_true", help="tiny model, 112 px, 2 prompts x 2 (CPU smoke)")
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--rollout-batch", type=int, default=64, help="sequences per generate() call")
     p.add_argument("--micro-batch", type=int, default=2, help="sequences per forward/backward (update)")
     p.add_argument("--log-prob-micro-batch", type=int, default=8, help="sequences per no-grad old/ref forward")
-    p.add_argument("--image-size", type=int, default=560)
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     p.add_argument("--steps", type=int, default=1, help="GRPO steps (2: the second has AdamW states allocated)")
     p.add_argument("--no-rollout-copy", action="store_true",
                    help="generate with autocast over the fp32 master weights (the old path) instead of a bf16 copy")

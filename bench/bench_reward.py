@@ -34,6 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from veason_r1.config import IMAGE_SIZE  # noqa: E402
+
 
 def make_group(rng: np.random.Generator, frames_n: int, size: int, rollouts: int):
     """Frames with 1-2 moving bright rectangles, GT masks/boxes, and rollout answers with jittered boxes
@@ -78,10 +80,11 @@ def _sync(device: str) -> None:
 
 def per_rollout(groups, propagator, record: list | None = None) -> tuple[list[list[dict]], float]:
     """The authors' way: each rollout on its own fresh stock inference state."""
+    from veason_r1.models.sam2_reference import propagate_reference
     from veason_r1.reward import score_response
 
     def propagate(frames, position, boxes):
-        masks = propagator.propagate_reference(frames, position, boxes)
+        masks = propagate_reference(propagator, frames, position, boxes)
         if record is not None:
             record.append(masks)
         return masks
@@ -103,7 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--groups", type=int, default=16)
     parser.add_argument("--rollouts", type=int, default=8)
     parser.add_argument("--frames", type=int, default=5)
-    parser.add_argument("--size", type=int, default=560)
+    parser.add_argument("--size", type=int, default=IMAGE_SIZE)
     parser.add_argument("--max-batch-objects", type=int, default=256)
     parser.add_argument("--encode-batch", type=int, default=32, help="frames per backbone call (ours)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of ours (median reported)")

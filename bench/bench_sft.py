@@ -35,6 +35,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("DISABLE_VERSION_CHECK", "1")  # LLaMA-Factory 0.9.5 pins transformers<=5.6 (GPU box: newer)
 
+from veason_r1.config import FRAMES, IMAGE_SIZE  # noqa: E402
 from veason_r1.models.real_size import REAL_SIZES as SIZES  # noqa: E402  (real Qwen2.5-VL 3B/7B sizes)
 
 WORDS = ("the dog runs across the yard while a person in a red shirt throws a ball near the fence and then "
@@ -81,7 +82,7 @@ def write_data(out_dir: Path, n_samples: int, frames: int, image_size: int, cot_
             Image.fromarray(arr).save(out_dir / rel, quality=90)
             images.append(rel)
         cot = " ".join(rng.choice(WORDS) for _ in range(cot_words))
-        box = [rng.randint(0, 200), rng.randint(0, 200), rng.randint(300, 560), rng.randint(300, 560)]
+        box = [rng.randint(0, 200), rng.randint(0, 200), rng.randint(300, IMAGE_SIZE), rng.randint(300, IMAGE_SIZE)]
         rows.append({
             "messages": [
                 {"role": "system", "content": "You are a helpful assistant."},
@@ -253,8 +254,8 @@ def main(argv=None) -> int:
     p.add_argument("--size", choices=sorted(SIZES), default="3b")
     p.add_argument("--tiny", action="store_true", help="tiny model and 112px frames (CPU smoke test)")
     p.add_argument("--engine", choices=("llamafactory", "peft"), default="llamafactory")
-    p.add_argument("--frames", type=int, default=8)
-    p.add_argument("--image-size", type=int, default=None, help="default 560 (112 with --tiny)")
+    p.add_argument("--frames", type=int, default=FRAMES.sft_frames)
+    p.add_argument("--image-size", type=int, default=None, help=f"default {IMAGE_SIZE} (112 with --tiny)")
     p.add_argument("--batch-size", type=int, default=2, help="per-device batch (recipe: 2)")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per timed optimizer step")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps first")
@@ -265,7 +266,7 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, default=None, help="where the model/data go (default: a temp dir)")
     p.add_argument("--out", type=Path, default=None, help="write the results JSON here")
     args = p.parse_args(argv)
-    args.image_size = args.image_size or (112 if args.tiny else 560)
+    args.image_size = args.image_size or (112 if args.tiny else IMAGE_SIZE)
 
     import torch
 

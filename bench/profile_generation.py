@@ -26,6 +26,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from veason_r1.config import FRAMES, IMAGE_SIZE  # noqa: E402
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -38,7 +40,7 @@ def parse_args(argv=None):
                         "[s: static cache + compile]; the first runs cold (warm-up)")
     p.add_argument("--text-layers", type=int, default=36)
     p.add_argument("--vision-depth", type=int, default=32)
-    p.add_argument("--image-size", type=int, default=560)
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     p.add_argument("--profile-steps", type=int, default=4, help="eager decode steps profiled at batch 16 (0: skip)")
     return p.parse_args(argv)
 
@@ -63,8 +65,8 @@ def make_requests(n: int, image_size: int):
     from veason_r1.models.policy import GenerationRequest
 
     rng = np.random.default_rng(0)
-    frames = [rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8) for _ in range(8)]
-    ids = [0, 14, 28, 42, 57, 71, 85, 99]
+    frames = [rng.integers(0, 255, (image_size, image_size, 3), dtype=np.uint8) for _ in range(FRAMES.eval_frames)]
+    ids = [round(i * 99 / (FRAMES.eval_frames - 1)) for i in range(FRAMES.eval_frames)]  # 0, 14, 28, 42, 57, ...
     return [GenerationRequest(f"the object number {i} that moves to the left", ids, frames) for i in range(n)]
 
 

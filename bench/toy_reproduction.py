@@ -44,6 +44,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from veason_r1.config import FRAMES  # noqa: E402
+
 TERMS = ("format", "keyframe", "spatial", "consistency")
 
 
@@ -357,7 +359,7 @@ def eval_samples(synth: Path, p: Preset, seed: int, count: int):
     from veason_r1.rl.data import RLPool, RLSampleBuilder, select_expressions
 
     valid = ReVOSDataset(synth, "valid", load_foreground=False)
-    builder = RLSampleBuilder(valid, 6, p.image_size, 5)
+    builder = RLSampleBuilder(valid, image_size=p.image_size)  # the RL grid and keyframe top-k
     pool = RLPool(builder, select_expressions(valid, None, True, count, seed, builder=builder))
     return [pool.draw(i, seed=f"eval{seed}") for i in range(len(pool))]
 
@@ -628,7 +630,7 @@ def main(argv=None) -> int:
         r["model"].update(max_new_tokens=max_new, longest_sft_response_tokens=longest)
         run.stage("build_model", time.perf_counter() - t, params_m=round(n_params / 1e6, 2))
         samples = eval_samples(data["synth"], p, args.seed, p.eval_max)
-        r["eval_set"] = {"samples": len(samples), "frames": 6, "decoding": "greedy", "split": "valid"}
+        r["eval_set"] = {"samples": len(samples), "frames": FRAMES.rl_frames, "decoding": "greedy", "split": "valid"}
 
         t = time.perf_counter()
         run.need(60, "SFT")

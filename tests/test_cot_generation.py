@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from veason_r1.data.masks import box_to_560, encode_rle
+from veason_r1.data.masks import box_to_square, encode_rle
 from veason_r1.data.revos import ReVOSDataset
 from veason_r1.data.sampling import anchored_grid
 from veason_r1.datacon import cot as cot_mod
@@ -128,7 +128,7 @@ def test_prepare_sample_boxes_come_from_each_objects_own_mask(revos_root):
     obj1 = [2.0 + t, 10.0, 8.0 + t + (3 if t == 9 else 0), 20.0]
     obj2 = [40.0, 30.0, 55.0, 44.0]
     assert s.object_boxes[i] == [obj1, obj2]  # the release's accumulation would make box 2 cover object 1 too
-    assert s.keyframe_boxes_560 == [box_to_560(obj1, 48, 64), box_to_560(obj2, 48, 64)]
+    assert s.keyframe_boxes_560 == [box_to_square(obj1, 48, 64), box_to_square(obj2, 48, 64)]
     # keyframe is among the top-5 union-area frames
     areas = ds.gt_areas(two)
     assert areas[s.keyframe] >= sorted(areas, reverse=True)[4]

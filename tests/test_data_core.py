@@ -11,11 +11,14 @@ import pytest
 from PIL import Image
 
 from veason_r1.data.masks import (
-    box_from_560,
-    box_to_560,
+    box_from_square,
+    box_to_square,
+    boxes_to_square,
     decode_rle,
     encode_rle,
-    gt_boxes_560,
+    gt_boxes_in_square,
+    iou_from_counts,
+    mask_iou,
     mask_to_box,
     resize_mask,
     rle_size,
@@ -108,33 +111,54 @@ def _mask(h, w, x0, y0, x1, y1):
     return m
 
 
-def test_gt_boxes_560_hand_computed():
+def test_gt_boxes_in_square_hand_computed():
     m = _mask(100, 200, 10, 20, 19, 29)  # inclusive extents x 10..19, y 20..29
     assert mask_to_box(m) == [10.0, 20.0, 19.0, 29.0]
-    box = gt_boxes_560([m], 100, 200)
+    box = gt_boxes_in_square([m], 100, 200)
     # [xmin*560/W + 0.5, ymin*560/H + 0.5, xmax*560/W + 0.5, ymax*560/H + 0.5]
     assert box == [pytest.approx([10 * 2.8 + 0.5, 20 * 5.6 + 0.5, 19 * 2.8 + 0.5, 29 * 5.6 + 0.5])]
     assert box[0] == pytest.approx([28.5, 112.5, 53.7, 162.9])
     # an absent object keeps its slot as [0,0,0,0]; per-object boxes come from each object's own mask
     other = _mask(100, 200, 100, 50, 199, 99)
-    boxes = gt_boxes_560([m, None, other], 100, 200)
+    boxes = gt_boxes_in_square([m, None, other], 100, 200)
     assert boxes[1] == [0, 0, 0, 0]
     assert boxes[2] == pytest.approx([280.5, 280.5, 557.7, 554.9])
     assert boxes[0] == box[0]
 
 
-def test_gt_boxes_560_empty_frame():
-    assert gt_boxes_560([None, None], 10, 10) == [[0, 0, 0, 0]]
-    assert gt_boxes_560([np.zeros((10, 10), bool)], 10, 10) == [[0, 0, 0, 0]]
-    assert gt_boxes_560([], 10, 10) == [[0, 0, 0, 0]]
+def test_gt_boxes_in_square_empty_frame():
+    assert gt_boxes_in_square([None, None], 10, 10) == [[0, 0, 0, 0]]
+    assert gt_boxes_in_square([np.zeros((10, 10), bool)], 10, 10) == [[0, 0, 0, 0]]
+    assert gt_boxes_in_square([], 10, 10) == [[0, 0, 0, 0]]
+
+
+def test_boxes_to_square_any_size_and_the_mask_path_agree():
+    # 112 px square (the demo's policy size): x * 112 / 200 + 0.5, y * 112 / 100 + 0.5
+    assert boxes_to_square([[10, 20, 19, 29], None], 100, 200, 112) == [
+        pytest.approx([6.1, 22.9, 11.14, 32.98]), [0, 0, 0, 0]]
+    assert boxes_to_square([None, None], 100, 200, 112) == [[0, 0, 0, 0]]
+    assert boxes_to_square([], 100, 200, 112) == [[0, 0, 0, 0]]
+    m = _mask(100, 200, 10, 20, 19, 29)
+    assert gt_boxes_in_square([m, None], 100, 200, 112) == boxes_to_square([mask_to_box(m), None], 100, 200, 112)
+
+
+def test_mask_iou_rule_both_empty_is_one():
+    a = _mask(10, 10, 0, 0, 4, 4)  # 25 pixels
+    b = _mask(10, 10, 2, 2, 6, 6)  # 25 pixels, 9 shared
+    assert mask_iou(a, b) == pytest.approx(9 / 41)
+    assert mask_iou(np.zeros((4, 4), bool), np.zeros((4, 4), bool)) == 1.0
+    assert mask_iou(a, np.zeros_like(a)) == 0.0
+    assert iou_from_counts(0, 0) == 1.0 and iou_from_counts(3, 4) == 0.75 and isinstance(iou_from_counts(3, 4), float)
+    got = iou_from_counts(np.array([0, 3, 0]), np.array([0, 4, 5]))
+    assert got.dtype == np.float64 and got.tolist() == [1.0, 0.75, 0.0]
 
 
 def test_box_mapping_round_trip_and_release_rounding():
-    b560 = box_to_560([10, 20, 19, 29], 100, 200)
+    b560 = box_to_square([10, 20, 19, 29], 100, 200)
     assert b560 == pytest.approx([28.5, 112.5, 53.7, 162.9])
-    assert box_from_560(b560, 100, 200) == [10, 20, 19, 29]  # int(x * W / 560 + 0.5)
-    assert box_from_560([560, 560, 560, 560], 100, 200) == [200, 100, 200, 100]
-    assert box_to_560([0, 0, 0, 0], 50, 50, size=112) == [0.5, 0.5, 0.5, 0.5]
+    assert box_from_square(b560, 100, 200) == [10, 20, 19, 29]  # int(x * W / 560 + 0.5)
+    assert box_from_square([560, 560, 560, 560], 100, 200) == [200, 100, 200, 100]
+    assert box_to_square([0, 0, 0, 0], 50, 50, size=112) == [0.5, 0.5, 0.5, 0.5]
 
 
 def test_rle_round_trip_random_masks():

@@ -223,7 +223,7 @@ def test_robust_parsing_in_stage1(mini, tmp_path):
 
 
 def test_oracles_need_no_policy_and_use_gt(mini, tmp_path):
-    from veason_r1.data.masks import box_to_560, mask_to_box
+    from veason_r1.data.masks import box_to_square, mask_to_box
 
     cfg = _config(oracle_keyframe=True, oracle_boxes=True)
     run_stage1(mini, None, tmp_path, cfg, progress=False)
@@ -233,7 +233,7 @@ def test_oracles_need_no_policy_and_use_gt(mini, tmp_path):
         areas = mini.gt_areas(e)
         assert areas[r["keyframe"]] == max(areas[t] for t in r["frame_ids"])
         h, w = mini.size(e.video)
-        want = [box_to_560(mask_to_box(m), h, w, SIZE) for m in mini.object_masks(e, r["keyframe"]) if m is not None]
+        want = [box_to_square(mask_to_box(m), h, w, SIZE) for m in mini.object_masks(e, r["keyframe"]) if m is not None]
         assert r["boxes_policy"] == want
     # object 1 of v0 is absent in frames 0-1: the oracle never proposes an empty [0,0,0,0] box
     assert all(b != [0, 0, 0, 0] for r in recs.values() for b in r["boxes"])

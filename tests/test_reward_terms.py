@@ -143,16 +143,22 @@ def test_score_group_matches_score_response_and_bad_gt_raises():
         RewardSample(fids, boxes, masks[:2])
 
 
-def test_fallback_hungarian_matches_scipy():
-    from scipy.optimize import linear_sum_assignment as scipy_lsa
-
-    from veason_r1.reward.terms import _hungarian
+def test_spatial_is_the_best_one_to_one_matching():
+    """The Hungarian match (scipy, a hard dependency) finds the matching with the largest IoU sum: brute force over
+    every one-to-one assignment of small random box sets agrees, ties included."""
+    from itertools import permutations
 
     rng = np.random.default_rng(0)
-    for shape in [(1, 1), (3, 5), (5, 3), (7, 7), (1, 9), (12, 4)]:
-        cost = rng.random(shape)
-        cost[cost > 0.8] = 1.0  # ties, as 1 - IoU has
-        r1, c1 = scipy_lsa(cost)
-        r2, c2 = _hungarian(cost)
-        assert np.isclose(cost[r1, c1].sum(), cost[r2, c2].sum()) and len(r2) == min(shape)
-        assert len(set(r2)) == len(r2) and len(set(c2)) == len(c2)
+    for m, n in [(1, 1), (2, 3), (3, 2), (3, 3), (1, 4), (4, 2)]:
+        for _ in range(5):
+            xy = rng.integers(0, 40, (m + n, 2))
+            wh = rng.integers(1, 30, (m + n, 2))
+            boxes = np.concatenate([xy, xy + wh], axis=1).astype(float)
+            pred, gt = boxes[:m], boxes[m:]
+            iou = iou_matrix(pred, gt)
+            small, large = (m, n) if m <= n else (n, m)
+            best = max(sum(iou[i, j] if m <= n else iou[j, i] for i, j in zip(range(small), perm))
+                       for perm in permutations(range(large), small))
+            got = spatial_reward(pred, gt)
+            assert got.reward == pytest.approx(best / max(m, n))
+            assert len(got.matched_pred) == small and got.matched_pred == sorted(set(got.matched_pred))

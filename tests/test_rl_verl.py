@@ -273,11 +273,11 @@ def test_cli_verl_dry_run_writes_data_and_validates(synth_root, tmp_path, capsys
 
 def test_pool_accepts_the_data_sampling_output(synth_root, tmp_path):
     """The stratified-sampling output (a meta_expressions JSON) is a valid RL pool, as is a JSONL of keys."""
-    from veason_r1.datacon.stratified import SamplingConfig, sample_meta_file
+    from veason_r1.datacon.stratified import StratifiedConfig, sample_meta_file
     from veason_r1.rl.data import read_pool
 
     out = tmp_path / "meta_expressions_train_select.json"
-    sample_meta_file(synth_root / "meta_expressions_train_.json", out, SamplingConfig(target_size=5, seed=0))
+    sample_meta_file(synth_root / "meta_expressions_train_.json", out, StratifiedConfig(target_size=5, seed=0))
     pairs = read_pool(out)
     meta = json.loads(out.read_text())
     assert sorted(pairs) == sorted((v, e) for v, d in meta["videos"].items() for e in d["expressions"])

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from veason_r1.models.sam2 import _config_path, load_sam2
+from veason_r1.models.sam2_reference import propagate_reference
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_matches_stock_predictor_exactly(prop):
     boxes = np.array([[20, 10, 40, 30], [2, 2, 15, 40]], float)
     for kf in (0, 3, 5):
         ours = prop.propagate(frames, kf, boxes, per_object=True)
-        ref = prop.propagate_reference(frames, kf, boxes, per_object=True)
+        ref = propagate_reference(prop, frames, kf, boxes, per_object=True)
         assert ours.shape == (2, 6, 48, 64) and ours.dtype == bool
         assert np.array_equal(ours, ref)
         assert np.array_equal(prop.propagate(frames, kf, boxes), ours.any(axis=0))
@@ -49,7 +50,7 @@ def test_groups_batched_across_videos_and_keyframes(prop):
     out = small.propagate_groups(groups)
     for (frames, prompts), masks in zip(groups, out):
         for (kf, boxes), m in zip(prompts, masks):
-            assert np.array_equal(m, prop.propagate_reference(frames, kf, boxes))
+            assert np.array_equal(m, propagate_reference(prop, frames, kf, boxes))
     assert np.array_equal(out[1][0], out[1][1])
     many = prop.propagate_many(groups[0][0], groups[0][1])
     assert all(np.array_equal(a, b) for a, b in zip(many, out[0]))
@@ -62,7 +63,7 @@ def test_inputs_offload_progress_and_long_video(prop):
 
     frames = video(3, k=40, h=40, w=40)
     boxes = np.array([[10, 10, 30, 30]])
-    ref = prop.propagate_reference(frames, 17, boxes)  # pruning of stale memories keeps results exact
+    ref = propagate_reference(prop, frames, 17, boxes)  # pruning of stale memories keeps results exact
     assert np.array_equal(prop.propagate(frames, 17, boxes, offload=True, progress=True), ref)
     short = frames[:4]
     base = prop.propagate(short, 1, boxes)
@@ -81,6 +82,24 @@ def test_bad_inputs_raise_clear_errors(prop):
     with pytest.raises(ValueError, match="uint8"):
         prop.propagate(frames.astype(np.float32), 0, np.array([[0, 0, 5, 5]]))
     assert not prop.propagate(frames, 0, np.zeros((0, 4))).any()
+
+
+def test_tiny_config_is_a_yaml_over_sam2_hiera_t(prop):
+    """The tiny SAM2 is sam2.1_hiera_t with the keys of models/configs/sam2.1_tiny.yaml replaced (and nothing else)."""
+    from omegaconf import OmegaConf
+
+    from veason_r1.models.sam2 import SAM2_CONFIGS, TINY_CONFIG
+
+    path, overrides = _config_path("tiny")
+    assert TINY_CONFIG.is_file() and path.as_posix().endswith(SAM2_CONFIGS["sam2.1_hiera_t"])
+    assert len(overrides) == 25 and overrides["model.image_size"] == 128
+    assert overrides["model.image_encoder.trunk.stages"] == [1, 1, 2, 1]
+    assert overrides["model.memory_attention.layer.cross_attention.kv_in_dim"] == 16
+    base = OmegaConf.load(path)
+    for key, value in overrides.items():  # an existing key keeps its type; a new one is a trunk/downsampler arg
+        old = OmegaConf.select(base, key)
+        assert old is None or type(OmegaConf.to_object(old) if OmegaConf.is_config(old) else old) is type(value)
+    assert prop.model.image_encoder.trunk.blocks[0].dim == 8 and len(prop.model.memory_attention.layers) == 1
 
 
 def test_config_names_and_checkpoint(tmp_path, prop):
@@ -113,5 +132,5 @@ def test_frame_ious_groups_with_different_frame_counts(prop):
     assert [len(g) for g in out] == [1, 2] and [len(g[0]) for g in out] == [4, 5]
     for (frames, prompts), gt, ious in zip(groups, gts, out):
         for (kf, boxes), got in zip(prompts, ious):
-            ref = prop.propagate_reference(frames, kf, boxes)
+            ref = propagate_reference(prop, frames, kf, boxes)
             assert np.allclose(got, [mask_iou(p, g) for p, g in zip(ref, gt)])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from veason_r1.data.masks import box_to_560
+from veason_r1.data.masks import box_to_square
 from veason_r1.prompting import build_prompt, format_response
 from veason_r1.sft.dataset import dataset_info_entry, export_llamafactory_dataset, load_cot_records
 
@@ -45,7 +45,7 @@ def test_rows_images_and_boxes(tmp_path):
     assert [m["role"] for m in msgs] == ["system", "user", "assistant"]
     assert msgs[0]["content"] == "You are a helpful assistant."
     assert msgs[1]["content"] == build_prompt("The cat on the left.", [0, 3, 6])
-    box = box_to_560([10.0, 5.0, 29.0, 24.0], 40, 80, 112)
+    box = box_to_square([10.0, 5.0, 29.0, 24.0], 40, 80, 112)
     assert msgs[2]["content"] == format_response("Step 1: x.", 3, [box, [0, 0, 0, 0]])
     assert len(rows[0]["images"]) == 3
     for rel, t in zip(rows[0]["images"], [0, 3, 6]):

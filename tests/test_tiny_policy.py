@@ -10,6 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
+from veason_r1.inference.pipeline import build_engine
 from veason_r1.models.policy import (
     GenerationRequest,
     HFEngine,
@@ -17,7 +18,6 @@ from veason_r1.models.policy import (
     build_inputs,
     build_vllm_requests,
     load_policy,
-    make_engine,
     prompt_text,
     visual_tokens_per_frame,
 )
@@ -215,7 +215,7 @@ def test_batched_greedy_equals_one_at_a_time(policy):
 
 
 def test_sampling_returns_n_reproducible_completions(policy):
-    engine = make_engine("hf", policy=policy, image_size=112, batch_size=4)
+    engine = HFEngine(policy, image_size=112, batch_size=4)
     reqs = requests_112()[:2]
     s = SamplingConfig(max_new_tokens=8, temperature=1.0, n=3, seed=7)
     a = engine.generate(reqs, s)
@@ -247,7 +247,7 @@ def test_vllm_engine_without_vllm_is_a_clear_error(tiny_dir):
         import vllm  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="vLLM"):
-            make_engine("vllm", tiny_dir, image_size=112)
+            build_engine("vllm", tiny_dir, image_size=112)
     else:  # pragma: no cover - GPU nodes
         pytest.skip("vllm installed")
 
@@ -258,8 +258,8 @@ def test_missing_or_incomplete_model_folder(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"missing model weights.*tokenizer.*image processor"):
         load_policy(tmp_path)
-    with pytest.raises(ValueError, match="engine kind"):
-        make_engine("tgi", tmp_path)
+    with pytest.raises(ValueError, match="unknown engine 'tgi': choose hf or vllm"):
+        build_engine("tgi", tmp_path)
 
 
 @pytest.mark.gpu
@@ -288,7 +288,7 @@ def test_vllm_engine_generates_on_gpu(tiny_dir):  # pragma: no cover - needs CUD
 def test_hf_engine_on_cuda_bf16(tiny_dir):  # pragma: no cover - needs CUDA
     if not torch.cuda.is_available():
         pytest.skip("no CUDA")
-    engine = make_engine("hf", tiny_dir, device="cuda", dtype="auto", image_size=112)
+    engine = build_engine("hf", tiny_dir, image_size=112, device="cuda", dtype="auto")
     assert next(engine.policy.model.parameters()).dtype == torch.bfloat16
     out = engine.generate(requests_112(), SamplingConfig(max_new_tokens=16, temperature=1.0, n=2))
     assert [len(c) for c in out] == [2, 2, 2]

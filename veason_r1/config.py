@@ -22,6 +22,11 @@ class FrameConfig:
     image_size: int = IMAGE_SIZE
 
 
+# The method's frame numbers: every default for frame counts, the keyframe top-k and the policy frame size reads them
+# from here (function defaults, dataclass defaults, argparse defaults), so a change is made once.
+FRAMES = FrameConfig()
+
+
 @dataclass(frozen=True)
 class PromptConfig:
     """Prompt switches. `schema_example` is our documented deviation (default on); the release omits it."""

@@ -344,14 +344,14 @@ class Demo:
 
     def stage_sample(self) -> tuple[str, dict]:
         from veason_r1.data.revos import load_json, meta_path
-        from veason_r1.datacon.stratified import SamplingConfig, expression_entries, sample_meta_file
+        from veason_r1.datacon.stratified import StratifiedConfig, expression_entries, sample_meta_file
         from veason_r1.io_utils import atomic_write_text as write
 
         c, p = self.cfg, self.paths
         meta_file = meta_path(p.synth, "train")
         eligible = sum(1 for e in expression_entries(load_json(meta_file), str(meta_file)) if e.type_id in (0, 1))
         target = min(c.pool_size, eligible)
-        report = sample_meta_file(meta_file, p.select_meta, SamplingConfig(target_size=target, seed=c.seed))
+        report = sample_meta_file(meta_file, p.select_meta, StratifiedConfig(target_size=target, seed=c.seed))
         atomic_write_text(p.out / "data" / "sampling.txt", report.format() + "\n")
         write(p.pool, "".join(json.dumps({"video": v, "exp_id": e}) + "\n" for v, e in report.selected))
         final = report.final

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from veason_r1.config import PromptConfig
+from veason_r1.config import IMAGE_SIZE, PromptConfig
 
 IMAGE_PLACEHOLDER = "<image>"
 SCHEMA_EXAMPLE = '{"keyframe_timestamp": 12, "bbox_2d_list": [[x1, y1, x2, y2]]}'
@@ -164,7 +164,7 @@ def boxes_array(value: Any, max_boxes: int):
 
 
 @dataclass
-class ParsedAnswer:
+class ParsedPrediction:
     """What inference takes from a response. `notes` say which fallbacks were used."""
 
     reasoning: str = ""
@@ -186,15 +186,15 @@ def _loads_lenient(text: str) -> Any:
     return None
 
 
-def parse_prediction(response: str, frame_ids: Sequence[int]) -> ParsedAnswer:
+def parse_prediction(response: str, frame_ids: Sequence[int]) -> ParsedPrediction:
     """Parse a model answer for inference.
 
     Documented behaviour: accepts single-quoted (Python-literal) JSON, text after the JSON, a missing </answer>,
     and keys found anywhere in the text. A keyframe that is not one of the shown frames snaps to the nearest shown
     frame (noted); no keyframe at all falls back to the middle shown frame (noted). Boxes that are not 4 finite
-    numbers are dropped (noted); coordinates are clipped to [0, 560].
+    numbers are dropped (noted); coordinates are clipped to [0, IMAGE_SIZE].
     """
-    out = ParsedAnswer()
+    out = ParsedPrediction()
     think = THINK_PATTERN.search(response)
     out.reasoning = think.group(1).strip() if think else ""
     start = response.find("<answer>")
@@ -244,7 +244,7 @@ def parse_prediction(response: str, frame_ids: Sequence[int]) -> ParsedAnswer:
             and len(b) == 4
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)
         ):
-            x1, y1, x2, y2 = (min(max(float(v), 0.0), 560.0) for v in b)
+            x1, y1, x2, y2 = (min(max(float(v), 0.0), float(IMAGE_SIZE)) for v in b)
             out.boxes.append([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
         else:
             out.notes.append(f"dropped malformed box {str(b)[:40]}")

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from veason_r1.config import FRAMES, IMAGE_SIZE
 from veason_r1.io_utils import atomic_write_bytes, atomic_write_text
 
 TERMS = ("format", "keyframe", "spatial", "consistency")
@@ -335,7 +336,8 @@ imports); torch threads: {cfg['threads'] if cfg['threads'] is not None else 'unc
 Valid split of the synthetic benchmark ({n_before.get('referring', '?')} referring and
 {n_before.get('reasoning', '?')} reasoning expressions), ReVOS protocol, x100. *Before RL* is the SFT model, *after
 RL* the model after the last GRPO step; both are predicted and scored by the same code (`veason-r1 predict` +
-`veason-r1 eval` functions, {cfg['image_size']} px frames, 8 linspace frames, greedy decoding, tiny SAM2).
+`veason-r1 eval` functions, {cfg['image_size']} px frames, {FRAMES.eval_frames} linspace frames, greedy decoding,
+tiny SAM2).
 
 {_md_table(["split", "metric", "before RL", "after RL", "delta"], results_rows(results))}
 
@@ -383,7 +385,7 @@ ground-truth mask in the same cyan.
 
 ## Demo-only choices (not the method's recipe)
 
-- Policy frames are {cfg['image_size']} px (16 visual tokens per frame) instead of 560 px (400 tokens).
+- Policy frames are {cfg['image_size']} px (16 visual tokens per frame) instead of {IMAGE_SIZE} px (400 tokens).
 - The tiny model's random `lm_head` is multiplied by {cfg['lm_head_scale']:g}: LoRA leaves `lm_head` and the final
   norm frozen, and at the stock random init even a perfectly aligned hidden state gets a softmax of only ~0.14
   over the 3k vocabulary, so SFT would stall near loss 2.5 and temperature-1 rollouts would be noise.

@@ -18,6 +18,8 @@ import os
 import sys
 from pathlib import Path
 
+from veason_r1.config import FRAMES, IMAGE_SIZE
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root", type=Path, required=True,
@@ -43,7 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens", type=int, default=1024, help="completion token limit (0 = endpoint default)")
     g.add_argument("--temperature", type=float, default=None)
     s = parser.add_argument_group("sampling")
-    s.add_argument("--frames", type=int, default=8, help="training-grid size N (default: 8, docs/method.md §4)")
+    s.add_argument("--frames", type=int, default=FRAMES.sft_frames,
+                   help=f"training-grid size N (default: {FRAMES.sft_frames}, docs/method.md §4)")
     s.add_argument("--seed", type=int, default=0, help="seed of the keyframe and worked-example draws (default: 0)")
     s.add_argument("--limit", type=int, default=None, help="at most this many expressions")
     s.add_argument("--max-per-video", type=int, default=None,
@@ -51,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--save-boxed-frames", action="store_true", help="also save the boxed frames sent to the teacher")
     e = parser.add_argument_group("SFT export")
     e.add_argument("--sft-name", default="veason_cot", help="dataset name in sft/dataset_info.json")
-    e.add_argument("--image-size", type=int, default=560, help="SFT frame size (default: 560)")
+    e.add_argument("--image-size", type=int, default=IMAGE_SIZE, help=f"SFT frame size (default: {IMAGE_SIZE})")
     e.add_argument("--no-sft", action="store_true", help="do not write the LLaMA-Factory dataset")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 

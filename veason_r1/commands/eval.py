@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import argparse
 
-BENCHMARKS = ("revos", "mevis", "reasonvos", "vicas")
+from veason_r1.benchmarks import BENCHMARKS, DEFAULT_MISSING, DEFAULT_SPLITS, SPLIT_HELP
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -19,8 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="benchmark root folder")
     parser.add_argument("--pred", required=True, help="prediction folder PRED")
     parser.add_argument("--out", default=None, help="results JSON (default: PRED/results.json)")
-    parser.add_argument("--split", default=None,
-                        help="split (defaults: revos valid, mevis valid_u, vicas val; reasonvos has one)")
+    parser.add_argument("--split", default=None, help=SPLIT_HELP)
     parser.add_argument("--missing", choices=("zero", "skip"), default=None,
                         help="missing predictions score 0 or are skipped (default: the benchmark's reference)")
     parser.add_argument("--workers", type=int, default=None, help="worker processes (default: min(4, CPUs))")
@@ -42,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    from veason_r1.eval.evaluators import DEFAULT_MISSING, EvalConfig, per_expression_csv
+    from veason_r1.eval.evaluators import EvalConfig, per_expression_csv
     from veason_r1.io_utils import atomic_write_json, atomic_write_text
 
     pred = Path(args.pred)
@@ -54,7 +53,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: prediction folder {pred} does not exist")
         return 2
 
-    if args.benchmark == "mevis" and (args.split or "valid_u") == "valid" and not _has_mask_dict(args.data, "valid"):
+    split = args.split or DEFAULT_SPLITS[args.benchmark]
+    if args.benchmark == "mevis" and split == "valid" and not _has_mask_dict(args.data, "valid"):
         from veason_r1.eval.submission import build_submission_zip
 
         zpath = Path(args.submission_zip) if args.submission_zip else out.with_name("mevis_valid_submission.zip")
@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     if args.benchmark == "vicas":
         from veason_r1.eval.vicas import evaluate_vicas
 
-        summary, rows = evaluate_vicas(args.data, pred, split=args.split or "val", version=args.vicas_version,
+        summary, rows = evaluate_vicas(args.data, pred, split=split, version=args.vicas_version,
                                        missing=missing, progress=progress)
         atomic_write_json(out, summary, indent=2)
         lines = ["video_id,referral,num_gt,missing_frames,num_pred,best_track_iou,prompt"]

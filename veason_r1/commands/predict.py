@@ -14,12 +14,12 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from veason_r1.benchmarks import BENCHMARKS, SPLIT_HELP
     from veason_r1.inference.pipeline import add_model_arguments
-    from veason_r1.inference.predict import BENCHMARKS
 
     parser.add_argument("benchmark", choices=BENCHMARKS)
     parser.add_argument("--data", required=True, help="benchmark root folder")
-    parser.add_argument("--split", default=None, help="split (defaults: revos valid, mevis valid_u, vicas val)")
+    parser.add_argument("--split", default=None, help=SPLIT_HELP)
     parser.add_argument("--out", "--pred", dest="out", required=True, help="prediction folder PRED")
     add_model_arguments(parser, model_required=False)
     parser.add_argument("--shard", default=None, help="i/n: run shard i (0-based) of n")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from veason_r1.config import FRAMES, IMAGE_SIZE
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["local", "verl"], default="local")
@@ -28,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-size", type=int, default=64, help="verl: held-out expressions validated every test_freq")
     p.add_argument("--model", help="verl: the SFT-merged model folder")
     p.add_argument("--data-dir", default="outputs/rl/data", help="verl: where the parquet rows are written")
-    p.add_argument("--image-size", type=int, default=560)
+    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dry-run", action="store_true", help="verl: write data, compose + validate, print the command")
     p.add_argument("hydra_overrides", nargs="*", help="verl: extra Hydra overrides (key=value)")
@@ -57,14 +59,16 @@ def write_verl_data(args) -> tuple[str, str | None]:
     out = Path(args.data_dir)
     train = ReVOSDataset(args.train_root, args.train_split, load_foreground=False)
     exprs = select_expressions(train, args.pool, True, builder=RLSampleBuilder(train))
-    train_file = write_parquet(reference_rows(exprs, args.train_root, args.train_split, redraw=True, num_frames=6,
-                                              image_size=args.image_size, seed=args.seed), out / "train.parquet")
+    train_file = write_parquet(reference_rows(exprs, args.train_root, args.train_split, redraw=True,
+                                              num_frames=FRAMES.rl_frames, image_size=args.image_size,
+                                              seed=args.seed), out / "train.parquet")
     val_file = None
     if args.val_root:
         val = ReVOSDataset(args.val_root, args.val_split, load_foreground=False)
         vexprs = select_expressions(val, None, True, args.val_size, args.seed, builder=RLSampleBuilder(val))
-        val_file = write_parquet(reference_rows(vexprs, args.val_root, args.val_split, redraw=False, num_frames=6,
-                                                image_size=args.image_size, seed=args.seed), out / "val.parquet")
+        val_file = write_parquet(reference_rows(vexprs, args.val_root, args.val_split, redraw=False,
+                                                num_frames=FRAMES.rl_frames, image_size=args.image_size,
+                                                seed=args.seed), out / "val.parquet")
     print(f"wrote {len(exprs)} training rows to {train_file}" + (f", {len(vexprs)} validation rows to {val_file}" if val_file else ""))
     return str(train_file.resolve()), (str(val_file.resolve()) if val_file else None)
 

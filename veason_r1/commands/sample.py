@@ -30,14 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from veason_r1.data.revos import meta_path
-    from veason_r1.datacon.stratified import SamplingConfig, sample_meta_file
+    from veason_r1.datacon.stratified import StratifiedConfig, sample_meta_file
 
     meta_file = args.meta if args.meta is not None else meta_path(args.root, args.split)
     out = args.out if args.out is not None else meta_file.parent / DEFAULT_OUT_NAME
     if out.resolve() == meta_file.resolve():
         print(f"error: --out {out} would overwrite the input meta", file=sys.stderr)
         return 2
-    config = SamplingConfig(target_size=args.target_size, seed=args.seed, topup_no_target=args.topup_no_target)
+    config = StratifiedConfig(target_size=args.target_size, seed=args.seed, topup_no_target=args.topup_no_target)
     try:
         report = sample_meta_file(meta_file, out, config)
     except (ValueError, FileNotFoundError) as e:

@@ -1,4 +1,5 @@
-"""COCO RLE <-> arrays, unions, boxes from masks and boxes in the policy's 560x560 space (docs/method.md §5)."""
+"""COCO RLE <-> arrays, unions, boxes from masks, boxes in the policy's square frame (docs/method.md §5) and the
+mask IoU rule shared by the reward, SAM2 and the benchmarks."""
 
 from __future__ import annotations
 
@@ -66,28 +67,47 @@ def mask_to_box(mask: np.ndarray | None) -> Box | None:
     return [float(xs[0]), float(ys[0]), float(xs[-1]), float(ys[-1])]
 
 
-def box_to_560(box: Sequence[float], height: int, width: int, size: int = IMAGE_SIZE) -> Box:
+def box_to_square(box: Sequence[float], height: int, width: int, size: int = IMAGE_SIZE) -> Box:
     """Original-pixel box -> box in the resized size x size frame (the release's +0.5 rounding offset)."""
     sx, sy = size / width, size / height
     return [box[0] * sx + 0.5, box[1] * sy + 0.5, box[2] * sx + 0.5, box[3] * sy + 0.5]
 
 
-def box_from_560(box: Sequence[float], height: int, width: int, size: int = IMAGE_SIZE) -> list[int]:
-    """Box in the size x size frame -> original pixels, as the release maps it back (x*W/560 + 0.5, then int)."""
+def box_from_square(box: Sequence[float], height: int, width: int, size: int = IMAGE_SIZE) -> list[int]:
+    """Box in the size x size frame -> original pixels, as the release maps it back (x*W/size + 0.5, then int)."""
     sx, sy = width / size, height / size
     return [int(box[0] * sx + 0.5), int(box[1] * sy + 0.5), int(box[2] * sx + 0.5), int(box[3] * sy + 0.5)]
 
 
-def gt_boxes_560(object_masks: Sequence[np.ndarray | None], height: int, width: int) -> list[Box]:
-    """GT boxes of one frame in 560 space: one per object, [0,0,0,0] for an absent object,
-    and [[0,0,0,0]] when no object is visible in the frame at all."""
-    boxes: list[Box] = []
-    for m in object_masks:
-        b = mask_to_box(m)
-        boxes.append(list(EMPTY_BOX) if b is None else box_to_560(b, height, width))
+def boxes_to_square(object_boxes: Sequence[Sequence[float] | None], height: int, width: int,
+                    size: int = IMAGE_SIZE) -> list[Box]:
+    """GT boxes of one frame in the size x size square from original-pixel boxes (docs/method.md §5): one per
+    object, [0,0,0,0] for an absent object (None), and [[0,0,0,0]] when no object is visible in the frame at all."""
+    boxes = [list(EMPTY_BOX) if b is None else box_to_square(b, height, width, size) for b in object_boxes]
     if not boxes or all(b == EMPTY_BOX for b in boxes):
         return [list(EMPTY_BOX)]
     return boxes
+
+
+def gt_boxes_in_square(object_masks: Sequence[np.ndarray | None], height: int, width: int,
+                       size: int = IMAGE_SIZE) -> list[Box]:
+    """`boxes_to_square` of the objects' masks in one frame (an empty or absent mask is an absent object)."""
+    return boxes_to_square([mask_to_box(m) for m in object_masks], height, width, size)
+
+
+def iou_from_counts(inter, union):
+    """IoU from intersection and union pixel counts, 1 where both masks are empty (union 0), as DAVIS `db_eval_iou`
+    and the release's consistency reward score it. Scalars give a float, arrays a float64 array of the same shape."""
+    if np.ndim(union) == 0:
+        return 1.0 if union == 0 else float(inter / union)
+    inter, union = np.asarray(inter), np.asarray(union)
+    return np.where(union == 0, 1.0, inter / np.maximum(union, 1))
+
+
+def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
+    """IoU of two bool masks of one frame; 1 when both are empty."""
+    inter, union = np.count_nonzero(np.logical_and(pred, gt)), np.count_nonzero(np.logical_or(pred, gt))
+    return iou_from_counts(int(inter), int(union))
 
 
 def resize_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:

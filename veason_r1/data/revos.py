@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from pycocotools import mask as mask_utils
 
+from veason_r1.benchmarks import DEFAULT_SPLITS
 from veason_r1.data.masks import coco_rle, decode_rle, rle_area, union_masks
 from veason_r1.data.video import JpegFolderSource
 
@@ -94,8 +95,8 @@ def parse_meta(meta: object, source: Path) -> dict[str, VideoMeta]:
 class ReVOSDataset:
     """A ReVOS-format split. `gt_mask(expr, t)` is the union of the expression's objects in frame t."""
 
-    def __init__(self, root: str | os.PathLike, split: str = "valid", meta_file: str | os.PathLike | None = None,
-                 load_foreground: bool = True):
+    def __init__(self, root: str | os.PathLike, split: str = DEFAULT_SPLITS["revos"],
+                 meta_file: str | os.PathLike | None = None, load_foreground: bool = True):
         self.root = Path(root)
         self.split = split
         self.meta_file = Path(meta_file) if meta_file else meta_path(self.root, split)
@@ -174,6 +175,6 @@ class ReVOSDataset:
         return decode_rle(rles[t] if t < len(rles) else None, self.size(video))
 
 
-def MeViSDataset(root: str | os.PathLike, split: str = "valid_u", **kw) -> ReVOSDataset:  # noqa: N802
+def MeViSDataset(root: str | os.PathLike, split: str = DEFAULT_SPLITS["mevis"], **kw) -> ReVOSDataset:  # noqa: N802
     """MeViS uses the same files as ReVOS, without type_id (every expression then has type_id None)."""
     return ReVOSDataset(root, split=split, **kw)

@@ -12,8 +12,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from veason_r1.config import FRAMES
 
-def pick_keyframe(areas: Sequence[float], rng: random.Random, top_k: int = 5) -> int:
+
+def pick_keyframe(areas: Sequence[float], rng: random.Random, top_k: int = FRAMES.keyframe_top_k) -> int:
     """Uniformly random among the `top_k` frames with the largest GT union area (ties: lower index first)."""
     if len(areas) == 0:
         raise ValueError("pick_keyframe: the video has no frames")
@@ -33,13 +35,14 @@ def anchored_grid(num_frames: int, keyframe: int, n: int) -> list[int]:
     return list(range(keyframe % step, num_frames, step))
 
 
-def training_frames(areas: Sequence[float], n: int, rng: random.Random, top_k: int = 5) -> tuple[list[int], int]:
+def training_frames(areas: Sequence[float], n: int, rng: random.Random,
+                    top_k: int = FRAMES.keyframe_top_k) -> tuple[list[int], int]:
     """(frame ids, keyframe) for one training sample from the per-frame GT union areas."""
     keyframe = pick_keyframe(areas, rng, top_k)
     return anchored_grid(len(areas), keyframe, n), keyframe
 
 
-def eval_frames(num_frames: int, n: int = 8) -> list[int]:
+def eval_frames(num_frames: int, n: int = FRAMES.eval_frames) -> list[int]:
     """Evaluation frames: linspace(0, L-1, n) truncated to int, all frames when L <= n."""
     if num_frames <= 0:
         raise ValueError("eval_frames: the video has no frames")

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from veason_r1.benchmarks import DEFAULT_SPLITS
 from veason_r1.data.masks import encode_rle
 from veason_r1.io_utils import atomic_write_text
 
@@ -618,7 +619,7 @@ def write_benchmark(out: Path, cfg: SynthConfig, fmt: str = "revos", progress: b
         split = split_of(v.index, cfg)
         names = frame_names_cache.setdefault(v.num_frames, [f"{t:05d}" for t in range(v.num_frames)])
         if fmt == "mevis":
-            img_root = out / ("valid_u" if split == "valid" else "train") / "JPEGImages" / v.name
+            img_root = out / (DEFAULT_SPLITS["mevis"] if split == "valid" else "train") / "JPEGImages" / v.name
         else:
             img_root = out / "JPEGImages" / v.name
         for t, frame in enumerate(v.frames):
@@ -670,7 +671,7 @@ def write_benchmark(out: Path, cfg: SynthConfig, fmt: str = "revos", progress: b
         for split in ("train", "valid"):
             _dump(out / f"meta_expressions_{split}_.json", {"videos": metas[split]})
     elif fmt == "mevis":
-        for split, folder in (("train", "train"), ("valid", "valid_u")):
+        for split, folder in (("train", "train"), ("valid", DEFAULT_SPLITS["mevis"])):
             _dump(out / folder / "mask_dict.json", mask_dicts[split])
             _dump(out / folder / "meta_expressions.json", {"videos": metas[split]})
     else:

@@ -23,7 +23,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from veason_r1.config import FrameConfig
+from veason_r1.config import FRAMES
 from veason_r1.data.revos import Expression, ReVOSDataset
 from veason_r1.datacon.cot_request import CotSample, build_request, prepare_sample
 from veason_r1.datacon.teachers import Teacher, TeacherError, TeacherReply
@@ -39,7 +39,7 @@ RUN_JSON = "cot_run.json"
 
 @dataclass(frozen=True)
 class CotConfig:
-    num_frames: int = FrameConfig().sft_frames  # N=8 training grid for CoT / SFT data
+    num_frames: int = FRAMES.sft_frames  # N=8 training grid for CoT / SFT data
     seed: int = 0  # keyframe and worked example per sample derive from (seed, key)
     concurrency: int = 8
     limit: int | None = None  # at most this many expressions (in meta order)

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from veason_r1.config import FrameConfig
-from veason_r1.data.masks import Box, box_to_560, gt_boxes_560, mask_to_box
+from veason_r1.config import FRAMES
+from veason_r1.data.masks import Box, gt_boxes_in_square, mask_to_box
 from veason_r1.data.revos import Expression, ReVOSDataset
 from veason_r1.data.sampling import training_frames
 
@@ -136,7 +136,7 @@ def sample_rng(seed: int, key: str) -> random.Random:
     return random.Random(f"veason-cot:{seed}:{key}")
 
 
-def prepare_sample(ds: ReVOSDataset, expr: Expression, num_frames: int = FrameConfig().sft_frames,
+def prepare_sample(ds: ReVOSDataset, expr: Expression, num_frames: int = FRAMES.sft_frames,
                    seed: int = 0) -> CotSample:
     """Frame grid, keyframe, per-object boxes (each from its own mask) and answer boxes for one expression."""
     rng = sample_rng(seed, expr.key)
@@ -156,17 +156,9 @@ def prepare_sample(ds: ReVOSDataset, expr: Expression, num_frames: int = FrameCo
         video=expr.video, exp_id=expr.exp_id, expression=expr.text, obj_ids=tuple(expr.obj_ids),
         anno_ids=tuple(expr.anno_ids), type_id=expr.type_id, height=int(h), width=int(w), frame_ids=list(frame_ids),
         keyframe=int(keyframe), object_boxes=object_boxes,
-        keyframe_boxes_560=gt_boxes_560(keyframe_masks or [], h, w), areas=[int(all_areas[t]) for t in frame_ids],
+        keyframe_boxes_560=gt_boxes_in_square(keyframe_masks or [], h, w), areas=[int(all_areas[t]) for t in frame_ids],
         example_index=example_index, frame_paths=[str(source.path(t)) for t in frame_ids],
     )
-
-
-def keyframe_boxes_for_size(object_boxes: list[Box | None], height: int, width: int, size: int) -> list[Box]:
-    """Answer boxes in a size x size frame from original-pixel boxes (absent -> [0,0,0,0]; none -> [[0,0,0,0]])."""
-    out = [[0.0, 0.0, 0.0, 0.0] if b is None else box_to_560(b, height, width, size) for b in object_boxes]
-    if not out or all(b == [0.0, 0.0, 0.0, 0.0] for b in out):
-        return [[0.0, 0.0, 0.0, 0.0]]
-    return out
 
 
 # ------------------------------------------------------------------------------------------------------------------

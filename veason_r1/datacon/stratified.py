@@ -28,7 +28,7 @@ TYPE_REFERRING, TYPE_REASONING, TYPE_NO_TARGET = 0, 1, 2
 
 
 @dataclass(frozen=True)
-class SamplingConfig:
+class StratifiedConfig:
     """Target pool size, RNG seed, and the faithful switch for the top-up."""
 
     target_size: int = 10_000
@@ -118,7 +118,7 @@ def _ratio(num: int, den: int, what: str, source: str) -> float:
     return num / den
 
 
-def stratified_sample(meta: Mapping[str, Any], config: SamplingConfig = SamplingConfig(),
+def stratified_sample(meta: Mapping[str, Any], config: StratifiedConfig = StratifiedConfig(),
                       source: str = "<meta>") -> SamplingReport:
     """Draw exactly `config.target_size` expressions; the same seed and meta give the same pool."""
     if config.target_size <= 0:
@@ -205,7 +205,7 @@ def select_meta(meta: Mapping[str, Any], keys: Iterable[Key]) -> dict[str, Any]:
 
 
 def sample_meta_file(meta_file: str | Path, out_file: str | Path,
-                     config: SamplingConfig = SamplingConfig()) -> SamplingReport:
+                     config: StratifiedConfig = StratifiedConfig()) -> SamplingReport:
     """Read a meta_expressions JSON, sample, and write the selection atomically in the same format."""
     from veason_r1.data.revos import load_json
 

@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
+from veason_r1.benchmarks import DEFAULT_MISSING, DEFAULT_SPLITS  # noqa: F401 - DEFAULT_MISSING re-exported
 from veason_r1.eval.metrics import FrameScore, aggregate_frames, frame_scores, mean
 
 MISSING_MODES = ("zero", "skip")
 METRIC_KEYS = ("J", "F", "A", "R", "R_scale_free")
-DEFAULT_MISSING = {"revos": "zero", "mevis": "zero", "reasonvos": "skip", "vicas": "zero"}
 
 
 @dataclass(frozen=True)
@@ -251,7 +251,7 @@ def evaluate_revos(data: str | os.PathLike, pred: str | os.PathLike, config: Eva
     1 reasoning), overall = plain mean of the two split values, no-target (type_id 2) reported apart."""
     from functools import partial
 
-    split = config.split or "valid"
+    split = config.split or DEFAULT_SPLITS["revos"]
     ds = _open_revos(str(data), split)
     if not ds.foreground:
         raise FileNotFoundError(f"{data}: ReVOS needs mask_dict_foreground.json for R")
@@ -291,7 +291,7 @@ def evaluate_mevis(data: str | os.PathLike, pred: str | os.PathLike, config: Eva
     """MeViS valid_u (or any MeViS split that ships mask_dict.json): J, F, J&F over all expressions."""
     from functools import partial
 
-    split = config.split or "valid_u"
+    split = config.split or DEFAULT_SPLITS["mevis"]
     ds = _open_revos(str(data), split)
     tasks = _revos_tasks(ds, Path(pred), ds.expressions)
     results = run_tasks(ds, partial(_open_revos, str(data), split), tasks, False, config.workers, config.progress,

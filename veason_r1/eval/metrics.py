@@ -23,6 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from veason_r1.data.masks import iou_from_counts
+
 BOUND_TH = 0.008
 R_EPS = 1e-6  # the reference's denominator guard in R
 
@@ -174,7 +176,7 @@ def jaccard(gt: np.ndarray, pred: np.ndarray) -> float:
     _check_shapes(g, p)
     inter = int(np.count_nonzero(g & p))
     union = int(np.count_nonzero(g | p))
-    return 1.0 if union == 0 else inter / union
+    return iou_from_counts(inter, union)
 
 
 def boundary_f(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> float:
@@ -204,7 +206,7 @@ def frame_scores(gt: np.ndarray, pred: np.ndarray, foreground_area: int | None =
         gs, ps = g[rows, cols], p[rows, cols]
         inter = int(np.count_nonzero(gs & ps))
         union = int(np.count_nonzero(gs | ps))
-        j = 1.0 if union == 0 else inter / union
+        j = iou_from_counts(inter, union)
         gb, pb = seg2bmap(gs), seg2bmap(ps)
         n_gt, n_pred = int(np.count_nonzero(gb)), int(np.count_nonzero(pb))
         if n_gt and n_pred:

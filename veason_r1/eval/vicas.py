@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from veason_r1.benchmarks import DEFAULT_SPLITS
+
 THRESHOLDS = np.arange(0.5, 0.95 + 1e-4, 0.05)
 REPORTED = (0.5, 0.75, 0.9)
 MAX_TRACKS_PER_VIDEO = 10
@@ -182,8 +184,9 @@ def score_video(gt: dict, pred_root: Path, missing: str) -> tuple[list[dict], li
     return outputs, rows
 
 
-def evaluate_vicas(data: str | os.PathLike, pred: str | os.PathLike, split: str = "val", version: str = "v0.1",
-                   missing: str = "zero", progress: bool = True) -> tuple[dict, list[ReferralResult]]:
+def evaluate_vicas(data: str | os.PathLike, pred: str | os.PathLike, split: str = DEFAULT_SPLITS["vicas"],
+                   version: str = "v0.1", missing: str = "zero",
+                   progress: bool = True) -> tuple[dict, list[ReferralResult]]:
     """LG-VIS mAP of PNG predictions over the videos of a ViCaS split (one video in memory at a time)."""
     from tqdm import tqdm
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from veason_r1.data.masks import box_to_560, mask_to_box
+from veason_r1.data.masks import EMPTY_BOX, gt_boxes_in_square
 
 
 def oracle_keyframe(dataset: Any, expression: Any, frame_ids: Sequence[int]) -> int:
@@ -35,9 +35,5 @@ def oracle_keyframe(dataset: Any, expression: Any, frame_ids: Sequence[int]) -> 
 def oracle_boxes(dataset: Any, expression: Any, frame_index: int, size: int) -> list[list[float]]:
     """GT boxes (policy space, `size` x `size`) of the expression's objects visible in frame `frame_index`."""
     height, width = dataset.size(expression.video)
-    boxes = []
-    for mask in dataset.object_masks(expression, int(frame_index)):
-        box = mask_to_box(mask)
-        if box is not None:
-            boxes.append(box_to_560(box, height, width, size))
-    return boxes
+    boxes = gt_boxes_in_square(dataset.object_masks(expression, int(frame_index)), height, width, size)
+    return [b for b in boxes if b != EMPTY_BOX]  # prompts only for the visible objects

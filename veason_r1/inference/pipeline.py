@@ -1,9 +1,9 @@
 """One video, one query -> keyframe, boxes and a mask per frame (docs/method.md §4, §5 and §1.5).
 
-The flow is the evaluation protocol: 8 linspace frames resized to the policy's square size, the docs/method.md prompt,
-greedy decoding, the robust answer parser, boxes mapped back to original pixels, then SAM2 from the keyframe over
-every frame. `veason-r1 infer` and the benchmark predictor (`predict.py`) share these functions, so a prediction
-for one video and for a benchmark are made the same way.
+The flow is the evaluation protocol: `FrameConfig.eval_frames` linspace frames resized to the policy's square size,
+the docs/method.md prompt, greedy decoding, the robust answer parser, boxes mapped back to original pixels, then SAM2
+from the keyframe over every frame. `veason-r1 infer` and the benchmark predictor (`predict.py`) share these
+functions, so a prediction for one video and for a benchmark are made the same way.
 
 Parser behaviour (documented, never a crash; see `veason_r1.prompting.parse_prediction`): single-quoted JSON and
 trailing text are accepted; a keyframe that is not a shown frame snaps to the nearest shown frame; no keyframe
@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from veason_r1.config import IMAGE_SIZE
-from veason_r1.data.masks import box_from_560
+from veason_r1.config import FRAMES, IMAGE_SIZE
+from veason_r1.data.masks import box_from_square
 from veason_r1.data.sampling import eval_frames
 from veason_r1.data.video import FrameSource, open_video, resize_frame
 from veason_r1.prompting import parse_prediction
@@ -34,7 +34,7 @@ class InferenceConfig:
     """Eval-time settings (docs/method.md §4/§5). `image_size` is the policy's square side (the CPU demo: 112)."""
 
     image_size: int = IMAGE_SIZE
-    num_frames: int = 8
+    num_frames: int = FRAMES.eval_frames
     max_new_tokens: int = 1024
 
 
@@ -58,7 +58,7 @@ class Answer:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
 
-def sample_frame_ids(num_video_frames: int, num_frames: int = 8) -> list[int]:
+def sample_frame_ids(num_video_frames: int, num_frames: int = FRAMES.eval_frames) -> list[int]:
     """The frames the policy sees at evaluation: linspace(0, L-1, n), all frames when L <= n."""
     return eval_frames(num_video_frames, num_frames)
 
@@ -72,7 +72,7 @@ def boxes_to_original(boxes: Sequence[Sequence[float]], height: int, width: int,
     """Policy-space boxes -> original pixels (the release's x*W/size + 0.5 then int), clipped into the frame."""
     out = []
     for b in boxes:
-        x1, y1, x2, y2 = box_from_560(b, height, width, size)
+        x1, y1, x2, y2 = box_from_square(b, height, width, size)
         out.append([min(max(x1, 0), width - 1), min(max(y1, 0), height - 1),
                     min(max(x2, 0), width - 1), min(max(y2, 0), height - 1)])
     return out
@@ -288,7 +288,7 @@ def build_engine(
     device: str | None = None,
     dtype: str = "auto",
     tensor_parallel_size: int = 1,
-    num_frames: int = 8,
+    num_frames: int = FRAMES.eval_frames,
     fast_paths: str = "auto",
 ) -> Any:
     """A generation engine: "hf" (batched `generate`, left padding; CPU or GPU) or "vllm" (GPU nodes only)."""
@@ -306,7 +306,7 @@ def build_engine(
         return policy_lib.HFEngine(policy, image_size=image_size, batch_size=batch_size)
     if kind == "vllm":
         return policy_lib.VLLMEngine(str(model_dir), image_size=image_size, tensor_parallel_size=tensor_parallel_size,
-                                     max_images=max(8, num_frames))
+                                     max_images=max(FRAMES.eval_frames, num_frames))
     raise ValueError(f"unknown engine {kind!r}: choose hf or vllm")
 
 
@@ -323,7 +323,8 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
                         help="exact HF speed-ups for Qwen2.5-VL (batched vision windows, grouped decode attention); "
                              "auto = on CUDA")
     parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="policy square frame side (560)")
-    parser.add_argument("--num-frames", type=int, default=8, help="frames shown to the policy (linspace)")
+    parser.add_argument("--num-frames", type=int, default=FRAMES.eval_frames,
+                        help="frames shown to the policy (linspace)")
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM only")
     parser.add_argument("--offload", action="store_true",

@@ -38,10 +38,9 @@ from veason_r1.inference.pipeline import (
     propagate,
     sample_frame_ids,
 )
+from veason_r1.benchmarks import BENCHMARKS, DEFAULT_SPLITS, benchmark  # noqa: F401 - BENCHMARKS re-exported
 from veason_r1.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
 
-BENCHMARKS = ("revos", "mevis", "reasonvos", "vicas")
-DEFAULT_SPLITS = {"revos": "valid", "mevis": "valid_u", "reasonvos": None, "vicas": "val"}
 STAGE1_DIR = ".stage1"
 PARTIAL_DIR = ".partial"
 MERGED_FILE = "predictions.jsonl"
@@ -58,8 +57,8 @@ def open_benchmark(name: str, root: str | os.PathLike, split: str | None = None,
 
     ViCaS: the LG-VIS referrals of a split (`veason_r1.inference.vicas_source`), one expression per referral.
     """
-    name = name.lower()
-    split = split or DEFAULT_SPLITS.get(name)
+    name = benchmark(name).name
+    split = split or DEFAULT_SPLITS[name]
     if name == "revos":
         from veason_r1.data.revos import ReVOSDataset
 
@@ -75,8 +74,8 @@ def open_benchmark(name: str, root: str | os.PathLike, split: str | None = None,
     if name == "vicas":
         from veason_r1.inference.vicas_source import ViCaSPredictionSet
 
-        return ViCaSPredictionSet(root, split=split or "val", version=vicas_version)
-    raise ValueError(f"unknown benchmark {name!r}; choose one of {', '.join(BENCHMARKS)}")
+        return ViCaSPredictionSet(root, split=split, version=vicas_version)
+    raise AssertionError(f"no reader for benchmark {name!r}")  # every row of benchmarks.TABLE has one
 
 
 # ----------------------------------------------------------------------------------------------------------------

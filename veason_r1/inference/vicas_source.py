@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from veason_r1.benchmarks import DEFAULT_SPLITS
+
 
 @dataclass(frozen=True)
 class Referral:
@@ -34,7 +36,7 @@ class Referral:
 class ViCaSPredictionSet:
     """ViCaS referrals of one split with `.expressions`, `.frames(video)`, `.size(video)` and the oracle hooks."""
 
-    def __init__(self, root: str | os.PathLike, split: str = "val", version: str = "v0.1"):
+    def __init__(self, root: str | os.PathLike, split: str = DEFAULT_SPLITS["vicas"], version: str = "v0.1"):
         from veason_r1.eval.vicas import gt_file, load_split
 
         self.root = Path(root)

@@ -260,6 +260,22 @@ def _stop_ids(tokenizer) -> list[int]:
     return [i for i in ids if isinstance(i, int) and i >= 0 and i != tokenizer.unk_token_id]
 
 
+def generate_kwargs(tokenizer, sampling: SamplingConfig) -> dict:
+    """The keyword arguments HF `model.generate` gets besides the inputs, for inference and the local RL rollouts
+    alike: explicit (never the folder's generation_config defaults), no repetition penalty, vision tokens
+    suppressed, one sequence per request when greedy (the caller copies it n times)."""
+    stop = _stop_ids(tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop[-1]
+    decode = {"max_new_tokens": sampling.max_new_tokens, "eos_token_id": stop, "pad_token_id": pad_id}
+    decode.update(repetition_penalty=1.0, num_return_sequences=1 if sampling.greedy else sampling.n,
+                  suppress_tokens=vision_token_ids(tokenizer))
+    if sampling.greedy:
+        decode.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+    else:  # top_k=0: no top-k cut (transformers' default is 50, Qwen's generation_config says 1)
+        decode.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
+    return decode
+
+
 class HFEngine:
     """transformers `generate` over left-padded batches. Returns n completions per request, special tokens dropped.
 
@@ -277,18 +293,7 @@ class HFEngine:
         self.batch_stats: list[dict] = []  # one entry per generate batch: where its time went
 
     def generate_kwargs(self, sampling: SamplingConfig) -> dict:
-        """The keyword arguments `model.generate` gets besides the inputs (explicit, never the folder defaults)."""
-        tok = self.policy.processor.tokenizer
-        stop = _stop_ids(tok)
-        pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[-1]
-        decode = {"max_new_tokens": sampling.max_new_tokens, "eos_token_id": stop, "pad_token_id": pad_id}
-        decode.update(repetition_penalty=1.0, num_return_sequences=1 if sampling.greedy else sampling.n,
-                      suppress_tokens=vision_token_ids(tok))
-        if sampling.greedy:
-            decode.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:  # top_k=0: no top-k cut (transformers' default is 50, Qwen's generation_config says 1)
-            decode.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p, top_k=0)
-        return decode
+        return generate_kwargs(self.policy.processor.tokenizer, sampling)
 
     def generate(
         self, requests: Sequence[GenerationRequest], sampling: SamplingConfig | None = None
@@ -439,23 +444,6 @@ class VLLMEngine:
         return outputs
 
 
-def make_engine(kind: str, model_dir: str | Path | None = None, policy: Policy | None = None, **kwargs):
-    """'hf' -> HFEngine (loads the policy from model_dir unless given; device/dtype/attn kwargs go to load_policy),
-    'vllm' -> VLLMEngine(model_dir, **kwargs)."""
-    if kind == "hf":
-        load_kw = {k: kwargs.pop(k) for k in ("device", "dtype", "attn", "fast_paths") if k in kwargs}
-        if policy is None:
-            if model_dir is None:
-                raise ValueError("make_engine('hf'): give model_dir or policy")
-            policy = load_policy(model_dir, **load_kw)
-        return HFEngine(policy, **kwargs)
-    if kind == "vllm":
-        if model_dir is None:
-            raise ValueError("make_engine('vllm'): give model_dir")
-        return VLLMEngine(model_dir, **kwargs)
-    raise ValueError(f"engine kind must be 'hf' or 'vllm', got {kind!r}")
-
-
 __all__ = [
     "GenerationRequest",
     "HFEngine",
@@ -465,9 +453,9 @@ __all__ = [
     "build_inputs",
     "build_vllm_requests",
     "check_model_dir",
+    "generate_kwargs",
     "load_policy",
     "load_processor",
-    "make_engine",
     "pixel_bounds",
     "prompt_text",
     "visual_tokens_per_frame",

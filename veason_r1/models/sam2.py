@@ -5,6 +5,11 @@ backward to the first (one state, so the backward pass sees the forward pass's m
 `SAM2VideoPredictor.propagate_in_video` then `propagate_in_video(reverse=True)`), threshold logits > 0, and return
 union or per-object masks at the frames' own resolution.
 
+Public surface: `load_sam2` (a ready `SAM2Propagator`), `SAM2Propagator.encode` (a video's frames and feature cache,
+`sam2_frames.EncodedVideo`), `propagate` (one prompt), `propagate_groups` / `propagate_many` (many prompts, many
+videos, one batch) and `frame_ious_groups` (the reward's per-frame IoUs, counted on the device by
+`sam2_iou.frame_ious`). The stock API itself, the reference these must match, is `sam2_reference.propagate_reference`.
+
 Why not the stock predictor API: it reads frames from a JPEG folder or an mp4, encodes them again for every
 inference state, and (sam2 1.1.0) tracks the objects of one state one at a time. Here:
 - frames come from memory (arrays, PIL images, a `FrameSource`), preprocessed like sam2's loader (PIL resize to
@@ -16,29 +21,38 @@ inference state, and (sam2 1.1.0) tracks the objects of one state one at a time.
   batch through the model's own `track_step`; identical (video, keyframe, box) objects are tracked once.
 The conditioning frame is handled as the stock code does it (prompt -> SAM heads without memory encoding, hole
 filling, then the memory encoder on the upsampled low-res mask with binarisation), and memories are rounded to
-bf16 as the stock state stores them. `propagate_reference` runs the stock API itself (used by tests and the
-benchmark as the ground truth for agreement).
+bf16 as the stock state stores them.
 
 Devices: bf16 autocast on CUDA, fp32 on CPU. Stock sam2 stores `maskmem_features` as bf16 even in fp32 runs; when
 a frame's memory holds only those bf16 memories and no fp32 object pointer (prompts on different frames: an object
 tracked before its own conditioning frame) the fp32 CPU run fails with a dtype mismatch. We keep the bf16 rounding
-but store the values in the compute dtype, and `propagate_reference` patches the same cast into the stock path.
+but store the values in the compute dtype (the reference path patches the same cast into stock sam2).
+
+Configs: sam2's own YAMLs by name, or "tiny", a shrunk SAM2.1 for tests and the demo (configs/sam2.1_tiny.yaml).
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import threading
 import warnings
-from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from veason_r1.models.sam2_frames import (  # noqa: F401 - EncodedVideo is re-exported (the cached type)
+    EncodedVideo,
+    as_frame_list,
+    check_boxes,
+    check_keyframe,
+    encode_batched,
+    resize_frames,
+)
+from veason_r1.models.sam2_iou import frame_ious
 
 SAM2_CONFIGS = {
     "sam2_hiera_t": "configs/sam2/sam2_hiera_t.yaml",
@@ -61,50 +75,43 @@ VIDEO_PREDICTOR_OVERRIDES: dict[str, Any] = {
     "model.fill_hole_area": 8,
 }
 
-# A ~1M-parameter SAM2.1 (hiera_t config shrunk): 128 px input, 32-d features, one memory-attention layer.
-TINY_OVERRIDES: dict[str, Any] = {
-    "model.image_size": 128,
-    "model.image_encoder.trunk.embed_dim": 8,
-    "model.image_encoder.trunk.num_heads": 1,
-    "model.image_encoder.trunk.stages": [1, 1, 2, 1],
-    "model.image_encoder.trunk.global_att_blocks": [3],
-    "model.image_encoder.trunk.window_spec": [4, 4, 4, 2],
-    "model.image_encoder.trunk.window_pos_embed_bkg_spatial_size": [4, 4],
-    "model.image_encoder.neck.d_model": 32,
-    "model.image_encoder.neck.backbone_channel_list": [64, 32, 16, 8],
-    "model.image_encoder.neck.position_encoding.num_pos_feats": 32,
-    "model.memory_attention.d_model": 32,
-    "model.memory_attention.num_layers": 1,
-    "model.memory_attention.layer.d_model": 32,
-    "model.memory_attention.layer.dim_feedforward": 64,
-    "model.memory_attention.layer.self_attention.embedding_dim": 32,
-    "model.memory_attention.layer.self_attention.feat_sizes": [8, 8],
-    "model.memory_attention.layer.cross_attention.embedding_dim": 32,
-    "model.memory_attention.layer.cross_attention.feat_sizes": [8, 8],
-    "model.memory_attention.layer.cross_attention.kv_in_dim": 16,
-    "model.memory_encoder.out_dim": 16,
-    "model.memory_encoder.in_dim": 32,
-    "model.memory_encoder.position_encoding.num_pos_feats": 16,
-    "model.memory_encoder.mask_downsampler.embed_dim": 32,
-    "model.memory_encoder.fuser.layer.dim": 32,
-    "model.memory_encoder.fuser.num_layers": 1,
-}
+TINY_CONFIG = Path(__file__).with_name("configs") / "sam2.1_tiny.yaml"
+TOY_CONFIG = Path(__file__).with_name("configs") / "sam2.1_toy.yaml"  # the shipped `--sam2 toy` (models/toy.py)
 
-IMG_MEAN = (0.485, 0.456, 0.406)
-IMG_STD = (0.229, 0.224, 0.225)
+
+def _yaml_overrides(config: Path) -> tuple[str, dict[str, Any]]:
+    """(base config inside the sam2 package, dotted overrides) of one of our configs (configs/sam2.1_*.yaml): its
+    `defaults` entry and every leaf of the rest (lists are leaves), applied as `OmegaConf.update` applies each."""
+    from omegaconf import OmegaConf
+
+    doc = OmegaConf.to_container(OmegaConf.load(config))
+    (base,) = [d for d in doc.pop("defaults") if d != "_self_"]
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            flat[prefix] = value
+
+    walk("", doc)
+    return base.lstrip("/") + ".yaml", flat
 
 
 def _config_path(name: str) -> tuple[Path, dict[str, Any]]:
     """(yaml path, extra overrides) for "tiny", "toy", a known SAM2/SAM2.1 config name, or a yaml path."""
     import sam2
 
-    from veason_r1.models.toy import TOY_SAM2_OVERRIDES, is_toy
+    from veason_r1.models.toy import is_toy
 
     root = Path(sam2.__path__[0])
     if name == "tiny":
-        return root / SAM2_CONFIGS["sam2.1_hiera_t"], dict(TINY_OVERRIDES)
+        base, overrides = _yaml_overrides(TINY_CONFIG)
+        return root / base, overrides
     if is_toy(name):
-        return root / SAM2_CONFIGS["sam2.1_hiera_t"], dict(TOY_SAM2_OVERRIDES)
+        base, overrides = _yaml_overrides(TOY_CONFIG)
+        return root / base, overrides
     key = name[:-5] if name.endswith(".yaml") else name
     key = key.rsplit("/", 1)[-1] if key.rsplit("/", 1)[-1] in SAM2_CONFIGS else key
     if key in SAM2_CONFIGS:
@@ -171,160 +178,6 @@ def load_sam2(
     return SAM2Propagator(
         model, offload=offload, progress=progress, max_batch_objects=max_batch_objects, precision=precision
     )
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Frames and their features
-
-
-def _as_frame_list(frames) -> list[np.ndarray]:
-    from PIL import Image
-
-    from veason_r1.data.video import FrameSource
-
-    if isinstance(frames, FrameSource):
-        frames = frames.get_many(range(len(frames)))
-    elif isinstance(frames, np.ndarray):
-        if frames.ndim != 4 or frames.shape[-1] != 3:
-            raise ValueError(f"frames: expected a (K, H, W, 3) array, got shape {frames.shape}")
-        frames = list(frames)
-    out = []
-    for i, f in enumerate(frames):
-        if isinstance(f, Image.Image):
-            f = np.asarray(f.convert("RGB"))
-        elif hasattr(f, "detach"):  # torch tensor (H, W, 3) uint8
-            f = f.detach().cpu().numpy()
-        f = np.asarray(f)
-        if f.ndim != 3 or f.shape[2] != 3:
-            raise ValueError(f"frame {i}: expected (H, W, 3), got {f.shape}")
-        if f.dtype != np.uint8:
-            raise ValueError(f"frame {i}: expected uint8, got {f.dtype}")
-        out.append(f)
-    if not out:
-        raise ValueError("frames: empty video")
-    if len({f.shape for f in out}) != 1:
-        raise ValueError(f"frames: all frames must share one size, got {sorted({f.shape for f in out})}")
-    return out
-
-
-class EncodedVideo:
-    """One video's frames resized to the model size (uint8) and a cache of per-frame image features.
-
-    Resizing is PIL's (as sam2's loader), done in a thread pool; the resized uint8 frames are kept (4x smaller than
-    fp32, pinned when the model is on CUDA) and normalised (/255, ImageNet mean/std, fp32) on the compute device
-    right before the backbone, so a GRPO step uploads 3 MB instead of 12 MB per frame. Features are computed lazily
-    (one frame at a time) or for many videos at once (`encode_batched`), cached up to `cache_frames` frames (LRU),
-    so a group's 5 frames are encoded once for all its rollouts while a 1000-frame video keeps a bounded window.
-    Positional encodings are the same for every frame and stored once.
-    """
-
-    def __init__(self, model, frames, *, offload: bool = False, cache_frames: int = 64, autocast=None,
-                 sdpa=None, _resized: list[np.ndarray] | None = None):
-        import torch
-
-        arrays = _as_frame_list(frames)
-        self.model = model
-        self.num_frames = len(arrays)
-        self.height, self.width = arrays[0].shape[:2]
-        self.device = model.device
-        self.storage = torch.device("cpu") if offload else self.device
-        self._autocast = autocast or contextlib.nullcontext
-        self._sdpa = sdpa or contextlib.nullcontext
-        size = int(model.image_size)
-        resized = _resized if _resized is not None else _resize_frames(arrays, size)
-        self._pixels = torch.from_numpy(np.stack(resized)).to(self.storage)  # (K, S, S, 3) uint8
-        digest = hashlib.sha1()
-        for f in arrays:
-            digest.update(np.ascontiguousarray(f).tobytes())
-        self.key = digest.hexdigest()  # identical frames -> identical features
-        self._cache: OrderedDict[int, list] = OrderedDict()
-        self._cache_frames = max(1, cache_frames)
-        self.pos: list | None = None  # per-level positional encodings (1, C, h, w), frame independent
-        self.feat_sizes: list | None = None
-
-    def images(self, indices, device=None):
-        """Normalised fp32 frames (N, 3, S, S) on `device` (default: the compute device), as sam2's loader makes."""
-        return normalize_pixels(self._pixels[list(indices)], device or self.device)
-
-    @property
-    def _images(self) -> list:
-        """Per-frame normalised (3, S, S) fp32 tensors on the storage device (the stock inference state's list)."""
-        return list(self.images(range(self.num_frames), self.storage))
-
-    def features(self, index: int) -> list:
-        """Per-level backbone features (1, C, h, w) of frame `index` on the compute device (the SAM levels)."""
-        import torch
-
-        feats = self._cache.get(index)
-        if feats is None:
-            image = self.images([index])
-            with torch.inference_mode(), self._autocast(), self._sdpa():
-                out = self.model.forward_image(image)
-            self._store_features(index, out, 0)
-            while len(self._cache) > self._cache_frames:
-                self._cache.popitem(last=False)
-            feats = self._cache[index]
-        else:
-            self._cache.move_to_end(index)
-        return [x.to(self.device, non_blocking=True) for x in feats]
-
-    def _store_features(self, index: int, out: dict, row: int) -> None:
-        levels = self.model.num_feature_levels
-        self._cache[index] = [x[row : row + 1].to(self.storage) for x in out["backbone_fpn"][-levels:]]
-        if self.pos is None:
-            self.pos = [x[row : row + 1].to(self.storage) for x in out["vision_pos_enc"][-levels:]]
-            self.feat_sizes = [(x.shape[-2], x.shape[-1]) for x in self.pos]
-
-
-_RESIZE_POOL = None
-
-
-def _resize_frames(arrays: list[np.ndarray], size: int) -> list[np.ndarray]:
-    """PIL resize (default filter, as sam2's loader) of every frame to size x size, uint8; threads (PIL releases
-    the GIL) when there are several frames."""
-    import os
-    from concurrent.futures import ThreadPoolExecutor
-
-    from PIL import Image
-
-    def one(f: np.ndarray) -> np.ndarray:
-        return np.asarray(Image.fromarray(f).resize((size, size)))
-
-    if len(arrays) < 4:
-        return [one(f) for f in arrays]
-    global _RESIZE_POOL
-    if _RESIZE_POOL is None:
-        _RESIZE_POOL = ThreadPoolExecutor(max_workers=min(16, os.cpu_count() or 1), thread_name_prefix="sam2-resize")
-    return list(_RESIZE_POOL.map(one, arrays))
-
-
-def normalize_pixels(pixels, device):
-    """uint8 (N, S, S, 3) -> fp32 (N, 3, S, S): /255 then ImageNet mean/std, the same fp32 operations (and so the
-    same values on CPU) as sam2's `load_video_frames`."""
-    import torch
-
-    x = pixels.to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
-    mean = torch.tensor(IMG_MEAN, dtype=torch.float32, device=x.device)[:, None, None]
-    std = torch.tensor(IMG_STD, dtype=torch.float32, device=x.device)[:, None, None]
-    return (x - mean) / std
-
-
-def encode_batched(videos: Sequence[EncodedVideo], batch: int = 32) -> None:
-    """Encode every frame of short videos (those fully cacheable) in image batches: one GRPO step's frames in a
-    few backbone calls instead of one call per frame."""
-    import torch
-
-    todo = [(v, t) for v in videos if v.num_frames <= v._cache_frames for t in range(v.num_frames) if t not in v._cache]
-    for start in range(0, len(todo), batch):
-        chunk = todo[start : start + batch]
-        model = chunk[0][0].model
-        first = chunk[0][0]
-        pixels = torch.cat([v._pixels[t : t + 1].to(first.device, non_blocking=True) for v, t in chunk])
-        images = normalize_pixels(pixels, first.device)
-        with torch.inference_mode(), first._autocast(), first._sdpa():
-            out = model.forward_image(images)
-        for row, (v, t) in enumerate(chunk):
-            v._store_features(t, out, row)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -408,9 +261,9 @@ class SAM2Propagator:
 
     def encode_many(self, videos: Sequence[Any]) -> list[EncodedVideo]:
         """`encode` for several videos with all their frames resized in one thread-pool pass."""
-        arrays = [None if isinstance(v, EncodedVideo) else _as_frame_list(v) for v in videos]
+        arrays = [None if isinstance(v, EncodedVideo) else as_frame_list(v) for v in videos]
         flat = [f for a in arrays if a is not None for f in a]
-        resized = _resize_frames(flat, self.image_size) if flat else []
+        resized = resize_frames(flat, self.image_size) if flat else []
         out, i = [], 0
         for v, a in zip(videos, arrays):
             if a is None:
@@ -445,8 +298,8 @@ class SAM2Propagator:
         import torch
 
         video = self.encode(frames, offload=offload, cache_frames=64 if offload is None else 16)
-        boxes = self._check_boxes(boxes, video)
-        self._check_keyframe(keyframe_index, video)
+        boxes = check_boxes(boxes)
+        check_keyframe(keyframe_index, video)
         objects = [_Object(video, int(keyframe_index), tuple(b)) for b in boxes.tolist()]
         self._run(objects, progress=self.progress if progress is None else progress)
         if not objects:
@@ -478,47 +331,13 @@ class SAM2Propagator:
         self, groups: Sequence[tuple[Any, Sequence[tuple[int, np.ndarray]]]], gt_masks: Sequence[np.ndarray]
     ) -> list[list[np.ndarray]]:
         """Per prompt, the (K,) float64 IoU of its union masks with the group's GT masks (K, H, W) on each frame
-        (1 when both are empty): `propagate_groups` + `terms.mask_iou` with the masks never leaving the device
-        (intersection and union pixel counts are computed there, exactly, and divided here in float64)."""
-        import torch
-
+        (1 when both are empty): `propagate_groups` + `masks.mask_iou` with the masks never leaving the device
+        (`sam2_iou.frame_ious`)."""
         if len(gt_masks) != len(groups):
             raise ValueError(f"gt_masks: {len(gt_masks)} arrays for {len(groups)} groups")
         videos, unions = self._propagate_unions(groups)
         with self._stage("iou"):
-            counts = []
-            for video, group, gt in zip(videos, unions, gt_masks):
-                gt_arr = np.asarray(gt, dtype=bool)
-                if gt_arr.shape != (video.num_frames, video.height, video.width):
-                    raise ValueError(f"gt_masks: shape {gt_arr.shape} does not fit the frames "
-                                     f"{(video.num_frames, video.height, video.width)}")
-                if not group:
-                    continue
-                if self.device.type == "cpu":  # numpy counts bool pixels ~10x faster than torch on CPU
-                    pred_np = torch.stack(group).numpy().reshape(len(group), video.num_frames, -1)
-                    target_np = gt_arr.reshape(1, video.num_frames, -1)
-                    inter = np.count_nonzero(pred_np & target_np, axis=-1)
-                    union = np.count_nonzero(pred_np | target_np, axis=-1)
-                    counts.append(torch.from_numpy(np.stack([inter, union], axis=-1).astype(np.int64)).reshape(-1))
-                    continue
-                target = torch.from_numpy(gt_arr).to(self.device, non_blocking=True)
-                pred = torch.stack(group)  # (P, K, H, W)
-                inter = torch.count_nonzero((pred & target).flatten(2), dim=-1)
-                union = torch.count_nonzero((pred | target).flatten(2), dim=-1)
-                counts.append(torch.stack([inter, union], dim=-1).reshape(-1))  # (P, K, 2) flattened
-            # groups may show different frame counts K: one flat transfer (one sync), split per group below
-            host = torch.cat(counts).cpu().numpy() if counts else np.zeros(0, np.int64)
-        out, i = [], 0
-        for video, group in zip(videos, unions):
-            size = len(group) * video.num_frames * 2
-            rows = host[i : i + size].reshape(len(group), video.num_frames, 2)
-            i += size
-            ious = []
-            for r in rows:
-                inter, union = r[:, 0], r[:, 1]
-                ious.append(np.array([1.0 if u == 0 else float(n / u) for n, u in zip(inter, union)]))
-            out.append(ious)
-        return out
+            return frame_ious(unions, gt_masks, [(v.num_frames, v.height, v.width) for v in videos], self.device)
 
     def _propagate_unions(self, groups):
         """Encode, plan (identical objects once), track; per group, per prompt the (K, H, W) bool union mask on the
@@ -534,8 +353,8 @@ class SAM2Propagator:
         for video, (_, prompts) in zip(videos, groups):
             plan = []
             for keyframe, boxes in prompts:
-                boxes = self._check_boxes(boxes, video)
-                self._check_keyframe(keyframe, video)
+                boxes = check_boxes(boxes)
+                check_keyframe(keyframe, video)
                 keys = []
                 for b in boxes.tolist():
                     key = (id(video), video.key, int(keyframe), tuple(b))
@@ -579,24 +398,6 @@ class SAM2Propagator:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             self.profile[name] = self.profile.get(name, 0.0) + time.perf_counter() - start
-
-    # -- checks --------------------------------------------------------------------------------------------------
-
-    @staticmethod
-    def _check_boxes(boxes, video: EncodedVideo) -> np.ndarray:
-        arr = np.asarray(boxes, dtype=np.float64)
-        if arr.size == 0:
-            return arr.reshape(0, 4)
-        if arr.ndim != 2 or arr.shape[1] != 4:
-            raise ValueError(f"boxes: expected an (N, 4) array, got shape {arr.shape}")
-        if not np.isfinite(arr).all():
-            raise ValueError("boxes: NaN or infinite coordinates")
-        return arr
-
-    @staticmethod
-    def _check_keyframe(keyframe: int, video: EncodedVideo) -> None:
-        if not 0 <= int(keyframe) < video.num_frames:
-            raise ValueError(f"keyframe_index {keyframe} outside [0, {video.num_frames})")
 
     # -- engine --------------------------------------------------------------------------------------------------
 
@@ -728,91 +529,3 @@ class SAM2Propagator:
                         del output_dict["non_cond_frame_outputs"][f]
                 self._emit(outputs, t, pred)
 
-    # -- stock reference -----------------------------------------------------------------------------------------
-
-    def propagate_reference(self, frames, keyframe_index: int, boxes: np.ndarray, per_object: bool = False):
-        """The stock sam2 API on one fresh inference state (add_new_points_or_box per object, then
-        propagate_in_video forward and reverse): the authors' way, for agreement tests and the benchmark."""
-        import torch
-
-        video = self.encode(frames)
-        boxes = self._check_boxes(boxes, video)
-        model = self.model
-        per = np.zeros((len(boxes), video.num_frames, video.height, video.width), dtype=bool)
-        with self.lock, torch.inference_mode(), self._autocast(), _stock_fp32_memory_patch(model, self.device), _quiet():
-            state = stock_inference_state(model, video)
-            for i, b in enumerate(boxes.tolist()):
-                model.add_new_points_or_box(state, frame_idx=int(keyframe_index), obj_id=i, box=np.asarray(b, np.float32))
-            for reverse in (False, True):
-                for t, _, masks in model.propagate_in_video(state, reverse=reverse):
-                    per[:, t] = (masks[:, 0] > 0).cpu().numpy()
-        return per if per_object else per.any(axis=0)
-
-
-def stock_inference_state(model, video: EncodedVideo) -> dict:
-    """The dict `SAM2VideoPredictor.init_state` builds (sam2 1.1.0), from in-memory frames instead of a folder."""
-    import torch
-
-    state: dict[str, Any] = {
-        "images": [img for img in video._images],
-        "num_frames": video.num_frames,
-        "offload_video_to_cpu": False,
-        "offload_state_to_cpu": False,
-        "video_height": video.height,
-        "video_width": video.width,
-        "device": model.device,
-        "storage_device": model.device,
-        "point_inputs_per_obj": {},
-        "mask_inputs_per_obj": {},
-        "cached_features": {},
-        "constants": {},
-        "obj_id_to_idx": OrderedDict(),
-        "obj_idx_to_id": OrderedDict(),
-        "obj_ids": [],
-        "output_dict_per_obj": {},
-        "temp_output_dict_per_obj": {},
-        "frames_tracked_per_obj": {},
-    }
-    with torch.inference_mode():
-        model._get_image_feature(state, frame_idx=0, batch_size=1)
-    return state
-
-
-@contextlib.contextmanager
-def _quiet():
-    """Silence stock tqdm bars and the missing-CUDA-extension warning of hole filling."""
-    import functools
-
-    import sam2.sam2_video_predictor as svp
-
-    original = svp.tqdm
-    svp.tqdm = functools.partial(original, disable=True)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        svp.tqdm = original
-
-
-@contextlib.contextmanager
-def _stock_fp32_memory_patch(model, device):
-    """On CPU (no autocast) make the stock path cast stored bf16 memories back to fp32 when it reads them."""
-    import torch
-
-    if device.type == "cuda" and torch.is_autocast_enabled("cuda"):
-        yield
-        return
-    original = model.memory_attention.forward
-
-    def forward(curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens=0, **kw):
-        dtype = curr[0].dtype if isinstance(curr, list) else curr.dtype
-        return original(curr=curr, memory=memory.to(dtype), curr_pos=curr_pos,
-                        memory_pos=memory_pos.to(dtype) if memory_pos is not None else None,
-                        num_obj_ptr_tokens=num_obj_ptr_tokens, **kw)
-
-    model.memory_attention.forward = forward
-    try:
-        yield
-    finally:
-        del model.memory_attention.forward

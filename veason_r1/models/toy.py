@@ -8,41 +8,13 @@ this module only knows where they live and what architecture they have. `veason-
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 TOY_ROOT = Path(__file__).resolve().parent.parent / "assets" / "toy"
 TOY_POLICY_DIR = TOY_ROOT / "policy"
 TOY_SAM2_CHECKPOINT = TOY_ROOT / "sam2" / "sam2_toy.pt"
 TOY_NAME = "toy"
 
-# The toy SAM2: SAM2.1's hiera_t config at toy sizes (128 px input, 64-d features, 2 memory-attention layers).
-TOY_SAM2_OVERRIDES: dict[str, Any] = {
-    "model.image_size": 128,
-    "model.image_encoder.trunk.embed_dim": 16,
-    "model.image_encoder.trunk.num_heads": 1,
-    "model.image_encoder.trunk.stages": [1, 2, 2, 1],
-    "model.image_encoder.trunk.global_att_blocks": [4],
-    "model.image_encoder.trunk.window_spec": [8, 4, 4, 4],
-    "model.image_encoder.trunk.window_pos_embed_bkg_spatial_size": [4, 4],
-    "model.image_encoder.neck.d_model": 64,
-    "model.image_encoder.neck.backbone_channel_list": [128, 64, 32, 16],
-    "model.image_encoder.neck.position_encoding.num_pos_feats": 64,
-    "model.memory_attention.d_model": 64,
-    "model.memory_attention.num_layers": 2,
-    "model.memory_attention.layer.d_model": 64,
-    "model.memory_attention.layer.dim_feedforward": 256,
-    "model.memory_attention.layer.self_attention.embedding_dim": 64,
-    "model.memory_attention.layer.self_attention.feat_sizes": [8, 8],
-    "model.memory_attention.layer.cross_attention.embedding_dim": 64,
-    "model.memory_attention.layer.cross_attention.feat_sizes": [8, 8],
-    "model.memory_attention.layer.cross_attention.kv_in_dim": 32,
-    "model.memory_encoder.out_dim": 32,
-    "model.memory_encoder.in_dim": 64,
-    "model.memory_encoder.position_encoding.num_pos_feats": 32,
-    "model.memory_encoder.mask_downsampler.embed_dim": 64,
-    "model.memory_encoder.fuser.layer.dim": 64,
-    "model.memory_encoder.fuser.num_layers": 2,
-}
+# The toy SAM2's architecture is veason_r1/models/configs/sam2.1_toy.yaml (next to the tiny test config).
 
 
 def _toy_policy_config():

@@ -14,8 +14,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from veason_r1.config import MAX_BOXES
+from veason_r1.data.masks import mask_iou
 from veason_r1.prompting import FORMAT_PATTERN, answer_payload, boxes_array, format_json, release_int
 
 VARIANTS = ("faithful", "strict")
@@ -104,54 +106,6 @@ class SpatialResult:
     ious: list[float] = field(default_factory=list)  # matched IoUs, in the order of matched_pred
 
 
-def _hungarian(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Minimum-cost assignment of a rectangular matrix (O(n^2 m) Kuhn-Munkres with potentials); the fallback when
-    scipy is not installed (e.g. a bare GPU box running the benchmark)."""
-    transposed = cost.shape[0] > cost.shape[1]
-    a = cost.T if transposed else cost
-    n, m = a.shape
-    u, v = np.zeros(n + 1), np.zeros(m + 1)
-    p, way = np.zeros(m + 1, dtype=int), np.zeros(m + 1, dtype=int)
-    for i in range(1, n + 1):
-        p[0], j0 = i, 0
-        minv, used = np.full(m + 1, np.inf), np.zeros(m + 1, dtype=bool)
-        while True:
-            used[j0] = True
-            i0 = p[j0]
-            free = ~used[1:]
-            cur = a[i0 - 1] - u[i0] - v[1:]
-            better = free & (cur < minv[1:])
-            minv[1:][better] = cur[better]
-            way[1:][better] = j0
-            cand = np.where(free, minv[1:], np.inf)
-            j1 = int(np.argmin(cand)) + 1
-            delta = cand[j1 - 1]
-            u[p[used]] += delta
-            v[used] -= delta
-            minv[1:][free] -= delta
-            j0 = j1
-            if p[j0] == 0:
-                break
-        while j0:
-            j1 = way[j0]
-            p[j0] = p[j1]
-            j0 = j1
-    cols = np.array([j - 1 for j in range(1, m + 1) if p[j]], dtype=int)
-    rows = np.array([p[j] - 1 for j in range(1, m + 1) if p[j]], dtype=int)
-    if transposed:
-        rows, cols = cols, rows
-    order = np.argsort(rows)
-    return rows[order], cols[order]
-
-
-def linear_sum_assignment(cost: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    try:
-        from scipy.optimize import linear_sum_assignment as scipy_lsa
-    except ImportError:  # pragma: no cover - scipy is installed in the project env
-        return _hungarian(np.asarray(cost, dtype=np.float64))
-    return scipy_lsa(cost)
-
-
 def spatial_reward(pred: np.ndarray | None, gt: np.ndarray | None, plus_one: bool = True) -> SpatialResult:
     """[0, 1]: Hungarian matching on 1 - IoU; sum of matched IoUs / max(M, N)."""
     if pred is None or gt is None or len(pred) == 0 or len(gt) == 0:
@@ -162,14 +116,6 @@ def spatial_reward(pred: np.ndarray | None, gt: np.ndarray | None, plus_one: boo
     rows, cols = rows[order], cols[order]
     matched = [float(iou[r, c]) for r, c in zip(rows, cols)]
     return SpatialResult(sum(matched) / max(len(pred), len(gt)), [int(r) for r in rows], matched)
-
-
-def mask_iou(pred: np.ndarray, gt: np.ndarray) -> float:
-    """IoU of two bool masks; 1 when both are empty."""
-    union = np.logical_or(pred, gt).sum()
-    if union == 0:
-        return 1.0
-    return float(np.logical_and(pred, gt).sum() / union)
 
 
 def consistency_reward(pred_masks: np.ndarray, gt_masks: np.ndarray) -> float:

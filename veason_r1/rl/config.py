@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from veason_r1.config import IMAGE_SIZE
+from veason_r1.config import FRAMES, IMAGE_SIZE
 
 
 @dataclass
@@ -24,8 +24,8 @@ class DataConfig:
     val_root: str | None = None  # held-out subset for periodic validation; None = no validation
     val_split: str = "valid"
     val_max_samples: int = 64  # size of the held-out subset (deterministic: first N after a seeded shuffle)
-    num_frames: int = 6  # N of the RL training grid (docs/method.md §4)
-    keyframe_top_k: int = 5
+    num_frames: int = FRAMES.rl_frames  # N of the RL training grid (docs/method.md §4)
+    keyframe_top_k: int = FRAMES.keyframe_top_k
     image_size: int = IMAGE_SIZE
     train_batch_size: int = 16  # prompts per step
     max_prompt_length: int = 7100

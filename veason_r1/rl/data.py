@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from veason_r1.config import IMAGE_SIZE, PromptConfig
-from veason_r1.data.masks import EMPTY_BOX, box_to_560, mask_to_box, resize_mask, union_masks
+from veason_r1.config import FRAMES, IMAGE_SIZE, PromptConfig
+from veason_r1.data.masks import gt_boxes_in_square, resize_mask, union_masks
 from veason_r1.data.revos import Expression, ReVOSDataset
 from veason_r1.data.sampling import training_frames
 from veason_r1.data.video import resize_frame
@@ -63,23 +63,11 @@ class RLSample:
         return [{"role": "system", "content": system}, {"role": "user", "content": self.prompt}]
 
 
-def boxes_in_square(object_masks: Sequence[np.ndarray | None], height: int, width: int, size: int) -> list[list[float]]:
-    """GT boxes of one frame in the size x size square: one per object, [0,0,0,0] for an absent object,
-    [[0,0,0,0]] when nothing is visible (the rules of `masks.gt_boxes_560`, for any square size)."""
-    boxes = []
-    for m in object_masks:
-        b = mask_to_box(m)
-        boxes.append(list(EMPTY_BOX) if b is None else box_to_560(b, height, width, size))
-    if not boxes or all(b == EMPTY_BOX for b in boxes):
-        return [list(EMPTY_BOX)]
-    return boxes
-
-
 class RLSampleBuilder:
     """Draws RL samples from one ReVOS-format split; keeps per-expression GT areas (computed from RLEs once)."""
 
-    def __init__(self, dataset: ReVOSDataset, num_frames: int = 6, image_size: int = IMAGE_SIZE,
-                 keyframe_top_k: int = 5, prompt_config: PromptConfig = PromptConfig()):
+    def __init__(self, dataset: ReVOSDataset, num_frames: int = FRAMES.rl_frames, image_size: int = IMAGE_SIZE,
+                 keyframe_top_k: int = FRAMES.keyframe_top_k, prompt_config: PromptConfig = PromptConfig()):
         self.dataset = dataset
         self.num_frames = num_frames
         self.image_size = image_size
@@ -105,7 +93,7 @@ class RLSampleBuilder:
             frames.append(resize_frame(source.get(int(t)), size))
             objects = self.dataset.object_masks(expr, int(t))
             masks.append(resize_mask(union_masks(objects, (h, w)), size, size))
-            boxes[str(pos)] = boxes_in_square(objects, h, w, size)
+            boxes[str(pos)] = gt_boxes_in_square(objects, h, w, size)
         return RLSample(
             key=expr.key,
             expression=expr.text,
@@ -195,7 +183,8 @@ class RLPool:
 
 
 def reference_rows(expressions: Sequence[Expression], root: str | Path, split: str, *, redraw: bool,
-                   num_frames: int, image_size: int, keyframe_top_k: int = 5, seed: int = 0) -> list[dict]:
+                   num_frames: int, image_size: int, keyframe_top_k: int = FRAMES.keyframe_top_k,
+                   seed: int = 0) -> list[dict]:
     """Parquet rows for `VeasonRLDataset`: verl's columns, the expression's reference in `extra_info`."""
     rows = []
     for i, e in enumerate(expressions):

@@ -248,19 +248,15 @@ class LocalGRPOTrainer:
         """n sampled responses per prompt (greedy when temperature == 0), keeping the token ids."""
         import torch
 
-        from veason_r1.models.policy import GenerationRequest, build_inputs, vision_token_ids
+        from veason_r1.models.policy import GenerationRequest, SamplingConfig, build_inputs, generate_kwargs
 
         max_new = max_new_tokens or self.cfg.data.max_response_length
         stop = self._stop_ids()
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else stop[-1]
         greedy = temperature == 0
         copies = 1 if greedy else n
-        decode = dict(max_new_tokens=max_new, eos_token_id=stop, pad_token_id=pad, repetition_penalty=1.0,
-                      num_return_sequences=copies, suppress_tokens=vision_token_ids(self.tokenizer))
-        if greedy:
-            decode.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        else:
-            decode.update(do_sample=True, temperature=temperature, top_p=top_p, top_k=0)
+        decode = generate_kwargs(self.tokenizer, SamplingConfig(max_new_tokens=max_new, temperature=temperature,
+                                                                top_p=top_p, n=n))
         torch.manual_seed(seed)
         prompt_inputs = [self._prompt_inputs(s) for s in samples]
         rows: list[torch.Tensor] = []

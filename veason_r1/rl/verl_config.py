@@ -99,22 +99,6 @@ def check_method_hparams(cfg, expected: dict[str, Any] = METHOD_HPARAMS) -> list
     return problems
 
 
-def dotlist(values: dict[str, Any]) -> list[str]:
-    """Hydra override strings from a verl-key mapping (None -> null, lists as [a,b])."""
-    out = []
-    for key, value in values.items():
-        if value is None:
-            text = "null"
-        elif isinstance(value, bool):
-            text = "true" if value else "false"
-        elif isinstance(value, (list, tuple)):
-            text = "[" + ",".join(str(v) for v in value) + "]"
-        else:
-            text = str(value)
-        out.append(f"{key}={text}")
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # best checkpoint
 

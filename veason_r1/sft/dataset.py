@@ -41,11 +41,10 @@ def record_boxes(record: Mapping[str, Any], image_size: int) -> list[list[float]
     From `keyframe_boxes` (original pixels) with height/width when the record has them, so any size is exact;
     otherwise the 560-space boxes of `solution`, rescaled.
     """
-    from veason_r1.datacon.cot_request import keyframe_boxes_for_size
+    from veason_r1.data.masks import boxes_to_square
 
     if record.get("keyframe_boxes") is not None and record.get("height") and record.get("width"):
-        return keyframe_boxes_for_size(record["keyframe_boxes"], int(record["height"]), int(record["width"]),
-                                       image_size)
+        return boxes_to_square(record["keyframe_boxes"], int(record["height"]), int(record["width"]), image_size)
     payload = answer_payload(str(record.get("solution", "")))
     if not isinstance(payload, dict) or not isinstance(payload.get("bbox_2d_list"), list):
         raise ValueError(f"record {record.get('key', record.get('video'))!r}: no boxes in 'solution'")

@@ -21,9 +21,10 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 from PIL import Image
 
-from veason_r1.data.masks import box_to_560, mask_to_box
+from veason_r1.config import FRAMES, PromptConfig
+from veason_r1.data.masks import box_to_square, mask_to_box
 from veason_r1.data.sampling import eval_frames, training_frames
-from veason_r1.data.synthetic import SynthConfig, make_video
+from veason_r1.data.synthetic import COLORS, SHAPES, SynthConfig, make_video
 from veason_r1.prompting import IMAGE_PLACEHOLDER, normalize_expression, timestamp_label
 
 TASKS = ("ground", "when", "ground_at")
@@ -35,7 +36,8 @@ class GroundingConfig:
 
     image_size: int = 112
     task_weights: tuple[float, float, float] = (0.5, 0.25, 0.25)  # ground, when, ground_at
-    frame_counts: tuple[int, ...] = (6, 8)  # frames shown in multi-frame tasks (the RL and SFT/eval grids)
+    # frames shown in multi-frame tasks: the RL grid and the SFT / eval grid
+    frame_counts: tuple[int, ...] = (FRAMES.rl_frames, FRAMES.sft_frames)
     samples_per_video: int = 12  # samples drawn from one rendered video before the next
     synth: SynthConfig = field(default_factory=lambda: SynthConfig(min_frames=8, max_frames=24))
 
@@ -62,7 +64,7 @@ def frame_boxes(masks: list[np.ndarray], height: int, width: int, size: int) -> 
     for m in masks:
         box = mask_to_box(m)
         if box is not None:
-            boxes.append([int(round(v)) for v in box_to_560(box, height, width, size)])
+            boxes.append([int(round(v)) for v in box_to_square(box, height, width, size)])
     return sorted(boxes) or [[0, 0, 0, 0]]
 
 
@@ -92,8 +94,6 @@ def _frame_queries(video, t: int, rng: random.Random) -> list[tuple[str, list[in
                 plural = words + ("es" if words.endswith(("sh", "ch", "x", "s")) else "s")
                 out.append((f"the {plural}", [p.obj_id for p in same]))
     colours = {o.color for o in objs}
-    from veason_r1.data.synthetic import COLORS, SHAPES
-
     absent = sorted(c for c in COLORS if c not in colours)
     if absent:
         out.append((f"the {rng.choice(absent)} {rng.choice(SHAPES)}", []))
@@ -193,7 +193,7 @@ class SampleStream:
                          frame_ids=ids)
 
 
-def messages(sample: ToySample, system: str = "You are a helpful assistant.") -> list[dict]:
+def messages(sample: ToySample, system: str = PromptConfig().system) -> list[dict]:
     """Qwen2.5-VL chat messages of a sample's user turn (images in their `<image>` slots)."""
     parts = sample.prompt.split(IMAGE_PLACEHOLDER)
     content: list[dict] = []

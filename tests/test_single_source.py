@@ -1,0 +1,144 @@
+"""One home per number and per rule: the method's frame numbers live in `config.FrameConfig` only."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+from pathlib import Path
+
+from veason_r1.config import FRAMES, IMAGE_SIZE
+
+ROOT = Path(__file__).resolve().parents[1]
+# Parameters, dataclass fields and argparse options that carry one of the method's frame numbers.
+FRAME_NAMES = {"num_frames", "frames", "n_frames", "keyframe_top_k", "sft_frames", "rl_frames", "eval_frames",
+               "cot_frames", "top_k"}
+# Calls whose positional arguments include a frame count or the keyframe top-k.
+FRAME_CALLS = {"InferenceConfig", "sample_frame_ids", "eval_frames", "training_frames", "anchored_grid",
+               "pick_keyframe", "RLSampleBuilder", "prepare_sample"}
+METHOD_NUMBERS = {FRAMES.sft_frames, FRAMES.rl_frames, FRAMES.eval_frames, FRAMES.keyframe_top_k}
+KNOWN = {
+    ("veason_r1/demo.py", "cot_frames"),  # DemoConfig: owned by the demo's stage runner (issue 18, lead)
+    ("veason_r1/demo.py", "InferenceConfig"),  # ditto: InferenceConfig(c.image_size, 8, ...)
+    ("bench/bench_reward.py", "frames"),  # frames per prompt of the timed workload (a grid's K), not N
+}
+
+
+def _int_literal(node) -> bool:
+    """An int literal equal to one of the method's numbers (a video length of 100 frames is not one)."""
+    return isinstance(node, ast.Constant) and type(node.value) is int and node.value in METHOD_NUMBERS
+
+
+def retyped_frame_numbers(path: Path) -> list[str]:
+    """`name = <int>` defaults of frame-number names in one file (function defaults, fields, add_argument)."""
+    tree = ast.parse(path.read_text())
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.posonlyargs + node.args.args
+            pairs = list(zip(args[len(args) - len(node.args.defaults):], node.args.defaults))
+            pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            found += [f"{a.arg}={d.value} (line {d.lineno})" for a, d in pairs
+                      if a.arg in FRAME_NAMES and _int_literal(d)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if node.target.id in FRAME_NAMES and node.value is not None and _int_literal(node.value):
+                found.append(f"{node.target.id}={node.value.value} (line {node.lineno})")
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name == "add_argument":
+                flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                dest = flags[0].lstrip("-").replace("-", "_") if flags else ""
+                found += [f"--{dest}={kw.value.value} (line {kw.lineno})" for kw in node.keywords
+                          if kw.arg == "default" and dest in FRAME_NAMES and _int_literal(kw.value)]
+            found += [f"{kw.arg}={kw.value.value} (line {kw.lineno})" for kw in node.keywords
+                      if kw.arg in FRAME_NAMES and _int_literal(kw.value)]
+            if name in FRAME_CALLS:
+                found += [f"{name}=(..., {a.value}, ...) (line {a.lineno})" for a in node.args if _int_literal(a)]
+    return found
+
+
+def test_no_frame_number_is_retyped_outside_config():
+    problems = []
+    for path in sorted([*(ROOT / "veason_r1").rglob("*.py"), *(ROOT / "bench").glob("*.py")]):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel == "veason_r1/config.py":
+            continue
+        for hit in retyped_frame_numbers(path):
+            if (rel, hit.split("=")[0].lstrip("-")) not in KNOWN:
+                problems.append(f"{rel}: {hit}")
+    assert not problems, "read these from veason_r1.config.FRAMES: " + "; ".join(problems)
+
+
+def test_the_scanner_sees_retyped_numbers(tmp_path):
+    src = tmp_path / "x.py"
+    src.write_text("def f(a, num_frames: int = 8, *, keyframe_top_k=5):\n    pass\n"
+                   "class C:\n    rl_frames: int = 6\n"
+                   "p.add_argument('--frames', type=int, default=8)\n"
+                   "def g(num_frames=FRAMES.eval_frames):\n    pass\n"
+                   "InferenceConfig(112, 8, 64)\nrows(x, num_frames=6)\neval_frames(100)\n")
+    assert sorted(retyped_frame_numbers(src)) == ["--frames=8 (line 5)", "InferenceConfig=(..., 8, ...) (line 8)",
+                                                  "keyframe_top_k=5 (line 1)", "num_frames=6 (line 9)",
+                                                  "num_frames=8 (line 1)", "rl_frames=6 (line 4)"]
+
+
+def test_readers_take_the_frame_config():
+    from veason_r1.commands import cot, rl
+    from veason_r1.datacon.cot import CotConfig
+    from veason_r1.inference.pipeline import InferenceConfig, add_model_arguments
+    from veason_r1.rl.config import DataConfig
+
+    assert (FRAMES.sft_frames, FRAMES.rl_frames, FRAMES.eval_frames, FRAMES.keyframe_top_k) == (8, 6, 8, 5)
+    assert FRAMES.image_size == IMAGE_SIZE == 560
+    assert CotConfig().num_frames == FRAMES.sft_frames
+    assert InferenceConfig().num_frames == FRAMES.eval_frames and InferenceConfig().image_size == IMAGE_SIZE
+    data = DataConfig()
+    assert (data.num_frames, data.keyframe_top_k, data.image_size) == (FRAMES.rl_frames, FRAMES.keyframe_top_k,
+                                                                       IMAGE_SIZE)
+    p = argparse.ArgumentParser()
+    cot.add_arguments(p)
+    args = p.parse_args(["--root", "r", "--out-dir", "o"])
+    assert (args.frames, args.image_size) == (FRAMES.sft_frames, IMAGE_SIZE)
+    p = argparse.ArgumentParser()
+    add_model_arguments(p, model_required=False)
+    args = p.parse_args([])
+    assert (args.num_frames, args.image_size) == (FRAMES.eval_frames, IMAGE_SIZE)
+    p = argparse.ArgumentParser()
+    rl.add_arguments(p)
+    assert p.parse_args([]).image_size == IMAGE_SIZE
+
+
+def test_one_benchmark_table_feeds_predict_eval_and_the_readers():
+    import inspect
+
+    import pytest
+
+    from veason_r1.benchmarks import BENCHMARKS, DEFAULT_MISSING, DEFAULT_SPLITS, SPLIT_HELP
+    from veason_r1.commands import eval as eval_cmd
+    from veason_r1.commands import predict as predict_cmd
+    from veason_r1.data.revos import MeViSDataset, ReVOSDataset
+    from veason_r1.eval.vicas import evaluate_vicas
+    from veason_r1.inference.predict import open_benchmark
+
+    assert BENCHMARKS == ("revos", "mevis", "reasonvos", "vicas")
+    assert DEFAULT_SPLITS == {"revos": "valid", "mevis": "valid_u", "reasonvos": None, "vicas": "val"}
+    assert DEFAULT_MISSING == {"revos": "zero", "mevis": "zero", "reasonvos": "skip", "vicas": "zero"}
+    assert SPLIT_HELP == "split (defaults: revos valid, mevis valid_u, vicas val; reasonvos has one)"
+    for cmd in (eval_cmd, predict_cmd):
+        p = argparse.ArgumentParser()
+        cmd.add_arguments(p)
+        (positional,) = [a for a in p._actions if a.dest == "benchmark"]
+        assert tuple(positional.choices) == BENCHMARKS
+    assert inspect.signature(ReVOSDataset).parameters["split"].default == DEFAULT_SPLITS["revos"]
+    assert inspect.signature(MeViSDataset).parameters["split"].default == DEFAULT_SPLITS["mevis"]
+    assert inspect.signature(evaluate_vicas).parameters["split"].default == DEFAULT_SPLITS["vicas"]
+    with pytest.raises(ValueError, match="unknown benchmark 'davis'; choose one of revos, mevis, reasonvos, vicas"):
+        open_benchmark("davis", "/nonexistent")
+
+
+def test_no_two_public_classes_share_a_name():
+    """Two `SamplingConfig`s or two `ParsedAnswer`s read alike at the call site and mean different things."""
+    seen: dict[str, list[str]] = {}
+    for path in sorted((ROOT / "veason_r1").rglob("*.py")):
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
+                seen.setdefault(node.name, []).append(path.relative_to(ROOT).as_posix())
+    assert {name: where for name, where in seen.items() if len(where) > 1} == {}
