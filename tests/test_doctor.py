@@ -121,7 +121,7 @@ def test_names_that_escape_the_root(root, bad):
     _save(root / "meta_expressions_valid_.json", meta)
     errs = _errors(root)
     assert [(e.file, e.key) for e in errs] == [("meta_expressions_valid_.json", f"videos[{bad!r}]")]
-    assert "escapes the dataset root" in errs[0].message
+    assert "escapes the root" in errs[0].message
 
 
 def test_frame_name_with_dotdot(root):

@@ -280,6 +280,9 @@ def test_stage2_layout_resume_and_atomic_folders(mini, tiny_sam2, tmp_path):
     keep = tmp_path / "v2" / "0" / "00000.png"
     stamp = keep.stat().st_mtime_ns
     (tmp_path / "v0" / "2" / "00007.png").unlink()
+    from veason_r1.paths import mark_owned
+
+    mark_owned(tmp_path / ".partial" / "shard0of1", "predict")  # what a killed run leaves: its own marked folder
     (tmp_path / ".partial" / "shard0of1" / "junk").mkdir(parents=True)
     stats = run_stage2(mini, tiny_sam2, tmp_path, cfg, progress=False)
     assert stats == {**stats, "written": 1, "skipped": 6}

@@ -212,6 +212,31 @@ def test_rerun_skips_finished_stages(sft_out, tiny_dir, data_dir, capsys):
     assert (sft_out / "merged" / MERGE_DONE).stat().st_mtime_ns == before
 
 
+def test_resumed_training_logs_each_step_once(tiny_dir, data_dir, tmp_path):
+    """Issue 16: an interrupted then resumed SFT appended the steps after its checkpoint twice to trainer_log.jsonl."""
+    from veason_r1.cli import main
+    from veason_r1.sft.train import TRAINER_LOG, read_losses
+
+    out = tmp_path / "run"
+    flags = tiny_flags()
+    flags[flags.index("--max-steps") + 1] = "4"
+    flags[flags.index("--save-steps") + 1] = "2"
+    argv = ["sft", "--data", str(data_dir), "--model", str(tiny_dir), "--out", str(out), "--no-merge", *flags]
+    assert main(argv) == 0
+    adapter = out / "adapter"
+    uninterrupted = [json.loads(line)["current_steps"] for line in (adapter / TRAINER_LOG).read_text().splitlines()]
+    assert sorted(set(uninterrupted)) == [1, 2, 3, 4]
+    # as if killed after logging step 4 but before checkpoint-4 was saved: the run resumes from checkpoint-2
+    import shutil
+
+    shutil.rmtree(adapter / "checkpoint-4")
+    (adapter / TRAIN_DONE).unlink()
+    assert main(argv) == 0
+    steps = [json.loads(line)["current_steps"] for line in (adapter / TRAINER_LOG).read_text().splitlines()]
+    assert steps == uninterrupted  # steps 3 and 4 once each (the last line is the end-of-training summary)
+    assert len(read_losses(adapter)) == 4
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # SFT inputs == RL / inference inputs
 

@@ -1,5 +1,8 @@
 """`veason-r1 <stage>`: argument parsing only. Each stage lives in `veason_r1/commands/<name>.py` exposing
-`add_arguments(parser)` and `run(args) -> int`; those modules import heavy libraries only inside `run`."""
+`add_arguments(parser)` and `run(args) -> int`; those modules import heavy libraries only inside `run`.
+
+User errors (`veason_r1.errors.UserError`) print `error: <file or flag>: <what is wrong>` and a hint on stderr and
+exit 2; `--debug` shows their traceback. Any other exception is a bug and keeps its traceback."""
 
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(available_only: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="veason-r1", description=__doc__.split("\n")[0])
+    parser.add_argument("--debug", action="store_true", help="show the traceback of a user error")
     sub = parser.add_subparsers(dest="command", metavar="<stage>")
     for name, (module, help_text) in COMMANDS.items():
         try:
@@ -36,6 +40,9 @@ def build_parser(available_only: bool = True) -> argparse.ArgumentParser:
             raise
         p = sub.add_parser(name, help=help_text, description=(mod.__doc__ or help_text).strip())
         mod.add_arguments(p)
+        # SUPPRESS: the sub-command's default must not overwrite `veason-r1 --debug <stage>`
+        p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of a user error")
         p.set_defaults(_run=mod.run)
     return parser
 
@@ -46,7 +53,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    return int(args._run(args) or 0)
+    from veason_r1.errors import UserError, format_user_error
+
+    try:
+        return int(args._run(args) or 0)
+    except UserError as e:
+        if getattr(args, "debug", False):
+            raise
+        print(format_user_error(e), file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -19,6 +19,13 @@ import sys
 from pathlib import Path
 
 from veason_r1.config import FRAMES, IMAGE_SIZE
+from veason_r1.flags import (
+    nonnegative_float,
+    nonnegative_int,
+    policy_image_size,
+    positive_float,
+    positive_int,
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,24 +44,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     g.add_argument("--api-key", default=None,
                    help="API key (prefer the environment variable: a flag is visible in the process list)")
-    g.add_argument("--concurrency", type=int, default=8, help="samples in flight at once (default: 8)")
-    g.add_argument("--timeout", type=float, default=120.0, help="seconds per request attempt (default: 120)")
-    g.add_argument("--max-attempts", type=int, default=6, help="attempts per sample before it is failed (default: 6)")
-    g.add_argument("--backoff-base", type=float, default=2.0, help="first retry delay in seconds; doubles (default 2)")
-    g.add_argument("--backoff-max", type=float, default=60.0, help="longest retry delay in seconds (default: 60)")
-    g.add_argument("--max-tokens", type=int, default=1024, help="completion token limit (0 = endpoint default)")
-    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--concurrency", type=positive_int, default=8, help="samples in flight at once (default: 8)")
+    g.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per request attempt (default: 120)")
+    g.add_argument("--max-attempts", type=positive_int, default=6,
+                   help="attempts per sample before it is failed (default: 6)")
+    g.add_argument("--backoff-base", type=nonnegative_float, default=2.0,
+                   help="first retry delay in seconds; doubles (default 2)")
+    g.add_argument("--backoff-max", type=nonnegative_float, default=60.0,
+                   help="longest retry delay in seconds (default: 60)")
+    g.add_argument("--max-tokens", type=nonnegative_int, default=1024,
+                   help="completion token limit (0 = endpoint default)")
+    g.add_argument("--temperature", type=nonnegative_float, default=None)
     s = parser.add_argument_group("sampling")
-    s.add_argument("--frames", type=int, default=FRAMES.sft_frames,
+    s.add_argument("--frames", type=positive_int, default=FRAMES.sft_frames,
                    help=f"training-grid size N (default: {FRAMES.sft_frames}, docs/method.md §4)")
-    s.add_argument("--seed", type=int, default=0, help="seed of the keyframe and worked-example draws (default: 0)")
-    s.add_argument("--limit", type=int, default=None, help="at most this many expressions")
-    s.add_argument("--max-per-video", type=int, default=None,
+    s.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed of the keyframe and worked-example draws (default: 0)")
+    s.add_argument("--limit", type=positive_int, default=None, help="at most this many expressions")
+    s.add_argument("--max-per-video", type=positive_int, default=None,
                    help="at most this many expressions per video (the release used 10)")
     s.add_argument("--save-boxed-frames", action="store_true", help="also save the boxed frames sent to the teacher")
     e = parser.add_argument_group("SFT export")
     e.add_argument("--sft-name", default="veason_cot", help="dataset name in sft/dataset_info.json")
-    e.add_argument("--image-size", type=int, default=IMAGE_SIZE, help=f"SFT frame size (default: {IMAGE_SIZE})")
+    e.add_argument("--image-size", type=policy_image_size, default=IMAGE_SIZE,
+                   help=f"SFT frame size (default: {IMAGE_SIZE})")
     e.add_argument("--no-sft", action="store_true", help="do not write the LLaMA-Factory dataset")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -68,14 +81,22 @@ def _meta_file(args: argparse.Namespace) -> Path | None:
 
 def _teacher(args: argparse.Namespace):
     from veason_r1.datacon.teachers import EndpointConfig, OpenAITeacher, SyntheticTeacher
+    from veason_r1.errors import BadInput, MissingInput
 
+    if not args.root.is_dir():
+        raise MissingInput(f"--root {args.root}", "no such folder")
     if args.teacher == "synthetic":
+        facts = args.root / "synthetic_facts.json"
+        if not facts.is_file():
+            raise MissingInput(facts, "--teacher synthetic needs the synthetic benchmark's facts file",
+                               hint="it is written by `veason-r1 synth`; other datasets need --teacher openai")
         return SyntheticTeacher.from_root(args.root)
     if not args.base_url or not args.model:
-        raise ValueError("--teacher openai needs --base-url and --model (or $OPENAI_BASE_URL and $OPENAI_MODEL)")
+        raise BadInput("--base-url/--model", "--teacher openai needs both",
+                       hint="pass them or set $OPENAI_BASE_URL and $OPENAI_MODEL")
     key = args.api_key or os.environ.get(args.api_key_env, "")
     if not key:
-        raise ValueError(f"no API key: set ${args.api_key_env} (or pass --api-key)")
+        raise MissingInput(f"${args.api_key_env}", "no API key", hint=f"set ${args.api_key_env} (or pass --api-key)")
     config = EndpointConfig(base_url=args.base_url, model=args.model, timeout=args.timeout,
                             max_attempts=args.max_attempts, backoff_base=args.backoff_base,
                             backoff_max=args.backoff_max, max_tokens=args.max_tokens or None,
@@ -84,21 +105,18 @@ def _teacher(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    """User errors (flags, dataset, folder) are `UserError`s: `veason-r1` prints one line and exits 2."""
     from veason_r1.data.revos import ReVOSDataset
     from veason_r1.datacon.cot import CotConfig, run_cot
     from veason_r1.sft.dataset import export_llamafactory_dataset
 
-    try:
-        teacher = _teacher(args)
-        ds = ReVOSDataset(args.root, args.split, meta_file=_meta_file(args), load_foreground=False)
-        config = CotConfig(num_frames=args.frames, seed=args.seed, concurrency=args.concurrency, limit=args.limit,
-                           max_per_video=args.max_per_video,
-                           boxed_frames_dir=str(args.out_dir / "boxed_frames") if args.save_boxed_frames else None)
-        print(f"cot: {len(ds.expressions)} expressions in {ds.meta_file}; teacher {teacher!r}", file=sys.stderr)
-        summary = run_cot(ds, teacher, args.out_dir, config, progress=not args.no_progress)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    teacher = _teacher(args)
+    ds = ReVOSDataset(args.root, args.split, meta_file=_meta_file(args), load_foreground=False)
+    config = CotConfig(num_frames=args.frames, seed=args.seed, concurrency=args.concurrency, limit=args.limit,
+                       max_per_video=args.max_per_video,
+                       boxed_frames_dir=str(args.out_dir / "boxed_frames") if args.save_boxed_frames else None)
+    print(f"cot: {len(ds.expressions)} expressions in {ds.meta_file}; teacher {teacher!r}", file=sys.stderr)
+    summary = run_cot(ds, teacher, args.out_dir, config, progress=not args.no_progress)
     print(summary.format())
     if not args.no_sft:
         from veason_r1.datacon.cot import FINAL_JSON

@@ -9,13 +9,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from veason_r1.flags import nonnegative_int
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("root", type=Path, help="dataset root (folder with JPEGImages/ and the meta JSON)")
     p.add_argument("--split", action="append", default=None,
                    help="split to check (repeatable); default: every split present")
     p.add_argument("--decode", action="store_true", help="fully decode every frame and RLE (slower)")
-    p.add_argument("--max-issues", type=int, default=200, help="print at most this many issues (all are counted)")
+    p.add_argument("--max-issues", type=nonnegative_int, default=200, help="print at most this many issues (all are counted)")
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from veason_r1.benchmarks import BENCHMARKS, DEFAULT_MISSING, DEFAULT_SPLITS, SPLIT_HELP
+from veason_r1.flags import positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help=SPLIT_HELP)
     parser.add_argument("--missing", choices=("zero", "skip"), default=None,
                         help="missing predictions score 0 or are skipped (default: the benchmark's reference)")
-    parser.add_argument("--workers", type=int, default=None, help="worker processes (default: min(4, CPUs))")
+    parser.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: min(4, CPUs))")
     parser.add_argument("--pred-layout", choices=("exp_id", "obj_id"), default="exp_id",
                         help="ReasonVOS: PRED/<video>/<exp_id>/ (ours) or VideoLISA's PRED/<video>/<obj_id>/")
     parser.add_argument("--submission-zip", default=None,
@@ -49,9 +50,13 @@ def run(args: argparse.Namespace) -> int:
     missing = args.missing or DEFAULT_MISSING[args.benchmark]
     workers = args.workers if args.workers is not None else max(1, min(4, os.cpu_count() or 1))
     progress = not args.no_progress
+    from veason_r1.errors import MissingInput
+
     if not pred.is_dir():
-        print(f"error: prediction folder {pred} does not exist")
-        return 2
+        raise MissingInput(f"--pred {pred}", "prediction folder does not exist",
+                           hint="run `veason-r1 predict` first, or pass the folder it wrote")
+    if not Path(args.data).is_dir():
+        raise MissingInput(f"--data {args.data}", "no such folder")
 
     split = args.split or DEFAULT_SPLITS[args.benchmark]
     if args.benchmark == "mevis" and split == "valid" and not _has_mask_dict(args.data, "valid"):

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 
+from veason_r1.flags import nonnegative_int, positive_float
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from veason_r1.inference.pipeline import add_model_arguments
@@ -19,25 +21,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder")
     add_model_arguments(parser)
     parser.add_argument("--no-overlay", action="store_true", help="skip overlay.mp4")
-    parser.add_argument("--overlay-fps", type=float, default=10.0)
-    parser.add_argument("--overlay-max-side", type=int, default=640, help="downsize the overlay (0: original size)")
+    parser.add_argument("--overlay-fps", type=positive_float, default=10.0)
+    parser.add_argument("--overlay-max-side", type=nonnegative_int, default=640,
+                        help="downsize the overlay (0: original size)")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Flags, the video, the output folder, the policy folder and the SAM2 checkpoint are checked before any model
+    loads; user errors are `UserError`s (one line, exit 2)."""
     import json
     import time
+    from pathlib import Path
 
     from veason_r1.data.video import open_video
+    from veason_r1.errors import BadInput
     from veason_r1.inference.pipeline import (
         InferenceConfig,
         build_engine,
         build_propagator,
+        check_infer_out,
+        check_sam2,
         segment_video,
         write_result,
     )
+    from veason_r1.models.policy import check_model_dir
 
     t0 = time.perf_counter()
+    if not args.query.strip():
+        raise BadInput("--query", "the query is empty", hint="give the expression to segment, e.g. 'the dog'")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise BadInput(f"--out {out}", "exists and is not a folder")
     source = open_video(args.video)
+    check_infer_out(out, source.names)
+    check_model_dir(args.model)
+    check_sam2(args.sam2, args.sam2_ckpt)
     config = InferenceConfig(image_size=args.image_size, num_frames=args.num_frames,
                              max_new_tokens=args.max_new_tokens)
     engine = build_engine(args.engine, args.model, args.image_size, batch_size=1, device=args.device,

@@ -12,6 +12,18 @@ from __future__ import annotations
 
 import argparse
 
+from veason_r1.flags import positive_int
+
+
+def _shard(text: str):
+    from veason_r1.errors import UserError
+    from veason_r1.inference.predict import Shard
+
+    try:
+        return Shard.parse(text)
+    except UserError as e:
+        raise argparse.ArgumentTypeError(e.what) from None
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from veason_r1.benchmarks import BENCHMARKS, SPLIT_HELP
@@ -22,11 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default=None, help=SPLIT_HELP)
     parser.add_argument("--out", "--pred", dest="out", required=True, help="prediction folder PRED")
     add_model_arguments(parser, model_required=False)
-    parser.add_argument("--shard", default=None, help="i/n: run shard i (0-based) of n")
+    parser.add_argument("--shard", type=_shard, default=None, help="i/n: run shard i (0-based) of n")
     parser.add_argument("--stage", choices=("1", "2", "all"), default="all")
-    parser.add_argument("--batch-size", type=int, default=16,
+    parser.add_argument("--batch-size", type=positive_int, default=16,
                         help="expressions generated together; also the sharding unit (results depend on it)")
-    parser.add_argument("--limit", type=int, default=None, help="only the first N expressions (smoke runs)")
+    parser.add_argument("--limit", type=positive_int, default=None, help="only the first N expressions (smoke runs)")
     parser.add_argument("--oracle-keyframe", action="store_true", help="keyframe = shown frame with largest GT area")
     parser.add_argument("--oracle-boxes", action="store_true", help="boxes = GT boxes of the keyframe")
     parser.add_argument("--merge", action="store_true", help="after this run, merge all shards (fails if incomplete)")
@@ -34,19 +46,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Every check that can fail (flags, dataset names and output paths, policy folder, SAM2 config and checkpoint,
+    the cache's fingerprint) runs before the first model is loaded; user errors are `UserError`s (exit 2)."""
     import json
+    from pathlib import Path
 
-    from veason_r1.inference.pipeline import InferenceConfig, build_engine, build_propagator
+    from veason_r1.errors import BadInput, MissingInput
+    from veason_r1.inference.pipeline import InferenceConfig, build_engine, build_propagator, check_sam2
     from veason_r1.inference.predict import (
         PredictConfig,
         Shard,
         merge_predictions,
         open_benchmark,
+        prepare_run,
         run_stage1,
         run_stage2,
     )
+    from veason_r1.models.policy import check_model_dir
 
-    shard = Shard.parse(args.shard)
+    shard = args.shard or Shard()
+    stages = [] if args.merge_only else [s for s, n in (("stage1", "1"), ("stage2", "2")) if args.stage in (n, "all")]
     config = PredictConfig(
         benchmark=args.benchmark,
         split=args.split,
@@ -56,23 +75,36 @@ def run(args: argparse.Namespace) -> int:
         oracle_keyframe=args.oracle_keyframe,
         oracle_boxes=args.oracle_boxes,
         limit=args.limit,
+        data=args.data,
+        engine=args.engine,
+        dtype=args.dtype,
+        sam2=args.sam2,
+        sam2_ckpt=args.sam2_ckpt,
     )
-    if config.needs_policy and not args.model and not args.merge_only and args.stage != "2":
-        raise SystemExit("--model is required unless both --oracle-keyframe and --oracle-boxes are given")
+    if not Path(args.data).is_dir():
+        raise MissingInput(f"--data {args.data}", "no such folder")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise BadInput(f"--out {args.out}", "exists and is not a folder")
+    if "stage1" in stages and config.needs_policy:
+        if not args.model:
+            raise BadInput("--model", "required unless both --oracle-keyframe and --oracle-boxes are given")
+        check_model_dir(args.model)
+    if "stage2" in stages:
+        check_sam2(args.sam2, args.sam2_ckpt)
     dataset = open_benchmark(args.benchmark, args.data, args.split)
+    prepare_run(dataset, args.out, config, stages)  # output paths, queries, fingerprint: before any model loads
     progress = not args.no_progress
-    if not args.merge_only:
-        if args.stage in ("1", "all"):
-            engine = None
-            if config.needs_policy:
-                engine = build_engine(args.engine, args.model, args.image_size, args.batch_size, args.device,
-                                      args.dtype, args.tensor_parallel_size, args.num_frames, args.fast_paths)
-            stats = run_stage1(dataset, engine, args.out, config, shard, progress=progress)
-            print(json.dumps({"stage": 1, "shard": shard.tag, **_rounded(stats)}))
-            del engine
-        if args.stage in ("2", "all"):
-            stats = run_stage2(dataset, build_propagator(args), args.out, config, shard, progress=progress)
-            print(json.dumps({"stage": 2, "shard": shard.tag, **_rounded(stats)}))
+    if "stage1" in stages:
+        engine = None
+        if config.needs_policy:
+            engine = build_engine(args.engine, args.model, args.image_size, args.batch_size, args.device,
+                                  args.dtype, args.tensor_parallel_size, args.num_frames, args.fast_paths)
+        stats = run_stage1(dataset, engine, args.out, config, shard, progress=progress)
+        print(json.dumps({"stage": 1, "shard": shard.tag, **_rounded(stats)}))
+        del engine
+    if "stage2" in stages:
+        stats = run_stage2(dataset, build_propagator(args), args.out, config, shard, progress=progress)
+        print(json.dumps({"stage": 2, "shard": shard.tag, **_rounded(stats)}))
     if args.merge or args.merge_only:
         report = merge_predictions(dataset, args.out, config)
         print(json.dumps({"merge": {"expressions": report.expressions, "stage1_records": report.stage1_records,

@@ -47,25 +47,28 @@ def _build_config(args: argparse.Namespace):
     if args.model is not None:
         paths["model_name_or_path"] = str(args.model)
     if args.data is None and args.config is None:
-        raise ValueError("give --data (the folder with dataset_info.json) or a --config that sets dataset_dir")
+        from veason_r1.errors import BadInput
+
+        raise BadInput("--data", "missing", hint="give --data (the folder with dataset_info.json) or a --config "
+                                                 "that sets dataset_dir")
     return dataclasses.replace(config, **paths)
 
 
 def run(args: argparse.Namespace) -> int:
     import torch
 
+    from veason_r1.models.policy import check_model_dir
     from veason_r1.sft.train import check_dataset, run_sft
 
-    try:
-        config = _build_config(args)
-        config, notes = config.for_device(torch.cuda.is_available())
-        for note in notes:
-            print(f"note: {note}", file=sys.stderr)
-        summary = check_dataset(config.dataset_dir, config.dataset, config.image_size,
-                                check_images=not args.skip_image_check)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    # user errors (config file, flags, data, base model) are `UserError`s: one line, exit 2, before any training
+    config = _build_config(args)
+    config, notes = config.for_device(torch.cuda.is_available())
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
+    summary = check_dataset(config.dataset_dir, config.dataset, config.image_size,
+                            check_images=not args.skip_image_check)
+    if Path(config.model_name_or_path).exists() or args.model is not None:
+        check_model_dir(config.model_name_or_path)  # a hub name (no such folder) is LLaMA-Factory's to resolve
     print(f"SFT data: {summary.num_samples} samples, {summary.num_images} frames of "
           f"{config.image_size}x{config.image_size} ({summary.data_file})")
     print(f"LoRA r={config.lora_rank} alpha={config.lora_alpha} lr={config.learning_rate} "

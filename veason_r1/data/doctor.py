@@ -4,28 +4,30 @@ Why: a bad frame name, an RLE of the wrong size or a dangling anno_id otherwise 
 a GRPO worker or as a silently wrong score. The doctor reads only JSON and image headers (full decode with
 `decode=True`), reports every problem as an `Issue(file, key, message)` and never stops at the first one.
 
-Checks (ReVOS/MeViS): malformed JSON; meta structure; video/frame names that escape the root (`..`, absolute);
-missing or unreadable frames, frames whose size differs within a video or from the meta height/width; empty
-expressions; obj_id/anno_id length mismatch; unknown anno_id; RLE list length vs frame count; RLE size vs frame
-size; malformed RLEs; foreground masks (ReVOS). Warnings (exit code stays 0): a type 0/1 expression whose GT is empty
-in every frame, a split without `mask_dict.json` (MeViS `valid` is scored by a server), a video missing from the
-foreground file. ReasonVOS: names, frames, empty `exp_text`, missing GT folders / PNGs, PNG size vs frame size.
+Checks (ReVOS/MeViS): malformed JSON; meta structure; video names, expression ids and frame names that escape the
+root or hold a separator (`..`, absolute; the rule of `veason_r1.paths`, the one every reader applies); duplicate
+frame names; missing or unreadable frames, frames whose size differs within a video or from the meta height/width;
+empty expressions; obj_id/anno_id length mismatch; unknown anno_id; RLE list length vs frame count; RLE size vs
+frame size; malformed RLEs; foreground masks, and a ReVOS split (one with `type_id`s) without
+`mask_dict_foreground.json` (its R metric needs it). Warnings (exit code stays 0): a type 0/1 expression whose GT is
+empty in every frame, a split without `mask_dict.json` (MeViS `valid` is scored by a server), a video missing from
+the foreground file. ReasonVOS: names, frames, empty `exp_text`, missing GT folders / PNGs, PNG size vs frame size.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 
 from PIL import Image
 from pycocotools import mask as mask_utils
 
 from veason_r1.data.masks import coco_rle, rle_area
 from veason_r1.data.revos import TYPE_NAMES
+from veason_r1.paths import name_problem
 
 ERROR, WARNING = "error", "warning"
 
@@ -73,17 +75,10 @@ class DoctorReport:
                 f"{len(self.errors)} errors, {len(self.warnings)} warnings")
 
 
-def unsafe_name(name: object) -> str | None:
-    """Why a video/frame name may not be joined under the dataset root, or None when it is safe."""
-    if not isinstance(name, str) or not name.strip():
-        return f"name must be a non-empty string, got {name!r}"
-    if "\x00" in name:
-        return "name contains a NUL byte"
-    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or re.match(r"^[A-Za-z]:", name):
-        return f"absolute path {name!r} escapes the dataset root"
-    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
-        return f"name {name!r} contains '..' and escapes the dataset root"
-    return None
+def unsafe_name(name: object, allow_slash: bool = True) -> str | None:
+    """Why a name may not be joined under the dataset root, or None when it is safe (`veason_r1.paths`' rule: video
+    names may hold `/`; expression ids and frame names are one component)."""
+    return name_problem(name, allow_slash=allow_slash)
 
 
 class _Checker:
@@ -215,6 +210,7 @@ class _Checker:
             self.issue(fg_file, "", "expected an object video -> {'masks_rle': [...]}")
             fg = None
         checked_annos: set[str] = set()
+        typed = False  # ReVOS has type_id; MeViS has none
         for vname, v, key in self.videos(meta_file, meta, f"doctor {split}"):
             size = self.check_frames(split, meta_file, vname, v)
             n = len(v["frames"])
@@ -223,10 +219,17 @@ class _Checker:
                 self.issue(meta_file, f"{key}.expressions", "missing 'expressions' object")
                 continue
             for exp_id, e in exps.items():
+                bad = unsafe_name(exp_id, allow_slash=False)
+                if bad:
+                    self.issue(meta_file, f"{key}.expressions[{exp_id!r}]", f"expression id: {bad}")
                 self.check_expression(meta_file, mask_file, mask_dict, f"{key}.expressions[{exp_id!r}]", e, n, size,
                                       checked_annos)
+                typed = typed or (isinstance(e, dict) and e.get("type_id") is not None)
             if fg is not None:
                 self.check_foreground(fg_file, fg, vname, n, size)
+        if typed and mask_file is not None and fg_file is None:
+            self.issue(self.root, split, "no mask_dict_foreground.json: a ReVOS split (expressions with type_id) "
+                                         "needs it for the R (robustness) metric")
 
     def check_frames(self, split: str, meta_file: Path, vname: str, v: dict) -> tuple[int, int] | None:
         key = f"videos[{vname!r}].frames"
@@ -241,7 +244,7 @@ class _Checker:
         first: tuple[int, int] | None = None
         seen: set[str] = set()
         for t, fname in enumerate(v["frames"]):
-            bad = unsafe_name(fname)
+            bad = unsafe_name(fname, allow_slash=False)
             if bad:
                 self.issue(meta_file, f"{key}[{t}]", bad)
                 continue
@@ -355,6 +358,9 @@ class _Checker:
             for exp_id, e in (v.get("expressions") or {}).items():
                 ekey = f"{key}.expressions[{exp_id!r}]"
                 self.report.expressions["untyped"] += 1
+                bad = unsafe_name(exp_id, allow_slash=False)
+                if bad:
+                    self.issue(meta_file, ekey, f"expression id: {bad}")
                 if not isinstance(e, dict):
                     self.issue(meta_file, ekey, "expression must be an object")
                     continue
@@ -371,7 +377,7 @@ class _Checker:
                     self.issue(gt_dir, ekey, "missing GT folder")
                     continue
                 for t, fname in enumerate(v["frames"]):
-                    if unsafe_name(fname):
+                    if unsafe_name(fname, allow_slash=False):
                         continue  # reported by check_frames
                     png = gt_dir / f"{fname}.png"
                     if not png.is_file():

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from veason_r1.data.revos import Expression, VideoMeta, load_json
+from veason_r1.data.revos import Expression, VideoMeta, check_frame_names, load_json
 from veason_r1.data.video import JpegFolderSource
+from veason_r1.errors import BadInput, MissingInput
+from veason_r1.paths import check_name, safe_join
 
 
 def read_png_mask(path: Path) -> np.ndarray:
@@ -32,25 +34,32 @@ def read_png_mask(path: Path) -> np.ndarray:
 def parse_reasonvos_meta(meta: object, source: Path) -> tuple[dict[str, VideoMeta], dict[str, dict]]:
     """(videos, per-video extra fields {source, is_sent}); errors name the file and key."""
     if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
-        raise ValueError(f"{source}: expected {{'videos': {{...}}}} at top level")
+        raise BadInput(source, "expected {'videos': {...}} at top level")
     videos: dict[str, VideoMeta] = {}
     extra: dict[str, dict] = {}
     for vname, v in meta["videos"].items():
-        where = f"{source}: videos[{vname!r}]"
+        where = f"videos[{vname!r}]"
+        check_name(vname, f"{where}: video name", source, allow_slash=True)
         if not isinstance(v, dict) or not isinstance(v.get("frames"), list):
-            raise ValueError(f"{where}: missing 'frames' list")
+            raise BadInput(source, f"{where}: missing 'frames' list")
         if "source" not in v:
-            raise ValueError(f"{where}: missing 'source'")
-        vm = VideoMeta(vname, [str(f) for f in v["frames"]])
-        src = str(v["source"])
+            raise BadInput(source, f"{where}: missing 'source'")
+        vm = VideoMeta(vname, check_frame_names(v["frames"], f"{where}.frames", source))
+        src = check_name(str(v["source"]), f"{where}.source", source)
         for key, e in (v.get("expressions") or {}).items():
+            check_name(key, f"{where}.expressions[{key!r}]: expression id", source)
             if not isinstance(e, dict) or "exp_text" not in e or "obj_id" not in e:
-                raise ValueError(f"{where}.expressions[{key!r}]: needs 'exp_text' and 'obj_id'")
+                raise BadInput(source, f"{where}.expressions[{key!r}]: needs 'exp_text' and 'obj_id'")
             obj = e["obj_id"]
-            obj_ids = tuple(int(o) for o in obj) if isinstance(obj, list) else (int(obj),)
+            try:
+                obj_ids = tuple(int(o) for o in obj) if isinstance(obj, list) else (int(obj),)
+            except (TypeError, ValueError):
+                raise BadInput(source, f"{where}.expressions[{key!r}].obj_id: expected integer ids, got {obj!r}") \
+                    from None
             vm.expressions[str(key)] = Expression(
                 video=vname, exp_id=str(key), text=str(e["exp_text"]), obj_ids=obj_ids,
-                anno_ids=tuple(f"{src}_{vname}_{o}" for o in (obj if isinstance(obj, list) else [obj])),
+                anno_ids=tuple(check_name(f"{src}_{vname}_{o}", f"{where}.expressions[{key!r}]: GT folder", source,
+                                          allow_slash=True) for o in (obj if isinstance(obj, list) else [obj])),
                 type_id=None)
         videos[vname] = vm
         extra[vname] = {"source": src, "is_sent": bool(v.get("is_sent", False))}
@@ -70,10 +79,10 @@ class ReasonVOSDataset:
 
     # frames ------------------------------------------------------------------------------------------------
     def frame_dir(self, video: str) -> Path:
-        return self.root / "JPEGImages" / video
+        return safe_join(self.root / "JPEGImages", video, key=f"video {video!r}")
 
     def frames(self, video: str) -> JpegFolderSource:
-        return JpegFolderSource(self.frame_dir(video), self.videos[video].frames)
+        return JpegFolderSource(self.frame_dir(video), self.videos[video].frames, video=video)
 
     def size(self, video: str) -> tuple[int, int]:
         if video not in self._sizes:
@@ -93,7 +102,7 @@ class ReasonVOSDataset:
                     if alt.is_dir():
                         return alt
                     break
-            raise FileNotFoundError(f"missing GT folder {path}")
+            raise MissingInput(path, "missing GT folder")
         return path
 
     def annotated_frames(self, expr: Expression) -> list[int]:

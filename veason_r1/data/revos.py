@@ -3,6 +3,11 @@
 Layout (docs/method.md §2): `JPEGImages/<video>/<frame>.jpg` (video names may contain slashes),
 `mask_dict.json` (anno_id -> per-frame RLE or null), `mask_dict_foreground.json` (video -> {"masks_rle": [...]}),
 `meta_expressions_<split>_.json`.
+
+Untrusted input is refused when the dataset is opened, before any command writes (docs/data.md, "What is refused"):
+video names, expression ids and frame names that would escape a root (`veason_r1.paths`), duplicate frame names,
+and per-frame mask lists (objects and foreground) whose length is not the video's frame count. An RLE that does
+not decode, or decodes to another size than the video, is an error naming the anno_id and the frame.
 """
 
 from __future__ import annotations
@@ -16,8 +21,10 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from veason_r1.benchmarks import DEFAULT_SPLITS
-from veason_r1.data.masks import coco_rle, decode_rle, rle_area, union_masks
+from veason_r1.data.masks import coco_rle, decode_rle, rle_area, rle_size, union_masks
 from veason_r1.data.video import JpegFolderSource
+from veason_r1.errors import BadInput, MissingInput, MissingKey
+from veason_r1.paths import check_name, safe_join
 
 TYPE_NAMES = {0: "referring", 1: "reasoning", 2: "no_target"}
 
@@ -53,9 +60,11 @@ def load_json(path: Path) -> object:
         with open(path) as f:
             return json.load(f)
     except FileNotFoundError:
-        raise FileNotFoundError(f"missing file: {path}") from None
+        raise MissingInput(path, "missing file") from None
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: not valid JSON ({e})") from None
+        raise BadInput(path, f"not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise BadInput(path, f"not UTF-8 text ({e})") from None
 
 
 def meta_path(root: Path, split: str) -> Path:
@@ -64,32 +73,60 @@ def meta_path(root: Path, split: str) -> Path:
                  root / split / "meta_expressions.json"):
         if cand.is_file():
             return cand
-    raise FileNotFoundError(f"no meta_expressions file for split {split!r} under {root}")
+    raise MissingInput(root, f"no meta_expressions file for split {split!r}",
+                       hint=f"expected meta_expressions_{split}_.json or {split}/meta_expressions.json; "
+                            "`veason-r1 doctor ROOT` lists the splits present")
 
 
 def parse_meta(meta: object, source: Path) -> dict[str, VideoMeta]:
     """Validate and parse a meta_expressions JSON; errors name the file and the key."""
     if not isinstance(meta, dict) or not isinstance(meta.get("videos"), dict):
-        raise ValueError(f"{source}: expected {{'videos': {{...}}}} at top level")
+        raise BadInput(source, "expected {'videos': {...}} at top level")
     videos: dict[str, VideoMeta] = {}
     for vname, v in meta["videos"].items():
-        where = f"{source}: videos[{vname!r}]"
+        key = f"videos[{vname!r}]"
+        check_name(vname, f"{key}: video name", source, allow_slash=True)
         if not isinstance(v, dict) or not isinstance(v.get("frames"), list):
-            raise ValueError(f"{where}: missing 'frames' list")
-        vm = VideoMeta(vname, [str(f) for f in v["frames"]], v.get("height"), v.get("width"))
-        for exp_id, e in (v.get("expressions") or {}).items():
+            raise BadInput(source, f"{key}: missing 'frames' list")
+        frames = check_frame_names(v["frames"], f"{key}.frames", source)
+        height, width = v.get("height"), v.get("width")
+        for name, value in (("height", height), ("width", width)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise BadInput(source, f"{key}.{name}: expected a positive integer, got {value!r}")
+        vm = VideoMeta(vname, frames, height, width)
+        exps = v.get("expressions") or {}
+        if not isinstance(exps, dict):
+            raise BadInput(source, f"{key}.expressions: expected an object exp_id -> expression")
+        for exp_id, e in exps.items():
+            ekey = f"{key}.expressions[{exp_id!r}]"
+            check_name(exp_id, f"{ekey}: expression id", source)
             if not isinstance(e, dict) or "exp" not in e:
-                raise ValueError(f"{where}.expressions[{exp_id!r}]: missing 'exp'")
-            vm.expressions[str(exp_id)] = Expression(
-                video=vname,
-                exp_id=str(exp_id),
-                text=str(e["exp"]),
-                obj_ids=tuple(int(o) for o in e.get("obj_id", [])),
-                anno_ids=tuple(str(a) for a in e.get("anno_id", [])),
-                type_id=None if e.get("type_id") is None else int(e["type_id"]),
-            )
+                raise BadInput(source, f"{ekey}: missing 'exp'")
+            try:
+                obj_ids = tuple(int(o) for o in e.get("obj_id", []))
+                anno_ids = tuple(str(a) for a in e.get("anno_id", []))
+                type_id = None if e.get("type_id") is None else int(e["type_id"])
+            except (TypeError, ValueError) as err:
+                raise BadInput(source, f"{ekey}: obj_id, anno_id and type_id must be lists of ids / an int ({err})") \
+                    from None
+            vm.expressions[str(exp_id)] = Expression(video=vname, exp_id=str(exp_id), text=str(e["exp"]),
+                                                     obj_ids=obj_ids, anno_ids=anno_ids, type_id=type_id)
         videos[vname] = vm
     return videos
+
+
+def check_frame_names(frames: list, key: str, source: Path) -> list[str]:
+    """Frame names as strings; unsafe or duplicate names are refused (a duplicate would be scored twice)."""
+    names = []
+    seen: dict[str, int] = {}
+    for t, f in enumerate(frames):
+        name = check_name(str(f) if isinstance(f, (int, str)) else f, f"{key}[{t}]: frame name", source)
+        if name in seen:
+            raise BadInput(source, f"{key}[{t}]: duplicate frame name {name!r} (also at index {seen[name]})",
+                           hint="every frame of a video must have its own name")
+        seen[name] = t
+        names.append(name)
+    return names
 
 
 class ReVOSDataset:
@@ -105,25 +142,61 @@ class ReVOSDataset:
         self.mask_dict: dict[str, list] = load_json(self.mask_dict_file)  # RLE strings; decoded per frame on demand
         fg_file = self._find("mask_dict_foreground.json", required=False)
         self.foreground: dict[str, dict] = load_json(fg_file) if (fg_file and load_foreground) else {}
+        self.foreground_file = fg_file
+        if not isinstance(self.mask_dict, dict):
+            raise BadInput(self.mask_dict_file, "expected an object anno_id -> list of per-frame RLEs")
+        if not isinstance(self.foreground, dict):
+            raise BadInput(fg_file, "expected an object video -> {'masks_rle': [...]}")
         self.expressions = [e for v in self.videos.values() for e in v.expressions.values()]
+        self._check_mask_lengths()
+
+    def _check_mask_lengths(self) -> None:
+        """Every listed object has one mask entry per frame: a short list would read as empty GT in the missing
+        frames (a silently wrong score), a long one is misaligned. Unknown anno_ids stay a lazy KeyError (MeViS
+        splits without GT never ask)."""
+        for vm in self.videos.values():
+            n = len(vm.frames)
+            for e in vm.expressions.values():
+                for a in e.anno_ids:
+                    rles = self.mask_dict.get(a)
+                    if rles is None:
+                        continue
+                    if not isinstance(rles, list):
+                        raise BadInput(self.mask_dict_file, f"anno_id {a!r}: expected a list with one RLE (or null) "
+                                                            "per frame")
+                    if len(rles) != n:
+                        raise BadInput(self.mask_dict_file,
+                                       f"anno_id {a!r} (video {vm.name!r}, expression {e.exp_id!r}) has {len(rles)} "
+                                       f"masks for the video's {n} frames",
+                                       hint="one RLE or null per frame listed in the meta file")
+            fg = self.foreground.get(vm.name)
+            if isinstance(fg, dict) and isinstance(fg.get("masks_rle"), list) and len(fg["masks_rle"]) != n:
+                raise BadInput(self.foreground_file, f"video {vm.name!r}: {len(fg['masks_rle'])} foreground masks "
+                                                     f"for {n} frames")
 
     def _find(self, name: str, required: bool = True) -> Path | None:
         for cand in (self.root / name, self.root / self.split / name):
             if cand.is_file():
                 return cand
         if required:
-            raise FileNotFoundError(f"missing {name} under {self.root}")
+            raise MissingInput(self.root / name, f"missing (also looked in {self.root / self.split})")
         return None
 
     # frames ------------------------------------------------------------------------------------------------
     def frame_dir(self, video: str) -> Path:
-        for cand in (self.root / "JPEGImages" / video, self.root / self.split / "JPEGImages" / video):
+        """The video's frame folder, always inside the dataset root (an escaping name is refused)."""
+        candidates = [safe_join(self.root / "JPEGImages", video, key=f"video {video!r}"),
+                      safe_join(self.root / self.split / "JPEGImages", video, key=f"video {video!r}")]
+        for cand in candidates:
             if cand.is_dir():
                 return cand
-        return self.root / "JPEGImages" / video
+        return candidates[0]
 
     def frames(self, video: str) -> JpegFolderSource:
-        return JpegFolderSource(self.frame_dir(video), self.videos[video].frames)
+        """The video's frames; each decoded frame must have the video's size (meta height/width, else frame 0)."""
+        vm = self.videos[video]
+        expected = (int(vm.height), int(vm.width)) if vm.height and vm.width else None
+        return JpegFolderSource(self.frame_dir(video), vm.frames, expected_size=expected, video=video)
 
     def size(self, video: str) -> tuple[int, int]:
         vm = self.videos[video]
@@ -136,15 +209,31 @@ class ReVOSDataset:
         try:
             rles = self.mask_dict[str(anno_id)]
         except KeyError:
-            raise KeyError(f"{self.mask_dict_file}: unknown anno_id {anno_id!r}") from None
-        return rles[t] if t < len(rles) else None
+            raise MissingKey(self.mask_dict_file, f"unknown anno_id {anno_id!r}",
+                             hint="`veason-r1 doctor ROOT` lists every anno_id the meta file names but the masks lack") \
+                from None
+        if not 0 <= t < len(rles):
+            raise IndexError(f"{self.mask_dict_file}: anno_id {anno_id!r} has no frame {t} ({len(rles)} masks)")
+        return rles[t]
 
-    def object_mask(self, anno_id: str, t: int) -> np.ndarray | None:
-        """Mask of one annotated object in frame t, or None when the object is absent there."""
-        return decode_rle(self._rle(anno_id, t))
+    def object_mask(self, anno_id: str, t: int, size: tuple[int, int] | None = None) -> np.ndarray | None:
+        """Mask of one annotated object in frame t, or None when the object is absent there. A malformed RLE, or one
+        of another size than `size`, is a `BadInput` naming the anno_id and the frame."""
+        rle = self._rle(anno_id, t)
+        where = f"anno_id {anno_id!r}, frame {t}"
+        try:
+            mask = decode_rle(rle)
+        except (ValueError, TypeError, KeyError, IndexError) as e:  # pycocotools: "Invalid RLE mask representation"
+            raise BadInput(self.mask_dict_file, f"{where}: invalid RLE ({e})",
+                           hint="`veason-r1 doctor ROOT --decode` lists every RLE that does not decode") from None
+        if mask is not None and size is not None and mask.shape != tuple(size):
+            raise BadInput(self.mask_dict_file, f"{where}: RLE is {mask.shape[0]}x{mask.shape[1]}, the video's "
+                                                f"frames are {size[0]}x{size[1]}")
+        return mask
 
     def object_masks(self, expr: Expression, t: int) -> list[np.ndarray | None]:
-        return [self.object_mask(a, t) for a in expr.anno_ids]
+        size = self.size(expr.video)
+        return [self.object_mask(a, t, size) for a in expr.anno_ids]
 
     def gt_mask(self, expr: Expression, t: int) -> np.ndarray:
         """Union of the expression's objects in frame t (empty for no-target expressions)."""
@@ -153,26 +242,46 @@ class ReVOSDataset:
     def gt_areas(self, expr: Expression) -> list[int]:
         """Per-frame area of the GT union, computed on the RLEs (no full decode unless objects overlap)."""
         n = len(self.videos[expr.video].frames)
+        h, w = self.size(expr.video)
         areas = []
         for t in range(n):
-            rles = [self._rle(a, t) for a in expr.anno_ids]
-            rles = [r for r in rles if r is not None]
-            if not rles:
-                areas.append(0)
-            elif len(rles) == 1:
-                r = rles[0]
-                areas.append(rle_area(r))
-            else:
-                merged = mask_utils.merge([coco_rle(r) for r in rles], intersect=False)
-                areas.append(int(mask_utils.area(merged)))
+            rles = [(a, self._rle(a, t)) for a in expr.anno_ids]
+            rles = [(a, r) for a, r in rles if r is not None]
+            for a, r in rles:  # header checks only: a full decode of every frame would be slow
+                try:
+                    ok = rle_size(r) == (h, w)
+                except (TypeError, KeyError, ValueError, IndexError):
+                    ok = False
+                if not ok:
+                    self.object_mask(a, t, (h, w))  # raises the precise error (bad RLE or wrong size)
+            try:
+                if not rles:
+                    areas.append(0)
+                elif len(rles) == 1:
+                    areas.append(rle_area(rles[0][1]))
+                else:
+                    merged = mask_utils.merge([coco_rle(r) for _, r in rles], intersect=False)
+                    areas.append(int(mask_utils.area(merged)))
+            except (ValueError, TypeError) as e:
+                raise BadInput(self.mask_dict_file, f"anno_id(s) {[a for a, _ in rles]}, frame {t}: invalid RLE "
+                                                    f"({e})") from None
+            if areas[-1] > h * w:  # counts that do not add up to the frame: pycocotools' area does not check
+                for a, _ in rles:
+                    self.object_mask(a, t, (h, w))
+                raise BadInput(self.mask_dict_file, f"anno_id(s) {[a for a, _ in rles]}, frame {t}: invalid RLE "
+                                                    f"(area {areas[-1]} > {h}x{w})")
         return areas
 
     def foreground_mask(self, video: str, t: int) -> np.ndarray:
         """Union of all annotated objects of the video in frame t (ReVOS's R metric)."""
         rles = self.foreground.get(video, {}).get("masks_rle")
         if rles is None:
-            raise KeyError(f"{self.root}/mask_dict_foreground.json: no entry for video {video!r}")
-        return decode_rle(rles[t] if t < len(rles) else None, self.size(video))
+            raise MissingKey(self.foreground_file or self.root / "mask_dict_foreground.json",
+                             f"no entry for video {video!r}")
+        try:
+            return decode_rle(rles[t], self.size(video))
+        except (ValueError, TypeError, KeyError) as e:
+            raise BadInput(self.foreground_file, f"video {video!r}, frame {t}: invalid RLE ({e})") from None
 
 
 def MeViSDataset(root: str | os.PathLike, split: str = DEFAULT_SPLITS["mevis"], **kw) -> ReVOSDataset:  # noqa: N802

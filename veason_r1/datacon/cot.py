@@ -8,7 +8,7 @@ Files in the output folder:
 - `cot_records.json`: the final list in the authors' record format, rebuilt from the JSONL at the end of every run.
 - `cot_summary.json`: counts (done, retried, failed, skipped) and tokens used. `cot_run.json`: seed and frame count
   the folder was started with (a rerun with other values is refused, so one folder never mixes two samplings).
-No file holds the API key.
+No file holds the API key, nor credentials embedded in the endpoint URL (`veason_r1.redact`).
 
 Bounded concurrency: at most `concurrency` samples are in flight (prepared, requested, validated) at any time.
 """
@@ -27,8 +27,10 @@ from veason_r1.config import FRAMES
 from veason_r1.data.revos import Expression, ReVOSDataset
 from veason_r1.datacon.cot_request import CotSample, build_request, prepare_sample
 from veason_r1.datacon.teachers import Teacher, TeacherError, TeacherReply
+from veason_r1.errors import BadInput
 from veason_r1.io_utils import append_jsonl, atomic_write_bytes, atomic_write_json, read_jsonl
 from veason_r1.prompting import answer_json, build_prompt, format_response
+from veason_r1.redact import redact_urls
 
 RECORDS_JSONL = "cot_records.jsonl"
 FAILURES_JSONL = "cot_failures.jsonl"
@@ -72,7 +74,7 @@ class CotSummary:
                 f"tokens: {self.prompt_tokens} prompt + {self.completion_tokens} completion = "
                 f"{self.prompt_tokens + self.completion_tokens}; {self.seconds:.1f} s")
         if self.aborted:
-            text += f"\naborted: {self.aborted}"
+            text += f"\naborted: {redact_urls(self.aborted)}"
         for f in self.failures[:5]:
             text += f"\n  failed {f['key']}: {f['reason']}"
         if len(self.failures) > 5:
@@ -156,15 +158,18 @@ def _check_run_manifest(out_dir: Path, config: CotConfig, teacher: Teacher) -> N
     manifest = {"seed": config.seed, "num_frames": config.num_frames}
     path = out_dir / RUN_JSON
     if path.exists():
-        with open(path) as f:
-            old = json.load(f)
+        try:
+            with open(path) as f:
+                old = json.load(f)
+        except json.JSONDecodeError as e:
+            raise BadInput(path, f"not valid JSON ({e})", hint="use another --out-dir") from None
         for k, v in manifest.items():
             if old.get(k) != v:
-                raise ValueError(f"{path}: this folder was started with {k}={old.get(k)!r}, not {v!r}; "
-                                 "rerun with the same value or use another output folder")
+                raise BadInput(path, f"this folder was started with {k}={old.get(k)!r}, not {v!r}",
+                               hint="rerun with the same value or use another output folder")
     else:
-        atomic_write_json(path, {**manifest, "teacher": repr(teacher), "started": time.strftime("%Y-%m-%d %H:%M:%S")},
-                          indent=2)
+        atomic_write_json(path, {**manifest, "teacher": redact_urls(repr(teacher)),
+                                 "started": time.strftime("%Y-%m-%d %H:%M:%S")}, indent=2)
 
 
 def _work(ds: ReVOSDataset, teacher: Teacher, expr: Expression, config: CotConfig):
@@ -191,7 +196,7 @@ def run_cot(ds: ReVOSDataset, teacher: Teacher, out_dir: str | os.PathLike, conf
     from tqdm import tqdm
 
     if config.concurrency < 1:
-        raise ValueError(f"concurrency must be >= 1, got {config.concurrency}")
+        raise BadInput("--concurrency", f"must be >= 1, got {config.concurrency}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_run_manifest(out_dir, config, teacher)
@@ -233,7 +238,7 @@ def run_cot(ds: ReVOSDataset, teacher: Teacher, out_dir: str | os.PathLike, conf
                     summary.retried += max(e.attempts - 1, 0)
                     failure = {"key": key, "reason": e.reason, "attempts": e.attempts}
                     if e.fatal and summary.aborted is None:
-                        summary.aborted = f"{e.reason} (no further samples were sent)"
+                        summary.aborted = redact_urls(f"{e.reason} (no further samples were sent)")
                 except Exception as e:  # noqa: BLE001 - bad data in one sample must not stop the others
                     summary.failed += 1
                     failure = {"key": key, "reason": f"{type(e).__name__}: {e}", "attempts": 0}
@@ -249,6 +254,7 @@ def run_cot(ds: ReVOSDataset, teacher: Teacher, out_dir: str | os.PathLike, conf
                         summary.prompt_tokens += reply.prompt_tokens
                         summary.completion_tokens += reply.completion_tokens
                 if failure is not None:
+                    failure["reason"] = redact_urls(str(failure["reason"]))  # error texts may quote the URL
                     summary.failures.append(failure)
                     append_jsonl(failures_path, failure)
                 bar.update(1)

@@ -134,8 +134,10 @@ class OpenAITeacher:
         """Stop retrying: waiting samples give up at once (a request already sent still runs to its timeout)."""
         self._stop.set()
 
-    def __repr__(self) -> str:  # never shows the key
-        return f"OpenAITeacher(base_url={self.config.base_url!r}, model={self.config.model!r})"
+    def __repr__(self) -> str:  # never shows the key, nor credentials inside the URL
+        from veason_r1.redact import redact_urls
+
+        return redact_urls(f"OpenAITeacher(base_url={self.config.base_url!r}, model={self.config.model!r})", self._key)
 
     def _classify(self, exc: BaseException) -> tuple[str, bool, float | None]:
         """(reason, retryable, server-requested delay) for an exception from one attempt."""

@@ -26,6 +26,9 @@ from veason_r1.config import FRAMES, IMAGE_SIZE
 from veason_r1.data.masks import box_from_square
 from veason_r1.data.sampling import eval_frames
 from veason_r1.data.video import FrameSource, open_video, resize_frame
+from veason_r1.errors import BadInput, MissingInput, UserError
+from veason_r1.flags import policy_image_size, positive_int
+from veason_r1.paths import OWNER_MARKER, is_owned, mark_owned, name_problem, remove_owned_tree
 from veason_r1.prompting import parse_prediction
 
 
@@ -203,12 +206,12 @@ def segment_video(
     from veason_r1.models.policy import GenerationRequest
 
     if not query or not query.strip():
-        raise ValueError("segment_video: the query is empty")
+        raise BadInput("--query", "the query is empty", hint="give the expression to segment, e.g. 'the dog'")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     source = video if isinstance(video, FrameSource) else open_video(video)
     if len(source) == 0:
-        raise ValueError(f"segment_video: {video} has no frames")
+        raise BadInput(str(video), "the video has no frames")
     height, width = source.size
     frame_ids = sample_frame_ids(len(source), config.num_frames)
     images = policy_images(source, frame_ids, config.image_size)
@@ -234,15 +237,25 @@ def write_result(
     overlay_max_side: int | None = 640,
     progress: bool = True,
 ) -> Path:
-    """Write `masks/<frame>.png` (0/255, original size), `result.json`, and `overlay.mp4`; returns out_dir."""
+    """Write `masks/<frame>.png` (0/255, original size), `result.json`, and `overlay.mp4`; returns out_dir.
+
+    The masks go to a private folder that then replaces `masks/` whole, so a reused OUT never keeps another
+    video's frames beside the new ones. An existing `masks/` is replaced only if an earlier `infer` made it (it
+    holds the ownership marker); anything else there is refused before writing."""
     from veason_r1.inference.overlay import OverlayStyle, overlay_frames, write_mp4
     from veason_r1.io_utils import atomic_write_json
 
     out = Path(out_dir)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    masks_dir, tmp_dir = out / "masks", out / ".masks.partial"
+    check_infer_out(out, result.frame_names)
+    out.mkdir(parents=True, exist_ok=True)
+    remove_owned_tree(tmp_dir, out)  # a killed run's leftovers
+    mark_owned(tmp_dir, "infer")
     t0 = time.perf_counter()
     for name, mask in _progress(zip(result.frame_names, result.masks), progress, len(result.masks), "masks"):
-        write_mask_png(out / "masks" / f"{name}.png", mask)
+        (tmp_dir / f"{name}.png").write_bytes(mask_png_bytes(mask))
+    remove_owned_tree(masks_dir, out)
+    os.replace(tmp_dir, masks_dir)
     result.timings["write_masks_s"] = time.perf_counter() - t0
     if overlay:
         t0 = time.perf_counter()
@@ -253,6 +266,19 @@ def write_result(
         result.timings["overlay_s"] = time.perf_counter() - t0
     atomic_write_json(out / "result.json", result.to_json(), indent=2)
     return out
+
+
+def check_infer_out(out: Path, frame_names: Sequence[str]) -> None:
+    """Before anything is written: every frame name is a safe file name, and an existing OUT/masks (or its private
+    partial folder) was made by `infer` (holds the marker); otherwise a `UserError` naming the folder."""
+    for t, name in enumerate(frame_names):
+        problem = name_problem(name)
+        if problem:
+            raise BadInput(out, f"frame {t}: unsafe frame name: {problem}")
+    for folder in (out / "masks", out / ".masks.partial"):
+        if (folder.exists() or folder.is_symlink()) and not is_owned(folder):
+            raise UserError(folder, f"exists but was not written by `veason-r1 infer` (no {OWNER_MARKER} marker): "
+                                    "refusing to replace it", hint="choose another --out folder")
 
 
 def iter_frames(source: FrameSource):
@@ -294,9 +320,7 @@ def build_engine(
     """A generation engine: "hf" (batched `generate`, left padding; CPU or GPU) or "vllm" (GPU nodes only)."""
     from veason_r1.models import policy as policy_lib
 
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise FileNotFoundError(f"--model: no model folder at {model_dir}")
+    model_dir = policy_lib.check_model_dir(model_dir)
     if kind == "hf":
         if device is None:
             import torch
@@ -318,21 +342,62 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
     parser.add_argument("--sam2-ckpt", default=None, help="SAM2 checkpoint (.pt); omitted: random weights (tests)")
     parser.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default="auto", help="policy dtype: auto, bfloat16, float32")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
+                        help="policy dtype (default auto: bfloat16 on CUDA, float32 on CPU)")
     parser.add_argument("--fast-paths", choices=("auto", "on", "off"), default="auto",
                         help="exact HF speed-ups for Qwen2.5-VL (batched vision windows, grouped decode attention); "
                              "auto = on CUDA")
-    parser.add_argument("--image-size", type=int, default=IMAGE_SIZE, help="policy square frame side (560)")
-    parser.add_argument("--num-frames", type=int, default=FRAMES.eval_frames,
+    parser.add_argument("--image-size", type=policy_image_size, default=IMAGE_SIZE,
+                        help="policy square frame side, a multiple of 28 (560)")
+    parser.add_argument("--num-frames", type=positive_int, default=FRAMES.eval_frames,
                         help="frames shown to the policy (linspace)")
-    parser.add_argument("--max-new-tokens", type=int, default=1024)
-    parser.add_argument("--tensor-parallel-size", type=int, default=1, help="vLLM only")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=1024)
+    parser.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="vLLM only")
     parser.add_argument("--offload", action="store_true",
                         help="keep SAM2 frames and memories in CPU memory (long videos: bounded GPU memory)")
     parser.add_argument("--no-progress", action="store_true")
 
 
+def check_sam2(name: str, checkpoint: str | None) -> None:
+    """Resolve `--sam2` and check `--sam2-ckpt` before any expensive stage (the policy pass can take hours):
+    the config must be known, the checkpoint a complete PyTorch zip archive. `UserError` naming the flag/file."""
+    from veason_r1.models.sam2 import SAM2_CONFIGS, _config_path
+
+    try:
+        _config_path(name)
+    except ValueError:
+        raise BadInput("--sam2", f"unknown SAM2 config {name!r}",
+                       hint=f"use tiny, one of {', '.join(sorted(SAM2_CONFIGS))}, or a yaml path") from None
+    if checkpoint is None:
+        return
+    check_torch_checkpoint(checkpoint, "--sam2-ckpt")
+
+
+def check_torch_checkpoint(path: str | os.PathLike, flag: str) -> None:
+    """A `torch.save` file that can be opened: it exists, and its zip central directory (at the end of the file)
+    is there, so a truncated download is caught now, in a second, rather than after the first stage."""
+    import zipfile
+
+    p = Path(path)
+    if not p.is_file():
+        raise MissingInput(p, f"{flag}: checkpoint not found")
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as z:
+                if not any(n.endswith("data.pkl") for n in z.namelist()):
+                    raise BadInput(p, f"{flag}: a zip file, but not a PyTorch checkpoint (no data.pkl)")
+        except zipfile.BadZipFile as e:
+            raise BadInput(p, f"{flag}: corrupt checkpoint ({e})", hint="download it again") from None
+        return
+    with open(p, "rb") as f:
+        head = f.read(2)
+    if head[:1] != b"\x80":  # neither the zip format nor the legacy pickle format
+        raise BadInput(p, f"{flag}: not a PyTorch checkpoint (truncated or another format)",
+                       hint="download it again (e.g. sam2.1_hiera_large.pt from the SAM2 release)")
+
+
 def build_propagator(args: Any) -> Any:
     from veason_r1.models.sam2 import load_sam2
 
+    check_sam2(args.sam2, args.sam2_ckpt)
     return load_sam2(args.sam2, checkpoint=args.sam2_ckpt, device=args.device, offload=args.offload)

@@ -12,14 +12,24 @@ a single run, in any shard, and after a resume (a partly written block is regene
 records are appended). Stage-2 masks go to a private temporary folder that is renamed into place when complete, so
 an expression folder either holds every frame or does not exist. `merge_predictions` then joins the shards'
 records in dataset order into `PRED/predictions.jsonl` and checks every mask folder.
+
+Untrusted datasets and resumes (docs/inference.md, "What predict refuses"): before anything is written, every
+output path built from a video name, expression id or frame name must stay inside PRED (`veason_r1.paths`), and the
+run's fingerprint (`PredictConfig.fingerprint`: data, both models and checkpoints by sampled content hash, sizes,
+frames, decoding) must equal the one cached in `.stage1/config.json`, else the run stops naming the differing keys.
+Each mask folder holds a manifest (`MASK_MANIFEST`: byte size and CRC-32 of every PNG, and the digest of the
+settings that made it): it is the folder's ownership marker (a folder without one is never deleted or replaced)
+and the completeness test (a corrupt or missing PNG, or masks made with other settings, are not complete).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
 import time
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from veason_r1.errors import BadInput
 from veason_r1.inference.pipeline import (
     Answer,
     InferenceConfig,
@@ -39,11 +50,14 @@ from veason_r1.inference.pipeline import (
     sample_frame_ids,
 )
 from veason_r1.benchmarks import BENCHMARKS, DEFAULT_SPLITS, benchmark  # noqa: F401 - BENCHMARKS re-exported
-from veason_r1.io_utils import append_jsonl, atomic_write_json, atomic_write_text, read_jsonl
+from veason_r1.io_utils import append_jsonl, atomic_write_json, atomic_write_text, file_identity, read_jsonl
+from veason_r1.paths import mark_owned, name_problem, remove_owned_tree, safe_join
 
 STAGE1_DIR = ".stage1"
 PARTIAL_DIR = ".partial"
 MERGED_FILE = "predictions.jsonl"
+MASK_MANIFEST = ".veason-r1-masks.json"  # inside every mask folder: ownership marker and completeness record
+STAGES = ("stage1", "stage2")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -91,7 +105,7 @@ class Shard:
 
     def __post_init__(self) -> None:
         if self.count < 1 or not 0 <= self.index < self.count:
-            raise ValueError(f"--shard {self.index}/{self.count}: need 0 <= i < n")
+            raise BadInput("--shard", f"{self.index}/{self.count}: need 0 <= i < n")
 
     @classmethod
     def parse(cls, text: str | None) -> Shard:
@@ -101,7 +115,7 @@ class Shard:
         try:
             i, n = (int(x) for x in str(text).split("/"))
         except ValueError:
-            raise ValueError(f"--shard {text!r}: expected i/n, e.g. 0/4") from None
+            raise BadInput("--shard", f"{text!r}: expected i/n, e.g. 0/4") from None
         return cls(i, n)
 
     def owns(self, block: int) -> bool:
@@ -119,7 +133,7 @@ def make_blocks(expressions: Sequence[Any], batch_size: int) -> list[list[Any]]:
     keys = [e.key for e in expressions]
     if len(set(keys)) != len(keys):
         dup = next(k for k in keys if keys.count(k) > 1)
-        raise ValueError(f"duplicate expression key {dup!r} in the benchmark")
+        raise BadInput("dataset", f"duplicate expression key {dup!r}: two expressions would share one mask folder")
     return [list(expressions[i : i + batch_size]) for i in range(0, len(expressions), batch_size)]
 
 
@@ -135,7 +149,7 @@ def owned_blocks(blocks: Sequence[list[Any]], shard: Shard) -> Iterator[tuple[in
 
 @dataclass(frozen=True)
 class PredictConfig:
-    """Everything that changes stage-1 results; stored in the cache so a resume cannot mix settings."""
+    """Everything that changes the results; its fingerprint is stored in the cache so a resume cannot mix settings."""
 
     benchmark: str
     split: str | None = None
@@ -145,35 +159,139 @@ class PredictConfig:
     oracle_keyframe: bool = False
     oracle_boxes: bool = False
     limit: int | None = None  # first N expressions in dataset order (smoke runs)
+    data: str | None = None  # the benchmark root (--data)
+    engine: str = "hf"  # decoding: hf or vllm
+    dtype: str = "auto"  # policy dtype flag
+    sam2: str | None = None  # SAM2 config name or yaml (--sam2)
+    sam2_ckpt: str | None = None  # SAM2 checkpoint (--sam2-ckpt); None: random weights (tests)
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise BadInput("--batch-size", f"must be >= 1, got {self.batch_size}")
+        if self.limit is not None and self.limit < 1:
+            raise BadInput("--limit", f"must be a positive number of expressions, got {self.limit}")
 
     @property
     def needs_policy(self) -> bool:
         return not (self.oracle_keyframe and self.oracle_boxes)
 
-    def fingerprint(self) -> dict:
-        d = asdict(self)
-        d["model"] = str(Path(self.model).resolve()) if self.model else None
-        return d
+    def fingerprint(self) -> dict[str, dict]:
+        """The settings that change outputs, by stage: `common` (what is predicted and how it is batched), `stage1`
+        (policy, its files by sampled content hash, frames, sizes, decoding, oracles), `stage2` (SAM2 config and
+        checkpoint by content hash)."""
+        common = {"benchmark": self.benchmark, "split": self.split, "limit": self.limit,
+                  "batch_size": self.batch_size, "data": _resolved(self.data)}
+        stage1 = {"oracle_keyframe": self.oracle_keyframe, "oracle_boxes": self.oracle_boxes,
+                  **{f"inference.{k}": v for k, v in asdict(self.inference).items()}}
+        if self.needs_policy:
+            stage1.update(model=_resolved(self.model), model_files=model_files_identity(self.model),
+                          engine=self.engine, dtype=self.dtype)
+        sam2_yaml = self.sam2 if self.sam2 and Path(self.sam2).is_file() else None
+        stage2 = {"sam2": self.sam2, "sam2_yaml": file_identity(sam2_yaml) if sam2_yaml else None,
+                  "sam2_ckpt": _resolved(self.sam2_ckpt),
+                  "sam2_ckpt_file": file_identity(self.sam2_ckpt) if self.sam2_ckpt else None}
+        return {"common": common, "stage1": stage1, "stage2": stage2}
+
+
+def _resolved(path: str | None) -> str | None:
+    return str(Path(path).resolve()) if path else None
+
+
+MODEL_FILE_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "pytorch_model*.bin",
+                       "tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt",
+                       "preprocessor_config.json", "processor_config.json", "chat_template*")
+
+
+def model_files_identity(model_dir: str | None) -> dict[str, dict] | None:
+    """Sampled content identity of every file of a policy folder that can change its outputs."""
+    if not model_dir or not Path(model_dir).is_dir():
+        return None
+    root = Path(model_dir)
+    files = sorted({p for pattern in MODEL_FILE_PATTERNS for p in root.glob(pattern) if p.is_file()})
+    return {p.name: file_identity(p) for p in files}
 
 
 def stage1_dir(pred: str | os.PathLike) -> Path:
     return Path(pred) / STAGE1_DIR
 
 
-def check_cache_config(pred: str | os.PathLike, config: PredictConfig) -> None:
-    """Write the run's settings once; refuse to resume a cache made with different settings."""
+def _short(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def check_cache_config(pred: str | os.PathLike, config: PredictConfig, stages: Sequence[str] = ("stage1",)) -> dict:
+    """Compare the run's fingerprint with the cache's for `common` and the given stages; record the sections the
+    cache does not have yet. A difference is refused naming every differing key. Returns the cache's fingerprint."""
     path = stage1_dir(pred) / "config.json"
     want = config.fingerprint()
+    have: dict = {}
     if path.exists():
-        have = json.loads(path.read_text())
-        if have != want:
-            diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
-            raise ValueError(
-                f"{path}: the cached predictions were made with different settings ({', '.join(diff)}); "
-                f"use another --out folder or delete {stage1_dir(pred)}"
-            )
-        return
-    atomic_write_text(path, json.dumps(want, indent=2, sort_keys=True))
+        try:
+            have = json.loads(path.read_text())
+        except json.JSONDecodeError as e:
+            raise BadInput(path, f"not valid JSON ({e})", hint="use another --out folder") from None
+        if not isinstance(have, dict) or not set(have) <= {"common", *STAGES} or "common" not in have:
+            raise BadInput(path, "the cache was written by an older veason-r1 (no per-stage fingerprint)",
+                           hint=f"use another --out folder, or delete {stage1_dir(pred)} and the mask folders")
+    sections = ["common", *stages]
+    diffs = []
+    for section in sections:
+        old = have.get(section)
+        if old is None:
+            continue
+        new = want[section]
+        for k in sorted(set(old) | set(new)):
+            if old.get(k) != new.get(k):
+                diffs.append(f"{section}.{k}: cached {_short(old.get(k))}, now {_short(new.get(k))}")
+    if diffs:
+        raise BadInput(path, "the cached predictions were made with different settings: " + "; ".join(diffs),
+                       hint="rerun with the same flags, or use another --out folder (a resume never mixes settings)")
+    missing = [s for s in sections if s not in have]
+    if missing:
+        have = {**have, **{s: want[s] for s in missing}}
+        atomic_write_text(path, json.dumps(have, indent=2, sort_keys=True))
+    return have
+
+
+def masks_digest(cached: dict) -> str | None:
+    """The digest of the settings that make the masks (common + stage 1 + stage 2), or None before stage 2."""
+    if "stage2" not in cached:
+        return None
+    parts = {k: cached.get(k) for k in ("common", *STAGES)}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_output_paths(dataset: Any, pred: str | os.PathLike, expressions: Sequence[Any]) -> None:
+    """Every mask folder and PNG name of `expressions` lies inside PRED; raises (before any write) naming the key."""
+    seen_videos: set[str] = set()
+    for e in expressions:
+        expression_dir(pred, e.video, e.exp_id)
+        if e.video in seen_videos:
+            continue
+        seen_videos.add(e.video)
+        for t, name in enumerate(dataset.frames(e.video).names):
+            problem = name_problem(name)
+            if problem:
+                raise BadInput(pred, f"video {e.video!r}, frame {t}: unsafe frame name: {problem}")
+
+
+def check_queries(expressions: Sequence[Any], where: Any) -> None:
+    """An empty query gives the policy nothing to segment: refused (docs/inference.md), naming the expressions."""
+    empty = [e.key for e in expressions if not str(e.text).strip()]
+    if empty:
+        raise BadInput(where, f"{len(empty)} expression(s) with an empty query: {', '.join(map(repr, empty[:5]))}"
+                              + (" ..." if len(empty) > 5 else ""),
+                       hint="fill in or remove those expressions (`veason-r1 doctor` lists them)")
+
+
+def prepare_run(dataset: Any, pred: str | os.PathLike, config: PredictConfig, stages: Sequence[str]) -> dict:
+    """All checks before the first expensive or writing step: output paths, queries, the cache fingerprint."""
+    expressions = select_expressions(dataset, config)
+    check_output_paths(dataset, pred, expressions)
+    if "stage1" in stages and config.needs_policy:
+        check_queries(expressions, getattr(dataset, "meta_file", getattr(dataset, "root", "dataset")))
+    return check_cache_config(pred, config, [s for s in stages if s in STAGES])
 
 
 def load_stage1(pred: str | os.PathLike) -> dict[str, dict]:
@@ -183,7 +301,8 @@ def load_stage1(pred: str | os.PathLike) -> dict[str, dict]:
         for rec in read_jsonl(path):
             key = rec["key"]
             if key in records and records[key] != rec:
-                raise ValueError(f"{path}: expression {key!r} has a different record in another shard file")
+                raise BadInput(path, f"expression {key!r} has a different record in another shard file",
+                               hint="the folder mixes two runs; use another --out folder")
             records[key] = rec
     return records
 
@@ -226,7 +345,7 @@ def run_stage1(
     """Generate answers for the shard's unfinished blocks; returns counts and timings of this call."""
     from veason_r1.models.policy import GenerationRequest
 
-    check_cache_config(pred, config)
+    prepare_run(dataset, pred, config, ["stage1"])
     expressions = select_expressions(dataset, config)
     blocks = make_blocks(expressions, config.batch_size)
     out_file = stage1_dir(pred) / f"stage1.{shard.tag}.jsonl"
@@ -286,12 +405,37 @@ def select_expressions(dataset: Any, config: PredictConfig) -> list[Any]:
 
 
 def expression_dir(pred: str | os.PathLike, video: str, exp_id: str) -> Path:
-    return Path(pred) / video / str(exp_id)
+    """PRED/<video>/<exp_id>, refused (BadInput naming the key) when a name would leave PRED."""
+    return safe_join(pred, video, str(exp_id), key=f"expression {video}/{exp_id}", write=True)
 
 
-def is_complete(pred: str | os.PathLike, video: str, exp_id: str, frame_names: Sequence[str]) -> bool:
+def read_manifest(folder: Path) -> dict | None:
+    try:
+        manifest = json.loads((folder / MASK_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return manifest if isinstance(manifest, dict) and isinstance(manifest.get("frames"), dict) else None
+
+
+def is_complete(pred: str | os.PathLike, video: str, exp_id: str, frame_names: Sequence[str],
+                digest: str | None = None) -> bool:
+    """The folder holds our manifest listing exactly `frame_names`, every PNG has the size and CRC-32 the manifest
+    recorded (a truncated or overwritten PNG is not complete), and, when `digest` is given, the masks were made with
+    those settings."""
     folder = expression_dir(pred, video, exp_id)
-    return folder.is_dir() and all((folder / f"{n}.png").is_file() for n in frame_names)
+    manifest = read_manifest(folder) if folder.is_dir() else None
+    if manifest is None or set(manifest["frames"]) != set(frame_names):
+        return False
+    if digest is not None and manifest.get("settings") != digest:
+        return False
+    for name in frame_names:
+        try:
+            data = (folder / f"{name}.png").read_bytes()
+        except OSError:
+            return False
+        if [len(data), zlib.crc32(data)] != manifest["frames"][name]:
+            return False
+    return True
 
 
 _PNG_POOL = None
@@ -308,26 +452,32 @@ def _png_pool():
 
 
 def write_expression_masks(pred: str | os.PathLike, video: str, exp_id: str, frame_names: Sequence[str],
-                           masks: np.ndarray, partial_root: Path) -> Path:
-    """Write all PNGs of one expression into a private folder, then rename it into place (all or nothing)."""
+                           masks: np.ndarray, partial_root: Path, digest: str | None = None) -> Path:
+    """Write all PNGs of one expression and its manifest into a private folder, then rename it into place (all or
+    nothing). An existing folder there is replaced only if it is ours (holds a manifest); otherwise refused."""
     if len(masks) != len(frame_names):
         raise ValueError(f"{video}/{exp_id}: {len(masks)} masks for {len(frame_names)} frames")
     final = expression_dir(pred, video, exp_id)
-    tmp = partial_root / f"{video.replace('/', '__')}__{exp_id}"
-    if tmp.exists():
+    tmp = partial_root / hashlib.sha1(f"{video}\0{exp_id}".encode()).hexdigest()[:20]
+    if tmp.exists():  # a hashed name inside this run's private partial root (created and marked by run_stage2)
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
 
-    def write(item: tuple[str, np.ndarray]) -> None:
-        (tmp / f"{item[0]}.png").write_bytes(mask_png_bytes(item[1]))
+    def write(item: tuple[str, np.ndarray]) -> tuple[str, list[int]]:
+        data = mask_png_bytes(item[1])
+        (tmp / f"{item[0]}.png").write_bytes(data)
+        return item[0], [len(data), zlib.crc32(data)]
 
     # PNG encoding (zlib) and file writes release the GIL: a few threads overlap them (100 PNGs per expression)
-    list(_png_pool().map(write, zip(frame_names, masks)))
-    if final.exists():  # a stale or incomplete folder from an earlier run
-        shutil.rmtree(final)
+    frames = dict(_png_pool().map(write, zip(frame_names, masks)))
+    atomic_write_json(tmp / MASK_MANIFEST, {"video": video, "exp_id": str(exp_id), "settings": digest,
+                                            "frames": frames})
+    if final.exists() or final.is_symlink():  # a stale or incomplete folder of an earlier run: ours only
+        remove_owned_tree(final, pred, marker=MASK_MANIFEST)
     final.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, final)
     return final
+
 
 
 MASK_BUDGET_BYTES = 2**31  # masks of one SAM2 group held in host memory at once
@@ -392,11 +542,12 @@ def run_stage2(
     encoded once). A group runs only when all its members have stage-1 records, and always whole (finished members
     are recomputed, not rewritten), so a resumed run batches exactly as an uninterrupted one.
     """
+    cached = prepare_run(dataset, pred, config, ["stage2"])
+    digest = masks_digest(cached)
     records = load_stage1(pred)
     blocks = make_blocks(select_expressions(dataset, config), config.batch_size)
     partial_root = Path(pred) / PARTIAL_DIR / shard.tag
-    if partial_root.exists():
-        shutil.rmtree(partial_root)  # leftovers of this shard's killed run
+    remove_owned_tree(partial_root, pred)  # leftovers of this shard's killed run (refused if not ours)
     stats = {"written": 0, "skipped": 0, "missing_stage1": 0, "sam2_s": 0.0, "write_s": 0.0, "write_wait_s": 0.0}
     todo = []
     for group in video_groups(dataset, blocks, shard):
@@ -405,7 +556,7 @@ def run_stage2(
             stats["missing_stage1"] += len(missing)
             continue
         names = dataset.frames(group[0].video).names
-        pending = [e for e in group if not is_complete(pred, e.video, e.exp_id, names)]
+        pending = [e for e in group if not is_complete(pred, e.video, e.exp_id, names, digest)]
         stats["skipped"] += len(group) - len(pending)
         if pending:
             todo.append((group, pending))
@@ -414,7 +565,7 @@ def run_stage2(
         t0 = time.perf_counter()
         for e, masks in zip(group, all_masks):
             if e in pending:
-                write_expression_masks(pred, e.video, e.exp_id, names, masks, partial_root)
+                write_expression_masks(pred, e.video, e.exp_id, names, masks, partial_root, digest)
                 stats["written"] += 1
         stats["write_s"] += time.perf_counter() - t0
 
@@ -422,6 +573,8 @@ def run_stage2(
     # wait in memory). A failure in either surfaces here; a write in flight always finishes first.
     from concurrent.futures import ThreadPoolExecutor
 
+    if todo:
+        mark_owned(partial_root, "predict")
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="stage2-writer") as writer:
         in_flight = None
         for group, pending in _bar(todo, progress, "stage 2 (SAM2)"):
@@ -438,8 +591,7 @@ def run_stage2(
         if in_flight is not None:
             in_flight.result()
         stats["write_wait_s"] += time.perf_counter() - t0
-    if partial_root.exists():
-        shutil.rmtree(partial_root, ignore_errors=True)
+    remove_owned_tree(partial_root, pred)
     return stats
 
 
@@ -461,7 +613,12 @@ class MergeReport:
 
 
 def merge_predictions(dataset: Any, pred: str | os.PathLike, config: PredictConfig) -> MergeReport:
-    """Join every shard's stage-1 records in dataset order into PRED/predictions.jsonl; check the mask folders."""
+    """Join every shard's stage-1 records in dataset order into PRED/predictions.jsonl; check the mask folders.
+
+    A mask folder counts as complete only if its manifest matches every PNG and records the settings cached in
+    `.stage1/config.json` (folders made with another SAM2 checkpoint, or corrupt ones, are reported missing)."""
+    cached = prepare_run(dataset, pred, config, [])
+    digest = masks_digest(cached)
     records = load_stage1(pred)
     expressions = select_expressions(dataset, config)
     lines, missing_stage1, missing_masks, complete = [], [], [], 0
@@ -471,7 +628,7 @@ def merge_predictions(dataset: Any, pred: str | os.PathLike, config: PredictConf
             missing_stage1.append(e.key)
             continue
         lines.append(json.dumps(rec))
-        if is_complete(pred, e.video, e.exp_id, dataset.frames(e.video).names):
+        if digest is not None and is_complete(pred, e.video, e.exp_id, dataset.frames(e.video).names, digest):
             complete += 1
         else:
             missing_masks.append(e.key)

@@ -14,6 +14,7 @@ Never touches the hub: folders are local, loaded with `local_files_only=True`.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -81,27 +82,75 @@ class SamplingConfig:
 # Loading
 
 
+EXPECTED_MODEL_TYPE = "qwen2_5_vl"
+
+
 def check_model_dir(model_dir: str | Path) -> Path:
-    """The folder as a Path, or a clear error naming what is missing (config, weights, tokenizer, processor)."""
+    """The folder as a Path, or a clear `UserError` naming what is missing or wrong: config, weights (a truncated
+    safetensors file is caught from its header, in milliseconds), tokenizer, processor, and the model type (the
+    policy is a Qwen2.5-VL: `model_type: qwen2_5_vl`)."""
+    from veason_r1.errors import BadInput, MissingInput
+
     path = Path(model_dir).expanduser()
     if not path.is_dir():
-        raise FileNotFoundError(
-            f"policy folder not found: {path} (give a local Qwen2.5-VL folder, e.g. a downloaded "
-            "Qwen/Qwen2.5-VL-3B-Instruct, a merged SFT model, or `veason-r1 make-tiny --out DIR`; "
-            "the hub is never used)"
-        )
+        raise MissingInput(path, "policy folder not found",
+                           hint="give a local Qwen2.5-VL folder, e.g. a downloaded Qwen/Qwen2.5-VL-3B-Instruct, a "
+                                "merged SFT model, or `veason-r1 make-tiny --out DIR`; the hub is never used")
     missing = []
     if not (path / "config.json").is_file():
         missing.append("config.json")
-    if not (any(path.glob("*.safetensors")) or any(path.glob("pytorch_model*.bin"))):
+    weights = sorted(path.glob("*.safetensors"))
+    if not (weights or any(path.glob("pytorch_model*.bin"))):
         missing.append("model weights (*.safetensors or pytorch_model*.bin)")
     if not ((path / "tokenizer.json").is_file() or (path / "vocab.json").is_file()):
         missing.append("tokenizer (tokenizer.json or vocab.json + merges.txt)")
     if not ((path / "preprocessor_config.json").is_file() or (path / "processor_config.json").is_file()):
         missing.append("image processor (preprocessor_config.json or processor_config.json)")
     if missing:
-        raise FileNotFoundError(f"policy folder {path} is incomplete: missing {', '.join(missing)}")
+        raise MissingInput(path, f"policy folder is incomplete: missing {', '.join(missing)}")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadInput(path / "config.json", f"not valid JSON ({e})") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != EXPECTED_MODEL_TYPE:
+        raise BadInput(path / "config.json", f"model_type is {model_type!r}, expected {EXPECTED_MODEL_TYPE!r}",
+                       hint="--model must be a Qwen2.5-VL folder (base Instruct, merged SFT or RL checkpoint)")
+    for w in weights:
+        problem = safetensors_problem(w)
+        if problem:
+            raise BadInput(w, problem, hint="the file is damaged or was not fully copied; copy or download it again")
     return path
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why a .safetensors file cannot be loaded (truncated, bad header), from its header alone; None when sound."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return f"truncated safetensors file ({size} bytes, no header)"
+        n = int.from_bytes(head, "little")
+        if n <= 0 or 8 + n > size:
+            return f"truncated safetensors file (header of {n} bytes, file of {size})"
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            return "not a safetensors file (its header is not JSON)"
+    if not isinstance(header, dict):
+        return "not a safetensors file (its header is not a JSON object)"
+    end = 0
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            end = max(end, int(info["data_offsets"][1]))
+        except (KeyError, TypeError, ValueError, IndexError):
+            return f"bad safetensors header entry {name!r}"
+    if 8 + n + end != size:
+        return f"truncated safetensors file ({size} bytes, its header says {8 + n + end})" if 8 + n + end > size \
+            else f"safetensors file has {size - 8 - n - end} bytes after its last tensor (damaged?)"
+    return None
 
 
 def resolve_dtype(dtype: str, device: str):

@@ -147,7 +147,13 @@ def build_sam2_model(name: str = "tiny", checkpoint: str | None = None, device: 
         ckpt = Path(checkpoint)
         if not ckpt.is_file():
             raise FileNotFoundError(f"SAM2 checkpoint not found: {ckpt}")
-        state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+        try:
+            state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+        except (RuntimeError, EOFError, OSError, ValueError) as e:  # truncated zip, bad pickle, ...
+            from veason_r1.errors import BadInput
+
+            raise BadInput(ckpt, f"SAM2 checkpoint does not load ({str(e).splitlines()[0][:200]})",
+                           hint="download it again") from None
         state = state.get("model", state) if isinstance(state, dict) else state
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from veason_r1.config import IMAGE_SIZE
+from veason_r1.errors import BadInput, MissingInput
 
 # Keys every run sets the same way: the stage is LoRA SFT, nothing else. They are written to the YAML so it runs
 # under `llamafactory-cli train`, and a YAML that sets them differently is refused.
@@ -109,24 +110,45 @@ class SFTConfig:
 
     # ----------------------------------------------------------------------------------------------------------------
     def validate(self) -> None:
+        """Types (booleans are booleans, counts integers) and ranges of every field. A `BadInput` whose `where` is
+        the field name; `from_dict` and `apply_flags` re-raise it naming the file or the flag."""
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            _check_type(hints[f.name], getattr(self, f.name), f.name)
+
         def need(cond: bool, field_name: str, why: str) -> None:
             if not cond:
-                raise ValueError(f"SFTConfig.{field_name} = {getattr(self, field_name)!r}: {why}")
+                raise BadInput(field_name, f"{why}, got {getattr(self, field_name)!r}")
 
         need(self.image_size > 0 and self.image_size % 28 == 0, "image_size",
              "must be a positive multiple of 28 (Qwen2.5-VL patch 14 x merge 2)")
         need(self.cutoff_len > 0, "cutoff_len", "must be positive")
+        need(self.max_samples is None or self.max_samples > 0, "max_samples", "must be positive (or null: all)")
+        need(self.preprocessing_num_workers is None or self.preprocessing_num_workers > 0,
+             "preprocessing_num_workers", "must be positive (or null)")
+        need(self.dataloader_num_workers >= 0, "dataloader_num_workers", "must be >= 0")
         need(self.lora_rank > 0, "lora_rank", "must be positive")
         need(self.lora_alpha > 0, "lora_alpha", "must be positive")
         need(0.0 <= self.lora_dropout < 1.0, "lora_dropout", "must be in [0, 1)")
-        need(self.learning_rate > 0, "learning_rate", "must be positive")
+        need(bool(self.lora_target.strip()), "lora_target", "must name the LoRA target modules (e.g. all)")
+        need(self.learning_rate > 0 and math.isfinite(self.learning_rate), "learning_rate", "must be positive")
         need(self.num_train_epochs > 0 or self.max_steps > 0, "num_train_epochs", "needs > 0 unless max_steps > 0")
+        need(self.max_steps == -1 or self.max_steps > 0, "max_steps", "must be -1 (use epochs) or positive")
         need(self.per_device_train_batch_size > 0, "per_device_train_batch_size", "must be positive")
         need(self.gradient_accumulation_steps > 0, "gradient_accumulation_steps", "must be positive")
-        need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        need(self.warmup_steps >= 0, "warmup_steps", "must be >= 0 (< 1: a fraction of the steps)")
+        need(self.weight_decay >= 0, "weight_decay", "must be >= 0")
+        need(self.max_grad_norm > 0, "max_grad_norm", "must be positive")
+        need(self.seed >= 0, "seed", "must be >= 0")
+        need(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type",
+             f"must be one of {', '.join(LR_SCHEDULERS)}")
+        need(self.flash_attn in FLASH_ATTN, "flash_attn", f"must be one of {', '.join(FLASH_ATTN)}")
         need(self.infer_dtype in ("auto", "float16", "bfloat16", "float32"), "infer_dtype",
              "must be auto, float16, bfloat16 or float32")
-        need(self.logging_steps > 0 and self.save_steps > 0, "save_steps", "logging/save steps must be positive")
+        need(self.logging_steps > 0, "logging_steps", "must be positive")
+        need(self.save_steps > 0, "save_steps", "must be positive")
+        need(self.save_total_limit is None or self.save_total_limit > 0, "save_total_limit", "must be positive")
+        need(self.export_size > 0, "export_size", "must be a positive number of GB per shard")
 
     @property
     def image_pixels(self) -> int:
@@ -200,7 +222,7 @@ class SFTConfig:
         names = {f.name for f in fields(cls)}
         for key, fixed in FIXED_TRAIN_KEYS.items():
             if key in data and data.pop(key) != fixed:
-                raise ValueError(f"{source}: `{key}` must be {fixed!r} for veason-r1 LoRA SFT")
+                raise BadInput(source, f"`{key}` must be {fixed!r} for veason-r1 LoRA SFT")
         for key in ("overwrite_output_dir", "save_strategy"):
             data.pop(key, None)  # written by to_llamafactory; resuming is controlled by `veason-r1 sft --force`
         if "disable_gradient_checkpointing" in data:
@@ -208,21 +230,28 @@ class SFTConfig:
         max_px, min_px = data.pop("image_max_pixels", None), data.pop("image_min_pixels", None)
         if max_px is not None or min_px is not None:
             if max_px != min_px:
-                raise ValueError(
-                    f"{source}: image_max_pixels ({max_px}) and image_min_pixels ({min_px}) must be equal: frames are "
-                    "pinned at image_size x image_size"
-                )
+                raise BadInput(source, f"image_max_pixels ({max_px}) and image_min_pixels ({min_px}) must be equal: "
+                                       "frames are pinned at image_size x image_size")
             side = math.isqrt(int(max_px))
             if side * side != int(max_px):
-                raise ValueError(f"{source}: image_max_pixels {max_px} is not a square (image_size**2)")
+                raise BadInput(source, f"image_max_pixels {max_px} is not a square (image_size**2)")
             if "image_size" in data and int(data["image_size"]) != side:
-                raise ValueError(f"{source}: image_size {data['image_size']} disagrees with image_max_pixels {max_px}")
+                raise BadInput(source, f"image_size {data['image_size']} disagrees with image_max_pixels {max_px}")
             data["image_size"] = side
         unknown = sorted(set(data) - names)
         if unknown:
-            raise ValueError(f"{source}: unknown SFT key(s) {unknown}; known: {sorted(names)}")
+            raise BadInput(source, f"unknown SFT key(s) {unknown}", hint=f"known keys: {sorted(names)}")
         hints = typing.get_type_hints(cls)
-        return cls(**{k: _coerce(hints[k], v, f"{source}: {k}") for k, v in data.items()})
+        values = {}
+        for k, v in data.items():
+            try:
+                values[k] = _coerce(hints[k], v, k, strict=True)
+            except BadInput as e:
+                raise BadInput(source, f"{e.where}: {e.what}") from None
+        try:
+            return cls(**values)
+        except BadInput as e:
+            raise BadInput(source, f"{e.where}: {e.what}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SFTConfig:
@@ -230,10 +259,16 @@ class SFTConfig:
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"SFT config {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
+            raise MissingInput(path, "SFT config does not exist")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+            raise BadInput(path, f"YAML syntax error{at}: {problem}") from None
         if not isinstance(data, dict):
-            raise ValueError(f"{path}: expected a mapping of keys to values, got {type(data).__name__}")
+            raise BadInput(path, f"expected a mapping of keys to values, got {type(data).__name__}")
         return cls.from_dict(data, source=str(path))
 
     def to_yaml(self, header: str = "") -> str:
@@ -256,24 +291,53 @@ def _base_type(hint: Any) -> tuple[type, bool]:
     return hint, False
 
 
-def _coerce(hint: Any, value: Any, where: str) -> Any:
+# transformers' SchedulerType values (tests/test_sft.py checks the mirror)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "cosine_warmup_with_min_lr",
+                 "warmup_stable_decay", "greedy")
+FLASH_ATTN = ("auto", "disabled", "sdpa", "fa2", "fa3")  # LLaMA-Factory's AttentionFunction
+
+
+def _coerce(hint: Any, value: Any, where: str, strict: bool = False) -> Any:
+    """A YAML value (`strict`: booleans must be YAML booleans, numbers must not be booleans) or flag text as the
+    field's type; `BadInput` naming `where` otherwise. `use_cpu: "no"` is refused, never read as truthy."""
     base, optional = _base_type(hint)
     if value is None:
         if optional:
             return None
-        raise ValueError(f"{where}: may not be null")
+        raise BadInput(where, "may not be null")
     if base is bool:
         if isinstance(value, bool):
             return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
+        if not strict and isinstance(value, str) and value.lower() in ("true", "false", "1", "0", "yes", "no"):
             return value.lower() in ("true", "1", "yes")
-        raise ValueError(f"{where}: expected true/false, got {value!r}")
+        raise BadInput(where, f"expected true or false, got {value!r} ({type(value).__name__})")
+    if base in (int, float) and isinstance(value, bool):
+        raise BadInput(where, f"expected {'an integer' if base is int else 'a number'}, got {value!r}")
     try:
         if base is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
-        return base(value)
+        out = base(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: expected {base.__name__}, got {value!r}") from None
+        raise BadInput(where, f"expected {'an integer' if base is int else base.__name__}, got {value!r}") from None
+    if base is float and not math.isfinite(out):
+        raise BadInput(where, f"expected a finite number, got {value!r}")
+    return out
+
+
+def _check_type(hint: Any, value: Any, where: str) -> None:
+    """A field set from Python (not YAML) has its declared type: no bool for int, no str for bool."""
+    base, optional = _base_type(hint)
+    if value is None:
+        if not optional:
+            raise BadInput(where, "may not be None")
+        return
+    ok = {bool: isinstance(value, bool),
+          int: isinstance(value, int) and not isinstance(value, bool),
+          float: isinstance(value, (int, float)) and not isinstance(value, bool),
+          str: isinstance(value, str)}.get(base, True)
+    if not ok:
+        raise BadInput(where, f"expected {base.__name__}, got {value!r} ({type(value).__name__})")
 
 
 _NONE = object()  # a flag given as "none"
@@ -301,7 +365,10 @@ def add_config_flags(parser: argparse.ArgumentParser, skip: tuple[str, ...] = PA
             def parse(text: str, _base=base, _opt=optional, _name=f.name):
                 if _opt and text.lower() in ("none", "null"):
                     return _NONE  # "set to None", distinct from "flag not given"
-                return _coerce(_base, text, _flag(_name))
+                try:
+                    return _coerce(_base, text, _flag(_name))
+                except BadInput as e:
+                    raise argparse.ArgumentTypeError(e.what) from None
 
             metavar = base.__name__.upper() + ("|none" if optional else "")
             group.add_argument(_flag(f.name), dest=f"cfg_{f.name}", type=parse, default=None, metavar=metavar,
@@ -315,7 +382,12 @@ def apply_flags(config: SFTConfig, args: argparse.Namespace) -> SFTConfig:
         value = getattr(args, f"cfg_{f.name}", None)
         if value is not None:
             changes[f.name] = None if value is _NONE else value
-    return dataclasses.replace(config, **changes) if changes else config
+    if not changes:
+        return config
+    try:
+        return dataclasses.replace(config, **changes)
+    except BadInput as e:
+        raise BadInput(_flag(e.where) if e.where in changes else f"SFTConfig.{e.where}", e.what) from None
 
 
 __all__ = ["FIXED_TRAIN_KEYS", "PATH_FIELDS", "SFTConfig", "add_config_flags", "apply_flags"]

@@ -30,7 +30,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from veason_r1.errors import BadInput, MissingInput, UserError
 from veason_r1.io_utils import atomic_write_json, atomic_write_text
+from veason_r1.paths import is_owned, mark_owned, remove_owned_tree
 from veason_r1.prompting import IMAGE_PLACEHOLDER
 from veason_r1.sft.config import SFTConfig
 
@@ -67,22 +69,21 @@ class SFTResult:
 def _dataset_entry(dataset_dir: Path, dataset: str) -> tuple[dict, Path]:
     info_path = dataset_dir / "dataset_info.json"
     if not info_path.is_file():
-        raise FileNotFoundError(
-            f"{info_path} not found: --data must be the folder written by the SFT data export "
-            "(veason_r1.sft.dataset.export_llamafactory_dataset)"
-        )
+        raise MissingInput(info_path, "not found",
+                           hint="--data must be the folder written by the SFT data export (`veason-r1 cot` writes "
+                                "OUT/sft; veason_r1.sft.dataset.export_llamafactory_dataset)")
     try:
         info = json.loads(info_path.read_text())
     except json.JSONDecodeError as e:
-        raise ValueError(f"{info_path}: not valid JSON ({e})") from None
+        raise BadInput(info_path, f"not valid JSON ({e})") from None
     if dataset not in info:
-        raise ValueError(f"{info_path}: no dataset named {dataset!r} (has {sorted(info)}); set --dataset")
+        raise BadInput(info_path, f"no dataset named {dataset!r} (has {sorted(info)}); set --dataset")
     entry = info[dataset]
     if entry.get("formatting") != "sharegpt":
-        raise ValueError(f"{info_path}: {dataset}.formatting must be 'sharegpt', got {entry.get('formatting')!r}")
+        raise BadInput(info_path, f"{dataset}.formatting must be 'sharegpt', got {entry.get('formatting')!r}")
     data_file = dataset_dir / entry.get("file_name", "")
     if not data_file.is_file():
-        raise FileNotFoundError(f"{info_path}: {dataset}.file_name -> {data_file} does not exist")
+        raise MissingInput(info_path, f"{dataset}.file_name -> {data_file} does not exist")
     return entry, data_file
 
 
@@ -95,14 +96,14 @@ def _load_rows(data_file: Path) -> list[dict]:
                 try:
                     rows.append(json.loads(line))
                 except json.JSONDecodeError as e:
-                    raise ValueError(f"{data_file}:{i + 1}: not valid JSON ({e})") from None
+                    raise BadInput(f"{data_file}:{i + 1}", f"not valid JSON ({e})") from None
         return rows
     try:
         rows = json.loads(text)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{data_file}: not valid JSON ({e})") from None
+        raise BadInput(data_file, f"not valid JSON ({e})") from None
     if not isinstance(rows, list):
-        raise ValueError(f"{data_file}: expected a list of rows, got {type(rows).__name__}")
+        raise BadInput(data_file, f"expected a list of rows, got {type(rows).__name__}")
     return rows
 
 
@@ -124,28 +125,27 @@ def check_dataset(dataset_dir: str | Path, dataset: str, image_size: int, check_
     user_tag, assistant_tag = tags.get("user_tag", "human"), tags.get("assistant_tag", "gpt")
     system_tag = tags.get("system_tag", "system")
     if img_key is None:
-        raise ValueError(f"{dataset_dir / 'dataset_info.json'}: {dataset}.columns has no 'images' column")
+        raise BadInput(dataset_dir / 'dataset_info.json', f"{dataset}.columns has no 'images' column")
     media_dir = Path(entry.get("media_dir", dataset_dir))
     rows = _load_rows(data_file)
     if not rows:
-        raise ValueError(f"{data_file}: no rows")
+        raise BadInput(data_file, "no rows")
     num_images = 0
     for i, row in enumerate(rows):
         where = f"{data_file} row {i}"
         messages = row.get(msg_key)
         if not isinstance(messages, list) or not messages:
-            raise ValueError(f"{where}: '{msg_key}' must be a non-empty list of messages")
+            raise BadInput(where, f"'{msg_key}' must be a non-empty list of messages")
         roles = [m.get(role_key) if isinstance(m, dict) else None for m in messages]
         turns = roles[1:] if roles[0] == system_tag else roles
         if turns != [user_tag, assistant_tag]:
-            raise ValueError(f"{where}: roles {roles}; expected [{system_tag}?, {user_tag}, {assistant_tag}]")
+            raise BadInput(where, f"roles {roles}; expected [{system_tag}?, {user_tag}, {assistant_tag}]")
         user = messages[-2].get(content_key)
         images = row.get(img_key)
         if not isinstance(user, str) or not isinstance(images, list) or not images:
-            raise ValueError(f"{where}: user '{content_key}' must be a string and '{img_key}' a non-empty list")
+            raise BadInput(where, f"user '{content_key}' must be a string and '{img_key}' a non-empty list")
         if user.count(IMAGE_PLACEHOLDER) != len(images):
-            raise ValueError(
-                f"{where}: {user.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders for {len(images)} images"
+            raise BadInput(where, f"{user.count(IMAGE_PLACEHOLDER)} {IMAGE_PLACEHOLDER} placeholders for {len(images)} images"
             )
         num_images += len(images)
         if not check_images:
@@ -153,11 +153,10 @@ def check_dataset(dataset_dir: str | Path, dataset: str, image_size: int, check_
         for img in images:
             path = Path(img) if Path(img).is_absolute() else media_dir / img
             if not path.is_file():
-                raise FileNotFoundError(f"{where}: image {path} does not exist")
+                raise MissingInput(where, f"image {path} does not exist")
             with Image.open(path) as im:  # reads the header only
                 if im.size != (image_size, image_size):
-                    raise ValueError(
-                        f"{where}: image {path} is {im.size[0]}x{im.size[1]}, expected {image_size}x{image_size} "
+                    raise BadInput(where, f"image {path} is {im.size[0]}x{im.size[1]}, expected {image_size}x{image_size} "
                         "(export the SFT data at the policy's image_size)"
                     )
     return DatasetSummary(data_file=data_file, num_samples=len(rows), num_images=num_images, image_size=image_size)
@@ -187,7 +186,7 @@ def _run_cli(command: str, yaml_path: Path) -> None:
 
 def read_losses(adapter_dir: str | Path) -> list[float]:
     """Logged training losses from LLaMA-Factory's trainer_log.jsonl (step order; empty when none were logged)."""
-    path = Path(adapter_dir) / "trainer_log.jsonl"
+    path = Path(adapter_dir) / TRAINER_LOG
     if not path.is_file():
         return []
     losses = []
@@ -197,6 +196,33 @@ def read_losses(adapter_dir: str | Path) -> list[float]:
             if "loss" in rec and rec["loss"] is not None:
                 losses.append(float(rec["loss"]))
     return losses
+
+
+TRAINER_LOG = "trainer_log.jsonl"  # LLaMA-Factory's LogCallback appends one line per logging step
+
+
+def truncate_trainer_log(adapter_dir: str | Path) -> int | None:
+    """Cut `trainer_log.jsonl` back to the checkpoint the next training resumes from (LLaMA-Factory's choice:
+    transformers' `get_last_checkpoint`), so an interrupted and resumed run logs each step once, not twice.
+    No checkpoint: training starts over, so the whole log goes. Returns the step kept up to (None: no log)."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    out = Path(adapter_dir)
+    path = out / TRAINER_LOG
+    if not path.is_file():
+        return None
+    last = get_last_checkpoint(str(out)) if out.is_dir() else None
+    step = int(Path(last).name.rsplit("-", 1)[-1]) if last else 0
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line torn by the kill
+        if isinstance(rec, dict) and int(rec.get("current_steps", 0)) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    atomic_write_text(path, "".join(kept))
+    return step
 
 
 def train_lora(config: SFTConfig, launcher: str = "inprocess", force: bool = False) -> tuple[Path, bool]:
@@ -211,6 +237,8 @@ def train_lora(config: SFTConfig, launcher: str = "inprocess", force: bool = Fal
         args["overwrite_output_dir"] = True
         (out / TRAIN_DONE).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
+    if not force:
+        truncate_trainer_log(out)  # a resumed run appends from its checkpoint's step on
     yaml_path = out.parent / f"{out.name}.{TRAIN_YAML}"  # beside, not inside: LLaMA-Factory checks output_dir
     import yaml
 
@@ -256,8 +284,11 @@ def merge_lora(
     if not (adapter / "adapter_config.json").is_file():
         raise FileNotFoundError(f"merge_lora: {adapter} holds no LoRA adapter (adapter_config.json missing)")
     tmp = target.with_name(f".{target.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    if (target.exists() or target.is_symlink()) and not is_owned(target, MERGE_DONE):
+        raise UserError(target, f"exists but is not a merged model written by `veason-r1 sft` (no {MERGE_DONE}): "
+                                "refusing to replace it", hint="choose another --out, or move the folder away")
+    remove_owned_tree(tmp, tmp.parent)  # a killed merge's private folder (marked when created)
+    mark_owned(tmp, "sft")
     args = config.to_merge_args(adapter_dir=adapter, export_dir=tmp)
     import yaml
 
@@ -284,8 +315,7 @@ def merge_lora(
     if missing:
         raise RuntimeError(f"LLaMA-Factory export left an incomplete model in {tmp}: missing {missing}")
     atomic_write_json(tmp / MERGE_DONE, {"base": config.model_name_or_path, "adapter": str(adapter)}, indent=2)
-    if target.exists():
-        shutil.rmtree(target)
+    remove_owned_tree(target, target.parent, marker=MERGE_DONE)  # an earlier merge (--force): ours, checked above
     tmp.rename(target)
     return target, False
 

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from veason_r1.toy.schedule import StepBudget, cosine_lr
 from veason_r1.io_utils import atomic_write_json
 from veason_r1.toy.grounding import TASKS, GroundingConfig, SampleStream, ToySample, messages
+from veason_r1.toy.schedule import StepBudget, cosine_lr
 
 
 @dataclass

@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from veason_r1.data.synthetic import SynthConfig, make_video
-from veason_r1.toy.schedule import StepBudget, cosine_lr
 from veason_r1.io_utils import atomic_write_bytes, atomic_write_json
+from veason_r1.toy.schedule import StepBudget, cosine_lr
 
 
 @dataclass
