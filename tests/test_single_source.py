@@ -17,8 +17,6 @@ FRAME_CALLS = {"InferenceConfig", "sample_frame_ids", "eval_frames", "training_f
                "pick_keyframe", "RLSampleBuilder", "prepare_sample"}
 METHOD_NUMBERS = {FRAMES.sft_frames, FRAMES.rl_frames, FRAMES.eval_frames, FRAMES.keyframe_top_k}
 KNOWN = {
-    ("veason_r1/demo.py", "cot_frames"),  # DemoConfig: owned by the demo's stage runner (issue 18, lead)
-    ("veason_r1/demo.py", "InferenceConfig"),  # ditto: InferenceConfig(c.image_size, 8, ...)
     ("bench/bench_reward.py", "frames"),  # frames per prompt of the timed workload (a grid's K), not N
 }
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from veason_r1.config import FRAMES
 from veason_r1.io_utils import atomic_write_json, atomic_write_text
 
 STATE_FILE = "demo_state.json"
@@ -39,11 +40,12 @@ STAGES: tuple[tuple[str, str], ...] = (
     ("synth", "synthetic ReVOS-format benchmark + doctor"),
     ("sample", "stratified sampling of the training pool"),
     ("cot", "seed CoT with the synthetic teacher + SFT dataset export"),
-    ("tiny", "tiny random-init Qwen2.5-VL"),
+    ("base", "the base policy: the shipped toy base (or a random-init tiny model)"),
     ("sft", "LoRA CoT SFT (LLaMA-Factory) + merge"),
-    ("rl", "GRPO, local trainer, four-term reward with tiny SAM2"),
+    ("rl", "GRPO, local trainer, four-term reward with the demo's SAM2"),
     ("eval_sft", "predict + evaluate the valid split: before RL (SFT model)"),
     ("eval_rl", "predict + evaluate the valid split: after RL (last GRPO step)"),
+    ("heldout", "held-out GRPO reward of both models, paired bootstrap"),
     ("report", "report.md, plots, overlay GIF"),
 )
 # settings that only change how the demo runs, not what it computes (a rerun may change them freely)
@@ -64,10 +66,15 @@ class DemoConfig:
     max_frames: int = 24
     # data construction
     pool_size: int = 64  # stratified pool (capped at the eligible train expressions)
-    cot_frames: int = 8  # training grid for CoT / SFT (docs/method.md §4)
+    cot_frames: int = FRAMES.sft_frames  # training grid for CoT / SFT (docs/method.md §4)
     # policy inputs: 112 px -> 16 visual tokens per frame (560 -> 400 on the real model)
     image_size: int = 112
-    # The tiny model's random lm_head is scaled so that LoRA (which leaves lm_head and the final norm frozen) can
+    # the models the recipe starts from: "toy" = the shipped trained toy checkpoints (veason_r1/assets/toy,
+    # `veason-r1 make-toy`), "tiny" = random-init tiny models (fast pipeline checks; they cannot learn much)
+    policy: str = "toy"
+    sam2: str = "toy"
+    # policy "tiny" only: the tiny model's random lm_head is scaled so that LoRA (which leaves lm_head and the
+    # final norm frozen) can
     # make it confident: at the stock init a perfectly aligned hidden state reaches a softmax of only ~0.14 over
     # the 3k vocabulary, so SFT plateaus near loss 2.5 and temperature-1 rollouts are noise. 1 = stock init.
     lm_head_scale: float = 4.0
@@ -107,6 +114,8 @@ class DemoConfig:
         need(self.rl_batch_size >= 1, "rl_batch_size", "must be >= 1")
         need(self.max_new_tokens >= 1 and self.rl_max_response_length >= 1, "max_new_tokens", "must be >= 1")
         need(self.threads is None or self.threads >= 1, "threads", "must be >= 1 or None")
+        need(self.policy in ("toy", "tiny"), "policy", "must be 'toy' (the shipped toy base) or 'tiny' (random init)")
+        need(self.sam2 in ("toy", "tiny"), "sam2", "must be 'toy' (the shipped toy SAM2) or 'tiny' (random init)")
 
     def fingerprint(self) -> dict[str, Any]:
         """The settings that decide the outputs (a rerun must match them to continue)."""
@@ -140,6 +149,7 @@ class Paths:
         self.cot = self.out / "cot"
         self.sft_data = self.cot / "sft"
         self.tiny = self.out / "models" / "tiny_qwen"
+        self.heldout = self.out / "heldout.json"
         self.sft = self.out / "sft"
         self.sft_merged = self.sft / "merged"
         self.rl = self.out / "rl"
@@ -259,13 +269,14 @@ class Demo:
             ("synth", self.stage_synth, lambda: (p.synth / "synthetic_facts.json").is_file()),
             ("sample", self.stage_sample, lambda: p.select_meta.is_file() and p.pool.is_file()),
             ("cot", self.stage_cot, lambda: (p.sft_data / "dataset_info.json").is_file()),
-            ("tiny", self.stage_tiny, lambda: (p.tiny / "tiny_config.json").is_file()),
+            ("base", self.stage_base, lambda: (self.base_model / "config.json").is_file()),
             ("sft", self.stage_sft, lambda: (p.sft_merged / "merge_done.json").is_file()),
             ("rl", self.stage_rl, lambda: (p.rl_model(self.cfg.rl_steps) / "config.json").is_file()),
             ("eval_sft", lambda: self.stage_eval(p.sft_merged, p.pred_sft),
              lambda: (p.pred_sft / "results.json").is_file()),
             ("eval_rl", lambda: self.stage_eval(p.rl_model(self.cfg.rl_steps), p.pred_rl),
              lambda: (p.pred_rl / "results.json").is_file()),
+            ("heldout", self.stage_heldout, lambda: p.heldout.is_file()),
         ]
         for i, (name, fn, exists) in enumerate(plan, start=1):
             self.run_stage(i, name, fn, exists)
@@ -312,12 +323,20 @@ class Demo:
 
     @property
     def propagator(self):
-        """The tiny random-init SAM2 (CPU), loaded once for the reward and both evaluations."""
+        """The demo's SAM2 (CPU): the shipped toy checkpoint or a random-init tiny one, loaded once for the reward,
+        both evaluations and the held-out reward."""
         if self._propagator is None:
             from veason_r1.models.sam2 import load_sam2
 
-            self._propagator = load_sam2("tiny", device="cpu", seed=self.cfg.seed)
+            self._propagator = load_sam2(self.cfg.sam2, device="cpu", seed=self.cfg.seed)
         return self._propagator
+
+    @property
+    def base_model(self) -> Path:
+        """The folder SFT starts from: the shipped toy base policy, or the demo's own random-init tiny model."""
+        from veason_r1.models.toy import toy_policy_dir
+
+        return toy_policy_dir() if self.cfg.policy == "toy" else self.paths.tiny
 
     # -------------------------------------------------------------------------------------------------- stages
     def stage_synth(self) -> tuple[str, dict]:
@@ -382,10 +401,17 @@ class Demo:
                    f"{c.image_size}x{c.image_size}")
         return summary, {"records": len(records), "skipped": result.skipped}
 
-    def stage_tiny(self) -> tuple[str, dict]:
+    def stage_base(self) -> tuple[str, dict]:
+        c = self.cfg
+        if c.policy == "toy":
+            manifest = json.loads((self.base_model / "manifest.json").read_text())
+            held = manifest["heldout"]
+            params = self._count_params(self.base_model)
+            return (f"toy base policy, {params / 1e6:.2f}M parameters (held-out: box IoU {held['box_iou']:.2f}, "
+                    f"parse rate {held['parse_rate']:.2f}, keyframe {held['when']['exact']:.2f})",
+                    {"parameters": params, "path": str(self.base_model), "heldout": held})
         from veason_r1.models.tiny import make_tiny_qwen
 
-        c = self.cfg
         path = make_tiny_qwen(self.paths.tiny, seed=c.seed)
         scale_output_layer(path, c.lm_head_scale)
         params = self._count_params(path)
@@ -411,7 +437,7 @@ class Demo:
 
         c, p = self.cfg, self.paths
         config = SFTConfig(
-            model_name_or_path=str(p.tiny), dataset="veason_cot", dataset_dir=str(p.sft_data),
+            model_name_or_path=str(self.base_model), dataset="veason_cot", dataset_dir=str(p.sft_data),
             output_dir=str(p.sft / "adapter"), export_dir=str(p.sft_merged), image_size=c.image_size,
             cutoff_len=c.sft_cutoff_len, preprocessing_num_workers=None, dataloader_num_workers=0,
             lora_rank=c.sft_lora_rank, lora_alpha=2 * c.sft_lora_rank, lora_dropout=0.0,
@@ -450,7 +476,7 @@ class Demo:
             f"trainer.default_local_dir={p.rl}", f"trainer.total_training_steps={c.rl_steps}",
             f"trainer.save_freq={max(1, c.rl_steps // 2)}", "trainer.test_freq=-1", "trainer.val_before_train=false",
             "trainer.logger=[console]", "trainer.device=cpu", "trainer.dtype=float32", f"trainer.seed={c.seed}",
-            "trainer.max_ckpt_to_keep=2", "reward.sam2=tiny",
+            "trainer.max_ckpt_to_keep=2", f"reward.sam2={c.sam2}",
         ]
         if c.rl_learning_rate is not None:
             overrides.append(f"actor.lr={c.rl_learning_rate}")
@@ -478,7 +504,7 @@ class Demo:
         c = self.cfg
         dataset = open_benchmark("revos", self.paths.synth, "valid")
         config = PredictConfig(benchmark="revos", split="valid", model=str(model_dir),
-                               inference=InferenceConfig(c.image_size, 8, c.max_new_tokens),
+                               inference=InferenceConfig(c.image_size, FRAMES.eval_frames, c.max_new_tokens),
                                batch_size=c.predict_batch_size)
         engine = build_engine("hf", model_dir, c.image_size, c.predict_batch_size, device="cpu", dtype="float32")
         s1 = run_stage1(dataset, engine, pred, config, progress=c.progress)
@@ -497,6 +523,29 @@ class Demo:
         text = (f"{merge.expressions} expressions, answers in the exact think/answer format: {parsed['format_ok']}, "
                 f"with boxes: {parsed['with_boxes']}; overall J {o['J']:.1f}  F {o['F']:.1f}  J&F {o['JF']:.1f}")
         return text, {"stage1": s1, "stage2": s2, "overall": o, **parsed}
+
+    def stage_heldout(self) -> tuple[str, dict]:
+        """Greedy GRPO reward of the SFT and the RL model on the valid split's target expressions (fixed RL grids),
+        and the paired bootstrap interval of the difference."""
+        from veason_r1.eval.bootstrap import paired_bootstrap
+        from veason_r1.reward import RewardConfig
+        from veason_r1.rl.heldout import HeldoutConfig, heldout_rewards, heldout_samples, summarize
+
+        c, p = self.cfg, self.paths
+        cfg = HeldoutConfig(image_size=c.image_size, max_new_tokens=c.rl_max_response_length, seed=c.seed,
+                            batch_size=c.predict_batch_size)
+        samples = heldout_samples(p.synth, cfg)
+        reward = RewardConfig(image_size=c.image_size)
+        rows = {name: heldout_rewards(model, samples, self.propagator, cfg, reward)
+                for name, model in (("sft", p.sft_merged), ("grpo", p.rl_model(c.rl_steps)))}
+        boot = paired_bootstrap([r["overall"] for r in rows["sft"]], [r["overall"] for r in rows["grpo"]],
+                                seed=c.seed)
+        out = {"expressions": len(samples), "sft": summarize(rows["sft"]), "grpo": summarize(rows["grpo"]),
+               "diff": boot, "per_expression": rows}
+        atomic_write_json(p.heldout, out, indent=2)
+        return (f"{len(samples)} held-out expressions: reward SFT {boot['before']:.3f} -> GRPO {boot['after']:.3f} "
+                f"(diff {boot['diff']:+.3f}, 95% CI [{boot['lo']:+.3f}, {boot['hi']:+.3f}])",
+                {k: v for k, v in out.items() if k != "per_expression"})
 
     @staticmethod
     def _parsed_share(pred: Path) -> dict[str, int]:
@@ -546,6 +595,9 @@ class Demo:
         def mean_of(rows: list[dict]) -> dict[str, float]:
             return {t: sum(r[f"reward/{t}"] for r in rows) / len(rows) for t in terms}
 
+        held = json.loads(p.heldout.read_text())
+        out["heldout_reward"] = {"expressions": held["expressions"], "sft": held["sft"], "grpo": held["grpo"],
+                                 "diff": held["diff"]}
         out["reward"] = {
             "steps": len(per_step), "window": window,
             "first": mean_of(per_step[:window]), "last": mean_of(per_step[-window:]),

@@ -35,6 +35,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"GRPO rollouts per prompt (default: {d.rl_rollout_n})")
     parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
                         help=f"response budget at prediction and in GRPO rollouts (default: {d.max_new_tokens})")
+    parser.add_argument("--policy", choices=["toy", "tiny"], default=d.policy,
+                        help=f"base policy: the shipped toy base or a random-init tiny model (default: {d.policy})")
+    parser.add_argument("--sam2", choices=["toy", "tiny"], default=d.sam2,
+                        help=f"SAM2: the shipped toy checkpoint or a random-init tiny model (default: {d.sam2})")
     parser.add_argument("--rl-config", default=None, help="GRPO YAML (default: configs/grpo_local_tiny.yaml)")
     parser.add_argument("--threads", type=int, default=d.threads, help=f"torch threads (default: {d.threads})")
     parser.add_argument("--force", action="store_true", help="delete OUT (a demo folder) and start over")
@@ -54,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
                      image_size=args.image_size, max_frames=args.max_frames, sft_steps=args.sft_steps,
                      rl_steps=args.rl_steps, rl_batch_size=args.rl_batch_size, rl_rollout_n=args.rollout_n,
                      max_new_tokens=args.max_new_tokens, rl_max_response_length=args.max_new_tokens,
-                     rl_config=args.rl_config, threads=args.threads, force=args.force,
+                     policy=args.policy, sam2=args.sam2, rl_config=args.rl_config, threads=args.threads, force=args.force,
                      progress=not args.no_progress)
     try:
         run_demo(cfg)
