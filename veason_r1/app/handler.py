@@ -9,13 +9,14 @@ temp folder, deleted when the stream ends, and uses the models under `Models.loc
 
 from __future__ import annotations
 
+import itertools
 import logging
 import re
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,8 +71,9 @@ class Update:
 
 
 def escape_markdown(text: str) -> str:
-    """User-derived text (file names, model output) shown literally inside Markdown."""
-    return re.sub(r"([\\`*_{}\[\]<>()#+!|~])", r"\\\1", text)
+    """User-derived text (file names, model output) shown literally inside inline Markdown: emphasis, code, links,
+    tables and HTML tags are escaped."""
+    return re.sub(r"([\\`*_\[\]<>|~])", r"\\\1", text)
 
 
 @dataclass
@@ -82,13 +84,14 @@ class RequestHandler:
     limits: Limits
     work_root: Path
     progress_bars: bool = True  # tqdm bars for long videos (the page's progress indicator follows them)
+    _numbers: Iterator[int] = field(default_factory=lambda: itertools.count(1), repr=False)
 
     def run(self, files: Any, query: str | None, settings: Settings = Settings(),
             progress: Callable[[float, str], None] | None = None) -> Iterator[Update]:
         """Yield the page updates of one request; the last one has state "done" or "error"."""
         self.work_root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="request-", dir=self.work_root))
-        lines: list[str] = []
+        lines = [f"*Request {next(self._numbers)}*"]  # tells one finished request from the next on the page
         try:
             yield from self._run(files, query, settings, progress or (lambda *_: None), work, lines)
         except UserInputError as e:
@@ -132,8 +135,9 @@ class RequestHandler:
             lines.append(f"**Policy** ({timings['generate_s']:.1f} s): {NO_MASK_MESSAGE}")
         if answer.notes:
             lines.append("Parser notes: " + escape_markdown("; ".join(answer.notes)) + ".")
+        next_step = "SAM2 is propagating the boxes..." if answer.boxes else "Writing the files..."
         yield Update(
-            status="\n\n".join([*lines, "SAM2 is propagating the boxes..." if answer.boxes else "Writing the files..."]),
+            status="\n\n".join([*lines, next_step]),
             reasoning=answer.reasoning or "(the answer has no <think> reasoning)",
             response=answer.response,
             sheet=shown_frames_sheet(source, answer),

@@ -138,13 +138,15 @@ def build_page(handler: RequestHandler, examples: Sequence[Example], default_num
                                        elem_id="reasoning")
                 sheet = gr.Image(label="Shown frames (keyframe framed in gold, its boxes in green)", type="numpy",
                                  format="png", interactive=False, elem_id="frames")
-                overlay = gr.Video(label="Mask overlay", interactive=False, elem_id="overlay")
+                overlay = gr.Video(label="Mask overlay", interactive=False, height=420, elem_id="overlay")
                 downloads = gr.File(label="Downloads: masks (PNG zip, RLE JSON), result.json", file_count="multiple",
                                     interactive=False, elem_id="downloads")
                 response = gr.Textbox(label="Raw answer", lines=3, interactive=False, elem_id="raw-answer")
                 timings = gr.JSON(label="Timings (seconds)", elem_id="timings")
 
-        def respond(files, text, n, mode, temp, sd, direc, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio injects it)
+        progress_tracker = gr.Progress(track_tqdm=True)  # Gradio injects the live one through this default
+
+        def respond(files, text, n, mode, temp, sd, direc, progress=progress_tracker):
             settings = Settings(int(n), mode, float(temp), int(sd or 0), direc)
             for update in handler.run(files, text, settings, progress=lambda f, d: progress(f, desc=d)):
                 yield outputs_of(update, gr)
