@@ -166,6 +166,11 @@ def test_zip_and_image_files_become_frames_in_name_order(tmp_path):
         paths.append(tmp_path / f"f{i}.png")
     decoded = decode_upload(paths, tmp_path, Limits())
     assert decoded.source.names == ["f0", "f1", "f2"] and np.array_equal(decoded.source.get(2), frames[2])
+    # the upload box keeps adding files: of several videos the last one is used, and the page is told
+    first, second = frames_video(tmp_path / "first.mp4", 3), frames_video(tmp_path / "second.mp4", 5)
+    decoded = decode_upload([first, second, paths[0]], tmp_path, Limits())
+    assert len(decoded.source) == 5 and decoded.name == "second"
+    assert decoded.notes[0].startswith("3 files are uploaded; the last video or zip, second.mp4, is used")
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ log = logging.getLogger("veason_r1.app")
 
 SYNTH_INDEX = 1  # a synthetic video with several objects and a motion expression (seed 0)
 SYNTH_FPS = 8.0
-BIKES_QUERY = "the cyclist closest to the camera"
+BIKES_QUERY = "the cyclist wearing a helmet"  # a montage of street shots; the cyclist is in the middle shots
 
 
 @dataclass(frozen=True)

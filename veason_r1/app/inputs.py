@@ -1,7 +1,8 @@
 """What a request brings in: the query and the upload, checked and decoded under the app's limits.
 
 An upload is one video file (anything PyAV reads: mp4, webm, mov, mkv, ...), one zip of frame images, or several
-image files (a folder's frames, ordered by name). Videos are decoded in one sequential pass that stops at
+image files (a folder's frames, ordered by name); of several files that are not all images, the last video or zip
+is used (the page's upload box keeps adding files), and the page says so. Videos are decoded in one sequential pass that stops at
 `max_frames` (a 1,000-frame video never decodes past the cap) and frames larger than `max_side` are downscaled while
 decoding (a 4K video never sits in memory at 4K); each change is stated in `DecodedVideo.notes`. Every refusal is a
 `UserInputError` whose message names the file and the limit, for the page.
@@ -79,16 +80,19 @@ def decode_upload(files: Sequence[str | Path] | str | Path | None, work_dir: Pat
         raise UserInputError("No video: upload a video (mp4, webm, mov), a zip of frames or image files, "
                              "or pick an example.")
     paths = [Path(files)] if isinstance(files, (str, Path)) else [Path(f) for f in files]
+    if len(paths) > 1 and not {p.suffix.lower() for p in paths} <= set(IMAGE_SUFFIXES):
+        # The upload box keeps adding files: a second video uploaded after a first one is the one meant.
+        chosen = [p for p in paths if p.suffix.lower() not in IMAGE_SUFFIXES][-1]
+        decoded = decode_upload([chosen], work_dir, limits)
+        decoded.notes.insert(0, f"{len(paths)} files are uploaded; the last video or zip, {chosen.name}, is used "
+                                "(remove the others with the upload box's x).")
+        return decoded
     for p in paths:
         _check_file(p, limits)
-    suffixes = {p.suffix.lower() for p in paths}
     if len(paths) == 1 and paths[0].suffix.lower() == ZIP_SUFFIX:
         return _decode_images(_extract_zip(paths[0], work_dir / "frames", limits), paths[0].stem, limits)
-    if suffixes <= set(IMAGE_SUFFIXES):
+    if paths[0].suffix.lower() in IMAGE_SUFFIXES:
         return _decode_images(paths, "frames" if len(paths) > 1 else paths[0].stem, limits)
-    if len(paths) > 1:
-        raise UserInputError(f"{len(paths)} files were uploaded: give one video, one zip, or only image files "
-                             f"({', '.join(IMAGE_SUFFIXES)}).")
     return _decode_video_file(paths[0], limits)
 
 

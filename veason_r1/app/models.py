@@ -1,8 +1,10 @@
 """Model resolution for the app: ONE function, `resolve_models`, turns the command-line names into loaded models.
 
 A policy is a name from `NAMED_POLICIES` (built or found in the cache folder, so a fresh CPU machine needs no
-download) or a local Qwen2.5-VL folder (a merged SFT/RL checkpoint on a GPU node). SAM2 is a config name or yaml;
-without `--sam2-ckpt` its weights are random. Changing the default models is the one line `DEFAULT_MODEL = ...`.
+download) or a local Qwen2.5-VL folder (a merged SFT/RL checkpoint on a GPU node). SAM2 is a name from `NAMED_SAM2`
+(its config and, when it has one, its checkpoint) or a SAM2 config name / yaml with `--sam2-ckpt` (without it the
+weights are random). Changing the default models is the one line `DEFAULT_MODEL = ...` (a named policy and the named
+SAM2 of the same name go together).
 The models are loaded once per process; `Models.lock` makes every request use them one at a time.
 """
 
@@ -17,7 +19,7 @@ from typing import Any
 from veason_r1.config import IMAGE_SIZE
 
 DEFAULT_MODEL = "tiny"  # the policy `veason-r1 app` loads without --model
-DEFAULT_SAM2 = "tiny"  # the SAM2 config it loads without --sam2
+DEFAULT_SAM2 = DEFAULT_MODEL  # and the SAM2 without --sam2: the named SAM2 that goes with the named policy
 TINY_IMAGE_SIZE = 112  # the tiny policy's frame side: 16 visual tokens per frame (as in `veason-r1 demo`)
 
 
@@ -42,6 +44,20 @@ def _tiny_policy(cache_dir: Path) -> Path:
 
 NAMED_POLICIES: dict[str, NamedPolicy] = {
     "tiny": NamedPolicy(_tiny_policy, TINY_IMAGE_SIZE, True, "tiny Qwen2.5-VL (random weights)"),
+}
+
+
+@dataclass(frozen=True)
+class NamedSam2:
+    """A SAM2 known by name: its config (a `load_sam2` name or yaml) and its checkpoint in the cache, if any."""
+
+    config: str
+    checkpoint: Callable[[Path], Path | None]  # cache folder -> checkpoint (None: random weights)
+    label: str
+
+
+NAMED_SAM2: dict[str, NamedSam2] = {
+    "tiny": NamedSam2("tiny", lambda cache_dir: None, "tiny SAM2.1 (random weights)"),
 }
 
 
@@ -97,15 +113,22 @@ def resolve_models(
         policy_label, policy_random = f"Qwen2.5-VL from {folder}", False
     if sam2_ckpt is not None and not Path(sam2_ckpt).is_file():
         raise FileNotFoundError(f"--sam2-ckpt: no SAM2 checkpoint at {sam2_ckpt}")
+    named_sam2 = NAMED_SAM2.get(sam2) if sam2_ckpt is None else None
+    if named_sam2 is not None:
+        sam2_config, ckpt = named_sam2.config, named_sam2.checkpoint(Path(cache_dir))
+        sam2_label = named_sam2.label
+    else:
+        sam2_config, ckpt = sam2, sam2_ckpt
+        sam2_label = f"SAM2 {sam2}, " + (f"checkpoint {sam2_ckpt}" if sam2_ckpt else "random weights")
     policy_engine = build_engine(engine, folder, size, batch_size=1, device=device, dtype=dtype,
                                  num_frames=max_shown_frames, fast_paths=fast_paths)
-    propagator = load_sam2(sam2, checkpoint=sam2_ckpt, device=device, offload=offload)
-    sam2_label = f"SAM2 {sam2}, " + (f"checkpoint {sam2_ckpt}" if sam2_ckpt else "random weights")
+    propagator = load_sam2(sam2_config, checkpoint=None if ckpt is None else str(ckpt), device=device,
+                           offload=offload)
     return Models(
         engine=policy_engine,
         propagator=propagator,
         image_size=size,
         description=f"policy: {policy_label}; {sam2_label}; frames shown at {size}x{size}",
-        random_weights=policy_random or sam2_ckpt is None,
+        random_weights=policy_random or ckpt is None,
         max_new_tokens=max_new_tokens,
     )

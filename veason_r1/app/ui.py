@@ -115,7 +115,7 @@ def build_page(handler: RequestHandler, examples: Sequence[Example], default_num
                 upload = gr.File(label="Video (mp4, webm, mov), a zip of frames, or frame images",
                                  file_count="multiple", type="filepath", elem_id="upload")
                 query = gr.Textbox(label="Query", lines=2, elem_id="query",
-                                   placeholder="e.g. the cyclist closest to the camera")
+                                   placeholder="e.g. the cyclist wearing a helmet")
                 with gr.Accordion("Settings", open=False):
                     num_frames = gr.Slider(1, limits.max_shown_frames, value=default_num_frames, step=1,
                                            label="Frames shown to the policy (linspace)")

@@ -23,7 +23,7 @@ def default_cache_dir() -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from veason_r1.app.inputs import Limits
-    from veason_r1.app.models import DEFAULT_MODEL, DEFAULT_SAM2, NAMED_POLICIES
+    from veason_r1.app.models import DEFAULT_MODEL, DEFAULT_SAM2, NAMED_POLICIES, NAMED_SAM2
 
     lim = Limits()
     names = ", ".join(sorted(NAMED_POLICIES))
@@ -32,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help=f"policy: a name ({names}: built offline in --cache-dir) or a local Qwen2.5-VL folder "
                         f"(default: {DEFAULT_MODEL})")
     m.add_argument("--sam2", default=DEFAULT_SAM2,
-                   help="SAM2 config: tiny, sam2.1_hiera_{t,s,b+,l}, sam2_hiera_*, or a yaml "
-                        f"(default: {DEFAULT_SAM2})")
+                   help=f"SAM2: a name ({', '.join(sorted(NAMED_SAM2))}), or a config (sam2.1_hiera_{{t,s,b+,l}}, "
+                        f"sam2_hiera_*, a yaml) with --sam2-ckpt (default: {DEFAULT_SAM2})")
     m.add_argument("--sam2-ckpt", default=None, help="SAM2 checkpoint (.pt); omitted: random weights")
     m.add_argument("--engine", choices=("hf", "vllm"), default="hf")
     m.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
