@@ -2,10 +2,10 @@
 
 An upload is one video file (anything PyAV reads: mp4, webm, mov, mkv, ...), one zip of frame images, or several
 image files (a folder's frames, ordered by name); of several files that are not all images, the last video or zip
-is used (the page's upload box keeps adding files), and the page says so. Videos are decoded in one sequential pass that stops at
-`max_frames` (a 1,000-frame video never decodes past the cap) and frames larger than `max_side` are downscaled while
-decoding (a 4K video never sits in memory at 4K); each change is stated in `DecodedVideo.notes`. Every refusal is a
-`UserInputError` whose message names the file and the limit, for the page.
+is used (the page's upload box keeps adding files), and the page says so. Videos are decoded in one sequential
+pass that stops at `max_frames` (a 1,000-frame video never decodes past the cap) and frames larger than `max_side`
+are downscaled while decoding (a 4K video never sits in memory at 4K); each change is stated in
+`DecodedVideo.notes`. Every refusal is a `UserInputError` whose message names the file and the limit, for the page.
 """
 
 from __future__ import annotations
