@@ -256,6 +256,7 @@ def test_bad_requests_get_one_readable_line_and_the_next_request_works(tmp_path,
     for (files, query), message in bad:
         (update,) = run_collect(handler, files, query)
         assert update.state == "error" and update.status.split("\n\n")[-1].startswith("**Error:**")
+        assert update.clear  # refused before anything was shown: the previous request's results go
         assert re.search(message, update.status), update.status
     (update,) = run_collect(handler, [clip], "x", Settings(num_frames=0))
     assert update.state == "error" and "Frames shown to the policy must be 1 to 16, got 0." in update.status
@@ -263,6 +264,7 @@ def test_bad_requests_get_one_readable_line_and_the_next_request_works(tmp_path,
     handler.models.engine = ScriptedEngine(error=RuntimeError("CUDA out of memory\n  File 'x.py', line 3"))
     updates = run_collect(handler, [clip], "the red square")
     assert updates[-1].state == "error" and "RuntimeError: CUDA out of memory" in updates[-1].status
+    assert not updates[-1].clear  # the decoded video's line, already on the page, stays
     assert "File 'x.py'" not in updates[-1].status and "Traceback" not in updates[-1].status
 
     handler.models.engine = engine

@@ -92,17 +92,21 @@ class RequestHandler:
         self.work_root.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix="request-", dir=self.work_root))
         lines = [f"*Request {next(self._numbers)}*"]  # tells one finished request from the next on the page
+        shown = False  # has this request put anything on the page yet? (if not, an error clears the last results)
         try:
-            yield from self._run(files, query, settings, progress or (lambda *_: None), work, lines)
+            for update in self._run(files, query, settings, progress or (lambda *_: None), work, lines):
+                shown = True
+                yield update
         except UserInputError as e:
-            yield Update(status="\n\n".join([*lines, f"**Error:** {escape_markdown(str(e))}"]), state="error")
+            yield Update(status="\n\n".join([*lines, f"**Error:** {escape_markdown(str(e))}"]), state="error",
+                         clear=not shown)
         except Exception as e:  # the page gets one line; the server log gets the traceback
             log.exception("request failed")
             first = (str(e).strip().splitlines() or [""])[0][:300]
             yield Update(status="\n\n".join([*lines, (
                 f"**Error:** the server could not finish this request ({type(e).__name__}: "
                 f"{escape_markdown(first)}). It keeps serving; the details are in the server's log.")]),
-                state="error")
+                state="error", clear=not shown)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 
