@@ -247,9 +247,9 @@ def answer_query(
     from veason_r1.models.policy import GenerationRequest
 
     if not query or not query.strip():
-        raise ValueError("segment_video: the query is empty")
+        raise ValueError("answer_query: the query is empty")
     if len(source) == 0:
-        raise ValueError("segment_video: the video has no frames")
+        raise ValueError("answer_query: the video has no frames")
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     height, width = source.size
