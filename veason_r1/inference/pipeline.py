@@ -100,6 +100,29 @@ def make_answer(response: str, frame_ids: Sequence[int], height: int, width: int
     )
 
 
+DIRECTIONS = ("both", "forward", "backward")
+
+
+class FrameRange(FrameSource):
+    """Frames [start, stop) of another source, read lazily (SAM2 over one side of the keyframe only)."""
+
+    def __init__(self, source: FrameSource, start: int, stop: int):
+        if not 0 <= start < stop <= len(source):
+            raise ValueError(f"FrameRange: [{start}, {stop}) is not inside a {len(source)}-frame source")
+        self.source, self.start = source, start
+        self.names = list(source.names[start:stop])
+
+    def get(self, index: int) -> np.ndarray:
+        return self.source.get(self.start + index)
+
+    def get_many(self, indices: Sequence[int]) -> list[np.ndarray]:
+        return self.source.get_many([self.start + int(i) for i in indices])
+
+    @property
+    def size(self) -> tuple[int, int]:
+        return self.source.size
+
+
 def propagate(
     propagator: Any,
     source: FrameSource,
@@ -107,15 +130,30 @@ def propagate(
     boxes: Sequence[Sequence[float]],
     progress: bool = False,
     encoded: Any = None,
+    direction: str = "both",
 ) -> np.ndarray:
     """(L, H, W) bool masks over every frame from SAM2 prompted with `boxes` (original pixels) on `keyframe`.
 
     No box means no target: every mask is empty and SAM2 is not run. `encoded` (from `propagator.encode(source)`)
     reuses one video's preprocessed frames and features across the expressions of that video.
+    `direction`: "both" (the method: forward to the end, then backward to the start, docs/method.md §7), or
+    "forward" / "backward" only (SAM2 runs on the frames on that side of the keyframe; the other side stays empty),
+    a knob for looking at a result, never used by evaluation.
     """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
     height, width = source.size
     if not boxes:
         return np.zeros((len(source), height, width), dtype=bool)
+    if direction != "both":
+        if encoded is not None:
+            raise ValueError("propagate: `encoded` covers the whole video; it cannot be used with one direction")
+        keyframe = int(keyframe)
+        start, stop, key = (keyframe, len(source), 0) if direction == "forward" else (0, keyframe + 1, keyframe)
+        part = propagate(propagator, FrameRange(source, start, stop), key, boxes, progress)
+        masks = np.zeros((len(source), height, width), dtype=bool)
+        masks[start:stop] = part
+        return masks
     box_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
     kwargs = {"progress": progress} if progress and _accepts(propagator.propagate, "progress") else {}
     masks = propagator.propagate(source if encoded is None else encoded, int(keyframe), box_array, **kwargs)
@@ -151,11 +189,15 @@ def _accepts(fn: Any, name: str) -> bool:
     return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
-def generate_responses(engine: Any, requests: list, config: InferenceConfig) -> list[str]:
-    """Greedy decoding of one response per request with any engine (HFEngine / VLLMEngine)."""
+def generate_responses(engine: Any, requests: list, config: InferenceConfig, sampling: Any = None) -> list[str]:
+    """One response per request with any engine (HFEngine / VLLMEngine): greedy (the evaluation protocol) unless
+    `sampling` (a `SamplingConfig` with n=1, e.g. the app's "sampled" setting) is given."""
     from veason_r1.models.policy import SamplingConfig
 
-    sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=0.0, top_p=1.0, n=1)
+    if sampling is None:
+        sampling = SamplingConfig(max_new_tokens=config.max_new_tokens, temperature=0.0, top_p=1.0, n=1)
+    elif sampling.n != 1:
+        raise ValueError(f"generate_responses: one response per request, got sampling.n={sampling.n}")
     outputs = engine.generate(requests, sampling)
     if len(outputs) != len(requests):
         raise RuntimeError(f"engine returned {len(outputs)} outputs for {len(requests)} requests")
@@ -194,6 +236,36 @@ class VideoResult:
         }
 
 
+def answer_query(
+    source: FrameSource,
+    query: str,
+    engine: Any,
+    config: InferenceConfig = InferenceConfig(),
+    sampling: Any = None,
+) -> tuple[Answer, dict[str, float]]:
+    """The policy half of `segment_video`: shown frames -> response -> parsed `Answer` (+ its timings).
+
+    Exposed so a caller can show the answer before SAM2 has run (the web app streams it).
+    """
+    from veason_r1.models.policy import GenerationRequest
+
+    if not query or not query.strip():
+        raise BadInput("query", "the query is empty", hint="give the expression to segment, e.g. 'the dog'")
+    if len(source) == 0:
+        raise BadInput("video", "the video has no frames")
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+    height, width = source.size
+    frame_ids = sample_frame_ids(len(source), config.num_frames)
+    images = policy_images(source, frame_ids, config.image_size)
+    timings["decode_shown_frames_s"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    (response,) = generate_responses(engine, [GenerationRequest(query, frame_ids, images)], config, sampling)
+    timings["generate_s"] = time.perf_counter() - t0
+    return make_answer(response, frame_ids, height, width, config.image_size), timings
+
+
 def segment_video(
     video: str | os.PathLike | FrameSource,
     query: str,
@@ -203,28 +275,20 @@ def segment_video(
     progress: bool = True,
 ) -> VideoResult:
     """Run the whole pipeline on one video (an mp4, a JPEG folder, or a FrameSource)."""
-    from veason_r1.models.policy import GenerationRequest
-
     if not query or not query.strip():
         raise BadInput("--query", "the query is empty", hint="give the expression to segment, e.g. 'the dog'")
-    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     source = video if isinstance(video, FrameSource) else open_video(video)
     if len(source) == 0:
         raise BadInput(str(video), "the video has no frames")
-    height, width = source.size
-    frame_ids = sample_frame_ids(len(source), config.num_frames)
-    images = policy_images(source, frame_ids, config.image_size)
-    timings["decode_shown_frames_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    (response,) = generate_responses(engine, [GenerationRequest(query, frame_ids, images)], config)
-    timings["generate_s"] = time.perf_counter() - t0
-    answer = make_answer(response, frame_ids, height, width, config.image_size)
+    open_s = time.perf_counter() - t0
+    answer, timings = answer_query(source, query, engine, config)
+    timings["decode_shown_frames_s"] += open_s
 
     t0 = time.perf_counter()
     masks = propagate(propagator, source, answer.keyframe, answer.boxes, progress=progress)
     timings["sam2_s"] = time.perf_counter() - t0
+    height, width = source.size
     return VideoResult(query, list(source.names), height, width, answer, masks, timings)
 
 
