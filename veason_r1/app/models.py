@@ -42,8 +42,16 @@ def _tiny_policy(cache_dir: Path) -> Path:
     return folder
 
 
+def _toy_policy(cache_dir: Path) -> Path:
+    from veason_r1.models.toy import toy_policy_dir
+
+    return toy_policy_dir()  # shipped in the package (veason_r1/assets/toy/policy)
+
+
 NAMED_POLICIES: dict[str, NamedPolicy] = {
     "tiny": NamedPolicy(_tiny_policy, TINY_IMAGE_SIZE, True, "tiny Qwen2.5-VL (random weights)"),
+    "toy": NamedPolicy(_toy_policy, TINY_IMAGE_SIZE, False,
+                       "toy base Qwen2.5-VL (trained on synthetic shapes only, not Veason-trained)"),
 }
 
 
@@ -56,8 +64,15 @@ class NamedSam2:
     label: str
 
 
+def _toy_sam2_checkpoint(cache_dir: Path) -> Path:
+    from veason_r1.models.toy import toy_sam2_checkpoint
+
+    return toy_sam2_checkpoint()
+
+
 NAMED_SAM2: dict[str, NamedSam2] = {
     "tiny": NamedSam2("tiny", lambda cache_dir: None, "tiny SAM2.1 (random weights)"),
+    "toy": NamedSam2("toy", _toy_sam2_checkpoint, "toy SAM2.1 (trained on synthetic shapes only)"),
 }
 
 
