@@ -16,6 +16,8 @@ import os
 import sys
 from pathlib import Path
 
+from veason_r1.config import FRAMES
+
 
 def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "veason-r1" / "app"
@@ -54,9 +56,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--cache-dir", default=None, help=f"models and examples (default: {default_cache_dir()})")
     s.add_argument("--prepare", action="store_true",
                    help="build the default models and the examples in --cache-dir, load them, and exit (set-up)")
-    s.add_argument("--debug", action="store_true", help="tracebacks for start-up errors")
     r = parser.add_argument_group("request limits")
-    r.add_argument("--num-frames", type=int, default=8, help="frames shown to the policy by default (default: 8)")
+    r.add_argument("--num-frames", type=int, default=FRAMES.eval_frames,
+                   help=f"frames shown to the policy by default (default: {FRAMES.eval_frames})")
     r.add_argument("--max-frames", type=int, default=lim.max_frames,
                    help=f"frames used from a video, the first ones (default: {lim.max_frames})")
     r.add_argument("--max-side", type=int, default=lim.max_side,
@@ -90,7 +92,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return _run(args)
     except (ValueError, OSError, ImportError) as e:  # bad flags, missing models, a busy port
-        if args.debug:
+        if getattr(args, "debug", False):  # `veason-r1 [--debug] app ... [--debug]` (cli.py)
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2
