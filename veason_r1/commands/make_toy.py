@@ -10,25 +10,24 @@ from __future__ import annotations
 
 import argparse
 
+from veason_r1.flags import positive_float, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("which", choices=["sam2", "policy"], help="which toy checkpoint to build")
     parser.add_argument("--out", required=True, help="output folder (created; the checkpoint files are replaced)")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps (default: the config's)")
-    parser.add_argument("--time-budget", type=float, default=None,
+    parser.add_argument("--steps", type=positive_int, default=None, help="optimizer steps (default: the config's)")
+    parser.add_argument("--time-budget", type=positive_float, default=None,
                         help="seconds: after 40 steps the step count is cut to what fits (recorded in the manifest)")
-    parser.add_argument("--batch-size", type=int, default=None)
-    parser.add_argument("--workers", type=int, default=None, help="data-loading processes")
-    parser.add_argument("--train-videos", type=int, default=None, help="sam2: synthetic training videos exported")
-    parser.add_argument("--heldout", type=int, default=None, help="held-out videos (sam2) / samples per task (policy)")
+    parser.add_argument("--batch-size", type=positive_int, default=None)
+    parser.add_argument("--workers", type=int, choices=range(0, 65), default=None, metavar="N",
+                        help="data-loading processes (0: in the main process)")
+    parser.add_argument("--train-videos", type=positive_int, default=None,
+                        help="sam2: synthetic training videos exported")
+    parser.add_argument("--heldout", type=positive_int, default=None, help="held-out videos (sam2) / samples per task (policy)")
     parser.add_argument("--seed", type=int, default=0, help="weights seed")
     parser.add_argument("--keep-work", action="store_true", help="keep --out/_work after success")
-
-
-def _positive(name: str, value) -> None:
-    if value is not None and value <= 0:
-        raise SystemExit(f"error: --{name}: must be positive, got {value}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -40,8 +39,10 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
-    for name in ("steps", "time_budget", "batch_size", "workers", "train_videos", "heldout"):
-        _positive(name.replace("_", "-"), getattr(args, name))
+    from veason_r1.errors import BadInput
+
+    if args.which == "policy" and args.train_videos is not None:
+        raise BadInput("--train-videos", "only for `make-toy sam2`", hint="the policy draws fresh videos")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     out = Path(args.out)
     work = out / "_work"
@@ -64,8 +65,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         from veason_r1.toy import policy_train as toy
 
-        if args.train_videos is not None:
-            raise SystemExit("error: --train-videos: only for `make-toy sam2` (the policy draws fresh videos)")
         extra = {"heldout_samples": args.heldout} if args.heldout else {}
         cfg = dataclasses.replace(toy.ToyPolicyTrainConfig(), **overrides, **extra)
         summary = toy.train(work, cfg, device=device, time_budget_s=args.time_budget)

@@ -187,7 +187,7 @@ def _loader(vos_root: Path, cfg: ToySAM2TrainConfig, image_size: int):
     from training.dataset.vos_sampler import RandomUniformSampler
     from training.utils.data_utils import collate_fn
 
-    from veason_r1.models.sam2 import IMG_MEAN, IMG_STD
+    from veason_r1.models.sam2_frames import IMG_MEAN, IMG_STD
 
     transforms = [ComposeAPI([
         RandomHorizontalFlip(consistent_transform=True),

@@ -1,0 +1,200 @@
+"""The toy world: the shipped toy checkpoints load by name and still score what their manifests say, the training
+pieces (VOS export for SAM2's own dataset classes, the instruct-task stream, the fast encoder, the step budget) do
+what they claim, and `make-toy` rebuilds a checkpoint end to end (a few steps)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sam2")
+pytest.importorskip("training")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _sha256(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_shipped_checkpoints_match_their_manifests_and_sizes():
+    from veason_r1.models.toy import toy_policy_dir, toy_sam2_checkpoint
+
+    ckpt = toy_sam2_checkpoint()
+    manifest = json.loads((ckpt.parent / "manifest.json").read_text())
+    assert manifest["sha256"] == _sha256(ckpt) and ckpt.stat().st_size <= 8 * 2**20
+    policy = toy_policy_dir()
+    manifest = json.loads((policy / "manifest.json").read_text())
+    weights = sorted(policy.glob("*.safetensors"))
+    assert {f.name: _sha256(f) for f in weights} == manifest["weights"]
+    assert sum(f.stat().st_size for f in weights) <= 12 * 2**20
+    config = json.loads((policy / "config.json").read_text())
+    assert config["model_type"] == "qwen2_5_vl" and config["dtype"] == "bfloat16"
+
+
+def test_toy_sam2_loads_by_name_and_tracks_better_than_random_weights(tmp_path):
+    """Held-out oracle-box J on 3 fixed videos: the shipped weights beat the same architecture at random init by a
+    wide margin (a broken loader, config or file would not)."""
+    import torch
+
+    from veason_r1.models.sam2 import load_sam2
+    from veason_r1.toy.sam2_train import ToySAM2TrainConfig, build_train_model, heldout_videos, oracle_box_j
+
+    videos = heldout_videos(ToySAM2TrainConfig(heldout_videos=3))
+    trained = oracle_box_j(load_sam2("toy", device="cpu"), videos)
+    torch.save({"model": build_train_model(seed=1).state_dict()}, tmp_path / "random.pt")
+    random = oracle_box_j(load_sam2("toy", checkpoint=str(tmp_path / "random.pt"), device="cpu"), videos)
+    assert trained["objects"] == random["objects"] >= 3
+    assert trained["oracle_box_J"] > 0.2 and trained["oracle_box_J"] > random["oracle_box_J"] + 0.15
+
+
+def test_toy_policy_loads_by_name_and_answers_its_tasks_in_json():
+    from veason_r1.models.toy import resolve_policy
+    from veason_r1.toy.policy_train import ToyPolicyTrainConfig, evaluate, heldout_samples
+
+    samples = heldout_samples(ToyPolicyTrainConfig(heldout_samples=6))
+    metrics = evaluate(resolve_policy("toy"), samples)
+    assert metrics["parse_rate"] >= 0.9  # the manifest: 0.998 on 600 held-out samples
+    assert metrics["when"]["n"] == metrics["ground"]["n"] == metrics["ground_at"]["n"] == 6
+
+
+def test_vos_export_is_read_by_sam2s_own_dataset_classes(tmp_path):
+    from training.dataset.vos_raw_dataset import PNGRawDataset
+
+    from veason_r1.data.synthetic import make_video
+    from veason_r1.toy.sam2_train import ToySAM2TrainConfig, _loader, export_vos
+
+    cfg = ToySAM2TrainConfig(train_videos=3, batch_size=2, num_frames=4, workers=0)
+    root = export_vos(tmp_path / "vos", cfg, progress=False)
+    raw = PNGRawDataset(img_folder=str(root / "JPEGImages"), gt_folder=str(root / "Annotations"))
+    video, segments = raw.get_video(0)
+    truth = make_video(0, __import__("veason_r1.data.synthetic", fromlist=["SynthConfig"]).SynthConfig(
+        **{**cfg.synth.__dict__, "seed": cfg.data_seed, "num_videos": 3}))
+    assert len(video.frames) == truth.num_frames
+    for t in (0, truth.num_frames - 1):
+        masks = segments.load(t)
+        for k, obj in enumerate(truth.objects):
+            got = masks.get(k + 1)
+            want = truth.visible[obj.obj_id][t]
+            assert (got.numpy() if got is not None else np.zeros_like(want)).tolist() == want.tolist()
+    batch = next(iter(_loader(root, cfg, 128)))
+    assert tuple(batch.img_batch.shape[:2]) == (4, 2) and tuple(batch.img_batch.shape[-2:]) == (128, 128)
+    again = export_vos(tmp_path / "vos", cfg, progress=False)  # finished videos are skipped, not rewritten
+    assert again == root and len(list((root / "done").iterdir())) == 3
+
+
+def test_instruct_stream_boxes_match_the_rendered_masks_and_is_deterministic():
+    from veason_r1.toy.grounding import GroundingConfig, SampleStream
+
+    def draw(seed):
+        s = SampleStream(GroundingConfig(), seed=seed)
+        return [next(s) for _ in range(40)]
+
+    first, second, other = draw(7), draw(7), draw(8)
+    assert [x.answer for x in first] == [x.answer for x in second]
+    assert [x.answer for x in first] != [x.answer for x in other]
+    tasks = {x.task for x in first}
+    assert tasks == {"ground", "when", "ground_at"}
+    for x in first:
+        assert x.prompt.count("<image>") == len(x.images) and all(i.shape == (112, 112, 3) for i in x.images)
+        obj = json.loads(x.answer)
+        if x.task == "when":
+            assert obj["keyframe_timestamp"] == x.keyframe and x.keyframe in x.frame_ids
+            assert f"({x.keyframe}s)" in x.prompt
+        else:
+            assert obj["bbox_2d_list"] == x.boxes
+            assert all(0 <= v <= 112 for b in x.boxes for v in b)
+            assert all(b[0] <= b[2] and b[1] <= b[3] for b in x.boxes)
+
+
+def test_fast_encoder_equals_the_qwen_processor(tmp_path):
+    import torch
+
+    from veason_r1.models.policy import load_processor
+    from veason_r1.toy.grounding import GroundingConfig, SampleStream
+    from veason_r1.toy.policy_train import encode, encode_with_processor
+
+    processor = load_processor(__import__("veason_r1.models.toy", fromlist=["x"]).toy_policy_dir())
+    stream = SampleStream(GroundingConfig(), seed=3)
+    for _ in range(12):
+        sample = next(stream)
+        fast, ref = encode(processor, sample, 112), encode_with_processor(processor, sample, 112)
+        for key in ("input_ids", "labels", "image_grid_thw"):
+            assert torch.equal(fast[key], ref[key]), key
+        assert torch.allclose(fast["pixel_values"], ref["pixel_values"], atol=1e-5, rtol=0)
+        assert int((fast["labels"] != -100).sum()) == len(processor.tokenizer(sample.answer + "<|im_end|>",
+                                                                             add_special_tokens=False)["input_ids"])
+
+
+def test_number_tokens_make_coordinates_single_tokens():
+    from veason_r1.models.policy import load_processor
+    from veason_r1.models.toy import toy_policy_dir
+
+    tok = load_processor(toy_policy_dir()).tokenizer
+    ids = tok("[[112, 57, 3, 999]]", add_special_tokens=False)["input_ids"]
+    pieces = [tok.decode([i]) for i in ids]
+    assert {"112", "57", "3", "999"} <= set(pieces)
+    assert tok.decode(ids) == "[[112, 57, 3, 999]]"
+
+
+def test_step_budget_fixes_the_total_from_the_measured_speed(monkeypatch):
+    from veason_r1.toy import schedule
+
+    clock = [0.0]
+    monkeypatch.setattr(schedule.time, "time", lambda: clock[0])
+    budget = schedule.StepBudget(requested=10_000, seconds=100.0, warm=20, probe=80)
+    clock[0] = 10.0  # data loaders warming up: the first 20 steps took 10 s and do not count
+    total = None
+    for step in range(0, 400):
+        if step > 20:
+            clock[0] += 0.1  # then 10 steps per second
+        total = budget.update(step)
+    assert 915 <= total <= 925  # 20 warm-up steps in 10 s, then the 90 s left at 10 steps/s
+    assert schedule.StepBudget(500, 100.0).update(0) == 500
+    capped = schedule.StepBudget(requested=300, seconds=1e6)
+    clock[0] = 0.0
+    for step in range(200):
+        clock[0] += 0.01
+        total = capped.update(step)
+    assert total == 300
+    assert schedule.cosine_lr(0, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
+    assert schedule.cosine_lr(100, 100, 1.0, 10, 0.1) == pytest.approx(0.1)
+    assert schedule.cosine_lr(10, 100, 1.0, 10, 0.1) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_make_toy_rebuilds_both_checkpoints_with_manifests(tmp_path):
+    from veason_r1.cli import main
+
+    assert main(["make-toy", "sam2", "--out", str(tmp_path / "s"), "--steps", "2", "--batch-size", "2",
+                 "--workers", "1", "--device", "cpu", "--train-videos", "4", "--heldout", "1"]) == 0
+    m = json.loads((tmp_path / "s" / "manifest.json").read_text())
+    assert m["sha256"] == _sha256(tmp_path / "s" / "sam2_toy.pt") and m["train"]["steps"] == 2
+    assert not (tmp_path / "s" / "_work").exists()
+    assert main(["make-toy", "policy", "--out", str(tmp_path / "p"), "--steps", "2", "--batch-size", "2",
+                 "--workers", "0", "--device", "cpu", "--heldout", "1"]) == 0
+    m = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert m["train"]["steps"] == 2 and set(m["weights"]) == {"model.safetensors"}
+    assert (tmp_path / "p" / "tokenizer.json").is_file() and (tmp_path / "p" / "config.json").is_file()
+
+
+def test_make_toy_refuses_bad_flags(tmp_path, capsys):
+    from veason_r1.cli import main
+
+    with pytest.raises(SystemExit) as e:  # argparse: exit 2 with the flag named
+        main(["make-toy", "policy", "--out", str(tmp_path), "--steps", "0"])
+    assert e.value.code == 2 and "--steps" in capsys.readouterr().err
+    assert main(["make-toy", "policy", "--out", str(tmp_path / "x"), "--train-videos", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "--train-videos" in err and "Traceback" not in err and not (tmp_path / "x").exists()
