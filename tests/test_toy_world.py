@@ -40,7 +40,11 @@ def test_shipped_checkpoints_match_their_manifests_and_sizes():
     assert {f.name: _sha256(f) for f in weights} == manifest["weights"]
     assert sum(f.stat().st_size for f in weights) <= 12 * 2**20
     config = json.loads((policy / "config.json").read_text())
-    assert config["model_type"] == "qwen2_5_vl" and config["dtype"] == "bfloat16"
+    assert config["model_type"] == "qwen2_5_vl" and config["dtype"] == "float32"  # loaded in fp32
+    from safetensors import safe_open
+
+    with safe_open(str(weights[0]), framework="pt") as st:  # stored in bf16
+        assert {str(st.get_slice(k).get_dtype()) for k in st.keys()} == {"BF16"}
 
 
 def test_toy_sam2_loads_by_name_and_tracks_better_than_random_weights(tmp_path):

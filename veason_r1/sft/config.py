@@ -69,6 +69,9 @@ class SFTConfig:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target: str = "all"  # all linear layers of the LLM (LLaMA-Factory skips the frozen vision tower)
+    # Modules trained in full beside the adapter (LLaMA-Factory `additional_target`, saved in the merge), e.g.
+    # "lm_head" for the toy base, which never saw English words as targets (the real base has; None for it).
+    additional_target: str | None = None
     # The vision tower and merger stay frozen in SFT (LLaMA-Factory's default): GRPO trains them later (docs/method.md §8).
     freeze_vision_tower: bool = True
     freeze_multi_modal_projector: bool = True

@@ -257,8 +257,10 @@ def export_model(model, init: Path, out: Path) -> Path:
     for f in weights.glob("*.safetensors"):
         f.replace(tmp / f.name)
     shutil.rmtree(weights)
+    # the weights are stored in bf16 (small); config.json keeps float32, the dtype every stage loads it in (CPU
+    # SFT with LLaMA-Factory mixes dtypes otherwise)
     config = json.loads((tmp / "config.json").read_text())
-    config["torch_dtype"] = config["dtype"] = "bfloat16"
+    config["torch_dtype"] = config["dtype"] = "float32"
     (tmp / "config.json").write_text(json.dumps(config, indent=2))
     if out.exists():
         shutil.rmtree(out)
