@@ -2,8 +2,9 @@
 
 Stage 1 (policy): one JSON line per expression (response, reasoning, keyframe, boxes) appended to
 `PRED/.stage1/stage1.shard<i>of<n>.jsonl`. Stage 2 (SAM2): the masks of every frame written to
-`PRED/<video>/<exp_id>/<frame>.png` (0/255, original size), the layout every evaluator here reads (ReVOS, MeViS,
-ReasonVOS and ViCaS alike). Re-running skips what is finished, so a killed run resumes where it stopped.
+`PRED/<video>/<exp_id>/<frame>.png` (0/255, original size), the layout the evaluators read (ReVOS, MeViS, ViCaS;
+ReasonVOS in `PredictConfig.pred_layout`, by default VideoLISA's `PRED/<source>_<video>_<obj_id>/<exp_id>/`).
+Re-running skips what is finished, so a killed run resumes where it stopped.
 
 Why results do not depend on sharding or on being killed: expressions are cut, in the dataset's order, into fixed
 blocks of `batch_size`; a block is the unit of both generation and sharding (shard i owns blocks b with
@@ -146,6 +147,7 @@ class PredictConfig:
     oracle_keyframe: bool = False
     oracle_boxes: bool = False
     limit: int | None = None  # first N expressions in dataset order (smoke runs)
+    pred_layout: str = "current"  # ReasonVOS mask folders (veason_r1.data.reasonvos.PRED_LAYOUTS); stage 2 only
 
     @property
     def needs_policy(self) -> bool:
@@ -153,6 +155,7 @@ class PredictConfig:
 
     def fingerprint(self) -> dict:
         d = asdict(self)
+        del d["pred_layout"]  # where stage 2 writes, not what stage 1 generates
         d["model"] = str(Path(self.model).resolve()) if self.model else None
         return d
 
@@ -286,6 +289,13 @@ def select_expressions(dataset: Any, config: PredictConfig) -> list[Any]:
 # Stage 2: SAM2 -> PNGs
 
 
+def prediction_parts(dataset: Any, expression: Any, config: PredictConfig) -> tuple[str, str]:
+    """(folder, subfolder) of an expression's masks under PRED: <video>/<exp_id>, or the ReasonVOS layout chosen
+    in config.pred_layout (the reader's `prediction_folder`)."""
+    folder = getattr(dataset, "prediction_folder", None)
+    return folder(expression, config.pred_layout) if folder else (expression.video, expression.exp_id)
+
+
 def expression_dir(pred: str | os.PathLike, video: str, exp_id: str) -> Path:
     return Path(pred) / video / str(exp_id)
 
@@ -406,7 +416,7 @@ def run_stage2(
             stats["missing_stage1"] += len(missing)
             continue
         names = dataset.frames(group[0].video).names
-        pending = [e for e in group if not is_complete(pred, e.video, e.exp_id, names)]
+        pending = [e for e in group if not is_complete(pred, *prediction_parts(dataset, e, config), names)]
         stats["skipped"] += len(group) - len(pending)
         if pending:
             todo.append((group, pending))
@@ -415,7 +425,7 @@ def run_stage2(
         t0 = time.perf_counter()
         for e, masks in zip(group, all_masks):
             if e in pending:
-                write_expression_masks(pred, e.video, e.exp_id, names, masks, partial_root)
+                write_expression_masks(pred, *prediction_parts(dataset, e, config), names, masks, partial_root)
                 stats["written"] += 1
         stats["write_s"] += time.perf_counter() - t0
 
@@ -472,7 +482,7 @@ def merge_predictions(dataset: Any, pred: str | os.PathLike, config: PredictConf
             missing_stage1.append(e.key)
             continue
         lines.append(json.dumps(rec))
-        if is_complete(pred, e.video, e.exp_id, dataset.frames(e.video).names):
+        if is_complete(pred, *prediction_parts(dataset, e, config), dataset.frames(e.video).names):
             complete += 1
         else:
             missing_masks.append(e.key)
