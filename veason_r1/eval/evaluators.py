@@ -77,9 +77,9 @@ class ExpressionResult:
 # Reading predictions and GT
 
 
-def read_prediction(path: Path) -> MaskBits:
-    """A prediction PNG read as the reference reads it, packed; errors name the file."""
-    return mask_from_png(path, "prediction")
+def read_prediction(path: Path, out: np.ndarray | None = None) -> MaskBits:
+    """A prediction PNG read as the reference reads it, packed; errors name the file. `out`: see mask_from_png."""
+    return mask_from_png(path, "prediction", out)
 
 
 def _check_size(pred: MaskBits, shape: tuple[int, int], path: Path) -> None:
@@ -166,12 +166,13 @@ def score_task(ds, task: Task, scoring: Scoring) -> ExpressionResult:
         return res
     shape = tuple(ds.size(e.video))
     frames: list[FrameScore] = []
+    buffer = np.empty(shape, np.uint8)  # each frame's prediction pixels, scored before the next one is read
     for t, path in zip(task.frame_ids, paths):
         if scoring.gt == "reasonvos":
             gt = reasonvos_gt(ds, e, t, shape)
         else:
             gt = revos_gt(ds, e, t, shape, scoring.literal)
-        pred = read_prediction(path)
+        pred = read_prediction(path, buffer)
         _check_size(pred, shape, path)
         fg = _revos_foreground_area(ds, e.video, t) if scoring.revos_terms else None
         frames.append(score_masks(gt, pred, fg, with_accuracy=scoring.revos_terms))

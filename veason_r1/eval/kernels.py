@@ -250,13 +250,54 @@ def or_into(dst, src):
 
 
 @njit(**_JIT)
-def add_bits(bits, width, acc):
-    """acc += mask (uint8, wrapping at 256 as VISA's `gt += decode(rle)`)."""
-    h = bits.shape[0]
+def add_bits(bits, acc):
+    """acc += mask at its set pixels (uint8, wrapping at 256 as VISA's `gt += decode(rle)`)."""
+    h, nw = bits.shape
     for y in range(h):
-        for c in range(width):
-            if (bits[y, c >> 6] >> np.uint64(c & 63)) & np.uint64(1):
+        for k in range(nw):
+            word = bits[y, k]
+            while word != np.uint64(0):
+                c = k * 64 + _lowest_bit(word)
+                word &= word - np.uint64(1)
                 acc[y, c] = np.uint8(acc[y, c] + np.uint8(1))
+
+
+@njit(**_JIT)
+def level_counts(layers, p, m_hist, n_hist):
+    """For VISA's summed GT (layers: (objects, H, nw) bits): m_hist[c] += pixels of the union whose object count
+    is c (mod 256, as in uint8), n_hist[c] += those of them set in p; returns the pixels of p outside the union.
+    Words without overlapping objects are counted with popcounts; only overlapping ones visit pixels."""
+    n_obj, h, nw = layers.shape
+    outside = 0
+    for y in range(h):
+        for k in range(nw):
+            u = np.uint64(0)
+            ov = np.uint64(0)
+            for i in range(n_obj):
+                o = layers[i, y, k]
+                ov |= u & o
+                u |= o
+            pw = p[y, k]
+            outside += _popcount(pw & ~u)
+            if u == np.uint64(0):
+                continue
+            if ov == np.uint64(0):
+                m_hist[1] += _popcount(u)
+                n_hist[1] += _popcount(u & pw)
+                continue
+            word = u
+            while word != np.uint64(0):
+                low = word & (~word + np.uint64(1))
+                word ^= low
+                c = 0
+                for i in range(n_obj):
+                    if layers[i, y, k] & low:
+                        c += 1
+                c &= 0xFF
+                m_hist[c] += 1
+                if pw & low:
+                    n_hist[c] += 1
+    return outside
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -22,6 +22,7 @@ reference code).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
 from dataclasses import dataclass
@@ -49,9 +50,14 @@ class FrameScore:
 
 def boundary_radius(shape: tuple[int, int], bound_th: float = BOUND_TH) -> int:
     """Tolerance radius in pixels: bound_th itself when >= 1, else ceil(bound_th * diagonal) (DAVIS)."""
+    return _radius(int(shape[0]), int(shape[1]), float(bound_th))
+
+
+@functools.lru_cache(maxsize=64)
+def _radius(h: int, w: int, bound_th: float) -> int:
     if bound_th >= 1:
         return int(bound_th)
-    return int(np.ceil(bound_th * np.linalg.norm(shape)))
+    return int(np.ceil(bound_th * np.linalg.norm((h, w))))
 
 
 def f_from_counts(n_gt: int, n_pred: int, gt_matched: int, pred_matched: int) -> float:
@@ -141,7 +147,8 @@ def score_masks(g: MaskBits, p: MaskBits, foreground_area: int | None = None, *,
     with its scale-free variant. `foreground_area`: pixels of the video's foreground in this frame (R's |fg|)."""
     if g.shape != p.shape:
         raise ValueError(f"GT mask {g.shape} and prediction {p.shape} must be 2-D masks of the same size")
-    s = _scratch(g.shape[0], g.bits.shape[1], boundary_radius(g.shape, bound_th))
+    radius = boundary_radius(g.shape, bound_th)
+    s = _scratch(g.shape[0], g.bits.shape[1], radius)
     kernels.overlap_counts(g.bits, p.bits, s.stats)
     n_g, n_p, n_i = int(s.stats[0]), int(s.stats[1]), int(s.stats[2])
     union = n_g + n_p - n_i
@@ -149,7 +156,7 @@ def score_masks(g: MaskBits, p: MaskBits, foreground_area: int | None = None, *,
         j = f = 1.0
     else:
         j = n_i / union
-        f = f_from_counts(*boundary_counts(g, p, boundary_radius(g.shape, bound_th)))
+        f = f_from_counts(*boundary_counts(g, p, radius))
     if not (with_accuracy or foreground_area is not None):
         return FrameScore(J=float(j), F=float(f))
     total = g.shape[0] * g.shape[1]
@@ -172,6 +179,15 @@ def _literal_terms(g: MaskBits, p: MaskBits, n_p: int, n_i: int) -> tuple[int, i
         both_equal = n_i if vg == vp else 0
         diff = n_g + n_p - 2 * n_i + (n_i - both_equal)
         neg = vp * (n_p - n_i) + ((((1 - vg) * vp) & 0xFF) * n_i)
+        return diff, neg
+    if g.layers is not None and p.value is not None:  # VISA's summed GT of overlapping objects, binary prediction
+        m_hist = np.zeros(256, np.int64)
+        n_hist = np.zeros(256, np.int64)
+        outside = int(kernels.level_counts(g.layers, p.bits, m_hist, n_hist))
+        vp = p.value
+        levels = np.flatnonzero(m_hist)
+        diff = outside + sum(int(n_hist[c]) * (vp != c) + int(m_hist[c] - n_hist[c]) * (c != 0) for c in levels)
+        neg = outside * vp + sum(int(n_hist[c]) * (((1 - int(c)) * vp) & 0xFF) for c in levels)
         return diff, neg
     rows = [r for r in (g.rows, p.rows) if r[0] >= 0]
     y0 = min(r[0] for r in rows)

@@ -26,13 +26,14 @@ class MaskBits:
     `value`: the one non-zero value when the mask holds 0 and a single other value (0 when empty), None when it
     holds several; it is worked out from `frame` (the uint8 pixels) on first use, since J and F never need it."""
 
-    __slots__ = ("bits", "width", "area", "rows", "frame", "_value")
+    __slots__ = ("bits", "width", "area", "rows", "frame", "layers", "_value")
 
     def __init__(self, bits: np.ndarray, width: int, area: int, rows: tuple[int, int], value: int | None = _UNKNOWN,
-                 frame: np.ndarray | None = None):
+                 frame: np.ndarray | None = None, layers: np.ndarray | None = None):
         if value == _UNKNOWN and frame is None:
             raise ValueError("MaskBits needs its value or its uint8 frame")
         self.bits, self.width, self.area, self.rows, self.frame, self._value = bits, width, area, rows, frame, value
+        self.layers = layers  # VISA's summed GT of overlapping objects: (objects, H, nw) bits (value is None)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -52,11 +53,15 @@ class MaskBits:
         return self._value
 
     def as_values(self) -> np.ndarray:
-        """The uint8 frame (rebuilt from the bits for a single-valued mask without one)."""
+        """The uint8 frame (rebuilt from the bits, or summed from the layers, when there is none)."""
         if self.frame is not None:
             return self.frame
-        out = np.empty(self.shape, np.uint8)
-        kernels.unpack_values(self.bits, self.width, np.uint8(self.value or 0), out)
+        out = np.zeros(self.shape, np.uint8)
+        if self.layers is not None:
+            for layer in self.layers:
+                kernels.add_bits(layer, out)
+        else:
+            kernels.unpack_values(self.bits, self.width, np.uint8(self.value or 0), out)
         return out
 
 
@@ -64,15 +69,15 @@ def words(width: int) -> int:
     return (int(width) + 63) // 64
 
 
-def from_bits(bits: np.ndarray, width: int, value: int | None = _UNKNOWN,
-              frame: np.ndarray | None = None) -> MaskBits:
+def from_bits(bits: np.ndarray, width: int, value: int | None = _UNKNOWN, frame: np.ndarray | None = None,
+              layers: np.ndarray | None = None) -> MaskBits:
     """MaskBits of packed bits (area and rows counted here); value 1 when neither value nor frame is given."""
     ext = np.empty(3, np.int64)
     kernels.bits_extent(bits, ext)
     if value == _UNKNOWN and frame is None:
         value = 1
     area = int(ext[0])
-    return MaskBits(bits, width, area, (int(ext[1]), int(ext[2])), (0 if area == 0 else value), frame)
+    return MaskBits(bits, width, area, (int(ext[1]), int(ext[2])), (0 if area == 0 else value), frame, layers)
 
 
 def _as_uint8(mask: np.ndarray, what: str) -> np.ndarray:
@@ -107,11 +112,12 @@ def pack_mask(mask: np.ndarray, what: str = "mask") -> MaskBits:
     return from_bits(pack_frame(frame), frame.shape[1], frame=frame)
 
 
-def mask_from_png(path, what: str = "prediction") -> MaskBits:
-    """A mask PNG read as the reference reads it (veason_r1.eval.png), packed."""
+def mask_from_png(path, what: str = "prediction", out: np.ndarray | None = None) -> MaskBits:
+    """A mask PNG read as the reference reads it (veason_r1.eval.png), packed. `out`: a (H, W) uint8 buffer the
+    pixels may be decoded into (reused frame after frame; the MaskBits then refers to it)."""
     from veason_r1.eval.png import read_mask_png
 
-    return pack_mask(read_mask_png(path), what)
+    return pack_mask(read_mask_png(path, out), what)
 
 
 def _counts(rle: dict) -> np.ndarray:
@@ -139,26 +145,24 @@ def rle_bits(rle: dict, shape: tuple[int, int], out: np.ndarray, scratch: np.nda
 
 
 def mask_from_rles(rles: Sequence[dict | None], shape: tuple[int, int], literal: bool = True) -> MaskBits:
-    """The GT of one frame from its objects' RLEs (None = object absent): union bits, and with `literal` the
-    uint8 sum VISA scores A and R on (kept as `values` only where objects overlap)."""
+    """The GT of one frame from its objects' RLEs (None = object absent): union bits, and with `literal` VISA's
+    uint8 sum for A and R (kept as the objects' layers where they overlap)."""
     h, w = shape
     nw = words(w)
     present = [r for r in rles if r is not None]
-    union = np.zeros((h, nw), np.uint64)
-    if present:
-        scratch = np.empty((h, nw), np.uint64)
-        obj = np.empty((h, nw), np.uint64) if len(present) > 1 else union
-        objects = []
-        overlap = 0
-        for r in present:
-            rle_bits(r, shape, obj, scratch)
-            if obj is not union:
-                overlap += kernels.or_into(union, obj)
-                if literal:
-                    objects.append(obj.copy())
-        if literal and overlap:
-            acc = np.zeros((h, w), np.uint8)
-            for o in objects:
-                kernels.add_bits(o, w, acc)
-            return from_bits(union, w, None, acc)
+    scratch = np.empty((h, nw), np.uint64)
+    if len(present) <= 1:
+        union = np.zeros((h, nw), np.uint64)
+        if present:
+            rle_bits(present[0], shape, union, scratch)
+        return from_bits(union, w, 1)
+    layers = np.empty((len(present), h, nw), np.uint64)
+    for i, r in enumerate(present):
+        rle_bits(r, shape, layers[i], scratch)
+    union = layers[0].copy()
+    overlap = 0
+    for i in range(1, len(present)):
+        overlap += kernels.or_into(union, layers[i])
+    if literal and overlap:
+        return from_bits(union, w, None, layers=layers)
     return from_bits(union, w, 1)
