@@ -266,8 +266,11 @@ def add_bits(bits, acc):
 def level_counts(layers, p, m_hist, n_hist):
     """For VISA's summed GT (layers: (objects, H, nw) bits): m_hist[c] += pixels of the union whose object count
     is c (mod 256, as in uint8), n_hist[c] += those of them set in p; returns the pixels of p outside the union.
-    Words without overlapping objects are counted with popcounts; only overlapping ones visit pixels."""
+    Counts are added bit-parallel: 8 bit planes per word hold each pixel's count (a ripple-carry adder wraps at
+    256 like uint8), then each count level is an AND of planes."""
     n_obj, h, nw = layers.shape
+    planes = np.zeros(8, np.uint64)
+    top = min(n_obj, 255)
     outside = 0
     for y in range(h):
         for k in range(nw):
@@ -285,18 +288,23 @@ def level_counts(layers, p, m_hist, n_hist):
                 m_hist[1] += _popcount(u)
                 n_hist[1] += _popcount(u & pw)
                 continue
-            word = u
-            while word != np.uint64(0):
-                low = word & (~word + np.uint64(1))
-                word ^= low
-                c = 0
-                for i in range(n_obj):
-                    if layers[i, y, k] & low:
-                        c += 1
-                c &= 0xFF
-                m_hist[c] += 1
-                if pw & low:
-                    n_hist[c] += 1
+            for j in range(8):
+                planes[j] = np.uint64(0)
+            for i in range(n_obj):
+                carry = layers[i, y, k]
+                j = 0
+                while carry != np.uint64(0) and j < 8:
+                    t = planes[j] & carry
+                    planes[j] ^= carry
+                    carry = t
+                    j += 1
+            for c in range(256 if n_obj > 255 else top + 1):
+                sel = u
+                for j in range(8):
+                    sel &= planes[j] if (c >> j) & 1 else ~planes[j]
+                if sel != np.uint64(0):
+                    m_hist[c] += _popcount(sel)
+                    n_hist[c] += _popcount(sel & pw)
     return outside
 
 

@@ -409,6 +409,9 @@ def run_stage2(
     if partial_root.exists():
         shutil.rmtree(partial_root)  # leftovers of this shard's killed run
     stats = {"written": 0, "skipped": 0, "missing_stage1": 0, "sam2_s": 0.0, "write_s": 0.0, "write_wait_s": 0.0}
+    owner: dict[tuple[str, str], str] = {}  # a folder shared by several expressions (ReasonVOS obj_id layout): first
+    for e in select_expressions(dataset, config):
+        owner.setdefault(prediction_parts(dataset, e, config), e.key)
     todo = []
     for group in video_groups(dataset, blocks, shard):
         missing = [e for e in group if e.key not in records]
@@ -416,7 +419,8 @@ def run_stage2(
             stats["missing_stage1"] += len(missing)
             continue
         names = dataset.frames(group[0].video).names
-        pending = [e for e in group if not is_complete(pred, *prediction_parts(dataset, e, config), names)]
+        pending = [e for e in group if owner[prediction_parts(dataset, e, config)] == e.key
+                   and not is_complete(pred, *prediction_parts(dataset, e, config), names)]
         stats["skipped"] += len(group) - len(pending)
         if pending:
             todo.append((group, pending))
