@@ -141,23 +141,21 @@ def unfilter_gray8(raw, out):
                 out[y, x] = v
                 left = np.int64(v)
         elif f == 4:
-            a = 0
-            c = 0
+            a = np.int32(0)  # left, up (b) and upper-left (c) neighbours
+            c = np.int32(0)
             for x in range(w):
-                b = np.int64(out[y - 1, x]) if y > 0 else 0
-                p = a + b - c
-                pa = abs(p - a)
-                pb = abs(p - b)
-                pc = abs(p - c)
-                if pa <= pb and pa <= pc:
-                    pred = a
-                elif pb <= pc:
-                    pred = b
-                else:
-                    pred = c
-                v = np.uint8(np.int64(raw[base + x]) + pred)
-                out[y, x] = v
-                a = np.int64(v)
+                b = np.int32(out[y - 1, x]) if y > 0 else np.int32(0)
+                d = np.int32(raw[base + x])
+                if d == 0 and a == b and b == c:  # flat neighbourhood: the predictor is a (most of a mask)
+                    out[y, x] = np.uint8(a)
+                    c = b
+                    continue
+                pa = abs(b - c)  # |p - a| for p = a + b - c
+                pb = abs(a - c)
+                pc = abs(a + b - 2 * c)
+                pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
+                a = np.int32(np.uint8(d + pred))
+                out[y, x] = np.uint8(a)
                 c = b
         else:
             return np.int64(f) + 1

@@ -45,7 +45,7 @@ class MaskBits:
             if self.area == 0:
                 self._value = 0
             else:
-                flat = self.frame.reshape(-1)
+                flat = self.frame[self.rows[0]:self.rows[1] + 1].reshape(-1)  # rows with content only
                 n8 = flat.size // 8 * 8
                 out = np.empty(2, np.int64)
                 kernels.value_stats(flat[:n8].view(np.uint64), flat[n8:], out)
@@ -109,7 +109,8 @@ def pack_frame(frame: np.ndarray) -> np.ndarray:
 def pack_mask(mask: np.ndarray, what: str = "mask") -> MaskBits:
     """A bool / uint8 (H, W) array as MaskBits (values kept as given: a 0/255 mask has value 255)."""
     frame = _as_uint8(mask, what)
-    return from_bits(pack_frame(frame), frame.shape[1], frame=frame)
+    value = 1 if np.asarray(mask).dtype == bool else _UNKNOWN
+    return from_bits(pack_frame(frame), frame.shape[1], value, frame=frame)
 
 
 def mask_from_png(path, what: str = "prediction", out: np.ndarray | None = None) -> MaskBits:
