@@ -26,7 +26,7 @@ from veason_r1.data.masks import encode_rle
 from veason_r1.eval.evaluators import EvalConfig, evaluate_revos
 from veason_r1.eval.metrics import frame_scores
 from veason_r1.eval.packed import mask_from_rles, pack_mask
-from veason_r1.eval.png import PNGError, decode_mask_png, read_mask_png
+from veason_r1.data.mask_png import PNGError, decode_mask_png, read_mask_png
 
 
 def rect(r0, r1, c0, c1, shape=(10, 10)):

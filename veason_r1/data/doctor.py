@@ -405,7 +405,7 @@ class _Checker:
     def check_reasonvos_gt(self, gt_name: str, lower_name: str, ekey: str, v: dict, size) -> None:
         """One GT folder: present, one PNG per frame (a missing one is a warning: the frame is not scored), each a
         PNG the reference can read (decoded with `decode=True`) and of the frames' size."""
-        from veason_r1.eval.png import PNGError, png_header, read_mask_png
+        from veason_r1.data.mask_png import PNGError, png_header, read_mask_png
 
         gt_dir = self.root / "Annotations" / gt_name
         if not gt_dir.is_dir() and (self.root / "Annotations" / lower_name).is_dir():

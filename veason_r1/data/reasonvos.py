@@ -11,7 +11,7 @@ background). The two releases differ in `expressions` (docs/method.md §2, docs/
   scripts wrote and scored `PRED/<vid>/<obj_id>/<frame>.png`, once per (video, obj_id).
 
 The release is detected from the form of `expressions` (`ReasonVOSDataset.release`). GT PNGs are read lazily, one
-frame at a time, the way the reference reads them (`veason_r1.eval.png`: OpenCV grey levels; non-zero =
+frame at a time, the way the reference reads them (`veason_r1.data.mask_png`: OpenCV grey levels; non-zero =
 foreground). The reference scores the frames that have a GT PNG (`annotated_frames`); a frame without one reads as
 an empty mask. ReasonVOS has no `type_id` (every Expression has `type_id=None`) and no foreground masks.
 """
@@ -53,7 +53,7 @@ class ExpressionInfo:
 
 def read_png_mask(path: Path) -> np.ndarray:
     """A GT/prediction PNG as a bool mask, read as the reference reads it (OpenCV grey level != 0)."""
-    from veason_r1.eval.png import read_mask_png
+    from veason_r1.data.mask_png import read_mask_png
 
     return read_mask_png(path) != 0
 

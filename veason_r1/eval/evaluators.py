@@ -3,7 +3,7 @@
 
 Predictions: `PRED/<video>/<exp_id>/<frame>.png` (nested video names allowed) for ReVOS / MeViS; ReasonVOS in one of
 `veason_r1.data.reasonvos.PRED_LAYOUTS` (default: VideoLISA's current `PRED/<source>_<vid>_<obj_id>/<exp_id>/`).
-PNGs are read as the reference scripts read them (OpenCV grey levels, `veason_r1.eval.png`; never resized). A
+PNGs are read as the reference scripts read them (OpenCV grey levels, `veason_r1.data.mask_png`; never resized). A
 prediction whose size differs from the GT is an error naming the file. An expression with any frame PNG missing is
 "missing": scored 0 on every metric (`missing="zero"`, ReVOS/MeViS reference) or left out (`"skip"`, ReasonVOS
 reference); the count is always reported.
@@ -189,7 +189,7 @@ def warm_up() -> None:
     b[0, 60] = 7
     score_masks(pack_mask(a), pack_mask(b), 10, with_accuracy=True)
     mask_from_rles([{"size": [h, w], "counts": [5, 3, 272]}, {"size": [h, w], "counts": [6, 2, 272]}], (h, w))
-    from veason_r1.eval.png import decode_mask_png
+    from veason_r1.data.mask_png import decode_mask_png
 
     buf = io.BytesIO()
     from PIL import Image

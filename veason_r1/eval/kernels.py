@@ -1,5 +1,5 @@
-"""Compiled inner loops of the evaluation (numba): packed masks, PNG row unfiltering, COCO RLE decoding, DAVIS
-boundaries and the boundary match, and VISA's uint8 A/R arithmetic.
+"""Compiled inner loops of the evaluation (numba): packed masks, COCO RLE decoding, DAVIS boundaries and the
+boundary match, and VISA's uint8 A/R arithmetic (PNG row unfiltering is in veason_r1.data.mask_png).
 
 Why compiled: per frame the reference runs a dozen whole-frame numpy passes plus two `cv2.dilate` calls with a
 disk of ~490 pixels; the same numbers need only the masks' bits (64 pixels per word) and the boundary pixels, but
@@ -103,63 +103,6 @@ def unpack_values(bits, width, value, out):
     for y in range(h):
         for c in range(width):
             out[y, c] = value if (bits[y, c >> 6] >> np.uint64(c & 63)) & np.uint64(1) else 0
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# PNG: inflated 8-bit grey rows -> pixels (PNG spec section 9, filter types 0-4, one byte per pixel)
-
-
-@njit(**_JIT)
-def unfilter_gray8(raw, out):
-    """Reconstruct the (H, W) uint8 image from inflated PNG scanlines (filter byte + W bytes per row).
-    Returns 0, or 1 + the first invalid filter type."""
-    h, w = out.shape
-    stride = w + 1
-    for y in range(h):
-        f = raw[y * stride]
-        base = y * stride + 1
-        if f == 0:
-            for x in range(w):
-                out[y, x] = raw[base + x]
-        elif f == 1:
-            left = np.uint8(0)
-            for x in range(w):
-                left = np.uint8(raw[base + x] + left)
-                out[y, x] = left
-        elif f == 2:
-            if y == 0:
-                for x in range(w):
-                    out[y, x] = raw[base + x]
-            else:
-                for x in range(w):
-                    out[y, x] = np.uint8(raw[base + x] + out[y - 1, x])
-        elif f == 3:
-            left = 0
-            for x in range(w):
-                up = np.int64(out[y - 1, x]) if y > 0 else 0
-                v = np.uint8(np.int64(raw[base + x]) + ((left + up) >> 1))
-                out[y, x] = v
-                left = np.int64(v)
-        elif f == 4:
-            a = np.int32(0)  # left, up (b) and upper-left (c) neighbours
-            c = np.int32(0)
-            for x in range(w):
-                b = np.int32(out[y - 1, x]) if y > 0 else np.int32(0)
-                d = np.int32(raw[base + x])
-                if d == 0 and a == b and b == c:  # flat neighbourhood: the predictor is a (most of a mask)
-                    out[y, x] = np.uint8(a)
-                    c = b
-                    continue
-                pa = abs(b - c)  # |p - a| for p = a + b - c
-                pb = abs(a - c)
-                pc = abs(a + b - 2 * c)
-                pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
-                a = np.int32(np.uint8(d + pred))
-                out[y, x] = np.uint8(a)
-                c = b
-        else:
-            return np.int64(f) + 1
-    return 0
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -114,9 +114,9 @@ def pack_mask(mask: np.ndarray, what: str = "mask") -> MaskBits:
 
 
 def mask_from_png(path, what: str = "prediction", out: np.ndarray | None = None) -> MaskBits:
-    """A mask PNG read as the reference reads it (veason_r1.eval.png), packed. `out`: a (H, W) uint8 buffer the
+    """A mask PNG read as the reference reads it (veason_r1.data.mask_png), packed. `out`: a (H, W) uint8 buffer the
     pixels may be decoded into (reused frame after frame; the MaskBits then refers to it)."""
-    from veason_r1.eval.png import read_mask_png
+    from veason_r1.data.mask_png import read_mask_png
 
     return pack_mask(read_mask_png(path, out), what)
 

@@ -143,7 +143,7 @@ def _pr_to_ap(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
 def score_video(gt: dict, pred_root: Path, missing: str) -> tuple[list[dict], list[ReferralResult]]:
     from pycocotools import mask as mask_utils
 
-    from veason_r1.eval.png import read_mask_png
+    from veason_r1.data.mask_png import read_mask_png
 
     vid = int(gt["video_id"])
     h, w = (int(x) for x in gt["image_size"])

@@ -7,9 +7,10 @@ the palette index; 16-bit -> reduced to 8 bits (a 16-bit mask holding 1 reads as
 are computed on, and their non-zero pixels are the foreground for J and F.
 
 Fast path: non-interlaced 8-bit grey PNGs (what `veason-r1 predict` writes and most tools save) are inflated with
-zlib-ng and unfiltered by `kernels.unfilter_gray8` (the PNG spec's five filters; about 10x faster than libpng with
-the stock zlib here, whose inflate dominates reading a mostly-empty mask); every other PNG goes through OpenCV's
-own decoder. A file that is not a PNG (a JPEG saved as .png, say) or is damaged is refused with an error naming it.
+zlib-ng and unfiltered by `unfilter_gray8` (numba; the PNG spec's five row filters). Why: inflating a mostly-empty
+720p mask is most of `cv2.imread`'s time, and zlib-ng inflates such streams several times faster than the zlib in
+OpenCV's libpng (bench/bench_metrics.py `breakdown`). Every other PNG goes through OpenCV's own decoder. A file that
+is not a PNG (a JPEG saved as .png, say) or is damaged is refused with an error naming it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
+from numba import njit
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 COLOR_TYPES = {0: "grey", 2: "RGB", 3: "palette", 4: "grey+alpha", 6: "RGBA"}
@@ -75,6 +77,59 @@ def _chunks(data: bytes, path) -> tuple[bytes, bool]:
     return b"".join(idat), False
 
 
+@njit(cache=True, nogil=True)
+def unfilter_gray8(raw, out):
+    """Reconstruct the (H, W) uint8 image from inflated PNG scanlines (filter byte + W bytes per row).
+    Returns 0, or 1 + the first invalid filter type."""
+    h, w = out.shape
+    stride = w + 1
+    for y in range(h):
+        f = raw[y * stride]
+        base = y * stride + 1
+        if f == 0:
+            for x in range(w):
+                out[y, x] = raw[base + x]
+        elif f == 1:
+            left = np.uint8(0)
+            for x in range(w):
+                left = np.uint8(raw[base + x] + left)
+                out[y, x] = left
+        elif f == 2:
+            if y == 0:
+                for x in range(w):
+                    out[y, x] = raw[base + x]
+            else:
+                for x in range(w):
+                    out[y, x] = np.uint8(raw[base + x] + out[y - 1, x])
+        elif f == 3:
+            left = 0
+            for x in range(w):
+                up = np.int64(out[y - 1, x]) if y > 0 else 0
+                v = np.uint8(np.int64(raw[base + x]) + ((left + up) >> 1))
+                out[y, x] = v
+                left = np.int64(v)
+        elif f == 4:
+            a = np.int32(0)  # left, up (b) and upper-left (c) neighbours
+            c = np.int32(0)
+            for x in range(w):
+                b = np.int32(out[y - 1, x]) if y > 0 else np.int32(0)
+                d = np.int32(raw[base + x])
+                if d == 0 and a == b and b == c:  # flat neighbourhood: the predictor is a (most of a mask)
+                    out[y, x] = np.uint8(a)
+                    c = b
+                    continue
+                pa = abs(b - c)  # |p - a| for p = a + b - c
+                pb = abs(a - c)
+                pc = abs(a + b - 2 * c)
+                pred = a if (pa <= pb and pa <= pc) else (b if pb <= pc else c)
+                a = np.int32(np.uint8(d + pred))
+                out[y, x] = np.uint8(a)
+                c = b
+        else:
+            return np.int64(f) + 1
+    return 0
+
+
 def decode_mask_png(data: bytes, path: str | os.PathLike = "<bytes>", out: np.ndarray | None = None) -> np.ndarray:
     """PNG bytes -> (H, W) uint8, the array `cv2.imdecode(data, cv2.IMREAD_GRAYSCALE)` gives. `out` (optional,
     (H, W) uint8, C-contiguous) receives the pixels on the fast path."""
@@ -94,8 +149,6 @@ def decode_mask_png(data: bytes, path: str | os.PathLike = "<bytes>", out: np.nd
             raise PNGError(f"{path}: damaged PNG (image data ends after {len(raw)} of {need} bytes)")
         if out is None or out.shape != (height, width) or out.dtype != np.uint8 or not out.flags.c_contiguous:
             out = np.empty((height, width), np.uint8)
-        from veason_r1.eval.kernels import unfilter_gray8
-
         bad = unfilter_gray8(np.frombuffer(raw, np.uint8, count=need), out)
         if bad:
             raise PNGError(f"{path}: damaged PNG (invalid row filter type {bad - 1})")
