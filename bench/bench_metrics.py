@@ -141,7 +141,7 @@ def bench_metrics(refs: list[dict], frames, repeats: int) -> dict:
     t_ours, ours = _best(lambda: [frame_scores(g, p, fa) for g, p, fa, _ in frames], repeats)
     out = {"ours_s": t_ours, "ours_ms_per_frame": 1e3 * t_ours / len(frames)}
     for ref in refs:
-        t_ref, vals = _best(lambda: [reference_frame(ref, g, p, fg) for g, p, _, fg in frames], repeats)
+        t_ref, vals = _best(lambda ref=ref: [reference_frame(ref, g, p, fg) for g, p, _, fg in frames], repeats)
         keys = ("J", "F") if ref["kind"] == "davis" else ("J", "F", "A", "R")
         bad = [t for t, (s, v) in enumerate(zip(ours, vals)) if tuple(getattr(s, k) for k in keys) != v]
         out[ref["kind"]] = {"metrics": list(keys), "reference_s": t_ref,

@@ -1,4 +1,5 @@
-"""Independent, literal implementation of docs/method.md §9, used only by tests and bench/bench_metrics.py.
+"""Independent, literal implementation of docs/method.md §9, used only by tests (bench/bench_metrics.py times the
+real DAVIS/VISA code instead).
 
 Written the way the reference scripts do it (DAVIS `db_eval_iou` / `f_measure` / `seg2bmap`, VISA's
 `get_r2vos_accuracy` / `get_r2vos_robustness`, the ReVOS evaluation loop): whole-frame arrays, whole-frame disk
@@ -6,7 +7,8 @@ dilation of each boundary map per frame, whole-video stacks. Deliberately shares
 
 Two whole-frame dilations are offered: `ndimage` (scipy.ndimage.binary_dilation with the disk, which is what
 skimage's binary_dilation in the original DAVIS code runs) and `rows` (the same dilation computed as an OR of
-shifted whole-frame horizontal runs; speed comparable to cv2.dilate in VISA's copy). Both give the same map.
+shifted whole-frame horizontal runs, quicker to run in tests). Both give the same map, as the DAVIS/VISA code's
+cv2.dilate with skimage's disk does.
 """
 
 from __future__ import annotations

@@ -22,11 +22,11 @@ import pytest
 from PIL import Image
 
 from veason_r1.cli import main as cli_main
+from veason_r1.data.mask_png import PNGError, decode_mask_png, read_mask_png
 from veason_r1.data.masks import encode_rle
 from veason_r1.eval.evaluators import EvalConfig, evaluate_revos
 from veason_r1.eval.metrics import frame_scores
 from veason_r1.eval.packed import mask_from_rles, pack_mask
-from veason_r1.data.mask_png import PNGError, decode_mask_png, read_mask_png
 
 
 def rect(r0, r1, c0, c1, shape=(10, 10)):
@@ -366,7 +366,7 @@ def test_evaluator_scores_every_png_kind_as_the_decoded_arrays(tmp_path, capsys)
             (pred / "v" / exp / f"{name}.png").write_bytes(path.read_bytes())
             if exp == "0":
                 decoded.append(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))
-    s, rows = evaluate_revos(root, pred, EvalConfig(progress=False))
+    _, rows = evaluate_revos(root, pred, EvalConfig(progress=False))
     want = [frame_scores(gt, d, int(gt.sum())) for d in decoded]
     assert rows[0].scores["R"] == np.mean([x.R for x in want]) and rows[0].scores["A"] == np.mean([x.A for x in want])
     assert rows[0].scores["J"] == np.mean([x.J for x in want])

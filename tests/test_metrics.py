@@ -287,3 +287,15 @@ def test_pack_mask_values():
     with pytest.raises(ValueError, match="must hold uint8 values"):
         pack_mask(np.full((2, 2), 300))
     assert pack_mask(np.ones((2, 2), np.int64)).value == 1
+
+
+def test_bench_refuses_to_time_without_the_real_reference(tmp_path, capsys):
+    """Speed is only reported against real DAVIS/VISA code: no --reference-repo -> exit 2; a wrong folder is named."""
+    spec = importlib.util.spec_from_file_location("bench_metrics", Path(__file__).resolve().parents[1] /
+                                                  "bench" / "bench_metrics.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([]) == 2
+    assert "pass --reference-repo PATH" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=f"{tmp_path} is neither a davis2017-evaluation clone"):
+        bench.main(["--reference-repo", str(tmp_path)])

@@ -62,7 +62,7 @@ def test_list_release_reader(list_release):
         ("2", "which animal is fastest?", (3,), ("MOSE_vidA_3",))]
     assert [ds.expression_info[e.key].is_sent for e in ds.expressions] == [False, True, True]
     assert ds.video_info["vidA"] == {"source": "MOSE", "is_sent": None}
-    e0, e1, e2 = ds.expressions
+    _, e1, e2 = ds.expressions
     assert np.array_equal(ds.gt_mask(e2, 1), box(1, 3, 2, 4)) and ds.annotated_frames(e1) == [0, 1, 2]
     assert ds.prediction_folder(e2) == ("MOSE_vidA_3", "2")  # current layout: <source>_<vid>_<obj_id>/<exp_id>
     assert ds.prediction_folder(e2, "obj_id") == ("vidA", "3")
@@ -120,7 +120,7 @@ def test_list_release_eval_layouts_and_missing(list_release, tmp_path, capsys):
                 _save(root.joinpath(*ds.prediction_folder(e, layout)) / f"{t:05d}.png", p)
     assert (tmp_path / "cur" / "MOSE_vidA_3" / "2" / "00001.png").is_file()
     cfg = EvalConfig(benchmark="reasonvos", missing="skip", progress=False)
-    s, rows = evaluate_reasonvos(list_release, tmp_path / "cur", cfg)
+    s, _ = evaluate_reasonvos(list_release, tmp_path / "cur", cfg)
     assert s["release"] == RELEASE_LIST and s["pred_layout"] == "current" and s["missing_predictions"] == 0
     assert s["J"] == pytest.approx(100 * np.mean([j for j, _ in want.values()]), abs=1e-12)
     assert s["F"] == pytest.approx(100 * np.mean([f for _, f in want.values()]), abs=1e-12)
@@ -160,7 +160,7 @@ def test_synthetic_both_releases_read_doctor_and_evaluate(tmp_path, fmt, release
     meta = json.loads((root / "meta_expressions.json").read_text())["videos"]
     ds = ReasonVOSDataset(root)
     assert ds.release == release
-    for name, v in meta.items():
+    for v in meta.values():
         exps = v["expressions"]
         if release == RELEASE_LIST:
             assert isinstance(exps, list) and "is_sent" not in v
@@ -221,8 +221,14 @@ class BoxFill:
 
 
 def test_predict_writes_each_layout_and_eval_reads_it(list_release, tmp_path):
-    from veason_r1.inference.predict import (PredictConfig, merge_predictions, open_benchmark, prediction_parts,
-                                             run_stage1, run_stage2)
+    from veason_r1.inference.predict import (
+        PredictConfig,
+        merge_predictions,
+        open_benchmark,
+        prediction_parts,
+        run_stage1,
+        run_stage2,
+    )
 
     ds = open_benchmark("reasonvos", list_release)
     scores = {}

@@ -159,7 +159,7 @@ def rle_to_bits(counts, h, bits, scratch):
             col = a // h
             while a < b and col < total_cols:
                 end_col = (col + 1) * h
-                e = b if b < end_col else end_col
+                e = min(end_col, b)
                 bit = np.uint64(1) << np.uint64(col & 63)
                 scratch[a - col * h, col >> 6] ^= bit
                 if e - col * h < h:
@@ -380,10 +380,8 @@ def matched(a, a_min, b, b_min, b_max, width, half_widths, order):
                     half = half_widths[dy if dy >= 0 else -dy]
                     lo = c - half
                     hi = c + half
-                    if lo < b_min[yy]:
-                        lo = b_min[yy]
-                    if hi > b_max[yy]:
-                        hi = b_max[yy]
+                    lo = max(lo, b_min[yy])
+                    hi = min(hi, b_max[yy])
                     if lo > hi:
                         continue
                     if _any_in_range(b, yy, lo, hi):

@@ -12,10 +12,10 @@ sum's non-zero pixels are for fewer than 256 overlapping objects. `literal=False
 from __future__ import annotations
 
 from collections.abc import Sequence
+
 import numpy as np
 
 from veason_r1.eval import kernels
-
 
 _UNKNOWN = -1
 
@@ -26,7 +26,7 @@ class MaskBits:
     `value`: the one non-zero value when the mask holds 0 and a single other value (0 when empty), None when it
     holds several; it is worked out from `frame` (the uint8 pixels) on first use, since J and F never need it."""
 
-    __slots__ = ("bits", "width", "area", "rows", "frame", "layers", "_value")
+    __slots__ = ("_value", "area", "bits", "frame", "layers", "rows", "width")
 
     def __init__(self, bits: np.ndarray, width: int, area: int, rows: tuple[int, int], value: int | None = _UNKNOWN,
                  frame: np.ndarray | None = None, layers: np.ndarray | None = None):
