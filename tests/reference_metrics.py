@@ -1,4 +1,5 @@
-"""Independent, literal implementation of docs/method.md §9, used only by tests and bench/bench_metrics.py.
+"""Independent, literal implementation of docs/method.md §9, used only by tests (bench/bench_metrics.py times the
+real DAVIS/VISA code instead).
 
 Written the way the reference scripts do it (DAVIS `db_eval_iou` / `f_measure` / `seg2bmap`, VISA's
 `get_r2vos_accuracy` / `get_r2vos_robustness`, the ReVOS evaluation loop): whole-frame arrays, whole-frame disk
@@ -6,7 +7,8 @@ dilation of each boundary map per frame, whole-video stacks. Deliberately shares
 
 Two whole-frame dilations are offered: `ndimage` (scipy.ndimage.binary_dilation with the disk, which is what
 skimage's binary_dilation in the original DAVIS code runs) and `rows` (the same dilation computed as an OR of
-shifted whole-frame horizontal runs; speed comparable to cv2.dilate in VISA's copy). Both give the same map.
+shifted whole-frame horizontal runs, quicker to run in tests). Both give the same map, as the DAVIS/VISA code's
+cv2.dilate with skimage's disk does.
 """
 
 from __future__ import annotations
@@ -140,7 +142,8 @@ def _decode(rle):
 
 def revos_reference(root: Path, pred: Path, split: str = "valid", dilation: str = "ndimage") -> dict:
     """Score a ReVOS-format folder as docs/method.md §9 says: per expression (missing -> 0 for every metric),
-    means per type_id 0/1, overall = plain mean of the two; x100; also R on binarised predictions."""
+    means per type_id 0/1, overall = plain mean of the two; x100; also A and R on the union GT and binarised
+    predictions (the scale-free variants)."""
     root, pred = Path(root), Path(pred)
     meta = json.loads((root / f"meta_expressions_{split}_.json").read_text())["videos"]
     mask_dict = json.loads((root / "mask_dict.json").read_text())
@@ -155,7 +158,7 @@ def revos_reference(root: Path, pred: Path, split: str = "valid", dilation: str 
             paths = [folder / f"{f}.png" for f in v["frames"]]
             if not all(p.is_file() for p in paths):
                 missing += 1
-                rows[int(e["type_id"])].append([0.0] * 5)
+                rows[int(e["type_id"])].append([0.0] * 6)
                 continue
             gt = np.zeros((n, h, w), np.uint8)
             pr = np.zeros((n, h, w), np.uint8)
@@ -164,19 +167,21 @@ def revos_reference(root: Path, pred: Path, split: str = "valid", dilation: str 
                 for a in e["anno_id"]:
                     rle = mask_dict[str(a)][t]
                     if rle:
-                        gt[t] |= _decode(rle)
+                        gt[t] += _decode(rle)  # VISA: uint8 sum, overlapping objects give 2
                 fg[t] = _decode(fg_dict[vid]["masks_rle"][t])
                 pr[t] = np.asarray(Image.open(paths[t]))
             j = db_eval_iou(gt, pr).mean()
             f = db_eval_boundary(gt, pr, dilation=dilation).mean()
             a = r2vos_accuracy(gt, pr).mean()
             r = r2vos_robustness(gt, pr, fg).mean()
-            r_sf = r2vos_robustness(gt, (pr > 0).astype(np.uint8), fg).mean()
-            rows[int(e["type_id"])].append([j, f, a, r, r_sf])
-    keys = ("J", "F", "A", "R", "R_scale_free")
+            g1, p1 = (gt > 0).astype(np.uint8), (pr > 0).astype(np.uint8)  # union GT, binarised prediction
+            a_sf = r2vos_accuracy(g1, p1).mean()
+            r_sf = r2vos_robustness(g1, p1, fg).mean()
+            rows[int(e["type_id"])].append([j, f, a, r, a_sf, r_sf])
+    keys = ("J", "F", "A", "R", "A_scale_free", "R_scale_free")
 
     def split_means(items):
-        arr = np.array(items, dtype=np.float64).reshape(-1, 5)
+        arr = np.array(items, dtype=np.float64).reshape(-1, len(keys))
         d = {k: float(100 * arr[:, i].mean()) for i, k in enumerate(keys)}
         d["JF"] = (d["J"] + d["F"]) / 2
         return d

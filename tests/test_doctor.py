@@ -159,7 +159,7 @@ def test_warnings_do_not_fail(tmp_path):
 
 
 def test_reasonvos_doctor(tmp_path):
-    root = write_benchmark(tmp_path / "rv", SynthConfig(num_videos=3, seed=1), fmt="reasonvos")
+    root = write_benchmark(tmp_path / "rv", SynthConfig(num_videos=3, seed=1), fmt="reasonvos-original")
     report = diagnose(root, decode=True)
     assert report.format == "reasonvos" and report.ok and not report.issues
     meta = _load(root / "meta_expressions.json")

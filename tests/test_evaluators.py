@@ -89,7 +89,7 @@ def test_revos_cli_equals_literal_reference(synth_revos, tmp_path):
     assert got["num_expressions"]["referring"] == want["num_expressions"]["referring"] > 0
     assert got["num_expressions"]["reasoning"] == want["num_expressions"]["reasoning"] > 0
     for split in ("referring", "reasoning", "overall"):
-        for k in ("J", "F", "JF", "A", "R", "R_scale_free"):
+        for k in ("J", "F", "JF", "A", "R", "A_scale_free", "R_scale_free"):
             assert got[split][k] == pytest.approx(want[split][k], abs=1e-9), (split, k)
     assert 0 < got["overall"]["JF"] < 100
     # A 0/255 prediction's false positives weigh 255 times in the literal R: scale-free R is never lower
@@ -242,7 +242,7 @@ def test_reasonvos_layouts_and_skip(tmp_path):
             name = ds.videos[e.video].frames[t]
             g = ds.gt_mask(e, t)
             p = perturb(g, rng)
-            save_png(pred / e.video / e.exp_id / f"{name}.png", p * 255)
+            save_png(pred.joinpath(*ds.prediction_folder(e)) / f"{name}.png", p * 255)  # current layout
             gts.append(g)
             prs.append(p)
         literal.append((ref.db_eval_iou(np.array(gts), np.array(prs)).mean(),
@@ -254,16 +254,15 @@ def test_reasonvos_layouts_and_skip(tmp_path):
     e0 = ds.expressions[0]
     import shutil
 
-    shutil.rmtree(pred / e0.video / e0.exp_id)
+    shutil.rmtree(pred.joinpath(*ds.prediction_folder(e0)))
     s2, _ = evaluate_reasonvos(root, pred, EvalConfig(benchmark="reasonvos", missing="skip", progress=False))
     assert s2["missing_predictions"] == 1 and s2["num_expressions"] == len(literal) - 1
     assert s2["J"] == pytest.approx(100 * np.mean([j for j, _ in literal[1:]]), abs=1e-9)
-    # VideoLISA layout: PRED/<video>/<obj_id>/, each (video, obj_id) once
+    # VideoLISA's original layout: PRED/<video>/<obj_id>/, each (video, obj_id) once
     for e in ds.expressions:
         for t in ds.annotated_frames(e):
             name = ds.videos[e.video].frames[t]
-            obj = "_".join(map(str, e.obj_ids)) if len(e.obj_ids) != 1 else str(e.obj_ids[0])
-            save_png(pred_obj / e.video / obj / f"{name}.png", ds.gt_mask(e, t) * 255)
+            save_png(pred_obj / e.video / ds.expression_info[e.key].obj_id / f"{name}.png", ds.gt_mask(e, t) * 255)
     s3, _ = evaluate_reasonvos(root, pred_obj, EvalConfig(benchmark="reasonvos", missing="skip",
                                                           pred_layout="obj_id", progress=False))
     assert s3["JF"] == 100.0 and s3["missing_predictions"] == 0

@@ -223,3 +223,79 @@ def test_seg2bmap_equals_reference_and_rows_dilation_equals_ndimage():
             assert np.array_equal(seg2bmap(m), b)
             for r in (1, 2, 5, 12):
                 assert np.array_equal(ref.dilate_rows(b, r), ref.dilate_ndimage(b, r))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Packed masks: COCO RLE straight to bits, values for A/R
+
+
+def test_rle_bits_equal_pycocotools_decode():
+    from pycocotools import mask as cocomask
+
+    from veason_r1.eval.packed import mask_from_rles, words
+
+    rng = np.random.default_rng(7)
+    for shape in [(1, 1), (1, 65), (5, 1), (7, 64), (33, 70), (64, 128), (50, 200)]:
+        for _ in range(6):
+            m = _random_mask(rng, shape).astype(np.uint8)
+            rle = cocomask.encode(np.asfortranarray(m))
+            for counts in (rle["counts"].decode(), rle["counts"]):  # str (JSON) and bytes
+                got = mask_from_rles([{"size": list(shape), "counts": counts}], shape)
+                bits = np.unpackbits(got.bits.view(np.uint8), axis=1, bitorder="little")[:, :shape[1]]
+                assert got.bits.shape == (shape[0], words(shape[1]))
+                assert np.array_equal(bits, cocomask.decode(rle)), shape
+                assert got.area == int(m.sum()) and got.value == (1 if m.any() else 0)
+            uncompressed = {"size": list(shape), "counts": _runs(m)}
+            got = mask_from_rles([uncompressed], shape)
+            assert np.array_equal(np.unpackbits(got.bits.view(np.uint8), axis=1, bitorder="little")[:, :shape[1]], m)
+
+
+def _runs(m: np.ndarray) -> list[int]:
+    flat = m.flatten(order="F")
+    runs, cur, n = [], 0, 0
+    for v in flat:
+        if v != cur:
+            runs.append(n)
+            cur, n = v, 0
+        n += 1
+    runs.append(n)
+    return runs
+
+
+def test_rle_errors_say_what_is_wrong():
+    from veason_r1.eval.packed import mask_from_rles
+
+    with pytest.raises(ValueError, match=r"RLE size \[4, 4\] differs from the frame size \[4, 5\]"):
+        mask_from_rles([{"size": [4, 4], "counts": [16]}], (4, 5))
+    with pytest.raises(ValueError, match="RLE runs cover 19 pixels, the frame has 20"):
+        mask_from_rles([{"size": [4, 5], "counts": [3, 16]}], (4, 5))
+
+
+def test_pack_mask_values():
+    from veason_r1.eval.packed import pack_mask
+
+    m = SQ.astype(bool)
+    assert pack_mask(m).value == 1 and pack_mask(SQ * 255).value == 255 and pack_mask(EMPTY).value == 0
+    soft = SQ * 7
+    soft[3, 3] = 9
+    assert pack_mask(soft).value is None and pack_mask(soft).area == 16
+    wide = np.zeros((3, 131), np.uint8)  # width not a multiple of 8: the last byte is read too
+    wide[1, 130] = 5
+    assert pack_mask(wide).value == 5 and pack_mask(wide).rows == (1, 1)
+    wide[2, 0] = 6
+    assert pack_mask(wide).value is None
+    with pytest.raises(ValueError, match="must hold uint8 values"):
+        pack_mask(np.full((2, 2), 300))
+    assert pack_mask(np.ones((2, 2), np.int64)).value == 1
+
+
+def test_bench_refuses_to_time_without_the_real_reference(tmp_path, capsys):
+    """Speed is only reported against real DAVIS/VISA code: no --reference-repo -> exit 2; a wrong folder is named."""
+    spec = importlib.util.spec_from_file_location("bench_metrics", Path(__file__).resolve().parents[1] /
+                                                  "bench" / "bench_metrics.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main([]) == 2
+    assert "pass --reference-repo PATH" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match=f"{tmp_path} is neither a davis2017-evaluation clone"):
+        bench.main(["--reference-repo", str(tmp_path)])

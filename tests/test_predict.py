@@ -408,8 +408,9 @@ def test_reasonvos_layout_is_video_then_expression_key(tmp_path, tiny_sam2):
     run_stage1(ds, BatchSensitiveEngine(), tmp_path / "pred", cfg, progress=False)
     run_stage2(ds, tiny_sam2, tmp_path / "pred", cfg, progress=False)
     assert merge_predictions(ds, tmp_path / "pred", cfg).ok
-    for e in ds.expressions[:3]:
-        folder = tmp_path / "pred" / e.video / e.exp_id  # PRED/<video>/<expression key>/<frame>.png
+    for e in ds.expressions[:3]:  # VideoLISA's current layout: PRED/<source>_<video>_<obj_id>/<exp_id>/<frame>.png
+        info = ds.expression_info[e.key]
+        folder = tmp_path / "pred" / f"synthetic_{e.video}_{info.obj_id}" / info.release_exp_id
         assert sorted(p.stem for p in folder.glob("*.png")) == list(ds.frames(e.video).names)
 
 

@@ -187,7 +187,7 @@ def test_mevis_and_reasonvos_layouts(tmp_path):
             assert list(v) == ["vid_id", "frames", "expressions"] and "/" not in name
             assert (mevis / split / "JPEGImages" / name / "00000.jpg").is_file()
             assert all("type_id" not in e and e["anno_id"] for e in v["expressions"].values())
-    rv = write_benchmark(tmp_path / "rv", cfg, fmt="reasonvos")
+    rv = write_benchmark(tmp_path / "rv", cfg, fmt="reasonvos-original")  # first release (dict form)
     meta = json.loads((rv / "meta_expressions.json").read_text())["videos"]
     assert len(meta) == 4
     for name, v in meta.items():

@@ -1,6 +1,8 @@
 """Score predicted masks: `veason-r1 eval {revos,mevis,reasonvos,vicas} --data ROOT --pred PRED --out results.json`.
 
-Predictions: PRED/<video>/<exp_id>/<frame>.png at the original frame size (0/1 or 0/255, read as saved). Writes
+Predictions: PRED/<video>/<exp_id>/<frame>.png at the original frame size (0/1 or 0/255), read as the reference
+scripts read them (OpenCV grey levels); ReasonVOS: --pred-layout (default VideoLISA's current
+PRED/<source>_<video>_<obj_id>/<exp_id>/). ReVOS A and R: --r-mode literal (VISA's numbers, default) or union. Writes
 results.json (percent, unrounded) and a per-expression CSV beside it (<out stem>_per_expression.csv). Missing
 predictions are counted and printed; --missing zero|skip decides whether they score 0 or are left out (defaults:
 the reference scripts' choice: zero for ReVOS/MeViS/ViCaS, skip for ReasonVOS). MeViS `valid` has no public GT:
@@ -24,14 +26,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--missing", choices=("zero", "skip"), default=None,
                         help="missing predictions score 0 or are skipped (default: the benchmark's reference)")
     parser.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: min(4, CPUs))")
-    parser.add_argument("--pred-layout", choices=("exp_id", "obj_id"), default="exp_id",
-                        help="ReasonVOS: PRED/<video>/<exp_id>/ (ours) or VideoLISA's PRED/<video>/<obj_id>/")
+    parser.add_argument("--pred-layout", choices=("current", "obj_id", "exp_id"), default="current",
+                        help="ReasonVOS: PRED/<source>_<video>_<obj_id>/<exp_id>/ (current, default), "
+                             "PRED/<video>/<obj_id>/ (VideoLISA's original) or PRED/<video>/<exp_id>/")
+    parser.add_argument("--r-mode", choices=("literal", "union"), default="literal",
+                        help="ReVOS A/R: on VISA's GT, the uint8 sum of the objects (literal, its numbers) or on "
+                             "their boolean union; A/R_scale_free are always reported")
     parser.add_argument("--submission-zip", default=None,
                         help="MeViS valid: where to write the server zip (default: next to --out)")
     parser.add_argument("--zip-root", choices=("Annotations", "flat"), default="Annotations",
                         help="MeViS zip layout: Annotations/<video>/... (default) or <video>/... at the top")
     parser.add_argument("--vicas-version", default="v0.1", help="ViCaS annotation version folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
 
 
 def _fmt(v) -> str:
@@ -39,6 +46,18 @@ def _fmt(v) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    """Bad input (a damaged or misnamed file, a wrong size, a malformed meta) is one line naming it, exit 2."""
+    try:
+        return _run(args)
+    except (ValueError, FileNotFoundError, KeyError) as e:
+        if args.debug:
+            raise
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"error: {msg}")
+        return 2
+
+
+def _run(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
@@ -95,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
     from veason_r1.eval import evaluators
 
     config = EvalConfig(benchmark=args.benchmark, split=args.split, missing=missing, workers=workers,
-                        progress=progress, pred_layout=args.pred_layout)
+                        progress=progress, pred_layout=args.pred_layout, r_mode=args.r_mode)
     fn = {"revos": evaluators.evaluate_revos, "mevis": evaluators.evaluate_mevis,
           "reasonvos": evaluators.evaluate_reasonvos}[args.benchmark]
     summary, results = fn(args.data, pred, config)
@@ -103,12 +122,17 @@ def run(args: argparse.Namespace) -> int:
     atomic_write_json(out, summary, indent=2)
     atomic_write_text(_csv_path(out), per_expression_csv(results, keys, missing))
     if args.benchmark == "revos":
+        print(f"A and R: --r-mode {args.r_mode}; scale-free: union GT, binarised prediction")
         for name in ("referring", "reasoning", "overall", "no_target"):
             s = summary[name]
             print(f"{name:>10}: J {_fmt(s['J'])}  F {_fmt(s['F'])}  J&F {_fmt(s['JF'])}  A {_fmt(s['A'])}  "
-                  f"R {_fmt(s['R'])}  R(scale-free) {_fmt(s['R_scale_free'])}")
+                  f"R {_fmt(s['R'])}  A(scale-free) {_fmt(s['A_scale_free'])}  "
+                  f"R(scale-free) {_fmt(s['R_scale_free'])}")
         print(f"expressions: {summary['num_expressions']}")
     else:
+        if args.benchmark == "reasonvos":
+            print(f"ReasonVOS release: {summary['release_note']}; predictions read in the "
+                  f"{summary['pred_layout']} layout")
         print(f"{args.benchmark}: J {_fmt(summary['J'])}  F {_fmt(summary['F'])}  J&F {_fmt(summary['JF'])}  "
               f"({summary['num_expressions']} expressions)")
     print(f"missing predictions: {summary['missing_predictions']} (--missing {missing})")

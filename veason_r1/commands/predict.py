@@ -1,7 +1,8 @@
 """Predict masks for a benchmark in two cached stages: stage 1 (policy) writes one JSON line per expression under
 PRED/.stage1/, stage 2 (SAM2) writes PRED/<video>/<exp_id>/<frame>.png (0/255, original size) - the layout
-`veason-r1 eval` reads for every benchmark. Re-running skips finished expressions (a killed run resumes with
-identical results); --shard i/n runs one of n disjoint shards; --merge joins the shards into PRED/predictions.jsonl.
+`veason-r1 eval` reads (ReasonVOS: --pred-layout, default PRED/<source>_<video>_<obj_id>/<exp_id>/). Re-running
+skips finished expressions (a killed run resumes with identical results); --shard i/n runs one of n disjoint
+shards; --merge joins the shards into PRED/predictions.jsonl.
 
 Example (one GPU): veason-r1 predict revos --data data/ReVOS --model ckpt/veason-r1-3b --sam2 sam2.1_hiera_l
                    --sam2-ckpt sam2.1_hiera_large.pt --out pred/revos
@@ -43,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--oracle-boxes", action="store_true", help="boxes = GT boxes of the keyframe")
     parser.add_argument("--merge", action="store_true", help="after this run, merge all shards (fails if incomplete)")
     parser.add_argument("--merge-only", action="store_true", help="only merge the shards' results")
+    parser.add_argument("--pred-layout", choices=("current", "obj_id", "exp_id"), default="current",
+                        help="ReasonVOS mask folders: PRED/<source>_<video>_<obj_id>/<exp_id>/ (current, default), "
+                             "PRED/<video>/<obj_id>/ (VideoLISA's original) or PRED/<video>/<exp_id>/")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -80,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         sam2=args.sam2,
         sam2_ckpt=args.sam2_ckpt,
+        pred_layout=args.pred_layout,
     )
     if not Path(args.data).is_dir():
         raise MissingInput(f"--data {args.data}", "no such folder")
@@ -92,6 +97,8 @@ def run(args: argparse.Namespace) -> int:
     if "stage2" in stages:
         check_sam2(args.sam2, args.sam2_ckpt)
     dataset = open_benchmark(args.benchmark, args.data, args.split)
+    if args.benchmark == "reasonvos":
+        print(f"ReasonVOS release: {dataset.release_note}; masks in the {args.pred_layout} layout")
     prepare_run(dataset, args.out, config, stages)  # output paths, queries, fingerprint: before any model loads
     progress = not args.no_progress
     if "stage1" in stages:

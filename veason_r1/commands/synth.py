@@ -17,7 +17,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, type=Path, help="output folder (created)")
     p.add_argument("--videos", type=int, default=12, help="number of videos (>= 2; ~25%% go to valid)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--format", choices=("revos", "mevis", "reasonvos"), default="revos")
+    p.add_argument("--format", choices=("revos", "mevis", "reasonvos", "reasonvos-original"), default="revos",
+                   help="reasonvos: VideoLISA's 2024-12-27 release; reasonvos-original: its first release")
     p.add_argument("--height", type=int, default=192)
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--min-frames", type=int, default=8)

@@ -11,7 +11,9 @@ empty expressions; obj_id/anno_id length mismatch; unknown anno_id; RLE list len
 frame size; malformed RLEs; foreground masks, and a ReVOS split (one with `type_id`s) without
 `mask_dict_foreground.json` (its R metric needs it). Warnings (exit code stays 0): a type 0/1 expression whose GT is
 empty in every frame, a split without `mask_dict.json` (MeViS `valid` is scored by a server), a video missing from
-the foreground file. ReasonVOS: names, frames, empty `exp_text`, missing GT folders / PNGs, PNG size vs frame size.
+the foreground file. ReasonVOS (either release, detected and reported): names, frames, the form of `expressions`,
+empty `exp_text`, missing obj_id / exp_id, repeated (obj_id, exp_id), missing GT folders / PNGs, PNGs the reference
+cannot read (a JPEG saved as .png, damaged files), PNG size vs frame size.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ class DoctorReport:
     expressions: Counter = field(default_factory=Counter)  # type name -> count
     frames_checked: int = 0
     issues: list[Issue] = field(default_factory=list)
+    release: str | None = None  # ReasonVOS: which release the meta file is
 
     @property
     def errors(self) -> list[Issue]:
@@ -70,7 +73,8 @@ class DoctorReport:
 
     def summary(self) -> str:
         types = ", ".join(f"{k} {v}" for k, v in sorted(self.expressions.items())) or "none"
-        return (f"{self.root} ({self.format}; splits: {', '.join(self.splits) or 'none'}): {self.videos} videos, "
+        fmt = f"{self.format}, {self.release}" if self.release else self.format
+        return (f"{self.root} ({fmt}; splits: {', '.join(self.splits) or 'none'}): {self.videos} videos, "
                 f"{sum(self.expressions.values())} expressions ({types}), {self.frames_checked} frames checked, "
                 f"{len(self.errors)} errors, {len(self.warnings)} warnings")
 
@@ -342,23 +346,38 @@ class _Checker:
 
     # ReasonVOS ----------------------------------------------------------------------------------------------------
     def check_reasonvos(self, meta_file: Path) -> None:
-        from veason_r1.data.reasonvos import read_png_mask
+        """Both releases (veason_r1.data.reasonvos): the form of `expressions` decides which one is checked."""
+        from veason_r1.data.reasonvos import RELEASE_DICT, RELEASE_LIST, RELEASES, detect_release
 
         self.report.format = "reasonvos"
         self.report.splits.append("test")
         meta = self.load_meta(meta_file)
         if meta is None:
             return
+        release = detect_release(meta) or RELEASE_LIST
+        self.report.release = RELEASES[release]
         for vname, v, key in self.videos(meta_file, meta, "doctor reasonvos"):
             src = v.get("source")
             if not isinstance(src, str) or unsafe_name(src):
                 self.issue(meta_file, f"{key}.source", f"missing or unsafe 'source': {src!r}")
                 continue
             size = self.check_frames("", meta_file, vname, v)
-            for exp_id, e in (v.get("expressions") or {}).items():
-                ekey = f"{key}.expressions[{exp_id!r}]"
+            exps = v.get("expressions")
+            if release == RELEASE_LIST and not isinstance(exps, list):
+                self.issue(meta_file, f"{key}.expressions", f"expected a list of {{obj_id, exp_id, exp_text, "
+                                                            f"is_sent}} ({release} release, as the other videos)")
+                continue
+            if release == RELEASE_DICT and not isinstance(exps, dict):
+                self.issue(meta_file, f"{key}.expressions", f"expected an object {{key: {{exp_text, obj_id}}}} "
+                                                            f"({release} release, as the other videos)")
+                continue
+            items = list(enumerate(exps)) if release == RELEASE_LIST else list(exps.items())
+            pairs: set[tuple[str, str]] = set()
+            checked: set[str] = set()
+            for exp_key, e in items:
+                ekey = f"{key}.expressions[{exp_key!r}]"
                 self.report.expressions["untyped"] += 1
-                bad = unsafe_name(exp_id, allow_slash=False)
+                bad = unsafe_name(exp_key, allow_slash=False) if release != RELEASE_LIST else None
                 if bad:
                     self.issue(meta_file, ekey, f"expression id: {bad}")
                 if not isinstance(e, dict):
@@ -369,31 +388,56 @@ class _Checker:
                 if "obj_id" not in e:
                     self.issue(meta_file, f"{ekey}.obj_id", "missing obj_id")
                     continue
+                if release == RELEASE_LIST:
+                    if "exp_id" not in e:
+                        self.issue(meta_file, f"{ekey}.exp_id", "missing exp_id")
+                        continue
+                    pair = (str(e["obj_id"]), str(e["exp_id"]))
+                    if pair in pairs:
+                        self.issue(meta_file, ekey, f"obj_id {pair[0]} and exp_id {pair[1]} repeat an earlier "
+                                                    f"expression (they name its prediction folder)")
+                    pairs.add(pair)
+                    if not isinstance(e.get("is_sent"), bool):
+                        self.issue(meta_file, f"{ekey}.is_sent", "missing or not true/false", WARNING)
+                    bad = unsafe_name(str(e["exp_id"]), allow_slash=False)
+                    if bad:
+                        self.issue(meta_file, f"{ekey}.exp_id", bad)
                 gt_name = f"{src}_{vname}_{e['obj_id']}"
-                gt_dir = self.root / "Annotations" / gt_name
-                if not gt_dir.is_dir() and (self.root / "Annotations" / f"{src.lower()}_{vname}_{e['obj_id']}").is_dir():
-                    gt_dir = self.root / "Annotations" / f"{src.lower()}_{vname}_{e['obj_id']}"
-                if unsafe_name(gt_name) or not gt_dir.is_dir():
-                    self.issue(gt_dir, ekey, "missing GT folder")
+                if gt_name in checked:
                     continue
-                for t, fname in enumerate(v["frames"]):
-                    if unsafe_name(fname, allow_slash=False):
-                        continue  # reported by check_frames
-                    png = gt_dir / f"{fname}.png"
-                    if not png.is_file():
-                        self.issue(png, f"{ekey}[{t}]", "missing GT PNG (frame not scored)", WARNING)
-                        continue
-                    try:
-                        m = read_png_mask(png) if self.decode else None
-                        with Image.open(png) as im:
-                            psize = (im.height, im.width)
-                    except Exception as err:  # noqa: BLE001
-                        self.issue(png, f"{ekey}[{t}]", f"unreadable GT PNG: {err}")
-                        continue
-                    if size is not None and psize != tuple(size):
-                        self.issue(png, f"{ekey}[{t}]", f"GT PNG is {psize[0]}x{psize[1]}, frames are "
-                                                        f"{size[0]}x{size[1]}")
-                    del m
+                checked.add(gt_name)
+                self.check_reasonvos_gt(gt_name, f"{src.lower()}_{vname}_{e['obj_id']}", ekey, v, size)
+
+    def check_reasonvos_gt(self, gt_name: str, lower_name: str, ekey: str, v: dict, size) -> None:
+        """One GT folder: present, one PNG per frame (a missing one is a warning: the frame is not scored), each a
+        PNG the reference can read (decoded with `decode=True`) and of the frames' size."""
+        from veason_r1.data.mask_png import PNGError, png_header, read_mask_png
+
+        gt_dir = self.root / "Annotations" / gt_name
+        if not gt_dir.is_dir() and (self.root / "Annotations" / lower_name).is_dir():
+            gt_dir = self.root / "Annotations" / lower_name
+        if unsafe_name(gt_name) or not gt_dir.is_dir():
+            self.issue(gt_dir, ekey, "missing GT folder")
+            return
+        for t, fname in enumerate(v["frames"]):
+            if unsafe_name(fname, allow_slash=False):
+                continue  # reported by check_frames
+            png = gt_dir / f"{fname}.png"
+            if not png.is_file():
+                self.issue(png, f"{ekey}[{t}]", "missing GT PNG (frame not scored)", WARNING)
+                continue
+            try:
+                if self.decode:
+                    psize = read_mask_png(png).shape
+                else:
+                    with open(png, "rb") as f:
+                        psize = png_header(f.read(33), png)[:2]
+            except (PNGError, OSError) as err:
+                self.issue(png, f"{ekey}[{t}]", f"unreadable GT PNG: {err}")
+                continue
+            if size is not None and tuple(psize) != tuple(size):
+                self.issue(png, f"{ekey}[{t}]", f"GT PNG is {psize[0]}x{psize[1]}, frames are "
+                                                f"{size[0]}x{size[1]}")
 
     # entry ---------------------------------------------------------------------------------------------------------
     def run(self, splits: list[str] | None) -> DoctorReport:

@@ -33,7 +33,10 @@ from veason_r1.benchmarks import DEFAULT_SPLITS
 from veason_r1.data.masks import encode_rle
 from veason_r1.io_utils import atomic_write_text
 
-FORMATS = ("revos", "mevis", "reasonvos")
+FORMATS = ("revos", "mevis", "reasonvos", "reasonvos-original")
+# ReasonVOS: "reasonvos" is VideoLISA's 2024-12-27 release (expressions: a list of {obj_id, exp_id, exp_text, is_sent},
+# one GT folder per target shared by its expressions); "reasonvos-original" its first release ({key: {exp_text,
+# obj_id}}, is_sent per video, one GT folder per expression). veason_r1.data.reasonvos reads both.
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 40, 40),
     "green": (40, 185, 70),
@@ -598,7 +601,8 @@ def iter_videos(cfg: SynthConfig, fmt: str = "revos") -> Iterator[SynthVideo]:
 
 
 def write_benchmark(out: Path, cfg: SynthConfig, fmt: str = "revos", progress: bool = False) -> Path:
-    """Write the synthetic benchmark under `out` in the ReVOS, MeViS or ReasonVOS layout (see docs/data.md).
+    """Write the synthetic benchmark under `out` in the ReVOS, MeViS or ReasonVOS layout (see docs/data.md;
+    ReasonVOS in either release, see FORMATS).
     Also writes `synthetic_facts.json` (per-object attributes and tracks, per-expression rationale). Returns `out`."""
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
@@ -627,24 +631,34 @@ def write_benchmark(out: Path, cfg: SynthConfig, fmt: str = "revos", progress: b
         anno_ids = [str(v.index * 10 + o.obj_id) for o in v.objects]
         rles = {o.obj_id: [encode_rle(m) if m.any() else None for m in v.visible[o.obj_id]] for o in v.objects}
         exp_facts = {}
-        exps = {}
+        exps: dict | list = [] if fmt == "reasonvos" else {}
+        targets: dict[tuple[int, ...], int] = {}  # ReasonVOS 2024-12-27: one obj_id (GT folder) per target set
         exp_list = [e for e in v.expressions if not (fmt != "revos" and e.type_id == 2)]
         for j, e in enumerate(exp_list):
             exp_facts[str(j)] = {"kind": e.kind, "rationale": e.rationale, "obj_ids": list(e.obj_ids),
                                  "type_id": e.type_id}
-            if fmt == "reasonvos":
-                exps[str(j)] = {"exp_text": e.text, "obj_id": j}
-                union = [np.zeros((cfg.height, cfg.width), dtype=bool) for _ in range(v.num_frames)]
-                for k in e.obj_ids:
+            if fmt.startswith("reasonvos"):
+                key = tuple(sorted(e.obj_ids))
+                if fmt == "reasonvos":
+                    new_target = key not in targets
+                    obj = targets.setdefault(key, len(targets))
+                    exps.append({"obj_id": obj, "exp_id": j, "exp_text": e.text, "is_sent": e.type_id == 1})
+                else:
+                    new_target, obj = True, j
+                    exps[str(j)] = {"exp_text": e.text, "obj_id": j}
+                if new_target:
                     for t in range(v.num_frames):
-                        union[t] |= v.visible[k][t]
-                for t in range(v.num_frames):
-                    _write(out / "Annotations" / f"{SOURCE}_{v.name}_{j}" / f"{names[t]}.png", _png(union[t]))
+                        union = np.zeros((cfg.height, cfg.width), dtype=bool)
+                        for k in e.obj_ids:
+                            union |= v.visible[k][t]
+                        _write(out / "Annotations" / f"{SOURCE}_{v.name}_{obj}" / f"{names[t]}.png", _png(union))
             else:
                 exps[str(j)] = {"exp": e.text, "obj_id": list(e.obj_ids), "anno_id": [anno_ids[k] for k in e.obj_ids]}
                 if fmt == "revos":
                     exps[str(j)]["type_id"] = e.type_id
         if fmt == "reasonvos":
+            metas[split][v.name] = {"source": SOURCE, "frames": names, "expressions": exps}
+        elif fmt == "reasonvos-original":
             metas[split][v.name] = {"source": SOURCE, "frames": names, "is_sent": True, "expressions": exps}
         else:
             for o in v.objects:

@@ -1,11 +1,16 @@
 """Benchmark evaluators: ReVOS, MeViS (valid_u), ReasonVOS. One expression = one task, scored frame by frame
 (memory: one frame of GT and prediction at a time), in parallel worker processes with a progress bar.
 
-Predictions: `PRED/<video>/<exp_id>/<frame>.png` (nested video names allowed), read with PIL as saved (0/1 or
-0/255; never resized). ReasonVOS also reads the VideoLISA layout `PRED/<video>/<obj_id>/` (`pred_layout="obj_id"`).
-A prediction whose size differs from the GT is an error naming the file. An expression with any frame PNG missing is
+Predictions: `PRED/<video>/<exp_id>/<frame>.png` (nested video names allowed) for ReVOS / MeViS; ReasonVOS in one of
+`veason_r1.data.reasonvos.PRED_LAYOUTS` (default: VideoLISA's current `PRED/<source>_<vid>_<obj_id>/<exp_id>/`).
+PNGs are read as the reference scripts read them (OpenCV grey levels, `veason_r1.data.mask_png`; never resized). A
+prediction whose size differs from the GT is an error naming the file. An expression with any frame PNG missing is
 "missing": scored 0 on every metric (`missing="zero"`, ReVOS/MeViS reference) or left out (`"skip"`, ReasonVOS
 reference); the count is always reported.
+
+ReVOS A and R: `r_mode="literal"` (default) scores them on VISA's GT, the uint8 sum of the expression's objects
+(overlaps hold 2), exactly as its script does; `"union"` on the boolean union. `A_scale_free` / `R_scale_free` are
+always the clean variants (union GT, binarised prediction).
 """
 
 from __future__ import annotations
@@ -22,10 +27,12 @@ from typing import Any
 import numpy as np
 
 from veason_r1.benchmarks import DEFAULT_MISSING, DEFAULT_SPLITS  # noqa: F401 - DEFAULT_MISSING re-exported
-from veason_r1.eval.metrics import FrameScore, aggregate_frames, frame_scores, mean
+from veason_r1.eval.metrics import SCORE_KEYS, FrameScore, aggregate_frames, mean, score_masks
+from veason_r1.eval.packed import MaskBits, from_bits, mask_from_png, mask_from_rles, pack_mask, words
 
 MISSING_MODES = ("zero", "skip")
-METRIC_KEYS = ("J", "F", "A", "R", "R_scale_free")
+R_MODES = ("literal", "union")
+METRIC_KEYS = SCORE_KEYS
 
 
 @dataclass(frozen=True)
@@ -35,13 +42,18 @@ class EvalConfig:
     missing: str = "zero"
     workers: int = 1
     progress: bool = True
-    pred_layout: str = "exp_id"  # ReasonVOS: "exp_id" (ours) or "obj_id" (VideoLISA's inference output)
+    pred_layout: str = "current"  # ReasonVOS: see veason_r1.data.reasonvos.PRED_LAYOUTS
+    r_mode: str = "literal"  # ReVOS A/R: "literal" (VISA's summed uint8 GT) or "union" (boolean union GT)
 
     def __post_init__(self):
+        from veason_r1.data.reasonvos import PRED_LAYOUTS
+
         if self.missing not in MISSING_MODES:
             raise ValueError(f"missing must be one of {MISSING_MODES}, got {self.missing!r}")
-        if self.pred_layout not in ("exp_id", "obj_id"):
-            raise ValueError(f"pred_layout must be 'exp_id' or 'obj_id', got {self.pred_layout!r}")
+        if self.pred_layout not in PRED_LAYOUTS:
+            raise ValueError(f"pred_layout must be one of {tuple(PRED_LAYOUTS)}, got {self.pred_layout!r}")
+        if self.r_mode not in R_MODES:
+            raise ValueError(f"r_mode must be one of {R_MODES}, got {self.r_mode!r}")
 
 
 @dataclass
@@ -62,32 +74,53 @@ class ExpressionResult:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Reading predictions
+# Reading predictions and GT
 
 
-def read_prediction(path: Path) -> np.ndarray:
-    """A prediction PNG as a 2-D array of the values as saved (modes 1/L/P/I; colour PNGs become grey as
-    cv2.IMREAD_GRAYSCALE does). Errors name the file."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            if im.mode in ("RGB", "RGBA", "LA"):
-                im = im.convert("L")
-            arr = np.asarray(im)
-    except FileNotFoundError:
-        raise
-    except Exception as e:  # noqa: BLE001 - a corrupt PNG must name itself
-        raise ValueError(f"{path}: cannot read prediction PNG ({e})") from None
-    if arr.ndim != 2:
-        raise ValueError(f"{path}: expected a single-channel mask, got shape {arr.shape}")
-    return arr
+def read_prediction(path: Path, out: np.ndarray | None = None) -> MaskBits:
+    """A prediction PNG read as the reference reads it, packed; errors name the file. `out`: see mask_from_png."""
+    return mask_from_png(path, "prediction", out)
 
 
-def _check_size(pred: np.ndarray, shape: tuple[int, int], path: Path) -> None:
+def _check_size(pred: MaskBits, shape: tuple[int, int], path: Path) -> None:
     if pred.shape != tuple(shape):
         raise ValueError(f"{path}: prediction is {pred.shape[0]}x{pred.shape[1]} (HxW) but the ground truth is "
                          f"{shape[0]}x{shape[1]}; predictions must be at the original frame size")
+
+
+def revos_gt(ds, e, t: int, shape: tuple[int, int], literal: bool) -> MaskBits:
+    """GT of a ReVOS/MeViS expression in frame t from mask_dict.json (literal: VISA's uint8 sum)."""
+    rles = []
+    for a in e.anno_ids:
+        try:
+            per_frame = ds.mask_dict[str(a)]
+        except KeyError:
+            raise KeyError(f"{ds.mask_dict_file}: unknown anno_id {a!r}") from None
+        rles.append(per_frame[t] if t < len(per_frame) else None)
+    try:
+        return mask_from_rles(rles, shape, literal=literal)
+    except (ValueError, KeyError, TypeError) as err:
+        raise ValueError(f"{ds.mask_dict_file}: anno_id {list(e.anno_ids)} frame {t}: {err}") from None
+
+
+def reasonvos_gt(ds, e, t: int, shape: tuple[int, int]) -> MaskBits:
+    """GT of a ReasonVOS expression in frame t: its GT folders' PNGs read as the reference reads them."""
+    from veason_r1.eval import kernels
+
+    found = []
+    for a in e.anno_ids:
+        path = ds.gt_png(a, t, e.video)
+        if path.is_file():
+            m = mask_from_png(path, "GT mask")
+            if m.shape != tuple(shape):
+                raise ValueError(f"{path}: GT mask is {m.shape[0]}x{m.shape[1]}, frames are {shape[0]}x{shape[1]}")
+            found.append(m)
+    if len(found) == 1:
+        return found[0]
+    union = np.zeros((shape[0], words(shape[1])), np.uint64)
+    for m in found:
+        kernels.or_into(union, m.bits)
+    return from_bits(union, shape[1])
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -103,6 +136,15 @@ class Task:
     frame_names: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Scoring:
+    """How a benchmark's tasks are scored: which GT reader, whether A/R are computed, VISA's literal GT."""
+
+    gt: str  # "revos" (mask_dict RLEs) or "reasonvos" (GT PNG folders)
+    revos_terms: bool = False
+    literal: bool = True
+
+
 def _revos_foreground_area(ds, video: str, t: int) -> int:
     from veason_r1.data.masks import rle_area
 
@@ -112,7 +154,7 @@ def _revos_foreground_area(ds, video: str, t: int) -> int:
     return rle_area(rles[t] if t < len(rles) else None)
 
 
-def score_task(ds, task: Task, with_revos_terms: bool) -> ExpressionResult:
+def score_task(ds, task: Task, scoring: Scoring) -> ExpressionResult:
     """Score one expression; frames are read one at a time."""
     e = task.expression
     if not task.frame_names:
@@ -124,16 +166,36 @@ def score_task(ds, task: Task, with_revos_terms: bool) -> ExpressionResult:
         return res
     shape = tuple(ds.size(e.video))
     frames: list[FrameScore] = []
+    buffer = np.empty(shape, np.uint8)  # each frame's prediction pixels, scored before the next one is read
     for t, path in zip(task.frame_ids, paths):
-        gt = ds.gt_mask(e, t)
-        pred = read_prediction(path)
+        if scoring.gt == "reasonvos":
+            gt = reasonvos_gt(ds, e, t, shape)
+        else:
+            gt = revos_gt(ds, e, t, shape, scoring.literal)
+        pred = read_prediction(path, buffer)
         _check_size(pred, shape, path)
-        if gt.shape != shape:
-            raise ValueError(f"{e.key}: GT mask of frame {t} is {gt.shape}, the video is {shape}")
-        fg = _revos_foreground_area(ds, e.video, t) if with_revos_terms else None
-        frames.append(frame_scores(gt, pred, fg, with_accuracy=with_revos_terms))
+        fg = _revos_foreground_area(ds, e.video, t) if scoring.revos_terms else None
+        frames.append(score_masks(gt, pred, fg, with_accuracy=scoring.revos_terms))
     res.scores = aggregate_frames(frames)
     return res
+
+
+def warm_up() -> None:
+    """Compile (or load from numba's cache) every kernel once, before worker processes fork."""
+    h, w = 4, 70
+    a = np.zeros((h, w), np.uint8)
+    a[1:3, 2:5] = 255
+    b = a.copy()
+    b[0, 60] = 7
+    score_masks(pack_mask(a), pack_mask(b), 10, with_accuracy=True)
+    mask_from_rles([{"size": [h, w], "counts": [5, 3, 272]}, {"size": [h, w], "counts": [6, 2, 272]}], (h, w))
+    from veason_r1.data.mask_png import decode_mask_png
+
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(a).save(buf, "PNG")
+    decode_mask_png(buf.getvalue())
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -142,26 +204,27 @@ def score_task(ds, task: Task, with_revos_terms: bool) -> ExpressionResult:
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(open_dataset: Callable[[], Any], with_revos_terms: bool) -> None:
+def _init_worker(open_dataset: Callable[[], Any], scoring: Scoring) -> None:
     if "ds" not in _WORKER:
         _WORKER["ds"] = open_dataset()
-    _WORKER["revos"] = with_revos_terms
+    _WORKER["scoring"] = scoring
 
 
 def _run_one(task: Task) -> tuple[int, ExpressionResult]:
-    return task.index, score_task(_WORKER["ds"], task, _WORKER["revos"])
+    return task.index, score_task(_WORKER["ds"], task, _WORKER["scoring"])
 
 
-def run_tasks(ds, open_dataset: Callable[[], Any], tasks: Sequence[Task], with_revos_terms: bool,
+def run_tasks(ds, open_dataset: Callable[[], Any], tasks: Sequence[Task], scoring: Scoring,
               workers: int = 1, progress: bool = True, desc: str = "eval") -> list[ExpressionResult]:
     from tqdm import tqdm
 
+    warm_up()
     results: list[ExpressionResult | None] = [None] * len(tasks)
     bar = tqdm(total=len(tasks), desc=desc, unit="expr", disable=not progress, dynamic_ncols=True)
     try:
         if workers <= 1 or len(tasks) <= 1:
             for task in tasks:
-                results[task.index] = score_task(ds, task, with_revos_terms)
+                results[task.index] = score_task(ds, task, scoring)
                 bar.update(1)
         else:
             methods = mp.get_all_start_methods()
@@ -171,7 +234,7 @@ def run_tasks(ds, open_dataset: Callable[[], Any], tasks: Sequence[Task], with_r
             else:  # pragma: no cover - macOS/Windows
                 ctx = mp.get_context("spawn")
             try:
-                with ctx.Pool(workers, initializer=_init_worker, initargs=(open_dataset, with_revos_terms)) as pool:
+                with ctx.Pool(workers, initializer=_init_worker, initargs=(open_dataset, scoring)) as pool:
                     for idx, res in pool.imap_unordered(_run_one, tasks, chunksize=1):
                         results[idx] = res
                         bar.update(1)
@@ -256,9 +319,12 @@ def evaluate_revos(data: str | os.PathLike, pred: str | os.PathLike, config: Eva
     if not ds.foreground:
         raise FileNotFoundError(f"{data}: ReVOS needs mask_dict_foreground.json for R")
     tasks = _revos_tasks(ds, Path(pred), ds.expressions)
-    results = run_tasks(ds, partial(_open_revos, str(data), split), tasks, True, config.workers, config.progress,
+    scoring = Scoring("revos", revos_terms=True, literal=config.r_mode == "literal")
+    results = run_tasks(ds, partial(_open_revos, str(data), split), tasks, scoring, config.workers, config.progress,
                         desc="ReVOS")
-    return revos_summary(results, config.missing), results
+    summary = revos_summary(results, config.missing)
+    summary["r_mode"] = config.r_mode
+    return summary, results
 
 
 def revos_summary(results: Sequence[ExpressionResult], missing: str) -> dict:
@@ -294,8 +360,8 @@ def evaluate_mevis(data: str | os.PathLike, pred: str | os.PathLike, config: Eva
     split = config.split or DEFAULT_SPLITS["mevis"]
     ds = _open_revos(str(data), split)
     tasks = _revos_tasks(ds, Path(pred), ds.expressions)
-    results = run_tasks(ds, partial(_open_revos, str(data), split), tasks, False, config.workers, config.progress,
-                        desc="MeViS")
+    results = run_tasks(ds, partial(_open_revos, str(data), split), tasks, Scoring("revos"), config.workers,
+                        config.progress, desc="MeViS")
     summary = summarize(results, ["J", "F"], config.missing)
     summary.update(num_expressions=counted(results, config.missing),
                    missing_predictions=sum(r.missing for r in results), missing_mode=config.missing)
@@ -314,10 +380,11 @@ def _open_reasonvos(root: str):
 
 def evaluate_reasonvos(data: str | os.PathLike, pred: str | os.PathLike, config: EvalConfig = EvalConfig(
         benchmark="reasonvos", missing="skip")) -> tuple[dict, list[ExpressionResult]]:
-    """ReasonVOS (VideoLISA release): J, F, J&F over expressions, scored on the frames that have a GT PNG.
+    """ReasonVOS (either release, detected): J, F, J&F over expressions, scored on the frames that have a GT PNG.
 
-    `pred_layout="obj_id"` reads VideoLISA's output `PRED/<video>/<obj_id>/` and, as its script, scores each
-    (video, obj_id) once; the default reads ours, `PRED/<video>/<exp_id>/`, one score per expression."""
+    `config.pred_layout` says where predictions are (veason_r1.data.reasonvos.PRED_LAYOUTS): "current" (default)
+    and "exp_id" give one score per expression; "obj_id" (VideoLISA's original scripts) one per (video, obj_id),
+    as that script scored it."""
     from functools import partial
 
     ds = _open_reasonvos(str(data))
@@ -325,21 +392,18 @@ def evaluate_reasonvos(data: str | os.PathLike, pred: str | os.PathLike, config:
     tasks: list[Task] = []
     seen: set[tuple[str, str]] = set()
     for e in ds.expressions:
+        folder = ds.prediction_folder(e, config.pred_layout)
         if config.pred_layout == "obj_id":
-            obj = "_".join(str(o) for o in e.obj_ids) if len(e.obj_ids) != 1 else str(e.obj_ids[0])
-            if (e.video, obj) in seen:
+            if folder in seen:
                 continue
-            seen.add((e.video, obj))
-            folder = pred / e.video / obj
-        else:
-            folder = pred / e.video / e.exp_id
+            seen.add(folder)
         frame_ids = tuple(ds.annotated_frames(e))
         names = tuple(ds.videos[e.video].frames[t] for t in frame_ids)
-        tasks.append(Task(len(tasks), e, folder, frame_ids, names))
-    results = run_tasks(ds, partial(_open_reasonvos, str(data)), tasks, False, config.workers, config.progress,
-                        desc="ReasonVOS")
+        tasks.append(Task(len(tasks), e, pred.joinpath(*folder), frame_ids, names))
+    results = run_tasks(ds, partial(_open_reasonvos, str(data)), tasks, Scoring("reasonvos"), config.workers,
+                        config.progress, desc="ReasonVOS")
     summary = summarize(results, ["J", "F"], config.missing)
     summary.update(num_expressions=counted(results, config.missing),
                    missing_predictions=sum(r.missing for r in results), missing_mode=config.missing,
-                   pred_layout=config.pred_layout)
+                   release=ds.release, release_note=ds.release_note, pred_layout=config.pred_layout)
     return summary, results

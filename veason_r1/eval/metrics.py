@@ -2,28 +2,36 @@
 
 - J (region similarity): |G & P| / |G | P|, 1 when both are empty (DAVIS `db_eval_iou`).
 - F (contour accuracy): boundary maps by the DAVIS `seg2bmap` rule; a boundary pixel of one mask is matched when a
-  boundary pixel of the other lies inside a disk of radius ceil(0.008 * diagonal) around it; P, R = matched
-  fractions; F = 2PR / (P + R); both boundaries empty -> 1, one empty -> 0 (DAVIS `f_measure`). A full-frame mask
-  has no boundary.
-- A (ReVOS accuracy): mean of (gt == pred) on the values as saved (a 0/255 prediction never equals a GT of 1).
-- R (ReVOS robustness): max(1 - sum((1 - gt) * pred) / (|fg| + 1e-6), 0) on the values as saved (published numbers
-  assume 0/255 PNGs, so a false-positive pixel counts 255 times); `R_scale_free` counts it once.
+  boundary pixel of the other lies inside a disk of radius ceil(0.008 * diagonal) around it (DAVIS/VISA dilate
+  with skimage's disk through cv2.dilate); P, R = matched fractions; F = 2PR / (P + R); both boundaries empty -> 1,
+  one empty -> 0 (DAVIS `f_measure`). A full-frame mask has no boundary.
+- A (ReVOS accuracy, VISA `get_r2vos_accuracy`): mean of (gt == pred) on the uint8 values.
+- R (ReVOS robustness, VISA `get_r2vos_robustness`): max(1 - sum((1 - gt) * pred) / (|fg| + 1e-6), 0), the product
+  taken per pixel in uint8 as numpy does (1 - 2 -> 255, 255 * 255 -> 1). A 0/255 prediction makes a false-positive
+  pixel count 255 times; where a multi-object GT holds 2 (overlapping objects, see veason_r1.eval.packed), a
+  predicted pixel counts 1 (0/255) or 255 (0/1) times.
+- A_scale_free, R_scale_free: the same on the boolean masks (GT = union of the objects, prediction binarised), so
+  the value scale of the PNGs and overlaps between objects do not matter.
 
-Why fast: the DAVIS code dilates both whole frames with a disk per frame. Here everything is computed inside the
-bounding box of the two masks; the boundary match uses bit-packed rows (64 pixels per word) and the disk as a
-union of horizontal runs (|dx| <= isqrt(r^2 - dy^2) for each dy), which is the same set of pixel offsets as the
-disk, so the counts and therefore every float are identical to whole-frame dilation
-(tests/test_metrics.py checks this against tests/reference_metrics.py).
+Why fast: the masks are packed 64 pixels per word (veason_r1.eval.packed); J and the single-valued A/R are popcounts,
+the boundary maps are a few word operations per row, and the boundary match visits only boundary pixels, testing
+for each the disk's rows (|dx| <= isqrt(r^2 - dy^2), the offsets of skimage's disk) nearest first. The counts are
+the reference's counts, so every float is identical (tests/test_metrics.py; bench/bench_metrics.py times the real
+reference code).
 """
 
 from __future__ import annotations
 
+import functools
 import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from veason_r1.data.masks import iou_from_counts
+from veason_r1.eval import kernels
+from veason_r1.eval.packed import MaskBits, pack_mask
 
 BOUND_TH = 0.008
 R_EPS = 1e-6  # the reference's denominator guard in R
@@ -31,111 +39,26 @@ R_EPS = 1e-6  # the reference's denominator guard in R
 
 @dataclass(frozen=True)
 class FrameScore:
-    """Scores of one frame (fractions in [0, 1]); A/R are None where they were not asked for."""
+    """Scores of one frame (fractions in [0, 1]); A/R terms are None where they were not asked for."""
 
     J: float
     F: float
     A: float | None = None
     R: float | None = None
+    A_scale_free: float | None = None
     R_scale_free: float | None = None
 
 
 def boundary_radius(shape: tuple[int, int], bound_th: float = BOUND_TH) -> int:
     """Tolerance radius in pixels: bound_th itself when >= 1, else ceil(bound_th * diagonal) (DAVIS)."""
+    return _radius(int(shape[0]), int(shape[1]), float(bound_th))
+
+
+@functools.lru_cache(maxsize=64)
+def _radius(h: int, w: int, bound_th: float) -> int:
     if bound_th >= 1:
         return int(bound_th)
-    return int(np.ceil(bound_th * np.linalg.norm(shape)))
-
-
-def seg2bmap(seg: np.ndarray) -> np.ndarray:
-    """DAVIS/BSDS boundary map: a pixel is boundary when it differs from its right, lower or lower-right neighbour;
-    in the last row only the right neighbour counts, in the last column only the lower one, and the bottom-right
-    pixel never is a boundary."""
-    seg = np.asarray(seg).astype(bool, copy=False)
-    if seg.ndim != 2:
-        raise ValueError(f"seg2bmap needs a 2-D mask, got shape {seg.shape}")
-    b = np.zeros(seg.shape, dtype=bool)
-    h, w = seg.shape
-    if h == 0 or w == 0:
-        return b
-    c = seg[:-1, :-1]
-    b[:-1, :-1] = (c ^ seg[:-1, 1:]) | (c ^ seg[1:, :-1]) | (c ^ seg[1:, 1:])
-    b[-1, :-1] = seg[-1, :-1] ^ seg[-1, 1:]
-    b[:-1, -1] = seg[:-1, -1] ^ seg[1:, -1]
-    b[-1, -1] = False
-    return b
-
-
-def _bbox(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """(r0, r1, c0, c1) inclusive extents of a bool mask, or None when empty."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    r0, r1 = int(rows[0]), int(rows[-1])
-    cols = np.flatnonzero(mask[r0:r1 + 1].any(axis=0))
-    return r0, r1, int(cols[0]), int(cols[-1])
-
-
-def _union_box(a, b):
-    if a is None:
-        return b
-    if b is None:
-        return a
-    return min(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), max(a[3], b[3])
-
-
-def _shl1(a: np.ndarray) -> np.ndarray:
-    """Move every bit one column right (towards higher column index) across 64-bit words."""
-    out = a << np.uint64(1)
-    out[..., 1:] |= a[..., :-1] >> np.uint64(63)
-    return out
-
-
-def _shr1(a: np.ndarray) -> np.ndarray:
-    out = a >> np.uint64(1)
-    out[..., :-1] |= a[..., 1:] << np.uint64(63)
-    return out
-
-
-def _pack_rows(bits: np.ndarray) -> np.ndarray:
-    """(..., H, W) bool -> (..., H, ceil(W/64)) little-endian uint64 words; bit c%64 of word c//64 is column c."""
-    packed = np.packbits(bits, axis=-1, bitorder="little")
-    pad = (-packed.shape[-1]) % 8
-    if pad:
-        packed = np.concatenate([packed, np.zeros(packed.shape[:-1] + (pad,), np.uint8)], axis=-1)
-    return np.ascontiguousarray(packed).view("<u8")
-
-
-def _popcount(words: np.ndarray) -> int:
-    return int(np.bitwise_count(words).sum(dtype=np.int64))
-
-
-def matched_boundary_counts(gt_b: np.ndarray, pred_b: np.ndarray, radius: int) -> tuple[int, int]:
-    """(#gt boundary pixels with a pred boundary pixel within the disk, #pred boundary pixels with a gt one).
-
-    Equal to sum(gt_b & dilate(pred_b, disk(radius))) and the converse, for boundary maps given on any crop that
-    holds all boundary pixels of both masks (pixels outside the crop are zero)."""
-    h, w = gt_b.shape
-    r = int(radius)
-    canvas = np.zeros((2, h + 2 * r, w + 2 * r), dtype=bool)
-    canvas[0, r:r + h, r:r + w] = gt_b
-    canvas[1, r:r + h, r:r + w] = pred_b
-    packed = _pack_rows(canvas)  # (2, h + 2r, words)
-    widths = [math.isqrt(r * r - dy * dy) for dy in range(r + 1)]  # half-width of the disk's row at offset dy
-    runs: dict[int, np.ndarray] = {0: packed}
-    cur = packed
-    needed = set(widths)
-    for k in range(1, max(widths) + 1):
-        cur = cur | _shl1(cur) | _shr1(cur)
-        if k in needed:
-            runs[k] = cur
-    dil = np.zeros((2, h) + packed.shape[2:], dtype=np.uint64)
-    for dy in range(-r, r + 1):
-        dil |= runs[widths[abs(dy)]][:, r + dy:r + dy + h]
-    core = packed[:, r:r + h]
-    gt_matched = _popcount(core[0] & dil[1])
-    pred_matched = _popcount(core[1] & dil[0])
-    return gt_matched, pred_matched
+    return int(np.ceil(bound_th * np.linalg.norm((h, w))))
 
 
 def f_from_counts(n_gt: int, n_pred: int, gt_matched: int, pred_matched: int) -> float:
@@ -154,29 +77,136 @@ def f_from_counts(n_gt: int, n_pred: int, gt_matched: int, pred_matched: int) ->
     return float(2 * precision * recall / (precision + recall))
 
 
-def _as_bool(mask: np.ndarray) -> np.ndarray:
-    mask = np.asarray(mask)
-    return mask if mask.dtype == bool else mask != 0
+# ---------------------------------------------------------------------------------------------------------------
+# Scratch buffers (per thread, per frame size): boundary maps are written and cleared row range by row range
 
 
-def _check_shapes(gt: np.ndarray, pred: np.ndarray) -> None:
-    if gt.ndim != 2 or gt.shape != pred.shape:
-        raise ValueError(f"GT mask {gt.shape} and prediction {pred.shape} must be 2-D masks of the same size")
+class _Scratch:
+    def __init__(self, h: int, nw: int, radius: int):
+        self.bg = np.zeros((h, nw), np.uint64)
+        self.bp = np.zeros((h, nw), np.uint64)
+        self.ext = np.empty((4, h), np.int64)
+        self.stats = np.empty(5, np.int64)
+        self.half = np.array([math.isqrt(radius * radius - d * d) for d in range(radius + 1)], np.int64)
+        self.order = np.array([0] + [s * d for d in range(1, radius + 1) for s in (1, -1)], np.int64)
 
 
-def _crop(shape, box, margin: int = 1):
-    r0, r1, c0, c1 = box
-    return slice(max(r0 - margin, 0), min(r1 + 1 + margin, shape[0])), \
-        slice(max(c0 - margin, 0), min(c1 + 1 + margin, shape[1]))
+_LOCAL = threading.local()
+
+
+def _scratch(h: int, nw: int, radius: int) -> _Scratch:
+    cache = getattr(_LOCAL, "cache", None)
+    if cache is None:
+        cache = _LOCAL.cache = {}
+    key = (h, nw, radius)
+    if key not in cache:
+        if len(cache) > 8:
+            cache.clear()
+        cache[key] = _Scratch(h, nw, radius)
+    return cache[key]
+
+
+def boundary_counts(g: MaskBits, p: MaskBits, radius: int) -> tuple[int, int, int, int]:
+    """(gt boundary pixels, pred boundary pixels, gt ones matched within the disk, pred ones matched)."""
+    h, w = g.shape
+    s = _scratch(h, g.bits.shape[1], radius)
+    gmin, gmax, pmin, pmax = s.ext
+    n_g = kernels.boundary(g.bits, w, g.rows[0], g.rows[1], s.bg, gmin, gmax)
+    n_p = kernels.boundary(p.bits, w, p.rows[0], p.rows[1], s.bp, pmin, pmax)
+    try:
+        if n_g and n_p:
+            gm = kernels.matched(s.bg, gmin, s.bp, pmin, pmax, w, s.half, s.order)
+            pm = kernels.matched(s.bp, pmin, s.bg, gmin, gmax, w, s.half, s.order)
+        else:
+            gm = pm = 0
+    finally:
+        kernels.clear_rows(s.bg, g.rows[0], g.rows[1])
+        kernels.clear_rows(s.bp, p.rows[0], p.rows[1])
+    return int(n_g), int(n_p), int(gm), int(pm)
+
+
+def seg2bmap(seg: np.ndarray) -> np.ndarray:
+    """DAVIS/BSDS boundary map: a pixel is boundary when it differs from its right, lower or lower-right neighbour;
+    in the last row only the right neighbour counts, in the last column only the lower one, and the bottom-right
+    pixel never is a boundary."""
+    m = pack_mask(np.asarray(seg) != 0, "seg")
+    h, w = m.shape
+    out = np.zeros_like(m.bits)
+    ext = np.empty((2, h), np.int64)
+    kernels.boundary(m.bits, w, m.rows[0], m.rows[1], out, ext[0], ext[1])
+    bits = np.unpackbits(out.view(np.uint8), axis=1, bitorder="little")[:, :w]
+    return bits.astype(bool)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Scores
+
+
+def score_masks(g: MaskBits, p: MaskBits, foreground_area: int | None = None, *, with_accuracy: bool = False,
+                bound_th: float = BOUND_TH) -> FrameScore:
+    """J and F of one frame, plus A (with_accuracy or foreground_area given) and R (foreground_area given), each
+    with its scale-free variant. `foreground_area`: pixels of the video's foreground in this frame (R's |fg|)."""
+    if g.shape != p.shape:
+        raise ValueError(f"GT mask {g.shape} and prediction {p.shape} must be 2-D masks of the same size")
+    radius = boundary_radius(g.shape, bound_th)
+    s = _scratch(g.shape[0], g.bits.shape[1], radius)
+    kernels.overlap_counts(g.bits, p.bits, s.stats)
+    n_g, n_p, n_i = int(s.stats[0]), int(s.stats[1]), int(s.stats[2])
+    union = n_g + n_p - n_i
+    j = iou_from_counts(n_i, union)  # 1 when both are empty (the one rule, data.masks)
+    f = 1.0 if union == 0 else f_from_counts(*boundary_counts(g, p, radius))
+    if not (with_accuracy or foreground_area is not None):
+        return FrameScore(J=float(j), F=float(f))
+    total = g.shape[0] * g.shape[1]
+    diff, neg = _literal_terms(g, p, n_p, n_i)
+    a = float(np.float64(total - diff) / total)
+    a_sf = float(np.float64(total - (union - n_i)) / total)
+    r = r_sf = None
+    if foreground_area is not None:
+        denom = int(foreground_area) + R_EPS
+        r = max(1 - neg / denom, 0.0)
+        r_sf = max(1 - (n_p - n_i) / denom, 0.0)
+    return FrameScore(J=float(j), F=float(f), A=a, R=r, A_scale_free=a_sf, R_scale_free=r_sf)
+
+
+def _literal_terms(g: MaskBits, p: MaskBits, n_p: int, n_i: int) -> tuple[int, int]:
+    """(#pixels with gt != pred, sum of ((1 - gt) * pred) in uint8 per pixel), VISA's A and R numerators."""
+    if g.value is not None and p.value is not None:  # 0 and one value each: counts give both
+        vg, vp = g.value, p.value
+        n_g = g.area
+        both_equal = n_i if vg == vp else 0
+        diff = n_g + n_p - 2 * n_i + (n_i - both_equal)
+        neg = vp * (n_p - n_i) + ((((1 - vg) * vp) & 0xFF) * n_i)
+        return diff, neg
+    if g.layers is not None and p.value is not None:  # VISA's summed GT of overlapping objects, binary prediction
+        m_hist = np.zeros(256, np.int64)
+        n_hist = np.zeros(256, np.int64)
+        outside = int(kernels.level_counts(g.layers, p.bits, m_hist, n_hist))
+        vp = p.value
+        levels = np.flatnonzero(m_hist)
+        diff = outside + sum(int(n_hist[c]) * (vp != c) + int(m_hist[c] - n_hist[c]) * (c != 0) for c in levels)
+        neg = outside * vp + sum(int(n_hist[c]) * (((1 - int(c)) * vp) & 0xFF) for c in levels)
+        return diff, neg
+    rows = [r for r in (g.rows, p.rows) if r[0] >= 0]
+    y0 = min(r[0] for r in rows)
+    y1 = max(r[1] for r in rows)
+    out = np.empty(2, np.int64)
+    kernels.literal_accuracy_robustness(g.as_values(), p.as_values(), y0, y1, out)
+    return int(out[0]), int(out[1])
+
+
+def frame_scores(gt: np.ndarray, pred: np.ndarray, foreground_area: int | None = None, *,
+                 with_accuracy: bool = False, bound_th: float = BOUND_TH) -> FrameScore:
+    """`score_masks` on arrays. `gt`: the GT as VISA holds it (bool, 0/1, or the uint8 sum of overlapping objects);
+    `pred`: the prediction's uint8 values as read (0/255, 0/1, or bool). J and F use the non-zero pixels."""
+    g = pack_mask(gt, "GT mask")
+    p = pack_mask(pred, "prediction")
+    return score_masks(g, p, foreground_area, with_accuracy=with_accuracy, bound_th=bound_th)
 
 
 def jaccard(gt: np.ndarray, pred: np.ndarray) -> float:
     """Region similarity J of one frame (any non-zero value is foreground)."""
-    g, p = _as_bool(gt), _as_bool(pred)
-    _check_shapes(g, p)
-    inter = int(np.count_nonzero(g & p))
-    union = int(np.count_nonzero(g | p))
-    return iou_from_counts(inter, union)
+    return frame_scores(gt, pred).J
 
 
 def boundary_f(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> float:
@@ -184,66 +214,10 @@ def boundary_f(gt: np.ndarray, pred: np.ndarray, bound_th: float = BOUND_TH) -> 
     return frame_scores(gt, pred, bound_th=bound_th).F
 
 
-def frame_scores(gt: np.ndarray, pred: np.ndarray, foreground_area: int | None = None, *,
-                 with_accuracy: bool = False, bound_th: float = BOUND_TH) -> FrameScore:
-    """J and F of one frame, plus A (with_accuracy or foreground_area given) and R, R_scale_free (foreground_area).
-
-    `gt`: the GT mask (bool, or 0/1 values). `pred`: the prediction with its values as saved (0/1 or 0/255 uint8,
-    or bool); J and F use pred != 0, A and the literal R use the values. `foreground_area`: number of pixels of the
-    video's foreground (union of all annotated objects) in this frame, for R.
-    """
-    pred = np.asarray(pred)
-    g = _as_bool(gt)
-    p = _as_bool(pred)
-    _check_shapes(g, p)
-    shape = g.shape
-    box = _union_box(_bbox(g), _bbox(p))
-    if box is None:  # both empty
-        j, f = 1.0, 1.0
-        gs = ps = vs = None
-    else:
-        rows, cols = _crop(shape, box, margin=1)
-        gs, ps = g[rows, cols], p[rows, cols]
-        inter = int(np.count_nonzero(gs & ps))
-        union = int(np.count_nonzero(gs | ps))
-        j = iou_from_counts(inter, union)
-        gb, pb = seg2bmap(gs), seg2bmap(ps)
-        n_gt, n_pred = int(np.count_nonzero(gb)), int(np.count_nonzero(pb))
-        if n_gt and n_pred:
-            gm, pm = matched_boundary_counts(gb, pb, boundary_radius(shape, bound_th))
-        else:
-            gm = pm = 0
-        f = f_from_counts(n_gt, n_pred, gm, pm)
-        vs = pred[rows, cols]
-    a = r = r_sf = None
-    if with_accuracy or foreground_area is not None:
-        total = shape[0] * shape[1]
-        if gs is None:
-            equal = total
-        else:  # outside the crop both are 0, hence equal
-            if vs.dtype == bool:
-                eq = np.count_nonzero(gs == vs)
-            else:
-                eq = np.count_nonzero(gs.astype(vs.dtype) == vs)
-            equal = total - gs.size + int(eq)
-        a = float(np.float64(equal) / total)
-    if foreground_area is not None:
-        if gs is None:
-            neg = neg_sf = 0
-        else:
-            outside = ~gs
-            vals = vs[outside]
-            neg = int(vals.sum(dtype=np.uint64)) if vals.dtype != bool else int(np.count_nonzero(vals))
-            neg_sf = int(np.count_nonzero(vals))
-        denom = int(foreground_area) + R_EPS
-        r = max(1 - neg / denom, 0.0)
-        r_sf = max(1 - neg_sf / denom, 0.0)
-    return FrameScore(J=float(j), F=float(f), A=a, R=r, R_scale_free=r_sf)
-
-
-def accuracy(gt: np.ndarray, pred: np.ndarray) -> float:
-    """ReVOS A of one frame: mean of (gt == pred) on the values as saved."""
-    return frame_scores(gt, pred, with_accuracy=True).A  # type: ignore[return-value]
+def accuracy(gt: np.ndarray, pred: np.ndarray, scale_free: bool = False) -> float:
+    """ReVOS A of one frame: mean of (gt == pred) on the values (scale_free: on the binarised masks)."""
+    s = frame_scores(gt, pred, with_accuracy=True)
+    return s.A_scale_free if scale_free else s.A  # type: ignore[return-value]
 
 
 def robustness(gt: np.ndarray, pred: np.ndarray, foreground: np.ndarray | int, scale_free: bool = False) -> float:
@@ -263,19 +237,21 @@ def mean(values) -> float:
 
 def video_scores(gts, preds, foreground_areas=None, *, with_accuracy: bool = False,
                  bound_th: float = BOUND_TH) -> dict[str, float]:
-    """Per-expression means over frames of J, F (and A, R, R_scale_free): what one row of the reference holds."""
-    frames = []
+    """Per-expression means over frames of J, F (and A, R and their scale-free variants): one reference row."""
     fgs = foreground_areas if foreground_areas is not None else [None] * len(gts)
     if not (len(gts) == len(preds) == len(fgs)):
         raise ValueError(f"frame counts differ: {len(gts)} GT, {len(preds)} predictions, {len(fgs)} foregrounds")
-    for g, p, fg in zip(gts, preds, fgs):
-        frames.append(frame_scores(g, p, fg, with_accuracy=with_accuracy, bound_th=bound_th))
+    frames = [frame_scores(g, p, fg, with_accuracy=with_accuracy, bound_th=bound_th)
+              for g, p, fg in zip(gts, preds, fgs)]
     return aggregate_frames(frames)
+
+
+SCORE_KEYS = ("J", "F", "A", "R", "A_scale_free", "R_scale_free")
 
 
 def aggregate_frames(frames: list[FrameScore]) -> dict[str, float]:
     out = {"J": mean(s.J for s in frames), "F": mean(s.F for s in frames)}
-    for key in ("A", "R", "R_scale_free"):
+    for key in SCORE_KEYS[2:]:
         vals = [getattr(s, key) for s in frames]
         if vals and all(v is not None for v in vals):
             out[key] = mean(vals)

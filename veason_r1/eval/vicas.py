@@ -145,7 +145,7 @@ def _pr_to_ap(precision: np.ndarray, recall: np.ndarray) -> np.ndarray:
 def score_video(gt: dict, pred_root: Path, missing: str) -> tuple[list[dict], list[ReferralResult]]:
     from pycocotools import mask as mask_utils
 
-    from veason_r1.eval.evaluators import read_prediction
+    from veason_r1.data.mask_png import read_mask_png
 
     vid = int(gt["video_id"])
     h, w = (int(x) for x in gt["image_size"])
@@ -171,7 +171,7 @@ def score_video(gt: dict, pred_root: Path, missing: str) -> tuple[list[dict], li
                     m = np.zeros((h, w), bool)
                 gt_tracks[k].append(m)
             if not n_missing:
-                arr = read_prediction(p)
+                arr = read_mask_png(p)
                 if arr.shape != (h, w):
                     raise ValueError(f"{p}: prediction is {arr.shape[0]}x{arr.shape[1]} (HxW) but the ground truth "
                                      f"is {h}x{w}")

@@ -2,8 +2,9 @@
 
 Stage 1 (policy): one JSON line per expression (response, reasoning, keyframe, boxes) appended to
 `PRED/.stage1/stage1.shard<i>of<n>.jsonl`. Stage 2 (SAM2): the masks of every frame written to
-`PRED/<video>/<exp_id>/<frame>.png` (0/255, original size), the layout every evaluator here reads (ReVOS, MeViS,
-ReasonVOS and ViCaS alike). Re-running skips what is finished, so a killed run resumes where it stopped.
+`PRED/<video>/<exp_id>/<frame>.png` (0/255, original size), the layout the evaluators read (ReVOS, MeViS, ViCaS;
+ReasonVOS in `PredictConfig.pred_layout`, by default VideoLISA's `PRED/<source>_<video>_<obj_id>/<exp_id>/`).
+Re-running skips what is finished, so a killed run resumes where it stopped.
 
 Why results do not depend on sharding or on being killed: expressions are cut, in the dataset's order, into fixed
 blocks of `batch_size`; a block is the unit of both generation and sharding (shard i owns blocks b with
@@ -164,6 +165,7 @@ class PredictConfig:
     dtype: str = "auto"  # policy dtype flag
     sam2: str | None = None  # SAM2 config name or yaml (--sam2)
     sam2_ckpt: str | None = None  # SAM2 checkpoint (--sam2-ckpt); None: random weights (tests)
+    pred_layout: str = "current"  # ReasonVOS mask folders (veason_r1.data.reasonvos.PRED_LAYOUTS); stage 2 only
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -189,7 +191,8 @@ class PredictConfig:
         sam2_yaml = self.sam2 if self.sam2 and Path(self.sam2).is_file() else None
         stage2 = {"sam2": self.sam2, "sam2_yaml": file_identity(sam2_yaml) if sam2_yaml else None,
                   "sam2_ckpt": _resolved(self.sam2_ckpt),
-                  "sam2_ckpt_file": file_identity(self.sam2_ckpt) if self.sam2_ckpt else None}
+                  "sam2_ckpt_file": file_identity(self.sam2_ckpt) if self.sam2_ckpt else None,
+                  "pred_layout": self.pred_layout}  # where stage 2 writes (ReasonVOS), not what stage 1 generates
         return {"common": common, "stage1": stage1, "stage2": stage2}
 
 
@@ -262,11 +265,12 @@ def masks_digest(cached: dict) -> str | None:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_output_paths(dataset: Any, pred: str | os.PathLike, expressions: Sequence[Any]) -> None:
+def check_output_paths(dataset: Any, pred: str | os.PathLike, expressions: Sequence[Any],
+                       config: PredictConfig | None = None) -> None:
     """Every mask folder and PNG name of `expressions` lies inside PRED; raises (before any write) naming the key."""
     seen_videos: set[str] = set()
     for e in expressions:
-        expression_dir(pred, e.video, e.exp_id)
+        expression_dir(pred, *(prediction_parts(dataset, e, config) if config else (e.video, e.exp_id)))
         if e.video in seen_videos:
             continue
         seen_videos.add(e.video)
@@ -288,7 +292,7 @@ def check_queries(expressions: Sequence[Any], where: Any) -> None:
 def prepare_run(dataset: Any, pred: str | os.PathLike, config: PredictConfig, stages: Sequence[str]) -> dict:
     """All checks before the first expensive or writing step: output paths, queries, the cache fingerprint."""
     expressions = select_expressions(dataset, config)
-    check_output_paths(dataset, pred, expressions)
+    check_output_paths(dataset, pred, expressions, config)
     if "stage1" in stages and config.needs_policy:
         check_queries(expressions, getattr(dataset, "meta_file", getattr(dataset, "root", "dataset")))
     return check_cache_config(pred, config, [s for s in stages if s in STAGES])
@@ -402,6 +406,13 @@ def select_expressions(dataset: Any, config: PredictConfig) -> list[Any]:
 
 # ----------------------------------------------------------------------------------------------------------------
 # Stage 2: SAM2 -> PNGs
+
+
+def prediction_parts(dataset: Any, expression: Any, config: PredictConfig) -> tuple[str, str]:
+    """(folder, subfolder) of an expression's masks under PRED: <video>/<exp_id>, or the ReasonVOS layout chosen
+    in config.pred_layout (the reader's `prediction_folder`)."""
+    folder = getattr(dataset, "prediction_folder", None)
+    return folder(expression, config.pred_layout) if folder else (expression.video, expression.exp_id)
 
 
 def expression_dir(pred: str | os.PathLike, video: str, exp_id: str) -> Path:
@@ -549,6 +560,9 @@ def run_stage2(
     partial_root = Path(pred) / PARTIAL_DIR / shard.tag
     remove_owned_tree(partial_root, pred)  # leftovers of this shard's killed run (refused if not ours)
     stats = {"written": 0, "skipped": 0, "missing_stage1": 0, "sam2_s": 0.0, "write_s": 0.0, "write_wait_s": 0.0}
+    owner: dict[tuple[str, str], str] = {}  # a folder shared by several expressions (ReasonVOS obj_id layout): first
+    for e in select_expressions(dataset, config):
+        owner.setdefault(prediction_parts(dataset, e, config), e.key)
     todo = []
     for group in video_groups(dataset, blocks, shard):
         missing = [e for e in group if e.key not in records]
@@ -556,7 +570,8 @@ def run_stage2(
             stats["missing_stage1"] += len(missing)
             continue
         names = dataset.frames(group[0].video).names
-        pending = [e for e in group if not is_complete(pred, e.video, e.exp_id, names, digest)]
+        pending = [e for e in group if owner[prediction_parts(dataset, e, config)] == e.key
+                   and not is_complete(pred, *prediction_parts(dataset, e, config), names, digest)]
         stats["skipped"] += len(group) - len(pending)
         if pending:
             todo.append((group, pending))
@@ -565,7 +580,7 @@ def run_stage2(
         t0 = time.perf_counter()
         for e, masks in zip(group, all_masks):
             if e in pending:
-                write_expression_masks(pred, e.video, e.exp_id, names, masks, partial_root, digest)
+                write_expression_masks(pred, *prediction_parts(dataset, e, config), names, masks, partial_root, digest)
                 stats["written"] += 1
         stats["write_s"] += time.perf_counter() - t0
 
@@ -628,7 +643,8 @@ def merge_predictions(dataset: Any, pred: str | os.PathLike, config: PredictConf
             missing_stage1.append(e.key)
             continue
         lines.append(json.dumps(rec))
-        if digest is not None and is_complete(pred, e.video, e.exp_id, dataset.frames(e.video).names, digest):
+        if digest is not None and is_complete(pred, *prediction_parts(dataset, e, config),
+                                              dataset.frames(e.video).names, digest):
             complete += 1
         else:
             missing_masks.append(e.key)
