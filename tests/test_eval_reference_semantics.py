@@ -375,5 +375,5 @@ def test_evaluator_scores_every_png_kind_as_the_decoded_arrays(tmp_path, capsys)
     Image.fromarray(m * 255, "L").save(jpg, "JPEG")
     rc = cli_main(["eval", "revos", "--data", str(root), "--pred", str(pred), "--workers", "1", "--no-progress"])
     assert rc == 2
-    assert capsys.readouterr().out.strip().splitlines()[-1] == f"error: {jpg}: not a PNG file (JPEG data); " \
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"error: {jpg}: not a PNG file (JPEG data); " \
                                                               f"prediction masks must be PNG images"

@@ -234,7 +234,9 @@ def test_predict_writes_each_layout_and_eval_reads_it(list_release, tmp_path):
     scores = {}
     for layout in ("current", "obj_id", "exp_id"):
         cfg = PredictConfig(benchmark="reasonvos", oracle_keyframe=True, oracle_boxes=True, pred_layout=layout)
-        assert "pred_layout" not in cfg.fingerprint()  # stage-1 caches stay valid across layouts
+        fp = cfg.fingerprint()  # stage-1 caches stay valid across layouts; stage 2 records where it wrote
+        assert "pred_layout" not in fp["common"] and "pred_layout" not in fp["stage1"]
+        assert fp["stage2"]["pred_layout"] == layout
         out = tmp_path / layout
         run_stage1(ds, None, out, cfg, progress=False)
         run_stage2(ds, BoxFill(), out, cfg, progress=False)
@@ -242,7 +244,8 @@ def test_predict_writes_each_layout_and_eval_reads_it(list_release, tmp_path):
         for e in ds.expressions:
             folder, sub = prediction_parts(ds, e, cfg)
             assert (folder, sub) == ds.prediction_folder(e, layout)
-            assert sorted(p.name for p in (out / folder / sub).iterdir()) == ["00000.png", "00001.png", "00002.png"]
+            pngs = sorted(p.name for p in (out / folder / sub).iterdir() if not p.name.startswith("."))
+            assert pngs == ["00000.png", "00001.png", "00002.png"]  # beside the folder's hidden manifest
         s, rows = evaluate_reasonvos(list_release, out, EvalConfig(benchmark="reasonvos", missing="skip",
                                                                    progress=False, pred_layout=layout))
         assert s["missing_predictions"] == 0

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from veason_r1.config import FRAMES
 from veason_r1.app.inputs import Limits, UserInputError, check_query, decode_upload
 from veason_r1.app.models import Models
 from veason_r1.app.results import package_result, shown_frames_sheet
@@ -37,7 +38,7 @@ NO_MASK_MESSAGE = "The model's answer has no parsable box, so no mask was made (
 class Settings:
     """The page's optional settings. Greedy decoding and both SAM2 directions are the evaluation protocol."""
 
-    num_frames: int = 8  # frames shown to the policy (linspace over the video)
+    num_frames: int = FRAMES.eval_frames  # frames shown to the policy (linspace over the video)
     decoding: str = "greedy"
     temperature: float = 0.7  # sampled decoding only
     seed: int = 0  # sampled decoding only

@@ -38,7 +38,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="MeViS zip layout: Annotations/<video>/... (default) or <video>/... at the top")
     parser.add_argument("--vicas-version", default="v0.1", help="ViCaS annotation version folder")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an input error")
 
 
 def _fmt(v) -> str:
@@ -47,13 +46,19 @@ def _fmt(v) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Bad input (a damaged or misnamed file, a wrong size, a malformed meta) is one line naming it, exit 2."""
+    import sys
+
+    from veason_r1.errors import UserError
+
     try:
         return _run(args)
-    except (ValueError, FileNotFoundError, KeyError) as e:
-        if args.debug:
+    except UserError:
+        raise  # cli.main prints it (one line + hint, exit 2; --debug: traceback)
+    except (ValueError, FileNotFoundError, KeyError) as e:  # library errors that name their file
+        if getattr(args, "debug", False):  # `veason-r1 eval ... --debug` (cli.py)
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"error: {msg}")
+        print(f"error: {msg}", file=sys.stderr)
         return 2
 
 
