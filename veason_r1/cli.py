@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "predict": ("veason_r1.commands.predict", "predict masks for a benchmark (cached, sharded, resumable)"),
     "eval": ("veason_r1.commands.eval", "score predictions: ReVOS, MeViS, ReasonVOS, ViCaS"),
     "demo": ("veason_r1.commands.demo", "the whole pipeline on the synthetic benchmark with tiny models (CPU)"),
+    "preflight": ("veason_r1.commands.preflight", "check a node before a GPU run (GPUs, driver, packages, files, disk)"),
 }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from veason_r1.config import IMAGE_SIZE, PromptConfig
+from veason_r1.config import IMAGE_SIZE, FrameConfig, PromptConfig
 from veason_r1.data.masks import EMPTY_BOX, box_to_560, mask_to_box, resize_mask, union_masks
 from veason_r1.data.revos import Expression, ReVOSDataset
 from veason_r1.data.sampling import training_frames
@@ -78,8 +78,8 @@ def boxes_in_square(object_masks: Sequence[np.ndarray | None], height: int, widt
 class RLSampleBuilder:
     """Draws RL samples from one ReVOS-format split; keeps per-expression GT areas (computed from RLEs once)."""
 
-    def __init__(self, dataset: ReVOSDataset, num_frames: int = 6, image_size: int = IMAGE_SIZE,
-                 keyframe_top_k: int = 5, prompt_config: PromptConfig = PromptConfig()):
+    def __init__(self, dataset: ReVOSDataset, num_frames: int = FrameConfig().rl_frames, image_size: int = IMAGE_SIZE,
+                 keyframe_top_k: int = FrameConfig().keyframe_top_k, prompt_config: PromptConfig = PromptConfig()):
         self.dataset = dataset
         self.num_frames = num_frames
         self.image_size = image_size
@@ -175,6 +175,70 @@ def select_expressions(dataset: ReVOSDataset, pool: str | Path | None = None, sk
     return kept
 
 
+@dataclass
+class Pools:
+    """What a GRPO run trains and validates on (`training_pools`)."""
+
+    train: list[Expression]
+    val: list[Expression]
+    val_source: str  # "heldout" (videos of the training split kept out of training), "<split>", or "none"
+    heldout_videos: list[str]
+    removed_from_train: int  # pool expressions dropped because their video was held out
+
+
+def heldout_videos(dataset: ReVOSDataset, candidates: Sequence[Expression], pool: Sequence[Expression], size: int,
+                   seed: int) -> list[str]:
+    """Videos whose eligible expressions (`candidates`) reach `size`, drawn seeded: videos with no expression in
+    the training `pool` first (holding them out costs no training data), then pool videos."""
+    by_video: dict[str, int] = {}
+    for e in candidates:
+        by_video[e.video] = by_video.get(e.video, 0) + 1
+    in_pool = {e.video for e in pool}
+    rng = random.Random(f"heldout:{seed}")
+    outside = sorted(v for v in by_video if v not in in_pool)
+    inside = sorted(v for v in by_video if v in in_pool)
+    rng.shuffle(outside)
+    rng.shuffle(inside)
+    chosen, count = [], 0
+    for v in outside + inside:
+        if count >= size:
+            break
+        chosen.append(v)
+        count += by_video[v]
+    return sorted(chosen)
+
+
+def training_pools(dataset: ReVOSDataset, pool: str | Path | None, *, val_size: int, seed: int,
+                   skip_no_target: bool = True, val_dataset: ReVOSDataset | None = None,
+                   builder: RLSampleBuilder | None = None) -> Pools:
+    """The training expressions and the validation subset of one run (docs/rl.md, "Validation").
+
+    `val_dataset` None: validation is a held-out slice of the training split, video-disjoint from training (the
+    held-out videos' expressions are removed from the pool) and seeded, so the best checkpoint is never picked on
+    the split that is reported. With `val_dataset` (opt-in `data.val_split`): a seeded subset of that split.
+    `val_size` 0: no validation."""
+    builder = builder or RLSampleBuilder(dataset)
+    train = select_expressions(dataset, pool, skip_no_target, builder=builder)
+    if val_size <= 0:
+        return Pools(train, [], "none", [], 0)
+    if val_dataset is not None:
+        vb = builder if val_dataset is dataset else RLSampleBuilder(val_dataset, builder.num_frames,
+                                                                     builder.image_size, builder.keyframe_top_k)
+        val = select_expressions(val_dataset, None, True, val_size, seed, builder=vb)
+        return Pools(train, val, val_dataset.split, [], 0)
+    candidates = select_expressions(dataset, None, True, builder=builder)
+    held = set(heldout_videos(dataset, candidates, train, val_size, seed))
+    kept = [e for e in train if e.video not in held]
+    if not kept:
+        raise ValueError(f"{dataset.meta_file}: holding out {val_size} validation expressions leaves no training "
+                         f"expression (the pool spans {len({e.video for e in train})} videos); lower "
+                         "data.val_max_samples or give data.val_split")
+    val = [e for e in candidates if e.video in held]
+    if len(val) > val_size:
+        val = sorted(random.Random(f"heldout-expr:{seed}").sample(val, val_size), key=lambda e: e.key)
+    return Pools(kept, val, "heldout", sorted(held), len(train) - len(kept))
+
+
 class RLPool:
     """A list of expressions served as RL samples; `draw(i, seed)` gives a fresh keyframe draw per call."""
 
@@ -195,7 +259,7 @@ class RLPool:
 
 
 def reference_rows(expressions: Sequence[Expression], root: str | Path, split: str, *, redraw: bool,
-                   num_frames: int, image_size: int, keyframe_top_k: int = 5, seed: int = 0) -> list[dict]:
+                   num_frames: int, image_size: int, keyframe_top_k: int, seed: int = 0) -> list[dict]:
     """Parquet rows for `VeasonRLDataset`: verl's columns, the expression's reference in `extra_info`."""
     rows = []
     for i, e in enumerate(expressions):

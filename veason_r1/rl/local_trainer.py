@@ -42,8 +42,8 @@ import numpy as np
 
 from veason_r1.models.fast_qwen import fast_vision_attention, patch_text_attention
 from veason_r1.rl import checkpoint as ckpt
-from veason_r1.rl.config import GRPOConfig
-from veason_r1.rl.data import RLPool, RLSample, RLSampleBuilder, select_expressions
+from veason_r1.rl.config import GRPOConfig, get_field, validation_enabled
+from veason_r1.rl.data import RLPool, RLSample, RLSampleBuilder, training_pools
 
 
 @dataclass
@@ -82,17 +82,23 @@ class LocalGRPOTrainer:
     """One-process GRPO. `fit()` runs to `total_steps`, resuming from the latest checkpoint when asked."""
 
     def __init__(self, cfg: GRPOConfig, propagator=None, policy=None, verbose: bool = True, *,
-                 rollout_copy: bool = True, vision_attention: str = "auto", log_prob_micro_batch: int | None = None,
                  phase_hook: Callable[[str, str, float], None] | None = None):
-        """`rollout_copy`: generate with a transient bf16 copy of the weights (CUDA + bf16/fp16, full fine-tune);
-        `vision_attention`: "auto" (batched on CUDA), "batched" or "hf"; `log_prob_micro_batch`: sequences per
-        no-grad old/ref forward (None = actor.ppo_micro_batch_size_per_gpu); `phase_hook(phase, "start"|"end",
-        seconds)` is called around every phase of a step."""
+        """`propagator`/`policy`: already loaded models to use instead of the config's (tests, the demo, benches);
+        `phase_hook(phase, "start"|"end", seconds)` is called around every phase of a step. The speed knobs are
+        config fields: `trainer.rollout_copy`, `trainer.vision_attention`,
+        `rollout.log_prob_micro_batch_size_per_gpu`."""
         import torch
 
+        unsupported = [(cfg.actor.lr_scheduler_type != "constant", "actor.lr_scheduler_type", "'constant'"),
+                       (cfg.actor.lr_warmup_steps_ratio != 0, "actor.lr_warmup_steps_ratio", "0"),
+                       (cfg.algorithm.use_kl_in_reward, "algorithm.use_kl_in_reward", "false")]
+        for bad, key, supported in unsupported:
+            if bad:
+                raise ValueError(f"{key} = {get_field(cfg, key)!r}: the local trainer supports only {supported} "
+                                 "(the verl back-end supports the rest)")
         self.cfg = cfg
         self.phase_hook = phase_hook
-        self.log_prob_micro_batch = log_prob_micro_batch
+        self.log_prob_micro_batch = cfg.rollout.log_prob_micro_batch_size_per_gpu
         self.verbose = verbose
         self.device = resolve_device(cfg.trainer.device)
         self.out_dir = Path(cfg.trainer.default_local_dir)
@@ -105,27 +111,30 @@ class LocalGRPOTrainer:
         pixel_bounds(cfg.data.image_size)
         if not cfg.data.train_root:
             raise ValueError("data.train_root is empty: give a ReVOS-format root")
-        train = ReVOSDataset(cfg.data.train_root, cfg.data.train_split, load_foreground=False)
-        builder = RLSampleBuilder(train, cfg.data.num_frames, cfg.data.image_size, cfg.data.keyframe_top_k)
-        self.train_pool = RLPool(builder, select_expressions(train, cfg.data.train_pool, cfg.data.skip_no_target,
-                                                             builder=builder))
+        d = cfg.data
+        train = ReVOSDataset(d.train_root, d.train_split, load_foreground=False)
+        builder = RLSampleBuilder(train, d.num_frames, d.image_size, d.keyframe_top_k)
+        val_ds = None
+        if d.val_split is not None:
+            val_ds = ReVOSDataset(d.val_root or d.train_root, d.val_split, load_foreground=False)
+        self.pools = training_pools(train, d.train_pool, val_size=d.val_max_samples if validation_enabled(cfg) else 0,
+                                    seed=d.seed, skip_no_target=d.skip_no_target, val_dataset=val_ds, builder=builder)
+        self.train_pool = RLPool(builder, self.pools.train)
         self.val_pool = None
-        if cfg.data.val_root:
-            val = ReVOSDataset(cfg.data.val_root, cfg.data.val_split, load_foreground=False)
-            vb = RLSampleBuilder(val, cfg.data.num_frames, cfg.data.image_size, cfg.data.keyframe_top_k)
-            self.val_pool = RLPool(vb, select_expressions(val, None, True, cfg.data.val_max_samples,
-                                                          cfg.data.seed, builder=vb))
+        if self.pools.val:
+            vb = builder if val_ds is None else RLSampleBuilder(val_ds, d.num_frames, d.image_size, d.keyframe_top_k)
+            self.val_pool = RLPool(vb, self.pools.val)
 
-        self.policy = policy or load_policy(cfg.model.path, self.device, dtype="float32")  # fp32 master weights
+        attn = "sdpa" if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation
+        self.policy = policy or load_policy(cfg.model.path, self.device, dtype="float32", attn=attn)  # fp32 master
         self.model = self.policy.model
         self.processor = self.policy.processor
         self.tokenizer = self.processor.tokenizer
         self.autocast_dtype = None
         if self.device.startswith("cuda") and cfg.trainer.dtype in ("bfloat16", "float16"):
             self.autocast_dtype = getattr(torch, cfg.trainer.dtype)  # bf16 compute, fp32 master weights
-        self.rollout_copy = bool(rollout_copy and self.autocast_dtype is not None and not self.lora)
-        if vision_attention not in ("auto", "batched", "hf"):
-            raise ValueError(f"vision_attention must be 'auto', 'batched' or 'hf', got {vision_attention!r}")
+        self.rollout_copy = bool(cfg.trainer.rollout_copy and self.autocast_dtype is not None and not self.lora)
+        vision_attention = cfg.trainer.vision_attention
         self.vision_attention_patched = 0
         if vision_attention == "batched" or (vision_attention == "auto" and self.device.startswith("cuda")):
             self.vision_attention_patched = fast_vision_attention(self.model)
@@ -151,8 +160,6 @@ class LocalGRPOTrainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.actor.lr, betas=tuple(cfg.actor.betas),
                                            weight_decay=cfg.actor.weight_decay)
-        if cfg.actor.lr_scheduler_type != "constant":
-            raise ValueError(f"actor.lr_scheduler_type {cfg.actor.lr_scheduler_type!r}: the local trainer supports 'constant'")
 
         from veason_r1.rl.algos import actor_config
 
@@ -173,7 +180,7 @@ class LocalGRPOTrainer:
             from veason_r1.models.sam2 import load_sam2
 
             self.propagator = load_sam2(cfg.reward.sam2, cfg.reward.sam2_checkpoint,
-                                        cfg.reward.sam2_device or self.device)
+                                        cfg.reward.sam2_device or self.device)  # "tiny" only when named
         bs = cfg.data.train_batch_size
         self.steps_per_epoch = max(1, len(self.train_pool) // bs)
         self.total_steps = cfg.trainer.total_training_steps or self.steps_per_epoch * cfg.trainer.total_epochs
@@ -528,12 +535,15 @@ class LocalGRPOTrainer:
         self.best = state.get("best", self.best)
 
     def maybe_resume(self) -> int | None:
-        if self.cfg.trainer.resume_mode == "disable":
-            return None
-        step = ckpt.latest_step(self.out_dir)
+        """Load the latest checkpoint (resume_mode auto) and cut the logs back to it: the steps after it are
+        trained again, and must not appear twice in metrics.jsonl / tensorboard."""
+        step = None if self.cfg.trainer.resume_mode == "disable" else ckpt.latest_step(self.out_dir)
         if step is not None:
             self.load_checkpoint(step)
             self._log_console(f"resumed from {ckpt.step_dir(self.out_dir, step)} (step {step})")
+        dropped = ckpt.truncate_log(self.out_dir / "metrics.jsonl", step or 0)
+        if dropped:
+            self._log_console(f"metrics.jsonl: dropped {dropped} entries after step {step or 0} (re-trained now)")
         return step
 
     def _track_best(self, val: dict[str, float]) -> bool:
@@ -559,7 +569,9 @@ class LocalGRPOTrainer:
         if "tensorboard" in names:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.loggers.append(("tensorboard", SummaryWriter(str(self.out_dir / "tensorboard"))))
+            # purge_step: events after the resume point (written by the interrupted run) are discarded
+            self.loggers.append(("tensorboard", SummaryWriter(str(self.out_dir / "tensorboard"),
+                                                              purge_step=self.step + 1 if self.step else None)))
         if "wandb" in names:
             import os
 
