@@ -37,12 +37,12 @@ def test_log_prob_micro_batch_and_phase_hook(synth_root, tmp_path):
 
     tiny = make_tiny_qwen(tmp_path / "tiny", seed=0)
     cfg = load_config("configs/grpo_local_tiny.yaml", [
-        f"data.train_root={synth_root}", "data.val_root=null", f"model.path={tiny}", "reward.use_consistency=false",
+        f"data.train_root={synth_root}", "data.val_max_samples=0", f"model.path={tiny}", "reward.use_consistency=false",
         f"trainer.default_local_dir={tmp_path / 'run'}", "trainer.logger=[]", "actor.ppo_micro_batch_size_per_gpu=1",
+        "rollout.log_prob_micro_batch_size_per_gpu=8",  # a config field (was a constructor-only knob)
     ])
     events = []
-    tr = LocalGRPOTrainer(cfg, verbose=False, phase_hook=lambda name, ev, s: events.append((name, ev)),
-                          log_prob_micro_batch=8)
+    tr = LocalGRPOTrainer(cfg, verbose=False, phase_hook=lambda name, ev, s: events.append((name, ev)))
     tr.train_step()
     names = [n for n, ev in events if ev == "start"]
     assert names == ["data", "rollout", "rollout_chunk_1/1", "reward", "old_log_prob", "ref_log_prob", "update"]
@@ -54,5 +54,8 @@ def test_log_prob_micro_batch_and_phase_hook(synth_root, tmp_path):
     small = tr.log_probs(tr.model, ro)
     m = ro.response_mask.bool()
     assert torch.allclose(big[m], small[m], atol=1e-4)
-    with pytest.raises(ValueError, match="vision_attention"):
-        LocalGRPOTrainer(cfg, verbose=False, vision_attention="flash")
+    from veason_r1.structured_config import ConfigError
+
+    with pytest.raises(ConfigError, match="trainer.vision_attention: expected one of 'auto', 'batched', 'hf', got 'flash'"):
+        load_config("configs/grpo_local_tiny.yaml", ["trainer.vision_attention=flash"])
+    assert load_config("configs/grpo_local_tiny.yaml", ["trainer.rollout_copy=false"]).trainer.rollout_copy is False

@@ -159,4 +159,29 @@ def launch(plan: LaunchPlan) -> int:
     return subprocess.call(plan.command)
 
 
+def main(argv: list[str] | None = None) -> int:
+    """`python -m veason_r1.rl.launch run-dir --config YAML [--set k=v ...]` prints the run folder (absolute), for
+    the run scripts."""
+    import argparse
+
+    from veason_r1.rl.config import load_config
+
+    p = argparse.ArgumentParser(prog="python -m veason_r1.rl.launch")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run-dir")
+    r.add_argument("--config", required=True)
+    r.add_argument("--set", dest="overrides", action="append", default=[])
+    args = p.parse_args(argv)
+    try:
+        print(absolute(load_config(args.config, args.overrides)).trainer.default_local_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
 __all__ = ["DataFiles", "LaunchError", "LaunchPlan", "absolute", "launch", "missing_inputs", "prepare", "write_data"]
