@@ -202,3 +202,32 @@ def test_non_finite_gradient_skips_the_optimizer_step(synth_root, tiny_dir, tmp_
     assert metrics["actor/skipped_steps"] == 1.0
     after = weights(tr.model)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_cuts_the_logs_back_to_the_checkpoint(synth_root, tiny_dir, tmp_path):
+    """A run killed after logging steps past its last checkpoint re-trains those steps on resume; metrics.jsonl then
+    holds each step once (issue 16: repeated steps in rl/metrics.jsonl)."""
+    import shutil
+
+    from veason_r1.rl import checkpoint as ckpt
+    from veason_r1.rl.local_trainer import LocalGRPOTrainer
+
+    out = tmp_path / "resume"
+    opts = ("reward.use_consistency=false", "trainer.total_training_steps=3", "trainer.save_freq=1",
+            "trainer.test_freq=-1", "trainer.logger=[tensorboard]", "data.train_batch_size=1",
+            "actor.ppo_mini_batch_size=1", "rollout.n=2")
+    LocalGRPOTrainer(make_cfg(synth_root, tiny_dir, out, *opts), verbose=False).fit(max_steps=2)
+    # the crash: step 2 was logged, its checkpoint never completed
+    shutil.rmtree(ckpt.step_dir(out, 2))
+    (out / ckpt.TRACKER).write_text("1")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "torn')  # and a torn last line
+    tr = LocalGRPOTrainer(make_cfg(synth_root, tiny_dir, out, *opts), verbose=False)
+    tr.fit()
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("reward/overall")] == [1, 2, 3]
