@@ -67,7 +67,10 @@ def resolve_device(name: str) -> str:
 
 
 def _bf16_copy(model, dtype):
-    """A frozen copy of `model` with its parameters in `dtype`, built without a transient fp32 copy."""
+    """A frozen copy of `model` with its parameters in `dtype`, built without a transient fp32 copy. Buffers keep
+    their dtype: the rotary `inv_freq` tables rounded to bf16 put every position of a long sequence at the wrong
+    angle (the reference log-probs then drift from the policy's by up to ~5 nats at positions ~1,200 on the tiny
+    model, against ~0.4 with fp32 tables; tests/test_rl_speed.py)."""
     import torch
 
     memo = {}
@@ -76,6 +79,14 @@ def _bf16_copy(model, dtype):
             memo[id(p)] = torch.nn.Parameter(p.detach().to(dtype), requires_grad=False)
     clone = copy.deepcopy(model, memo)
     return clone.eval()
+
+
+def reference_copy(model, dtype=None):
+    """The frozen reference policy: a bf16/fp16 copy under autocast (parameters cast, buffers kept: `_bf16_copy`),
+    else an fp32 deep copy."""
+    if dtype is not None:
+        return _bf16_copy(model, dtype)
+    return copy.deepcopy(model).eval()
 
 
 class LocalGRPOTrainer:
@@ -141,10 +152,7 @@ class LocalGRPOTrainer:
             patch_text_attention(self.model)  # rollouts: grouped decode attention (exact; training forwards untouched)
         self.ref_model = None
         if cfg.actor.use_kl_loss and not self.lora:
-            if self.autocast_dtype is not None:  # no transient fp32 copy of the whole model
-                self.ref_model = _bf16_copy(self.model, self.autocast_dtype).to(self.autocast_dtype)
-            else:
-                self.ref_model = copy.deepcopy(self.model).eval()
+            self.ref_model = reference_copy(self.model, self.autocast_dtype)
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
         if self.lora:
@@ -357,13 +365,14 @@ class LocalGRPOTrainer:
             "image_grid_thw": torch.cat([p["image_grid_thw"] for p in prompts]).to(self.device),
         }
 
-    def _forward(self, model, batch: dict, response_len: int, with_entropy: bool):
-        """Per-token log-probs (and entropy) of the response positions, in fp32."""
+    def _forward(self, model, batch: dict, response_len: int, with_entropy: bool, autocast: bool = True):
+        """Per-token log-probs (and entropy) of the response positions, in fp32 (`autocast` False: the whole forward
+        in fp32, the retry path of `update`)."""
         import torch
 
         from veason_r1.rl.algos import entropy_from_logits
 
-        with self._autocast():
+        with self._autocast() if autocast else nullcontext():
             out = model(**batch, logits_to_keep=response_len + 1, use_cache=False)
         logits = out.logits[:, :-1, :].float()
         labels = batch["input_ids"][:, -response_len:]
@@ -386,63 +395,90 @@ class LocalGRPOTrainer:
         return torch.cat(out)
 
     # ---------------------------------------------------------------------------------------------------- step
-    def update(self, ro: Rollouts, adv, old_logp, ref_logp) -> dict[str, float]:
-        """verl's actor update: ppo_epochs x mini-batches x micro-batches, loss aggregated over the mini-batch."""
-        import torch
-
+    def _accumulate(self, ro: Rollouts, mini_idx: list[int], adv, old_logp, ref_logp, autocast: bool) -> dict:
+        """Forward/backward of one mini-batch, micro-batch by micro-batch (gradients accumulate); its metrics."""
         from veason_r1.rl.algos import agg_loss, kl_penalty, policy_loss_vanilla
 
         cfg = self.cfg
-        policy_loss_fn = policy_loss_vanilla
-        n = cfg.rollout.n
-        mini = cfg.actor.ppo_mini_batch_size * n
-        micro = cfg.actor.ppo_micro_batch_size_per_gpu
         R = ro.responses.shape[1]
+        info = self.verl_actor.global_batch_info
+        info.update(dp_size=1, batch_num_tokens=int(ro.response_mask[mini_idx].sum().item()),
+                    global_batch_size=len(mini_idx), loss_scale_factor=None)
+        sums: dict[str, float] = {}
+        micro = cfg.actor.ppo_micro_batch_size_per_gpu
+        for s in range(0, len(mini_idx), micro):
+            idx = mini_idx[s:s + micro]
+            batch = self._micro_batch(ro, idx)
+            logp, ent = self._forward(self.model, batch, R, with_entropy=cfg.actor.entropy_coeff != 0,
+                                      autocast=autocast)
+            mask = ro.response_mask[idx].to(self.device)
+            pg_loss, pg_metrics = policy_loss_vanilla(
+                old_log_prob=old_logp[idx].to(self.device), log_prob=logp, advantages=adv[idx].to(self.device),
+                response_mask=mask.bool(), loss_agg_mode=cfg.actor.loss_agg_mode, config=self.verl_actor,
+            )
+            loss = pg_loss
+            metrics = {"actor/pg_loss": pg_loss.item(), **pg_metrics}
+            if ent is not None:
+                ent_loss = agg_loss(loss_mat=ent, loss_mask=mask, loss_agg_mode=cfg.actor.loss_agg_mode, **info)
+                loss = loss - cfg.actor.entropy_coeff * ent_loss
+                metrics["actor/entropy_loss"] = ent_loss.item()
+            if cfg.actor.use_kl_loss:
+                kld = kl_penalty(logprob=logp, ref_logprob=ref_logp[idx].to(self.device),
+                                 kl_penalty=cfg.actor.kl_loss_type)
+                kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=cfg.actor.loss_agg_mode, **info)
+                loss = loss + cfg.actor.kl_loss_coef * kl_loss
+                metrics["actor/kl_loss"] = kl_loss.item()
+            loss.backward()
+            metrics["actor/loss"] = loss.item()
+            for k, v in metrics.items():  # token-mean parts already carry their share of the mini-batch
+                share = 1.0 if k in ("actor/pg_loss", "actor/entropy_loss", "actor/kl_loss", "actor/loss") \
+                    else len(idx) / len(mini_idx)
+                sums[k] = sums.get(k, 0.0) + float(v) * share
+        return sums
+
+    def _nonfinite_grads(self) -> list[str]:
+        return [n for n, p in self.model.named_parameters()
+                if p.grad is not None and not bool(p.grad.isfinite().all())]
+
+    def update(self, ro: Rollouts, adv, old_logp, ref_logp) -> dict[str, float]:
+        """verl's actor update: ppo_epochs x mini-batches x micro-batches, loss aggregated over the mini-batch.
+
+        A non-finite gradient norm under bf16/fp16 autocast is not skipped at once: the mini-batch is run again with
+        the whole forward in fp32 (`actor/fp32_retries`, and the parameters whose gradients were non-finite are
+        named on the console). Only a mini-batch whose fp32 gradients are non-finite too skips its optimizer step,
+        as verl's actor does (`actor/skipped_steps`)."""
+        import torch
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        mini = cfg.actor.ppo_mini_batch_size * cfg.rollout.n
         self.model.train()
         sums: dict[str, float] = {}
-        count = skipped = 0
+        count = skipped = retries = 0
         B = len(ro.texts)
         for _ in range(cfg.actor.ppo_epochs):
             for m0 in range(0, B, mini):
                 mini_idx = list(range(m0, min(m0 + mini, B)))
-                info = self.verl_actor.global_batch_info
-                info.update(dp_size=1, batch_num_tokens=int(ro.response_mask[mini_idx].sum().item()),
-                            global_batch_size=len(mini_idx), loss_scale_factor=None)
                 self.optimizer.zero_grad(set_to_none=True)
-                for s in range(0, len(mini_idx), micro):
-                    idx = mini_idx[s:s + micro]
-                    batch = self._micro_batch(ro, idx)
-                    logp, ent = self._forward(self.model, batch, R, with_entropy=cfg.actor.entropy_coeff != 0)
-                    mask = ro.response_mask[idx].to(self.device)
-                    pg_loss, pg_metrics = policy_loss_fn(
-                        old_log_prob=old_logp[idx].to(self.device), log_prob=logp, advantages=adv[idx].to(self.device),
-                        response_mask=mask.bool(), loss_agg_mode=cfg.actor.loss_agg_mode, config=self.verl_actor,
-                    )
-                    loss = pg_loss
-                    metrics = {"actor/pg_loss": pg_loss.item(), **pg_metrics}
-                    if ent is not None:
-                        ent_loss = agg_loss(loss_mat=ent, loss_mask=mask, loss_agg_mode=cfg.actor.loss_agg_mode, **info)
-                        loss = loss - cfg.actor.entropy_coeff * ent_loss
-                        metrics["actor/entropy_loss"] = ent_loss.item()
-                    if cfg.actor.use_kl_loss:
-                        kld = kl_penalty(logprob=logp, ref_logprob=ref_logp[idx].to(self.device),
-                                         kl_penalty=cfg.actor.kl_loss_type)
-                        kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=cfg.actor.loss_agg_mode, **info)
-                        loss = loss + cfg.actor.kl_loss_coef * kl_loss
-                        metrics["actor/kl_loss"] = kl_loss.item()
-                    loss.backward()
-                    metrics["actor/loss"] = loss.item()
-                    for k, v in metrics.items():  # token-mean parts already carry their share of the mini-batch
-                        share = 1.0 if k in ("actor/pg_loss", "actor/entropy_loss", "actor/kl_loss", "actor/loss") \
-                            else len(idx) / len(mini_idx)
-                        sums[k] = sums.get(k, 0.0) + float(v) * share
+                part = self._accumulate(ro, mini_idx, adv, old_logp, ref_logp, autocast=True)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.actor.grad_clip)
+                if not torch.isfinite(grad_norm) and self.autocast_dtype is not None:
+                    bad = self._nonfinite_grads()
+                    tqdm.write(f"step {self.step}: non-finite gradient norm {float(grad_norm)} under "
+                               f"{self.cfg.trainer.dtype} autocast ({len(bad)} tensors, e.g. {bad[:3]}); "
+                               "retrying the mini-batch in fp32")
+                    retries += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    part = self._accumulate(ro, mini_idx, adv, old_logp, ref_logp, autocast=False)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.actor.grad_clip)
+                for k, v in part.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 count += 1
                 if not torch.isfinite(grad_norm):  # as verl's actor: skip this optimizer step, keep training
                     skipped += 1
-                    from tqdm import tqdm
-
-                    tqdm.write(f"step {self.step}: non-finite gradient norm {float(grad_norm)}; optimizer step skipped")
+                    bad = self._nonfinite_grads()
+                    tqdm.write(f"step {self.step}: non-finite gradient norm {float(grad_norm)} ({len(bad)} tensors, "
+                               f"e.g. {bad[:3]}); optimizer step skipped")
                     continue
                 self.optimizer.step()
                 sums["actor/grad_norm"] = sums.get("actor/grad_norm", 0.0) + float(grad_norm)
@@ -451,6 +487,7 @@ class LocalGRPOTrainer:
         if "actor/grad_norm" in out:  # mean over the optimizer steps actually taken
             out["actor/grad_norm"] = sums["actor/grad_norm"] / (count - skipped)
         out["actor/skipped_steps"] = float(skipped)
+        out["actor/fp32_retries"] = float(retries)
         return out
 
     def train_step(self) -> dict[str, float]:
