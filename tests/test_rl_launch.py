@@ -160,6 +160,14 @@ def test_verl_launch_refuses_missing_inputs_before_ray(synth_root, tiny_dir, sam
     assert not out.exists()  # nothing written, Ray never started
 
 
+def test_verl_launch_refuses_an_unknown_sam2_name(synth_root, tiny_dir, sam2_ckpt, tmp_path):
+    from veason_r1.rl.launch import LaunchError, prepare
+
+    cfg = grpo_cfg(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", "reward.sam2=sam2_hiera_xl")
+    with pytest.raises(LaunchError, match="reward.sam2: unknown SAM2 config 'sam2_hiera_xl'"):
+        prepare(cfg, "test")
+
+
 # ----------------------------------------------------------------------------- item 3: absolute paths
 
 

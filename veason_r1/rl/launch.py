@@ -60,6 +60,13 @@ def missing_inputs(cfg: GRPOConfig) -> list[str]:
         check_model_dir(cfg.model.path)
     except FileNotFoundError as e:
         problems.append(f"model.path: {e} (the SFT-merged model: training_scripts/run_sft.sh writes it)")
+    if cfg.reward.use_consistency and cfg.reward.sam2:
+        try:
+            from veason_r1.models.sam2 import _config_path
+
+            _config_path(cfg.reward.sam2)
+        except ValueError as e:
+            problems.append(f"reward.sam2: {e}")
     if cfg.reward.use_consistency and cfg.reward.sam2_checkpoint and not Path(cfg.reward.sam2_checkpoint).is_file():
         problems.append(f"reward.sam2_checkpoint: {cfg.reward.sam2_checkpoint} not found (docs/reproduce.md §1 "
                         "says where to download it)")
