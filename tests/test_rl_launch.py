@@ -78,8 +78,10 @@ print(json.dumps({"attn": module.config._attn_implementation, "remove_padding": 
 
 def _engine_load(run_dir: Path) -> dict:
     """In a fresh process: verl's monkey patches replace Qwen2.5-VL class methods for the whole process."""
+    import os
+
     r = subprocess.run([sys.executable, "-c", ENGINE_LOAD, str(run_dir)], capture_output=True, text=True, timeout=600,
-                       cwd=ROOT, env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"})
+                       cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}, check=False)
     assert r.returncode == 0, r.stderr[-2000:]
     return json.loads(r.stdout.strip().splitlines()[-1])
 
@@ -289,5 +291,5 @@ def test_vllm_is_pinned_to_the_version_verl_091_was_released_with():
     pins = [line.strip() for line in (ROOT / "constraints/gpu-vllm.txt").read_text().splitlines()
             if line.strip().startswith("vllm")]
     assert pins == [want] == ["vllm==0.24.0"]
-    torch_pin = [r for r in requires if r.startswith("torch==") and 'extra == "vllm"' in r][0].split(";")[0].strip()
+    torch_pin = next(r for r in requires if r.startswith("torch==") and 'extra == "vllm"' in r).split(";")[0].strip()
     assert torch_pin in (ROOT / "constraints/gpu-vllm.txt").read_text()

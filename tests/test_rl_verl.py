@@ -5,7 +5,6 @@ data through verl's dataset machinery and the Qwen2.5-VL processor; GRPO advanta
 from __future__ import annotations
 
 import json
-import math
 import random
 
 import numpy as np
@@ -188,7 +187,7 @@ def test_verl_dataset_class_with_processor_redraws_train_rows(synth_root, tiny_d
 
     ds = ReVOSDataset(synth_root, "train")
     exprs = select_expressions(ds, builder=RLSampleBuilder(ds))[:3]
-    draw = dict(num_frames=6, image_size=112, keyframe_top_k=5)
+    draw = {"num_frames": 6, "image_size": 112, "keyframe_top_k": 5}
     train = write_parquet(reference_rows(exprs, synth_root, "train", redraw=True, **draw), tmp_path / "train.parquet")
     val = write_parquet(reference_rows(exprs, synth_root, "train", redraw=False, **draw), tmp_path / "val.parquet")
     processor = AutoProcessor.from_pretrained(str(tiny_dir), local_files_only=True)

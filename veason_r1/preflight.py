@@ -11,6 +11,7 @@ checks FAIL ("no GPU") unless `cpu_ok`, which turns them into SKIP (tests, a CPU
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
 import os
 import shutil
@@ -79,7 +80,7 @@ def gpu_check(stage: str, need: int, cpu_ok: bool) -> Check:
 
 def _driver_version() -> str | None:
     try:
-        import pynvml  # noqa: F401 - nvidia-ml-py, installed with torch's CUDA builds
+        import pynvml  # nvidia-ml-py, installed with torch's CUDA builds
     except ImportError:
         pynvml = None
     if pynvml is not None:
@@ -87,14 +88,14 @@ def _driver_version() -> str | None:
             pynvml.nvmlInit()
             v = pynvml.nvmlSystemGetDriverVersion()
             return v.decode() if isinstance(v, bytes) else str(v)
-        except Exception:  # noqa: BLE001 - no driver
+        except Exception:  # noqa: BLE001, S110 - no driver: nvidia-smi below, else None
             pass
     exe = shutil.which("nvidia-smi")
     if exe:
         import subprocess
 
         r = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                           text=True, timeout=30)
+                           text=True, timeout=30, check=False)
         if r.returncode == 0 and r.stdout.strip():
             return r.stdout.strip().splitlines()[0].strip()
     return None
@@ -145,8 +146,6 @@ def pins(env: str) -> dict[str, str]:
 
 def package_check(dist: str, module: str, spec: str | None, required: bool, why: str, fix: str) -> Check:
     """`module` imports and the installed `dist` satisfies `spec`."""
-    import importlib
-
     from packaging.specifiers import SpecifierSet
 
     name = f"import {module}"
@@ -380,7 +379,7 @@ def sft_checks(config, world_size: int, cpu_ok: bool = False, check_images: bool
     out += _safe("data", data)
 
     def batch() -> Check:
-        scaled, note = config.for_world_size(world_size)
+        _, note = config.for_world_size(world_size)
         return Check("effective batch", PASS, note)
 
     out += _safe("effective batch", batch)
@@ -422,5 +421,5 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["Check", "FAIL", "PASS", "SKIP", "WARN", "checkpoint_budget", "driver_check", "eval_checks", "gpu_check",
+__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "checkpoint_budget", "driver_check", "eval_checks", "gpu_check",
            "grpo_checks", "pins", "render", "sft_checks", "shm_check"]

@@ -36,8 +36,8 @@ def setting(default: Any = _MISSING, *, factory: Any = _MISSING, ge: float | Non
             le: float | None = None, lt: float | None = None, choices: tuple | None = None, key: Any = None,
             doc: str = "") -> Any:
     """A dataclass field with its validation rules (and optionally the foreign key it maps to)."""
-    meta = {k: v for k, v in dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices, key=key, doc=doc).items()
-            if v not in (None, "")}
+    rules = {"ge": ge, "gt": gt, "le": le, "lt": lt, "choices": choices, "key": key, "doc": doc}
+    meta = {k: v for k, v in rules.items() if v not in (None, "")}
     if factory is not _MISSING:
         return dataclasses.field(default_factory=factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)

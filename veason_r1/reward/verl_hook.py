@@ -182,9 +182,9 @@ def _propagator(options: RewardOptions):
     """The propagator, or an `_Unavailable` that fails only the consistency term (the error logged loudly)."""
     try:
         return get_propagator(options.sam2_model, options.sam2_checkpoint, options.sam2_device)
-    except Exception as e:  # noqa: BLE001 - a SAM2 failure costs the consistency term of this batch only
-        logger.error("SAM2 %r (checkpoint %s) failed to load: consistency scored 0 for this batch: %s",
-                     options.sam2_model, options.sam2_checkpoint, e, exc_info=True)
+    except Exception as e:  # a SAM2 failure costs the consistency term of this batch only
+        logger.exception("SAM2 %r (checkpoint %s) failed to load: consistency scored 0 for this batch: %s",
+                         options.sam2_model, options.sam2_checkpoint, e)
         return _Unavailable(e)
 
 

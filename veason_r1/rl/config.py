@@ -63,7 +63,7 @@ class ModelConfig:
     enable_gradient_checkpointing: bool = setting(True, key=f"{ARR}.model.enable_gradient_checkpointing")
     lora_rank: int = setting(0, ge=0, key=f"{ARR}.model.lora_rank", doc="0 = full fine-tune (the paper)")
     lora_alpha: int = setting(16, ge=1, key=f"{ARR}.model.lora_alpha")
-    target_modules: str | list[str] = setting("all-linear", key=f"{ARR}.model.target_modules")
+    target_modules: str | list[str] = setting("all-linear", key=f"{ARR}.model.target_modules")  # noqa: RUF009
     # verl: "auto" = flash_attention_2 with padding removal when flash-attn imports, else sdpa without it (slower,
     # said at launch); the local trainer always runs sdpa.
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa"] = "auto"
@@ -145,7 +145,7 @@ class TrainerConfig:
     test_freq: int = setting(25, ge=-1, key="trainer.test_freq")
     val_before_train: bool = setting(True, key="trainer.val_before_train")
     resume_mode: Literal["auto", "disable"] = setting("auto", key="trainer.resume_mode")
-    logger: list[str] = setting(factory=lambda: ["console", "tensorboard"], key="trainer.logger")
+    logger: list[str] = setting(factory=lambda: ["console", "tensorboard"], key="trainer.logger")  # noqa: RUF009
     # The last K checkpoints are kept plus the best by validation reward (the best RL step is often mid-run);
     # older ones are deleted. None = keep all (~45 GB each at 3B, ~100 GB at 7B).
     max_ckpt_to_keep: int | None = setting(2, ge=1)

@@ -87,6 +87,12 @@ def verl_values(cfg: GRPOConfig, *, train_file: str, val_file: str | None, has_f
     """({verl key: value} for the whole run, notes). `cfg` must already have absolute paths (`launch.absolute`)."""
     run_dir = Path(cfg.trainer.default_local_dir)
     values: dict[str, Any] = flatten(cfg.verl)
+    generated = {*PLUMBING, "data.train_files", "data.val_files", "reward.custom_reward_function.path",
+                 "trainer.validation_data_dir", *OWN_KEYS[:1], f"{ARR}.model.override_config.attn_implementation"}
+    clash = sorted(k for k in values if k in generated)
+    if clash:
+        raise ValueError(f"verl.{clash[0]}: set by veason-r1 itself (how our code plugs into verl); remove it from "
+                         "the verl section")
     values.update(verl_overrides(cfg))
     values.update(PLUMBING)
     attention, note = attention_settings(cfg, has_flash_attn)
@@ -282,6 +288,6 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["BestCheckpoint", "PLUMBING", "attention_settings", "best_checkpoint", "best_saved_step", "build_tree",
+__all__ = ["PLUMBING", "BestCheckpoint", "attention_settings", "best_checkpoint", "best_saved_step", "build_tree",
            "compose", "flash_attn_available", "select", "unknown_keys", "validate", "validation_scores",
            "verl_values", "write_verl_yaml"]

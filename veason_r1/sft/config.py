@@ -245,7 +245,6 @@ class SFTConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SFTConfig:
-        import yaml
 
         from veason_r1.structured_config import read_yaml
 
