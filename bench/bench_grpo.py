@@ -230,15 +230,16 @@ def main(argv=None) -> int:
                 f"trainer.dtype={'float32' if args.device == 'cpu' else 'bfloat16'}",
                 f"trainer.default_local_dir={work / 'run'}", "trainer.logger=[]", "trainer.resume_mode=disable",
                 f"trainer.total_training_steps={args.steps}", "trainer.save_freq=-1", "trainer.test_freq=-1",
+                "data.val_max_samples=0", f"trainer.rollout_copy={not args.no_rollout_copy}",
+                f"trainer.vision_attention={args.vision_attention}",
+                f"rollout.log_prob_micro_batch_size_per_gpu={args.log_prob_micro_batch or 'null'}",
             ])
             propagator = None
             if use_sam2:
                 from veason_r1.models.sam2 import load_sam2
 
                 propagator = load_sam2("tiny", device=args.device)
-            trainer = LocalGRPOTrainer(cfg, propagator=propagator, policy=policy, verbose=False,
-                                       rollout_copy=not args.no_rollout_copy, vision_attention=args.vision_attention,
-                                       log_prob_micro_batch=args.log_prob_micro_batch, phase_hook=rec.hook)
+            trainer = LocalGRPOTrainer(cfg, propagator=propagator, policy=policy, verbose=False, phase_hook=rec.hook)
             result["vision_attention_patched_modules"] = trainer.vision_attention_patched
             result["rollout_copy_active"] = trainer.rollout_copy
         if args.device.startswith("cuda"):

@@ -444,6 +444,7 @@ def grpo_config(data: dict, p: Preset, device: str, seed: int, max_new: int, use
             append_jsonl(pool, k)
     return load_config(None, [
         f"data.train_root={data['synth']}", f"data.train_pool={pool}", f"data.val_root={data['synth']}",
+        "data.val_split=valid", f"rollout.log_prob_micro_batch_size_per_gpu={max(p.grpo_micro, 64)}",
         f"data.val_max_samples={p.val_size}", f"data.image_size={p.image_size}",
         f"data.train_batch_size={p.grpo_prompts}", f"data.max_response_length={max_new}", f"data.seed={seed}",
         "model.path=unused-policy-given", "model.enable_gradient_checkpointing=false",
@@ -471,8 +472,7 @@ def run_grpo(arm: str, sft_model, processor, data: dict, p: Preset, device: str,
     torch.manual_seed(seed)
     policy = Policy(copy.deepcopy(sft_model), processor, device)
     cfg = grpo_config(data, p, device, seed, max_new, propagator is not None, data["work"], arm)
-    trainer = LocalGRPOTrainer(cfg, propagator=propagator, policy=policy, verbose=False,
-                               log_prob_micro_batch=max(p.grpo_micro, 64))
+    trainer = LocalGRPOTrainer(cfg, propagator=propagator, policy=policy, verbose=False)
     curve, val_curve = [], []
     val_curve.append({"step": 0, **trainer.validate()})  # the SFT model, scored with this arm's reward
     info = {"planned_steps": steps, "curve": curve, "val_curve": val_curve, "stopped": "steps done",

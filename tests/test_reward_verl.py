@@ -50,9 +50,9 @@ def test_compute_score_and_ground_truth_roundtrip(tmp_path):
     sample = parse_ground_truth(json.dumps(gt))
     assert (sample.gt_masks == masks).all() and (sample.frames == frames).all() and sample.frame_ids == fids
     resp = '<think>t</think><answer>{"keyframe_timestamp": 2, "bbox_2d_list": [[20,10,39,29]]}</answer>'
-    out = compute_score("revos", resp, json.dumps(gt), {})
-    prop = get_propagator()
-    assert get_propagator() is prop  # one predictor per process
+    out = compute_score("revos", resp, json.dumps(gt), {}, sam2_model="tiny", sam2_device="cpu")
+    prop = get_propagator("tiny", None, "cpu")
+    assert get_propagator("tiny", None, "cpu") is prop  # one predictor per process
     direct = score_response(resp, fids, boxes, masks, frames, prop.propagate)
     assert out["score"] == pytest.approx(direct["overall"]) and out["consistency"] == pytest.approx(direct["consistency"])
     assert out["format"] == 2.0 and out["keyframe"] == 1.0 and out["spatial"] == 1.0
@@ -62,7 +62,7 @@ def test_compute_score_and_ground_truth_roundtrip(tmp_path):
     assert emb.frames.shape == frames.shape
     with pytest.raises(ValueError, match="gt_masks_rle"):
         parse_ground_truth({"frame_ids": fids, "gt_boxes": boxes})
-    assert compute_score("revos", "garbage", json.dumps(gt), {})["score"] == 0.0
+    assert compute_score("revos", "garbage", json.dumps(gt), {}, sam2_model="tiny")["score"] == 0.0
 
 
 def _dataproto(tok, responses, gts, uids):
@@ -201,3 +201,171 @@ def test_verl_reward_loop_with_ray_on_cpu(tmp_path):
     assert list(out.non_tensor_batch["consistency"]) == pytest.approx([e["consistency"] for e in expected], abs=1e-5)
     assert scores[0] > 4.0 and expected[0]["consistency"] > 0 and scores[2] == 0.0
     assert out.meta_info["reward_extra_keys"] == ["score", "format", "keyframe", "spatial", "consistency", "overall"]
+
+
+# ------------------------------------------------------------------------------------------ explicit options
+
+
+def test_reward_kwargs_typos_raise_and_real_sam2_needs_a_checkpoint(tmp_path):
+    from grpo_reward.reward_score import compute_score, make_ground_truth
+    from veason_r1.reward.verl_hook import RewardOptions, reward_options
+
+    fids, boxes, masks, frames = _sample(np.random.default_rng(0))
+    gt = json.dumps(make_ground_truth(fids, boxes, masks, frames))
+    with pytest.raises(TypeError, match="sam2_chekpoint"):
+        compute_score("revos", "x", gt, {}, sam2_model="tiny", sam2_chekpoint="/ckpt.pt")
+    with pytest.raises(TypeError, match=r"unknown key\(s\) \['use_consistancy'\]"):
+        reward_options(sam2_model="tiny", use_consistancy=False)
+    with pytest.raises(ValueError, match="sam2_checkpoint is required for sam2_model='sam2_hiera_l'"):
+        RewardOptions(sam2_model="sam2_hiera_l")
+    with pytest.raises(ValueError, match="sam2_model is required"):
+        RewardOptions()
+    with pytest.raises(ValueError, match="use_consistency: expected true/false, got 'no'"):
+        RewardOptions(sam2_model="tiny", use_consistency="no")
+    assert RewardOptions(use_consistency=False).sam2_model is None  # no SAM2 term: no SAM2 needed
+
+
+def test_group_manager_refuses_a_misspelt_reward_kwarg_at_start(tmp_path):
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    tok = _byte_tokenizer(tmp_path / "tok")
+    cfg = _config(tmp_path, GROUP_MANAGER, 1)
+    cfg.reward.custom_reward_function.reward_kwargs["sam2_devise"] = "cpu"
+    with pytest.raises(TypeError, match="sam2_devise"):
+        load_reward_manager(cfg, tok)
+
+
+def test_sam2_without_checkpoint_warns_every_time(caplog):
+    from veason_r1.models.sam2 import load_sam2
+
+    with caplog.at_level("WARNING", logger="veason_r1.models.sam2"):
+        load_sam2("tiny", device="cpu")
+        load_sam2("tiny", device="cpu", seed=1)
+    hits = [r for r in caplog.records if "WITHOUT A CHECKPOINT" in r.getMessage()]
+    assert len(hits) == 2 and "random weights" in hits[0].getMessage()
+
+
+# ----------------------------------------------------------------------------------- SAM2 failures (item 4)
+
+
+def _batch(tmp_path, seed):
+    responses, gts, uids = _step(tmp_path, rng_seed=seed)
+    return ["revos"] * len(responses), responses, gts, [{} for _ in responses], uids
+
+
+def test_sam2_load_failure_costs_only_the_consistency_term(tmp_path, monkeypatch, caplog):
+    """A SAM2 that cannot load (missing file, CUDA error) scores the batch's other three terms as usual, logs the
+    failure, and is tried again on the next batch."""
+    from veason_r1.models import sam2 as sam2_module
+    from veason_r1.reward import verl_hook
+
+    sources, responses, gts, extras, uids = _batch(tmp_path, 3)
+    without = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, use_consistency=False)
+    real = sam2_module.load_sam2
+    monkeypatch.setattr(sam2_module, "load_sam2", lambda *a, **k: (_ for _ in ()).throw(
+        RuntimeError("CUDA error: out of memory")))
+    kwargs = {"sam2_model": "tiny", "sam2_checkpoint": None, "sam2_device": "cpu"}
+    monkeypatch.setattr(verl_hook, "_PROPAGATORS", {})  # nothing loaded yet in this "process"
+    with caplog.at_level("ERROR", logger="veason_r1.reward.verl_hook"):
+        failed = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **kwargs)
+    assert any("failed to load" in r.getMessage() and "out of memory" in r.getMessage() for r in caplog.records)
+    for a, b in zip(failed, without):
+        assert {k: a[k] for k in ("format", "keyframe", "spatial")} == {k: b[k] for k in ("format", "keyframe", "spatial")}
+        assert a["consistency"] == 0.0 and a["score"] == pytest.approx(b["score"])
+    assert failed[0]["spatial"] == 1.0  # the batch is not zeroed: only the SAM2 term is lost
+    one = verl_hook.compute_score(sources[0], responses[0], gts[0], {}, **kwargs)
+    assert one["consistency"] == 0.0 and one["format"] == 2.0
+    monkeypatch.setattr(sam2_module, "load_sam2", real)  # the next batch loads it (failures are not cached)
+    recovered = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **kwargs)
+    assert recovered[0]["consistency"] > 0
+
+
+def test_sam2_error_mid_run_costs_that_batch_only(tmp_path, caplog):
+    from veason_r1.reward import verl_hook
+
+    key = ("tiny", None, "cpu-midrun")
+    real = verl_hook.get_propagator("tiny", None, "cpu")
+
+    class Flaky:
+        calls = 0
+
+        def frame_ious_groups(self, jobs, gts):
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise RuntimeError("CUDA error: an illegal memory access was encountered")
+            return real.frame_ious_groups(jobs, gts)
+
+    verl_hook._PROPAGATORS[key] = Flaky()
+    try:
+        sources, responses, gts, extras, uids = _batch(tmp_path, 4)
+        kwargs = {"sam2_model": "tiny", "sam2_device": "cpu-midrun"}
+        with caplog.at_level("WARNING", logger="veason_r1.reward.scoring"):
+            first = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **kwargs)
+        second = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **kwargs)
+    finally:
+        verl_hook._PROPAGATORS.pop(key, None)
+    assert all(r["consistency"] == 0.0 for r in first) and first[0]["spatial"] == 1.0
+    assert any("illegal memory access" in r.getMessage() for r in caplog.records)
+    assert second[0]["consistency"] > 0 and second[0]["score"] > first[0]["score"]
+
+
+# ------------------------------------------------------------------------ streaming through Ray (item 9)
+
+
+def _agent_loop_sample(tok, response, gt, uid):
+    """One finished rollout as verl's agent loop sends it to a reward worker (AgentLoopWorker._compute_score):
+    prompt + response ids, an all-ones attention mask, the dataset row's non-tensor fields."""
+    import torch
+    from tensordict import TensorDict
+    from verl import DataProto
+
+    prompt = torch.tensor(tok.encode("q"), dtype=torch.long)
+    resp = torch.tensor(tok.encode(response), dtype=torch.long)
+    ids = torch.cat([prompt, resp])
+    batch = TensorDict({"prompts": prompt[None], "responses": resp[None], "input_ids": ids[None],
+                        "attention_mask": torch.ones_like(ids)[None]}, batch_size=1)
+    fields = {"data_source": "revos", "reward_model": {"ground_truth": gt, "style": "rule"}, "extra_info": {},
+              "uid": uid}
+    return DataProto(batch=batch, non_tensor_batch={k: np.array([v], dtype=object) for k, v in fields.items()})
+
+
+def test_streaming_reward_path_through_ray_with_the_generated_config(tmp_path, monkeypatch):
+    """The real run's path: the agent loop sends one `compute_score` per finished rollout to a Ray reward worker,
+    configured by the verl config `veason-r1 rl --backend verl` generates (importlib manager, absolute reward-file
+    path). The workers start in another directory, as on an existing Ray cluster; every score equals the per-sample
+    `compute_score`."""
+    ray = pytest.importorskip("ray")
+    from verl.experimental.reward_loop.reward_loop import RewardLoopManager
+
+    from grpo_reward.reward_score import compute_score
+    from veason_r1.rl.config import load_config
+    from veason_r1.rl.verl_config import compose, verl_values, write_verl_yaml
+
+    tok = _byte_tokenizer(tmp_path / "tok")
+    cfg = load_config(None, [f"model.path={tmp_path / 'tok'}", "reward.sam2=tiny", "reward.sam2_checkpoint=null",
+                             "reward.sam2_device=cpu", "reward.group_window_s=0.2"])
+    values, _ = verl_values(cfg, train_file="unused.parquet", val_file=None, has_flash_attn=False,
+                            pythonpath=str(ROOT))
+    path = values["reward.custom_reward_function.path"]
+    assert Path(path).is_absolute() and Path(path).is_file()
+    write_verl_yaml(values, tmp_path / "verl_config.yaml", "test")
+    tree = compose("verl_config", [], tmp_path)
+    responses, gts, uids = _step(tmp_path, rng_seed=5)
+    elsewhere = tmp_path / "cluster_start_dir"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)  # relative paths would now point nowhere
+    ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False,
+             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}})
+    try:
+        manager = RewardLoopManager(tree)
+        worker = manager.reward_loop_worker_handles[0]
+        refs = [worker.compute_score.remote(_agent_loop_sample(tok, r, gt, uid))
+                for r, gt, uid in zip(responses, gts, uids)]
+        outs = ray.get(refs)
+    finally:
+        ray.shutdown()
+    expected = [compute_score("revos", r, gt, {}, sam2_model="tiny", sam2_device="cpu") for r, gt in zip(responses, gts)]
+    assert [o["reward_score"] for o in outs] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+    assert [o["reward_extra_info"]["consistency"] for o in outs] == pytest.approx(
+        [e["consistency"] for e in expected], abs=1e-5)
+    assert outs[0]["reward_score"] > 4.0 and outs[2]["reward_score"] == 0.0

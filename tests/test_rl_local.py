@@ -30,7 +30,7 @@ def make_cfg(synth_root, tiny_dir, out, *extra):
     from veason_r1.rl.config import load_config
 
     return load_config("configs/grpo_local_tiny.yaml", [
-        f"data.train_root={synth_root}", f"data.val_root={synth_root}", f"model.path={tiny_dir}",
+        f"data.train_root={synth_root}", f"model.path={tiny_dir}",
         f"trainer.default_local_dir={out}", "trainer.logger=[tensorboard]", *extra,
     ])
 
@@ -128,8 +128,8 @@ def test_config_contract(tmp_path):
     d = GRPOConfig()  # defaults are docs/method.md §8
     assert (d.data.train_batch_size, d.rollout.n, d.actor.lr, d.actor.kl_loss_coef, d.actor.entropy_coeff) == (
         16, 8, 1e-6, 5e-3, 1e-3)
-    assert (d.data.max_prompt_length, d.data.max_response_length, d.trainer.save_freq, d.data.num_frames) == (
-        7100, 1024, 100, 6)
+    assert (d.data.max_prompt_length, d.data.max_response_length, d.data.num_frames) == (7100, 1024, 6)
+    assert (d.trainer.save_freq, d.trainer.test_freq, d.trainer.max_ckpt_to_keep) == (25, 25, 2)  # issue 15 item 6
     bad = tmp_path / "bad.yaml"
     bad.write_text("actor:\n  kl_coef: 0.1\n")
     with pytest.raises(ValueError, match="kl_coef"):
@@ -144,7 +144,7 @@ def test_cli_local_runs_and_resumes(synth_root, tiny_dir, tmp_path):
 
     out = tmp_path / "cli"
     args = ["rl", "--backend", "local", "--config", "configs/grpo_local_tiny.yaml",
-            "--set", f"data.train_root={synth_root}", "--set", f"data.val_root={synth_root}",
+            "--set", f"data.train_root={synth_root}",
             "--set", f"model.path={tiny_dir}", "--set", f"trainer.default_local_dir={out}",
             "--set", "reward.use_consistency=false", "--set", "trainer.total_training_steps=2",
             "--set", "trainer.logger=[console]"]
@@ -197,8 +197,37 @@ def test_non_finite_gradient_skips_the_optimizer_step(synth_root, tiny_dir, tmp_
                    "trainer.test_freq=-1")
     tr = LocalGRPOTrainer(cfg, verbose=False)
     before = weights(tr.model)
-    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm: torch.tensor(float("nan")))
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda params, max_norm, **kw: torch.tensor(float("nan")))
     metrics = tr.train_step()
     assert metrics["actor/skipped_steps"] == 1.0
     after = weights(tr.model)
     assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_resume_cuts_the_logs_back_to_the_checkpoint(synth_root, tiny_dir, tmp_path):
+    """A run killed after logging steps past its last checkpoint re-trains those steps on resume; metrics.jsonl then
+    holds each step once (issue 16: repeated steps in rl/metrics.jsonl)."""
+    import shutil
+
+    from veason_r1.rl import checkpoint as ckpt
+    from veason_r1.rl.local_trainer import LocalGRPOTrainer
+
+    out = tmp_path / "resume"
+    opts = ("reward.use_consistency=false", "trainer.total_training_steps=3", "trainer.save_freq=1",
+            "trainer.test_freq=-1", "trainer.logger=[tensorboard]", "data.train_batch_size=1",
+            "actor.ppo_mini_batch_size=1", "rollout.n=2")
+    LocalGRPOTrainer(make_cfg(synth_root, tiny_dir, out, *opts), verbose=False).fit(max_steps=2)
+    # the crash: step 2 was logged, its checkpoint never completed
+    shutil.rmtree(ckpt.step_dir(out, 2))
+    (out / ckpt.TRACKER).write_text("1")
+    with open(out / "metrics.jsonl", "a") as f:
+        f.write('{"step": 2, "torn')  # and a torn last line
+    tr = LocalGRPOTrainer(make_cfg(synth_root, tiny_dir, out, *opts), verbose=False)
+    tr.fit()
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("reward/overall")] == [1, 2, 3]

@@ -5,7 +5,6 @@ data through verl's dataset machinery and the Qwen2.5-VL processor; GRPO advanta
 from __future__ import annotations
 
 import json
-import math
 import random
 
 import numpy as np
@@ -25,50 +24,87 @@ def tiny_dir(tmp_path_factory):
 # --------------------------------------------------------------------------------------------------- configs
 
 
-@pytest.mark.parametrize("name,gpus", [("grpo_qwen2_5vl_3b", 2), ("grpo_qwen2_5vl_7b", 4)])
-def test_verl_yaml_composes_validates_and_matches_method(name, gpus):
+@pytest.fixture(scope="module")
+def sam2_ckpt(tmp_path_factory):
+    """A file where the SAM2 checkpoint must be (the launch checks it exists; nothing loads it here)."""
+    path = tmp_path_factory.mktemp("ckpt") / "sam2_hiera_large.pt"
+    path.write_bytes(b"not loaded by these tests")
+    return path
+
+
+def launch_plan(synth_root, tiny_dir, sam2_ckpt, out, config="training_scripts/grpo_qwen2_5vl_3b.yaml", *extra,
+                has_flash_attn=None):
+    from veason_r1.rl.config import load_config
+    from veason_r1.rl.launch import prepare
+
+    cfg = load_config(config, [f"data.train_root={synth_root}", "data.train_pool=null", f"model.path={tiny_dir}",
+                               f"reward.sam2_checkpoint={sam2_ckpt}", f"trainer.default_local_dir={out}",
+                               "data.val_max_samples=4", "data.image_size=112", *extra])
+    return prepare(cfg, config, has_flash_attn=has_flash_attn)
+
+
+@pytest.mark.parametrize("size,gpus", [("3b", 2), ("7b", 4)])
+def test_generated_verl_config_validates_and_holds_the_grpo_config(synth_root, tiny_dir, sam2_ckpt, tmp_path, size,
+                                                                    gpus):
+    """The verl config is generated from GRPOConfig (one home per hyper-parameter): every mapped key of the composed
+    tree equals the config's value, and verl's own validate_config and typed configs accept it."""
     from verl.utils.config import omega_conf_to_dataclass
 
-    from veason_r1.rl.verl_config import check_method_hparams, compose, select, validate
+    from veason_r1.rl.config import GRPOConfig, get_field, verl_key_map
+    from veason_r1.rl.verl_config import select
 
-    cfg = compose(name)
-    validate(cfg)  # verl's own validate_config, as main_ppo runs it
-    assert check_method_hparams(cfg) == []
-    assert select(cfg, "trainer.n_gpus_per_node") == gpus
-    assert select(cfg, "trainer.test_freq") > 0 and select(cfg, "trainer.validation_data_dir")
-    assert select(cfg, "reward.custom_reward_function.path") == "grpo_reward/reward_score.py"
-    assert select(cfg, "data.custom_cls.name") == "VeasonRLDataset"
-    actor = omega_conf_to_dataclass(cfg.actor_rollout_ref.actor)  # verl's typed config accepts our values
+    plan = launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", f"training_scripts/grpo_qwen2_5vl_{size}.yaml")
+    tree, cfg = plan.tree, plan.cfg
+    assert plan.yaml_path == tmp_path / "run" / "verl_config.yaml" and "GENERATED" in plan.yaml_path.read_text()
+    for ours, keys in verl_key_map().items():
+        want = get_field(cfg, ours)
+        if ours == "rollout.log_prob_micro_batch_size_per_gpu" and want is None:
+            want = cfg.actor.ppo_micro_batch_size_per_gpu
+        for key in keys:
+            got = select(tree, key)
+            assert (list(want) if isinstance(want, tuple) else want) == (
+                pytest.approx(got) if isinstance(got, float) else got), (ours, key)
+    d = GRPOConfig()  # the method's numbers reach verl unchanged (docs/method.md §8)
+    for key, value in {"data.train_batch_size": 16, "actor_rollout_ref.rollout.n": 8,
+                       "actor_rollout_ref.actor.optim.lr": 1e-6, "actor_rollout_ref.actor.kl_loss_coef": 5e-3,
+                       "actor_rollout_ref.actor.entropy_coeff": 1e-3, "actor_rollout_ref.actor.kl_loss_type":
+                       "low_var_kl", "algorithm.norm_adv_by_std_in_grpo": True}.items():
+        assert select(tree, key) == value
+    assert d.actor.lr == 1e-6 and select(tree, "trainer.n_gpus_per_node") == gpus
+    assert select(tree, "reward.custom_reward_function.reward_kwargs.sam2_model") == "sam2_hiera_l"
+    assert select(tree, "data.custom_cls.name") == "VeasonRLDataset"
+    assert select(tree, "trainer.checkpoint_callback_class") == "veason_r1.rl.verl_callbacks.KeepLastAndBest"
+    assert select(tree, "trainer.max_actor_ckpt_to_keep") is None and select(tree, "trainer.keep_last_checkpoints") == 2
+    actor = omega_conf_to_dataclass(tree.actor_rollout_ref.actor)  # verl's typed config accepts our values
     assert (actor.kl_loss_coef, actor.entropy_coeff, actor.optim.lr, actor.clip_ratio) == (5e-3, 1e-3, 1e-6, 0.2)
-    rollout = omega_conf_to_dataclass(cfg.actor_rollout_ref.rollout)
+    rollout = omega_conf_to_dataclass(tree.actor_rollout_ref.rollout)
     assert (rollout.n, rollout.prompt_length, rollout.response_length, rollout.limit_images) == (8, 7100, 1024, 8)
 
 
-def test_verl_validate_rejects_a_bad_batch_layout():
-    from veason_r1.rl.verl_config import compose, validate
+def test_verl_validate_rejects_a_bad_batch_layout(synth_root, tiny_dir, sam2_ckpt, tmp_path):
+    from veason_r1.rl.config import load_config
+    from veason_r1.rl.verl_config import validate
+    from veason_r1.structured_config import ConfigError
 
-    cfg = compose("grpo_qwen2_5vl_3b", ["actor_rollout_ref.actor.ppo_mini_batch_size=32"])
+    with pytest.raises(ConfigError, match="actor.ppo_mini_batch_size = 32: must divide data.train_batch_size"):
+        load_config("training_scripts/grpo_qwen2_5vl_3b.yaml", ["actor.ppo_mini_batch_size=32"])
+    tree = launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run").tree
+    tree.actor_rollout_ref.actor.ppo_mini_batch_size = 32  # what verl itself refuses too
     with pytest.raises(ValueError, match="ppo_mini_batch_size"):
-        validate(cfg)
+        validate(tree)
 
 
-def test_local_config_names_mirror_verl_keys():
-    from veason_r1.rl.config import GRPOConfig, verl_overrides
-    from veason_r1.rl.verl_config import compose, select
+def test_engine_section_cannot_hold_a_method_key_and_typos_are_refused(synth_root, tiny_dir, sam2_ckpt, tmp_path):
+    from veason_r1.rl.config import load_config
+    from veason_r1.rl.verl_config import unknown_keys, verl_overrides
+    from veason_r1.structured_config import ConfigError
 
-    cfg = compose("grpo_qwen2_5vl_3b")
-    ours = verl_overrides(GRPOConfig())
-    skip = {"actor_rollout_ref.model.path", "trainer.project_name", "trainer.experiment_name",
-            "trainer.default_local_dir", "trainer.logger", "trainer.val_before_train", "data.val_max_samples",
-            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu", "trainer.total_training_steps"}
-    for key, value in ours.items():
-        if key in skip:
-            continue
-        got = select(cfg, key)
-        if isinstance(value, float):
-            assert math.isclose(got, value), key
-        else:
-            assert got == value, key
+    with pytest.raises(ConfigError, match="verl.actor_rollout_ref.rollout.n: owned by the GRPO field 'rollout.n'"):
+        load_config(None, ["verl.actor_rollout_ref.rollout.n=4"])
+    assert unknown_keys(verl_overrides(load_config(None))) == []  # every key on the fields exists in verl 0.9.1
+    with pytest.raises(ValueError, match="verl.actor_rollout_ref.rollout.gpu_memory_utilisation: verl 0.9.1 has no"):
+        launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "typo", "training_scripts/grpo_qwen2_5vl_3b.yaml",
+                    "verl.actor_rollout_ref.rollout.gpu_memory_utilisation=0.3")
 
 
 def test_best_checkpoint_picks_the_best_saved_step(tmp_path):
@@ -133,9 +169,10 @@ def test_no_target_and_unknown_pool_entries(synth_root, tmp_path):
 
 
 def _verl_data_config(tmp_path, image_size):
-    from veason_r1.rl.verl_config import compose
+    from veason_r1.rl.verl_config import PLUMBING, compose, write_verl_yaml
 
-    cfg = compose("grpo_qwen2_5vl_3b", [f"+data.cache_dir={tmp_path / 'cache'}"])
+    write_verl_yaml(PLUMBING, tmp_path / "verl_config.yaml", "test")
+    cfg = compose("verl_config", [f"+data.cache_dir={tmp_path / 'cache'}"], tmp_path)
     return cfg.data
 
 
@@ -150,10 +187,9 @@ def test_verl_dataset_class_with_processor_redraws_train_rows(synth_root, tiny_d
 
     ds = ReVOSDataset(synth_root, "train")
     exprs = select_expressions(ds, builder=RLSampleBuilder(ds))[:3]
-    train = write_parquet(reference_rows(exprs, synth_root, "train", redraw=True, num_frames=6, image_size=112),
-                          tmp_path / "train.parquet")
-    val = write_parquet(reference_rows(exprs, synth_root, "train", redraw=False, num_frames=6, image_size=112),
-                        tmp_path / "val.parquet")
+    draw = {"num_frames": 6, "image_size": 112, "keyframe_top_k": 5}
+    train = write_parquet(reference_rows(exprs, synth_root, "train", redraw=True, **draw), tmp_path / "train.parquet")
+    val = write_parquet(reference_rows(exprs, synth_root, "train", redraw=False, **draw), tmp_path / "val.parquet")
     processor = AutoProcessor.from_pretrained(str(tiny_dir), local_files_only=True)
     data_cfg = _verl_data_config(tmp_path, 112)
     dataset = create_rl_dataset([str(train)], data_cfg, processor.tokenizer, processor, is_train=True)
@@ -254,21 +290,24 @@ def test_low_var_kl_and_clipped_policy_loss_formulas():
     assert float(agg_loss(torch.tensor([[1.0, 3.0]]), torch.tensor([[1.0, 1.0]]), "token-mean")) == 2.0
 
 
-def test_cli_verl_dry_run_writes_data_and_validates(synth_root, tmp_path, capsys):
+def test_cli_verl_dry_run_writes_data_and_validates(synth_root, tiny_dir, sam2_ckpt, tmp_path, capsys):
     import pyarrow.parquet as pq
 
     from veason_r1.cli import main
 
-    rc = main(["rl", "--backend", "verl", "--train-root", str(synth_root), "--val-root", str(synth_root),
-               "--val-size", "2", "--model", "/models/sft", "--data-dir", str(tmp_path), "--dry-run"])
+    out = tmp_path / "run"
+    rc = main(["rl", "--backend", "verl", "--config", "training_scripts/grpo_qwen2_5vl_3b.yaml",
+               "--set", f"data.train_root={synth_root}", "--set", "data.train_pool=null",
+               "--set", f"model.path={tiny_dir}", "--set", f"reward.sam2_checkpoint={sam2_ckpt}",
+               "--set", f"trainer.default_local_dir={out}", "--set", "data.val_max_samples=2", "--dry-run"])
     assert rc == 0
-    out = capsys.readouterr().out
-    assert "-m verl.trainer.main_ppo" in out and "--config-name=grpo_qwen2_5vl_3b" in out
-    assert "actor_rollout_ref.model.path=/models/sft" in out
-    train = pq.read_table(tmp_path / "train.parquet").to_pylist()
-    val = pq.read_table(tmp_path / "val.parquet").to_pylist()
+    text = capsys.readouterr().out
+    assert "-m verl.trainer.main_ppo" in text and f"--config-path={out}" in text and "--config-name=verl_config" in text
+    train = pq.read_table(out / "data" / "train.parquet").to_pylist()
+    val = pq.read_table(out / "data" / "val.parquet").to_pylist()
     assert len(val) == 2 and all(not r["extra_info"]["redraw"] for r in val)
     assert train and all(r["extra_info"]["redraw"] and r["extra_info"]["num_frames"] == 6 for r in train)
+    assert not {r["extra_info"]["video"] for r in train} & {r["extra_info"]["video"] for r in val}  # held out
 
 
 def test_pool_accepts_the_data_sampling_output(synth_root, tmp_path):

@@ -6,8 +6,11 @@
 #        --data data/sft --model /models/Qwen2.5-VL-7B-Instruct --out outputs/sft_7b --learning-rate 5e-5
 #
 # --data: folder with dataset_info.json from the SFT data export. Writes OUT/adapter and OUT/merged (the model RL
-# and `veason-r1 infer` start from). Any SFT hyper-parameter can be overridden by a flag (`veason-r1 sft --help`).
-# With more than one visible GPU, LLaMA-Factory's CLI launches torchrun (DDP); with one, training runs in-process.
+# and `veason-r1 infer` start from; the GRPO YAMLs' model.path is outputs/sft_3b/merged / outputs/sft_7b/merged).
+# Any SFT hyper-parameter can be overridden by a flag or --set key=value (`veason-r1 sft --help`).
+# With more than one visible GPU, LLaMA-Factory's CLI launches torchrun (DDP) and `veason-r1 sft` divides the
+# gradient accumulation by the GPU count, so the effective batch stays the recipe's 16 (it prints it); with one
+# GPU, training runs in-process. `veason-r1 preflight sft` checks the node first (SKIP_PREFLIGHT=1 skips it).
 # Re-running resumes an interrupted training and skips finished stages (--force redoes them).
 set -euo pipefail
 
@@ -25,4 +28,7 @@ export HF_HUB_OFFLINE="${HF_HUB_OFFLINE:-1}"
 export TOKENIZERS_PARALLELISM="${TOKENIZERS_PARALLELISM:-false}"
 
 # Defaults first: a --config / --launcher given by the caller comes later and wins.
+if [ "${SKIP_PREFLIGHT:-0}" != 1 ]; then
+  "${PYTHON}" -m veason_r1 preflight sft --config "${CONFIG}" --launcher "${LAUNCHER}" "$@"
+fi
 exec "${PYTHON}" -m veason_r1 sft --config "${CONFIG}" --launcher "${LAUNCHER}" "$@"

@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("veason_r1.commands.eval", "score predictions: ReVOS, MeViS, ReasonVOS, ViCaS"),
     "demo": ("veason_r1.commands.demo", "the whole pipeline on the synthetic benchmark with tiny models (CPU)"),
     "app": ("veason_r1.commands.app", "interactive web demo (Gradio): video + query -> reasoning, keyframe, masks"),
+    "preflight": ("veason_r1.commands.preflight", "check a node before a GPU run (GPUs, driver, packages, files, disk)"),
 }
 
 

@@ -1,10 +1,11 @@
-"""GRPO (Stage 2): `--backend verl` writes the RL data and launches verl's `main_ppo` with our YAML (GPUs, Ray,
-vLLM); `--backend local` trains on one device (CPU or one GPU) with verl's algorithms and the same reward.
+"""GRPO (Stage 2): `--backend verl` writes the RL data and a verl config generated from the GRPO YAML, then launches
+verl's `main_ppo` (GPUs, Ray, vLLM); `--backend local` trains on one device (CPU or one GPU) with verl's algorithms
+and the same reward. Both read one GRPOConfig YAML, changed with `--set section.key=value` (repeatable).
 
 Examples:
   veason-r1 rl --backend local --config configs/grpo_local_tiny.yaml --set data.train_root=outputs/demo/synth
-  veason-r1 rl --backend verl --verl-config grpo_qwen2_5vl_3b --train-root data/revos --pool outputs/pool.jsonl \
-      --val-root data/revos --model outputs/sft/qwen2_5vl_3b_merged --dry-run
+  veason-r1 rl --backend verl --config training_scripts/grpo_qwen2_5vl_3b.yaml --set data.train_root=data/ReVOS \
+      --set data.train_pool=data/ReVOS/meta_expressions_train_select.json --dry-run
 """
 
 from __future__ import annotations
@@ -12,35 +13,34 @@ from __future__ import annotations
 import argparse
 import sys
 
-from veason_r1.config import FRAMES, IMAGE_SIZE
+DEFAULT_VERL_CONFIG = "training_scripts/grpo_qwen2_5vl_3b.yaml"
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=["local", "verl"], default="local")
-    p.add_argument("--config", help="local: a GRPO YAML (configs/grpo_local_tiny.yaml); defaults = docs/method.md numbers")
+    p.add_argument("--config", help="a GRPOConfig YAML (local default: the dataclass defaults = docs/method.md §8; "
+                                    f"verl default: {DEFAULT_VERL_CONFIG})")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                   help="local: override a config field (repeatable)")
+                   help="override a config field (repeatable), e.g. --set rollout.n=4 --set data.val_split=valid; "
+                        "verl engine keys as --set verl.actor_rollout_ref.rollout.gpu_memory_utilization=0.3")
     p.add_argument("--max-steps", type=int, help="local: stop after this many more steps (resumable)")
-    p.add_argument("--verl-config", default="grpo_qwen2_5vl_3b", help="verl: training_scripts/<name>.yaml")
-    p.add_argument("--train-root", help="verl: ReVOS-format root of the training split")
-    p.add_argument("--train-split", default="train")
-    p.add_argument("--pool", help="verl: JSONL of sampled expressions (video, exp_id); default the whole split")
-    p.add_argument("--val-root", help="verl: ReVOS-format root of the held-out validation subset")
-    p.add_argument("--val-split", default="valid")
-    p.add_argument("--val-size", type=int, default=64, help="verl: held-out expressions validated every test_freq")
-    p.add_argument("--model", help="verl: the SFT-merged model folder")
-    p.add_argument("--data-dir", default="outputs/rl/data", help="verl: where the parquet rows are written")
-    p.add_argument("--image-size", type=int, default=IMAGE_SIZE)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dry-run", action="store_true", help="verl: write data, compose + validate, print the command")
-    p.add_argument("hydra_overrides", nargs="*", help="verl: extra Hydra overrides (key=value)")
+    p.add_argument("--dry-run", action="store_true",
+                   help="verl: check the inputs, write the data and the verl config, validate, print the command")
+
+
+def _fail(text: str) -> int:
+    print(f"error: {text}", file=sys.stderr)
+    return 2
 
 
 def run_local(args) -> int:
     from veason_r1.rl.config import load_config
     from veason_r1.rl.local_trainer import LocalGRPOTrainer
 
-    cfg = load_config(args.config, args.overrides)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except (ValueError, FileNotFoundError) as e:
+        return _fail(str(e))
     trainer = LocalGRPOTrainer(cfg)
     summary = trainer.fit(max_steps=args.max_steps)
     best = summary["best"]
@@ -49,56 +49,24 @@ def run_local(args) -> int:
     return 0
 
 
-def write_verl_data(args) -> tuple[str, str | None]:
-    """Reference parquet rows for VeasonRLDataset: train (redraw per access) and val (fixed draws)."""
-    from pathlib import Path
-
-    from veason_r1.data.revos import ReVOSDataset
-    from veason_r1.rl.data import RLSampleBuilder, reference_rows, select_expressions, write_parquet
-
-    out = Path(args.data_dir)
-    train = ReVOSDataset(args.train_root, args.train_split, load_foreground=False)
-    exprs = select_expressions(train, args.pool, True, builder=RLSampleBuilder(train))
-    train_file = write_parquet(reference_rows(exprs, args.train_root, args.train_split, redraw=True,
-                                              num_frames=FRAMES.rl_frames, image_size=args.image_size,
-                                              seed=args.seed), out / "train.parquet")
-    val_file = None
-    if args.val_root:
-        val = ReVOSDataset(args.val_root, args.val_split, load_foreground=False)
-        vexprs = select_expressions(val, None, True, args.val_size, args.seed, builder=RLSampleBuilder(val))
-        val_file = write_parquet(reference_rows(vexprs, args.val_root, args.val_split, redraw=False,
-                                                num_frames=FRAMES.rl_frames, image_size=args.image_size,
-                                                seed=args.seed), out / "val.parquet")
-    print(f"wrote {len(exprs)} training rows to {train_file}" + (f", {len(vexprs)} validation rows to {val_file}" if val_file else ""))
-    return str(train_file.resolve()), (str(val_file.resolve()) if val_file else None)
-
-
 def run_verl(args) -> int:
-    import subprocess
+    from veason_r1.rl.config import load_config
+    from veason_r1.rl.launch import LaunchError, launch, prepare
 
-    from veason_r1.rl.verl_config import TRAINING_SCRIPTS, check_method_hparams, compose, validate
-
-    if not args.train_root:
-        raise SystemExit("--backend verl needs --train-root")
-    train_file, val_file = write_verl_data(args)
-    overrides = [f"data.train_files={train_file}"]
-    if val_file:
-        overrides.append(f"data.val_files={val_file}")
-    else:
-        overrides += ["trainer.test_freq=-1", "trainer.val_before_train=false"]
-    if args.model:
-        overrides.append(f"actor_rollout_ref.model.path={args.model}")
-    overrides += list(args.hydra_overrides)
-    cfg = compose(args.verl_config, overrides)
-    validate(cfg)
-    for line in check_method_hparams(cfg):
-        print(f"note: differs from docs/method.md §8: {line}")
-    cmd = [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={TRAINING_SCRIPTS}",
-           f"--config-name={args.verl_config}", *overrides]
-    print(" ".join(cmd))
+    source = args.config or DEFAULT_VERL_CONFIG
+    try:
+        cfg = load_config(source, args.overrides)
+        plan = prepare(cfg, source)
+    except (LaunchError, ValueError, FileNotFoundError) as e:
+        return _fail(str(e))
+    for note in plan.data.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(plan.data.summary)
+    print(f"verl config: {plan.yaml_path}")
+    print(" ".join(plan.command))
     if args.dry_run:
         return 0
-    return subprocess.call(cmd)
+    return launch(plan)
 
 
 def run(args) -> int:

@@ -31,6 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-image-check", action="store_true",
                         help="do not open every image to check it is image_size x image_size")
     parser.add_argument("--force", action="store_true", help="retrain and re-merge even if finished")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config key (repeatable; the GRPO grammar, e.g. --set lora_rank=32)")
     add_config_flags(parser)
 
 
@@ -40,6 +42,7 @@ def _build_config(args: argparse.Namespace):
     from veason_r1.sft.config import SFTConfig, apply_flags
 
     config = SFTConfig.from_yaml(args.config) if args.config is not None else SFTConfig()
+    config = config.with_overrides(getattr(args, "overrides", []) or [])
     config = apply_flags(config, args)
     paths = {"output_dir": str(args.out / "adapter"), "export_dir": None if args.no_merge else str(args.out / "merged")}
     if args.data is not None:
@@ -58,11 +61,14 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from veason_r1.models.policy import check_model_dir
+    from veason_r1.sft.config import launch_world_size
     from veason_r1.sft.train import check_dataset, run_sft
 
     # user errors (config file, flags, data, base model) are `UserError`s: one line, exit 2, before any training
     config = _build_config(args)
-    config, notes = config.for_device(torch.cuda.is_available())
+    world = launch_world_size(args.launcher) if torch.cuda.is_available() else 1
+    _, batch_line = config.for_world_size(world)  # the recipe's effective batch, whatever the GPU count
+    config, notes = config.for_device(torch.cuda.is_available(), world)
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
     summary = check_dataset(config.dataset_dir, config.dataset, config.image_size,
@@ -72,7 +78,7 @@ def run(args: argparse.Namespace) -> int:
     print(f"SFT data: {summary.num_samples} samples, {summary.num_images} frames of "
           f"{config.image_size}x{config.image_size} ({summary.data_file})")
     print(f"LoRA r={config.lora_rank} alpha={config.lora_alpha} lr={config.learning_rate} "
-          f"batch={config.effective_batch_size}/device epochs={config.num_train_epochs} max_steps={config.max_steps}")
+          f"{batch_line}, epochs={config.num_train_epochs} max_steps={config.max_steps}")
     result = run_sft(config, launcher=args.launcher, force=args.force, check_images=False)
     for stage in result.skipped:
         print(f"{stage}: already done (use --force to redo)")

@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
+import logging
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
@@ -53,6 +55,8 @@ from veason_r1.models.sam2_frames import (  # noqa: F401 - EncodedVideo is re-ex
     resize_frames,
 )
 from veason_r1.models.sam2_iou import frame_ious
+
+_log = logging.getLogger(__name__)
 
 SAM2_CONFIGS = {
     "sam2_hiera_t": "configs/sam2/sam2_hiera_t.yaml",
@@ -122,10 +126,12 @@ def _config_path(name: str) -> tuple[Path, dict[str, Any]]:
     raise ValueError(f"unknown SAM2 config {name!r}: use 'tiny', one of {sorted(SAM2_CONFIGS)} or a yaml path")
 
 
-def build_sam2_model(name: str = "tiny", checkpoint: str | None = None, device: str = "cpu", seed: int = 0):
+def build_sam2_model(name: str, checkpoint: str | None = None, device: str = "cpu", seed: int = 0):
     """A `SAM2VideoPredictor` from a config (Hydra-style overrides applied with OmegaConf, no global Hydra state).
 
-    Without a checkpoint the weights are the model's random init under `seed` (tests, benchmarks).
+    `name` has no default: "tiny" (the random-weight test model) only where a caller asks for it. Without a
+    checkpoint the weights are the model's random init under `seed` (tests, benchmarks), and a warning says so
+    every time: a reward or a prediction with random SAM2 weights is noise.
     """
     import torch
     from hydra.utils import instantiate
@@ -143,6 +149,10 @@ def build_sam2_model(name: str = "tiny", checkpoint: str | None = None, device: 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = instantiate(cfg.model, _recursive_=True)
+    if checkpoint is None:
+        _log.warning("SAM2 %r runs WITHOUT A CHECKPOINT: random weights (seed %d); its masks and the consistency "
+                     "reward are noise. Give the checkpoint (e.g. --sam2-ckpt / reward.sam2_checkpoint) for real runs.",
+                     name, seed)
     if checkpoint is not None:
         ckpt = Path(checkpoint)
         if not ckpt.is_file():
@@ -164,7 +174,7 @@ def build_sam2_model(name: str = "tiny", checkpoint: str | None = None, device: 
 
 
 def load_sam2(
-    name: str = "tiny",
+    name: str,
     checkpoint: str | None = None,
     device: str | None = None,
     *,

@@ -11,8 +11,10 @@ Ground truth (what the RL data preparation stores in `reward_model.ground_truth`
 The SAM2 predictor is created once per process (per verl reward-loop worker), on the GPU when one is visible, and
 guarded by a lock: verl runs `compute_score` in a thread pool. Rollouts of one prompt reuse the prompt's encoded
 frames through a small per-process cache (keyed by the frames' content), so a group's frames are encoded once.
-Configure through `custom_reward_function.reward_kwargs` (sam2_model, sam2_checkpoint, sam2_device, variant,
-use_consistency) or the env vars VEASON_SAM2_MODEL / VEASON_SAM2_CHECKPOINT / VEASON_SAM2_DEVICE.
+Configure through `custom_reward_function.reward_kwargs` (`RewardOptions`: sam2_model, sam2_checkpoint,
+sam2_device, variant, use_consistency; an unknown key raises) or the env vars VEASON_SAM2_MODEL /
+VEASON_SAM2_CHECKPOINT / VEASON_SAM2_DEVICE. A SAM2 that fails to load or to run costs the consistency term of that
+batch only (logged); the other three terms are scored as usual, and the next batch tries again.
 """
 
 from __future__ import annotations
@@ -24,11 +26,13 @@ import logging
 import os
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from veason_r1.models.toy import sam2_needs_checkpoint
 from veason_r1.reward.scoring import TERMS, RewardConfig, RewardSample, score_groups, score_response
 
 logger = logging.getLogger(__name__)
@@ -107,18 +111,82 @@ def parse_ground_truth(ground_truth: Any, extra_info: dict | None = None) -> Rew
     return RewardSample(list(gt["frame_ids"]), dict(gt["gt_boxes"]), masks, frames)
 
 
-def get_propagator(name: str | None = None, checkpoint: str | None = None, device: str | None = None):
-    """This process's SAM2 propagator (created once per configuration; thread safe)."""
+@dataclass(frozen=True)
+class RewardOptions:
+    """The `reward_kwargs` of `compute_score` / `compute_score_batch`: a misspelt key is an error, never a default.
+
+    `sam2_model` / `sam2_checkpoint` / `sam2_device` fall back to VEASON_SAM2_MODEL / VEASON_SAM2_CHECKPOINT /
+    VEASON_SAM2_DEVICE; with `use_consistency` a SAM2 config is required, and a real one (not the random-weight
+    "tiny", which only a test or the demo asks for by name) needs its checkpoint."""
+
+    sam2_model: str | None = None
+    sam2_checkpoint: str | None = None
+    sam2_device: str | None = None
+    variant: str = "faithful"
+    use_consistency: bool = True
+
+    def __post_init__(self) -> None:
+        env = os.environ
+        object.__setattr__(self, "sam2_model", self.sam2_model or env.get("VEASON_SAM2_MODEL") or None)
+        object.__setattr__(self, "sam2_checkpoint", self.sam2_checkpoint or env.get("VEASON_SAM2_CHECKPOINT") or None)
+        object.__setattr__(self, "sam2_device", self.sam2_device or env.get("VEASON_SAM2_DEVICE") or None)
+        if not isinstance(self.use_consistency, bool):
+            raise ValueError(f"reward_kwargs.use_consistency: expected true/false, got {self.use_consistency!r}")
+        if self.use_consistency and not self.sam2_model:
+            raise ValueError("reward_kwargs.sam2_model is required with use_consistency (e.g. sam2_hiera_l, with "
+                             "sam2_checkpoint); set use_consistency: false to drop the SAM2 term")
+        if self.use_consistency and sam2_needs_checkpoint(self.sam2_model) and not self.sam2_checkpoint:
+            raise ValueError(f"reward_kwargs.sam2_checkpoint is required for sam2_model={self.sam2_model!r}: a real "
+                             "SAM2 never scores with random weights")
+        RewardConfig(variant=self.variant)  # checks the variant name
+
+    @property
+    def config(self) -> RewardConfig:
+        return RewardConfig(variant=self.variant, use_consistency=self.use_consistency)
+
+
+def reward_options(**kwargs) -> RewardOptions:
+    """RewardOptions from reward_kwargs; an unknown key raises TypeError naming it and the known ones."""
+    known = {f.name for f in fields(RewardOptions)}
+    unknown = sorted(set(kwargs) - known)
+    if unknown:
+        raise TypeError(f"reward_kwargs: unknown key(s) {unknown}; known: {sorted(known)}")
+    return RewardOptions(**kwargs)
+
+
+def get_propagator(name: str, checkpoint: str | None = None, device: str | None = None):
+    """This process's SAM2 propagator for one configuration (created once; thread safe). A failed load is not
+    cached: the next batch tries again."""
     from veason_r1.models.sam2 import load_sam2
 
-    name = name or os.environ.get("VEASON_SAM2_MODEL", "tiny")
-    checkpoint = checkpoint or os.environ.get("VEASON_SAM2_CHECKPOINT") or None
-    device = device or os.environ.get("VEASON_SAM2_DEVICE") or None
     key = (name, checkpoint, device)
     with _LOCK:
         if key not in _PROPAGATORS:
             _PROPAGATORS[key] = load_sam2(name, checkpoint, device)
         return _PROPAGATORS[key]
+
+
+class _Unavailable:
+    """Stands in for a SAM2 that failed to load: every propagation raises the load error, so the batch's scoring
+    marks the consistency term of each rollout as failed (0) and keeps the other terms."""
+
+    def __init__(self, error: Exception):
+        self.error = error
+
+    def _raise(self, *args, **kwargs):
+        raise RuntimeError(f"SAM2 could not be loaded: {type(self.error).__name__}: {self.error}")
+
+    encode = propagate = propagate_groups = frame_ious_groups = _raise
+
+
+def _propagator(options: RewardOptions):
+    """The propagator, or an `_Unavailable` that fails only the consistency term (the error logged loudly)."""
+    try:
+        return get_propagator(options.sam2_model, options.sam2_checkpoint, options.sam2_device)
+    except Exception as e:  # a SAM2 failure costs the consistency term of this batch only
+        logger.exception("SAM2 %r (checkpoint %s) failed to load: consistency scored 0 for this batch: %s",
+                         options.sam2_model, options.sam2_checkpoint, e)
+        return _Unavailable(e)
 
 
 def _cached(cache: OrderedDict, key: str, make, limit: int):
@@ -139,34 +207,39 @@ def _sample_key(ground_truth: Any, extra_info: dict | None) -> str:
     return f"{hash(text)}:{(extra_info or {}).get('frames_path', '')}"
 
 
-def compute_score(data_source=None, solution_str="", ground_truth=None, extra_info=None, **kwargs) -> dict:
+def compute_score(data_source=None, solution_str="", ground_truth=None, extra_info=None, *,
+                  sam2_model: str | None = None, sam2_checkpoint: str | None = None, sam2_device: str | None = None,
+                  variant: str = "faithful", use_consistency: bool = True,
+                  reward_router_address=None, reward_model_tokenizer=None) -> dict:
     """verl `custom_reward_function`: {"score": overall, "format", "keyframe", "spatial", "consistency",
-    "overall"} (floats only: verl averages the extra keys). Never raises because of `solution_str`."""
+    "overall"} (floats only: verl averages the extra keys). Never raises because of `solution_str`; a SAM2 that
+    fails costs only the consistency term. The keyword options are `RewardOptions` (a typo is a TypeError);
+    `reward_router_address` / `reward_model_tokenizer` are what verl's naive manager may pass, unused here."""
+    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency)
     extra_info = extra_info if isinstance(extra_info, dict) else {}
     sample = _cached(_SAMPLES, _sample_key(ground_truth, extra_info),
                      lambda: parse_ground_truth(ground_truth, extra_info), SAMPLE_CACHE)
-    config = RewardConfig(
-        variant=kwargs.get("variant", "faithful"), use_consistency=bool(kwargs.get("use_consistency", True))
-    )
     propagate = None
-    if config.use_consistency and sample.frames is not None:
-        propagator = get_propagator(kwargs.get("sam2_model"), kwargs.get("sam2_checkpoint"), kwargs.get("sam2_device"))
+    if options.use_consistency and sample.frames is not None:
+        propagator = _propagator(options)
 
         def propagate(frames, position, boxes):
-            from veason_r1.models.sam2 import EncodedVideo  # noqa: F401 - documents the cached type
-
             key = f"{id(propagator)}:{hash(frames.tobytes())}"
             video = _cached(_VIDEOS, key, lambda: propagator.encode(frames), VIDEO_CACHE)
             return propagator.propagate(video, position, boxes)
 
     result = score_response(solution_str if isinstance(solution_str, str) else str(solution_str),
-                            sample.frame_ids, sample.gt_boxes, sample.gt_masks, sample.frames, propagate, config)
+                            sample.frame_ids, sample.gt_boxes, sample.gt_masks, sample.frames, propagate,
+                            options.config)
     if result["failure"]:
         logger.debug("reward failure (%s): %s", data_source, result["failure"])
     return {"score": result["overall"], **{k: result[k] for k in (*TERMS, "overall")}}
 
 
-def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, uids=None, **kwargs) -> list[dict]:
+def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, uids=None, *,
+                        sam2_model: str | None = None, sam2_checkpoint: str | None = None,
+                        sam2_device: str | None = None, variant: str = "faithful",
+                        use_consistency: bool = True) -> list[dict]:
     """Batch form of `compute_score` (same dicts, same values): rollouts grouped by prompt (`uids[i]`, else the
     ground truth), then one `score_groups` call, so SAM2 tracks all of them in shared batches. Used by
     `VeasonGroupRewardManager` (verl_manager.py); also fits reward managers that call a function with lists."""
@@ -177,9 +250,8 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos,
             raise ValueError(f"compute_score_batch: {name} has {len(values)} items for {n} solution_strs")
     if uids is not None and len(uids) != n:
         raise ValueError(f"compute_score_batch: uids has {len(uids)} items for {n} solution_strs")
-    config = RewardConfig(
-        variant=kwargs.get("variant", "faithful"), use_consistency=bool(kwargs.get("use_consistency", True))
-    )
+    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency)
+    config = options.config
     groups: OrderedDict[tuple, list[int]] = OrderedDict()
     samples: dict[tuple, RewardSample] = {}
     for i in range(n):
@@ -192,7 +264,7 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos,
         samples[key] = sample
     propagator = None
     if config.use_consistency and any(s.frames is not None for s in samples.values()):
-        propagator = get_propagator(kwargs.get("sam2_model"), kwargs.get("sam2_checkpoint"), kwargs.get("sam2_device"))
+        propagator = _propagator(options)
     texts = [s if isinstance(s, str) else str(s) for s in solution_strs]
     batches = [([texts[i] for i in idx], samples[key]) for key, idx in groups.items()]
     scored = score_groups(batches, propagator, config)

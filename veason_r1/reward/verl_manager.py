@@ -17,9 +17,11 @@ Config (verl YAML):
       num_workers: 1
       reward_manager: {source: importlib, name: VeasonGroupRewardManager,
                        module: {path: pkg://veason_r1.reward.verl_manager}}
-      custom_reward_function: {path: grpo_reward/reward_score.py, name: compute_score,
-                               reward_kwargs: {sam2_model: ..., group_window_s: 0.05, max_wait_s: 2.0}}
-The `reward_kwargs` are those of `compute_score` (verl_hook.py) plus the two timing knobs above.
+      custom_reward_function: {path: /abs/checkout/grpo_reward/reward_score.py, name: compute_score,
+                               reward_kwargs: {sam2_model: sam2_hiera_l, sam2_checkpoint: /abs/sam2_hiera_large.pt,
+                                               group_window_s: 0.05, max_wait_s: 2.0}}
+The `reward_kwargs` are those of `compute_score` (verl_hook.py: `RewardOptions`, checked when the manager starts)
+plus the two timing knobs above. `veason-r1 rl --backend verl` writes this section from GRPOConfig `reward.*`.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import time
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from veason_r1.reward.verl_hook import compute_score_batch
+from veason_r1.reward.verl_hook import compute_score_batch, reward_options
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +47,7 @@ class VeasonGroupRewardManager(RewardManagerBase):
         kwargs = dict(reward_cfg.get("reward_kwargs", None) or {})
         self.window_s = float(kwargs.pop("group_window_s", 0.05))
         self.max_wait_s = float(kwargs.pop("max_wait_s", 2.0))
+        reward_options(**kwargs)  # a misspelt or missing key fails here, when the worker starts, not mid-step
         self.reward_kwargs = kwargs
         self._pending: list[tuple[dict, asyncio.Future]] = []
         self._first_arrival = 0.0

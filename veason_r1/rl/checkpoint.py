@@ -3,7 +3,8 @@
 A step folder holds `model/` (a complete Hugging Face folder with the processor for full fine-tuning, so
 `load_policy` and evaluation read it directly; a PEFT adapter for LoRA), `optimizer.pt` and `trainer_state.json`
 (step, best validation, RNG state). The tracker file is written last, so a crash mid-save leaves the previous
-checkpoint as the resume point. `best_checkpoint.json` names the step with the best validation reward.
+checkpoint as the resume point. `best_checkpoint.json` names the step with the best validation reward. `prune`
+keeps the last K steps plus the best (verl's checkpoints, same layout, go through it too: `verl_callbacks`).
 """
 
 from __future__ import annotations
@@ -76,15 +77,46 @@ def load_model_weights(model, folder: str | Path, lora: bool) -> None:
         del src
 
 
+def saved_steps(root: str | Path) -> list[int]:
+    """Steps with a `global_step_<N>` folder under `root`, ascending."""
+    return sorted(int(p.name.split("_")[-1]) for p in Path(root).glob("global_step_*")
+                  if p.is_dir() and p.name.split("_")[-1].isdigit())
+
+
 def prune(root: str | Path, keep: int | None, protect: set[int]) -> list[int]:
-    """Delete the oldest step folders beyond `keep`, never the protected ones (the best, the latest)."""
-    if not keep or keep <= 0:
+    """Keep the newest `keep` step folders and the protected ones (the best, the latest); delete the others.
+    `keep` None keeps everything. The step the tracker names is never deleted."""
+    if keep is None:
         return []
-    steps = sorted(int(p.name.split("_")[-1]) for p in Path(root).glob("global_step_*") if p.name.split("_")[-1].isdigit())
-    removable = [s for s in steps if s not in protect]
-    excess = len(steps) - keep
+    steps = saved_steps(root)
+    tracker = Path(root) / TRACKER
+    text = tracker.read_text().strip() if tracker.is_file() else ""
+    tracked = int(text) if text.isdigit() else None
+    keep_set = set(steps[-keep:]) | set(protect) | ({tracked} if tracked is not None else set())
     removed = []
-    for s in removable[: max(0, excess)]:
-        shutil.rmtree(step_dir(root, s))
-        removed.append(s)
+    for s in steps:
+        if s not in keep_set:
+            shutil.rmtree(step_dir(root, s))
+            removed.append(s)
     return removed
+
+
+def truncate_log(path: str | Path, step: int) -> int:
+    """Drop the JSONL records of `path` whose "step" is after `step` (atomic rewrite); returns how many."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        return 0
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = []
+    for line in lines:
+        try:
+            record_step = json.loads(line).get("step", 0)
+        except json.JSONDecodeError:  # a torn last line of a killed run
+            continue
+        if int(record_step) <= step:
+            kept.append(line)
+    if len(kept) != len(lines):
+        atomic_write_text(path, "".join(line + "\n" for line in kept))
+    return len(lines) - len(kept)

@@ -1,251 +1,279 @@
-"""GRPO configuration as dataclasses, mirrored by YAML, with leaf names taken from verl 0.9.1.
+"""GRPO configuration: the one home of every GRPO hyper-parameter, for both back-ends.
 
-One config drives both back-ends: the local one-device trainer reads it directly, and the verl path writes the same
-numbers into verl keys (`verl_overrides`). Where a field has a verl counterpart its name is verl's leaf name
-(`actor.kl_loss_coef` <-> `actor_rollout_ref.actor.kl_loss_coef`); `VERL_KEYS` lists every mapping. Defaults are the
-3B run of docs/method.md §8.
+`GRPOConfig` holds the method's numbers (defaults: the 3B run of docs/method.md §8), the run's paths and the
+local trainer's knobs. The verl back-end never reads a second copy: each field that verl also has carries its verl
+key in its metadata (`setting(..., key="actor_rollout_ref.actor.optim.lr")`), and `veason-r1 rl --backend verl`
+writes the verl config from this dataclass (`verl_overrides`, `veason_r1.rl.verl_config`). What verl needs beyond
+the method (GPU layout, vLLM memory, offloading: engine settings, not hyper-parameters) sits in the `verl` section,
+which may not set a key that a field here owns.
+
+One grammar for every change: a YAML file (`training_scripts/grpo_qwen2_5vl_3b.yaml`, `configs/grpo_local_tiny.yaml`)
+then `--set section.key=value` dotlists, checked strictly against these types and ranges before anything runs
+(`veason_r1.structured_config`): `actor.use_kl_loss: "no"` or `rollout.n: 2.5` stop with the file, key and value.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from veason_r1.config import FRAMES, IMAGE_SIZE
+from veason_r1.config import FRAMES
+from veason_r1.models.toy import sam2_needs_checkpoint
+from veason_r1.structured_config import ConfigError, as_dict, load_structured, setting
+
+ARR = "actor_rollout_ref"
+REWARD_KWARGS = "reward.custom_reward_function.reward_kwargs"
+LOGGERS = ("console", "tensorboard", "wandb")
+
+
+def _sft_merged_default() -> str:
+    """Where `run_sft.sh` writes the merged 3B model: the GRPO run starts from it (one default for both)."""
+    from veason_r1.sft.config import SFTConfig
+
+    return str(SFTConfig.__dataclass_fields__["export_dir"].default)
 
 
 @dataclass
 class DataConfig:
-    train_root: str = ""  # a ReVOS-format root (JPEGImages/, mask_dict.json, meta_expressions_<split>_.json)
+    train_root: str = setting("", doc="a ReVOS-format root: JPEGImages/, mask_dict.json, meta_expressions_<split>_.json")
     train_split: str = "train"
-    train_pool: str | None = None  # optional JSONL of {"video", "exp_id"} (the sampled 10k pool); None = whole split
-    val_root: str | None = None  # held-out subset for periodic validation; None = no validation
-    val_split: str = "valid"
-    val_max_samples: int = 64  # size of the held-out subset (deterministic: first N after a seeded shuffle)
-    num_frames: int = FRAMES.rl_frames  # N of the RL training grid (docs/method.md §4)
-    keyframe_top_k: int = FRAMES.keyframe_top_k
-    image_size: int = IMAGE_SIZE
-    train_batch_size: int = 16  # prompts per step
-    max_prompt_length: int = 7100
-    max_response_length: int = 1024
-    shuffle: bool = True
-    seed: int = 0
+    train_pool: str | None = setting(None, doc="the sampled pool (meta_expressions JSON or JSONL); None = whole split")
+    # Validation (best-checkpoint selection). None: a held-out slice of the training split's videos, seeded and
+    # video-disjoint from what is trained on. A split name (e.g. "valid") validates on that split of `val_root`,
+    # which selects the checkpoint on the split that is then reported: opt-in only (docs/rl.md).
+    val_split: str | None = None
+    val_root: str | None = setting(None, doc="with val_split: the root holding it (None = train_root)")
+    val_max_samples: int = setting(64, ge=0, doc="expressions validated every trainer.test_freq steps")
+    num_frames: int = setting(FRAMES.rl_frames, ge=1)
+    keyframe_top_k: int = setting(FRAMES.keyframe_top_k, ge=1)
+    image_size: int = setting(FRAMES.image_size, gt=0)
+    train_batch_size: int = setting(16, ge=1, key="data.train_batch_size", doc="prompts per step")
+    max_prompt_length: int = setting(7100, ge=1, key="data.max_prompt_length")
+    max_response_length: int = setting(1024, ge=1, key="data.max_response_length")
+    shuffle: bool = setting(True, key="data.shuffle")
+    seed: int = setting(0, key="data.seed")
     skip_no_target: bool = True  # type_id 2 has no GT: RL drops it (docs/method.md §3)
 
 
 @dataclass
 class ModelConfig:
-    path: str = ""  # the SFT-merged Hugging Face folder
-    enable_gradient_checkpointing: bool = True
-    lora_rank: int = 0  # 0 = full fine-tune (the paper); > 0 = LoRA on the language model's linear layers
-    lora_alpha: int = 16
-    target_modules: str | list[str] = "all-linear"
+    path: str = setting(_sft_merged_default(), key=f"{ARR}.model.path", doc="the SFT-merged Hugging Face folder")
+    enable_gradient_checkpointing: bool = setting(True, key=f"{ARR}.model.enable_gradient_checkpointing")
+    lora_rank: int = setting(0, ge=0, key=f"{ARR}.model.lora_rank", doc="0 = full fine-tune (the paper)")
+    lora_alpha: int = setting(16, ge=1, key=f"{ARR}.model.lora_alpha")
+    target_modules: str | list[str] = setting("all-linear", key=f"{ARR}.model.target_modules")  # noqa: RUF009
+    # verl: "auto" = flash_attention_2 with padding removal when flash-attn imports, else sdpa without it (slower,
+    # said at launch); the local trainer always runs sdpa.
+    attn_implementation: Literal["auto", "flash_attention_2", "sdpa"] = "auto"
 
 
 @dataclass
 class ActorConfig:
-    lr: float = 1e-6
-    weight_decay: float = 0.01
-    betas: tuple[float, float] = (0.9, 0.999)
-    lr_scheduler_type: str = "constant"
-    grad_clip: float = 1.0
-    clip_ratio: float = 0.2
-    clip_ratio_c: float = 3.0
-    loss_agg_mode: str = "token-mean"
-    entropy_coeff: float = 1e-3
-    use_kl_loss: bool = True
-    kl_loss_coef: float = 5e-3
-    kl_loss_type: str = "low_var_kl"
-    ppo_epochs: int = 1
-    ppo_mini_batch_size: int = 16  # prompts per optimizer step (= train_batch_size: one update per rollout batch)
-    ppo_micro_batch_size_per_gpu: int = 4  # sequences per forward/backward (gradient accumulation)
-    freeze_vision_tower: bool = False  # the paper trains the vision tower
+    lr: float = setting(1e-6, gt=0, key=f"{ARR}.actor.optim.lr")
+    weight_decay: float = setting(0.01, ge=0, key=f"{ARR}.actor.optim.weight_decay")
+    betas: tuple[float, float] = setting((0.9, 0.999), key=f"{ARR}.actor.optim.betas")
+    lr_scheduler_type: Literal["constant", "cosine"] = setting("constant", key=f"{ARR}.actor.optim.lr_scheduler_type")
+    lr_warmup_steps_ratio: float = setting(0.0, ge=0, le=1, key=f"{ARR}.actor.optim.lr_warmup_steps_ratio")
+    grad_clip: float = setting(1.0, gt=0, key=(f"{ARR}.actor.optim.clip_grad", f"{ARR}.actor.grad_clip"))
+    clip_ratio: float = setting(0.2, gt=0, lt=1, key=(f"{ARR}.actor.clip_ratio", f"{ARR}.actor.clip_ratio_low",
+                                                       f"{ARR}.actor.clip_ratio_high"))
+    clip_ratio_c: float = setting(3.0, gt=1, key=f"{ARR}.actor.clip_ratio_c")
+    loss_agg_mode: Literal["token-mean", "seq-mean-token-mean"] = setting("token-mean", key=f"{ARR}.actor.loss_agg_mode")
+    entropy_coeff: float = setting(1e-3, ge=0, key=f"{ARR}.actor.entropy_coeff")
+    use_kl_loss: bool = setting(True, key=f"{ARR}.actor.use_kl_loss")
+    kl_loss_coef: float = setting(5e-3, ge=0, key=f"{ARR}.actor.kl_loss_coef")
+    kl_loss_type: Literal["low_var_kl", "k3", "kl", "k1"] = setting("low_var_kl", key=f"{ARR}.actor.kl_loss_type")
+    ppo_epochs: int = setting(1, ge=1, key=f"{ARR}.actor.ppo_epochs")
+    ppo_mini_batch_size: int = setting(16, ge=1, key=f"{ARR}.actor.ppo_mini_batch_size",
+                                       doc="prompts per optimizer step (= train_batch_size: one update per batch)")
+    ppo_micro_batch_size_per_gpu: int = setting(4, ge=1, key=f"{ARR}.actor.ppo_micro_batch_size_per_gpu",
+                                                doc="sequences per forward/backward (gradient accumulation)")
+    freeze_vision_tower: bool = setting(False, key=f"{ARR}.actor.freeze_vision_tower", doc="the paper trains it")
 
 
 @dataclass
 class RolloutConfig:
-    n: int = 8
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = -1
-    val_temperature: float = 0.0  # greedy validation, as verl's val_kwargs default
-    val_n: int = 1
-    batch_size: int = 16  # sequences per generate() call in the local trainer
+    n: int = setting(8, ge=2, key=f"{ARR}.rollout.n", doc="rollouts per prompt (GRPO needs >= 2)")
+    temperature: float = setting(1.0, ge=0, key=f"{ARR}.rollout.temperature")
+    top_p: float = setting(1.0, gt=0, le=1, key=f"{ARR}.rollout.top_p")
+    top_k: int = setting(-1, ge=-1, key=f"{ARR}.rollout.top_k", doc="-1 = off")
+    val_temperature: float = setting(0.0, ge=0, key=f"{ARR}.rollout.val_kwargs.temperature", doc="0 = greedy")
+    val_n: int = setting(1, ge=1, key=f"{ARR}.rollout.val_kwargs.n")
+    # sequences per no-grad old/ref log-prob forward; None = actor.ppo_micro_batch_size_per_gpu
+    log_prob_micro_batch_size_per_gpu: int | None = setting(
+        None, ge=1, key=(f"{ARR}.rollout.log_prob_micro_batch_size_per_gpu", f"{ARR}.ref.log_prob_micro_batch_size_per_gpu"))
+    batch_size: int = setting(16, ge=1, doc="local trainer: sequences per generate() call")
 
 
 @dataclass
 class AlgorithmConfig:
-    adv_estimator: str = "grpo"
-    norm_adv_by_std_in_grpo: bool = True
-    epsilon: float = 1e-6
+    adv_estimator: Literal["grpo"] = setting("grpo", key="algorithm.adv_estimator")
+    norm_adv_by_std_in_grpo: bool = setting(True, key="algorithm.norm_adv_by_std_in_grpo")
+    use_kl_in_reward: bool = setting(False, key="algorithm.use_kl_in_reward", doc="KL is a loss term, not a penalty")
+    epsilon: float = setting(1e-6, gt=0, doc="(R - mean) / (std + epsilon); verl's built-in value")
 
 
 @dataclass
 class RewardSettings:
-    variant: str = "faithful"
-    use_consistency: bool = True
-    sam2: str = "tiny"  # load_sam2 name; the real run uses hiera_large (docs/method.md §7)
-    sam2_checkpoint: str | None = None
-    sam2_device: str | None = None  # None = same device as the policy
+    variant: Literal["faithful", "strict"] = setting("faithful", key=f"{REWARD_KWARGS}.variant")
+    use_consistency: bool = setting(True, key=f"{REWARD_KWARGS}.use_consistency")
+    # The release's reward SAM2 (v1 Hiera-L, docs/method.md §7) at the path docs/reproduce.md downloads it to. A real
+    # SAM2 always needs its checkpoint; the random-weight "tiny" model only when asked for by name (tests, demo).
+    sam2: str | None = setting("sam2_hiera_l", key=f"{REWARD_KWARGS}.sam2_model")
+    sam2_checkpoint: str | None = setting("checkpoints/sam2_hiera_large.pt", key=f"{REWARD_KWARGS}.sam2_checkpoint")
+    sam2_device: str | None = setting(None, key=f"{REWARD_KWARGS}.sam2_device", doc="None = the policy's device")
+    # verl's VeasonGroupRewardManager: flush a batch this long after the last arrival, at most max_wait_s after
+    # the first (streamed rollouts)
+    group_window_s: float = setting(0.05, ge=0, key=f"{REWARD_KWARGS}.group_window_s")
+    max_wait_s: float = setting(2.0, gt=0, key=f"{REWARD_KWARGS}.max_wait_s")
 
 
 @dataclass
 class TrainerConfig:
-    project_name: str = "veason_r1"
-    experiment_name: str = "grpo_qwen2_5vl_3b"
-    default_local_dir: str = "outputs/rl/grpo"
-    total_epochs: int = 1
-    total_training_steps: int | None = None  # None = one pass over the pool (625 steps for 10k prompts / 16)
-    save_freq: int = 100
-    test_freq: int = 100
-    val_before_train: bool = False
-    resume_mode: str = "auto"  # auto | disable
-    logger: list[str] = field(default_factory=lambda: ["console", "tensorboard"])
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
-    dtype: str = "bfloat16"  # compute dtype of the local trainer (fp32 master weights are kept)
-    max_ckpt_to_keep: int | None = None
+    project_name: str = setting("veason_r1", key="trainer.project_name")
+    experiment_name: str = setting("grpo_qwen2_5vl_3b", key="trainer.experiment_name")
+    # The run folder: checkpoints (global_step_N/), validation dumps, metrics, the generated verl config.
+    default_local_dir: str = setting("outputs/rl/grpo_qwen2_5vl_3b", key="trainer.default_local_dir")
+    total_epochs: int = setting(1, ge=1, key="trainer.total_epochs")
+    total_training_steps: int | None = setting(None, ge=1, key="trainer.total_training_steps",
+                                               doc="None = one pass over the pool (625 steps for 10k prompts / 16)")
+    # Every 25 steps (model + optimizer): a crash loses at most 25 steps; validation on the same steps so that every
+    # saved checkpoint has a score. (The paper saves every 100.) -1 = never.
+    save_freq: int = setting(25, ge=-1, key="trainer.save_freq")
+    test_freq: int = setting(25, ge=-1, key="trainer.test_freq")
+    val_before_train: bool = setting(True, key="trainer.val_before_train")
+    resume_mode: Literal["auto", "disable"] = setting("auto", key="trainer.resume_mode")
+    logger: list[str] = setting(factory=lambda: ["console", "tensorboard"], key="trainer.logger")  # noqa: RUF009
+    # The last K checkpoints are kept plus the best by validation reward (the best RL step is often mid-run);
+    # older ones are deleted. None = keep all (~45 GB each at 3B, ~100 GB at 7B).
+    max_ckpt_to_keep: int | None = setting(2, ge=1)
+    device: str = setting("auto", doc="local trainer: auto | cpu | cuda | cuda:N")
+    # compute dtype (fp32 master weights are kept on both back-ends)
+    dtype: Literal["bfloat16", "float16", "float32"] = setting(
+        "bfloat16", key=(f"{ARR}.actor.fsdp_config.dtype", f"{ARR}.ref.fsdp_config.dtype"))
     seed: int = 0
+    # local trainer speed knobs (none changes the maths): rollouts from a transient bf16 copy of the weights (CUDA
+    # + bf16/fp16, full fine-tune), and the vision attention path ("auto": batched on CUDA)
+    rollout_copy: bool = True
+    vision_attention: Literal["auto", "batched", "hf"] = "auto"
 
 
 @dataclass
 class GRPOConfig:
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    actor: ActorConfig = field(default_factory=ActorConfig)
-    rollout: RolloutConfig = field(default_factory=RolloutConfig)
-    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
-    reward: RewardSettings = field(default_factory=RewardSettings)
-    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    actor: ActorConfig = dataclasses.field(default_factory=ActorConfig)
+    rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
+    algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
+    reward: RewardSettings = dataclasses.field(default_factory=RewardSettings)
+    trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
+    # verl engine settings (nested verl keys): GPUs, tensor parallelism, vLLM memory, offloading, micro-batches of
+    # the reference model. Read only by the verl back-end; a key owned by a field above is refused.
+    verl: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return as_dict(self)
+
+    def validate(self, source: str = "config") -> None:
+        """Checks across fields (each field's own type and range were checked when it was read)."""
+
+        def need(ok: bool, key: str, why: str) -> None:
+            if not ok:
+                raise ConfigError(f"{source}: {key} = {get_field(self, key)!r}: {why}")
+
+        d, a, t, r = self.data, self.actor, self.trainer, self.reward
+        need(d.image_size % 28 == 0, "data.image_size", "must be a multiple of 28 (Qwen2.5-VL patch 14 x merge 2)")
+        need(a.ppo_mini_batch_size <= d.train_batch_size and d.train_batch_size % a.ppo_mini_batch_size == 0,
+             "actor.ppo_mini_batch_size", f"must divide data.train_batch_size ({d.train_batch_size})")
+        need(t.save_freq != 0, "trainer.save_freq", "use -1 for never, or a positive step count")
+        need(t.test_freq != 0, "trainer.test_freq", "use -1 for never, or a positive step count")
+        need(self.rollout.top_k != 0, "rollout.top_k", "use -1 for off, or a positive count")
+        unknown = sorted(set(t.logger) - set(LOGGERS))
+        need(not unknown, "trainer.logger", f"unknown logger(s) {unknown}; known: {', '.join(LOGGERS)}")
+        if r.use_consistency:
+            need(r.sam2 is not None, "reward.sam2", "the SAM2 consistency term needs a SAM2 config name (the "
+                 "release's is sam2_hiera_l, with reward.sam2_checkpoint); set reward.use_consistency=false to drop it")
+        if r.sam2 is not None and sam2_needs_checkpoint(r.sam2):
+            need(r.sam2_checkpoint is not None, "reward.sam2_checkpoint",
+                 f"reward.sam2={r.sam2!r} needs its checkpoint: a real SAM2 never runs with random weights")
+        owned = {k for keys in verl_key_map().values() for k in keys}
+        clash = sorted(k for k in flatten(self.verl) if k in owned or any(k.startswith(o + ".") for o in owned))
+        if clash:
+            fields = {k: f for f, keys in verl_key_map().items() for k in keys}
+            raise ConfigError(f"{source}: verl.{clash[0]}: owned by the GRPO field {fields.get(clash[0], '?')!r}; "
+                              "set it there (one home per hyper-parameter)")
 
 
-# our field -> verl 0.9.1 key (actor_rollout_ref.* / data.* / algorithm.* / trainer.*)
-VERL_KEYS: dict[str, str] = {
-    "data.train_batch_size": "data.train_batch_size",
-    "data.max_prompt_length": "data.max_prompt_length",
-    "data.max_response_length": "data.max_response_length",
-    "data.shuffle": "data.shuffle",
-    "data.val_max_samples": "data.val_max_samples",
-    "model.path": "actor_rollout_ref.model.path",
-    "model.enable_gradient_checkpointing": "actor_rollout_ref.model.enable_gradient_checkpointing",
-    "model.lora_rank": "actor_rollout_ref.model.lora_rank",
-    "model.lora_alpha": "actor_rollout_ref.model.lora_alpha",
-    "model.target_modules": "actor_rollout_ref.model.target_modules",
-    "actor.lr": "actor_rollout_ref.actor.optim.lr",
-    "actor.weight_decay": "actor_rollout_ref.actor.optim.weight_decay",
-    "actor.betas": "actor_rollout_ref.actor.optim.betas",
-    "actor.lr_scheduler_type": "actor_rollout_ref.actor.optim.lr_scheduler_type",
-    "actor.grad_clip": "actor_rollout_ref.actor.optim.clip_grad",
-    "actor.clip_ratio": "actor_rollout_ref.actor.clip_ratio",
-    "actor.clip_ratio_c": "actor_rollout_ref.actor.clip_ratio_c",
-    "actor.loss_agg_mode": "actor_rollout_ref.actor.loss_agg_mode",
-    "actor.entropy_coeff": "actor_rollout_ref.actor.entropy_coeff",
-    "actor.use_kl_loss": "actor_rollout_ref.actor.use_kl_loss",
-    "actor.kl_loss_coef": "actor_rollout_ref.actor.kl_loss_coef",
-    "actor.kl_loss_type": "actor_rollout_ref.actor.kl_loss_type",
-    "actor.ppo_epochs": "actor_rollout_ref.actor.ppo_epochs",
-    "actor.ppo_mini_batch_size": "actor_rollout_ref.actor.ppo_mini_batch_size",
-    "actor.ppo_micro_batch_size_per_gpu": "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu",
-    "actor.freeze_vision_tower": "actor_rollout_ref.actor.freeze_vision_tower",
-    "rollout.n": "actor_rollout_ref.rollout.n",
-    "rollout.temperature": "actor_rollout_ref.rollout.temperature",
-    "rollout.top_p": "actor_rollout_ref.rollout.top_p",
-    "rollout.top_k": "actor_rollout_ref.rollout.top_k",
-    "rollout.val_temperature": "actor_rollout_ref.rollout.val_kwargs.temperature",
-    "rollout.val_n": "actor_rollout_ref.rollout.val_kwargs.n",
-    "algorithm.adv_estimator": "algorithm.adv_estimator",
-    "algorithm.norm_adv_by_std_in_grpo": "algorithm.norm_adv_by_std_in_grpo",
-    "trainer.project_name": "trainer.project_name",
-    "trainer.experiment_name": "trainer.experiment_name",
-    "trainer.default_local_dir": "trainer.default_local_dir",
-    "trainer.total_epochs": "trainer.total_epochs",
-    "trainer.total_training_steps": "trainer.total_training_steps",
-    "trainer.save_freq": "trainer.save_freq",
-    "trainer.test_freq": "trainer.test_freq",
-    "trainer.val_before_train": "trainer.val_before_train",
-    "trainer.resume_mode": "trainer.resume_mode",
-    "trainer.logger": "trainer.logger",
-    "trainer.max_ckpt_to_keep": "trainer.max_actor_ckpt_to_keep",
-}
+# ---------------------------------------------------------------------------------------------------------------
+# reading
 
 
-def _build(cls, values: dict, where: str):
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(values).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - set(names))
-    if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(names)}")
-    kwargs = {}
-    for key, value in values.items():
-        default = getattr(cls(), key)
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value or {}, f"{where}.{key}")
-        elif isinstance(default, tuple) and isinstance(value, list):
-            kwargs[key] = tuple(value)
-        elif isinstance(default, float) and isinstance(value, (str, int)) and not isinstance(value, bool):
-            try:  # YAML 1.1 reads "1e-3" as a string
-                kwargs[key] = float(value)
-            except ValueError:
-                raise ValueError(f"{where}.{key}: expected a number, got {value!r}") from None
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> GRPOConfig:
+    """A GRPO YAML (sections data/model/actor/rollout/algorithm/reward/trainer/verl) plus `section.key=value`
+    overrides, typed and validated; every error names the file or override, the key and the value."""
+    return load_structured(GRPOConfig, path, list(overrides))
 
 
-def config_from_dict(values: dict, where: str = "config") -> GRPOConfig:
-    """A GRPOConfig from a nested mapping; unknown keys are an error that names them."""
-    return _build(GRPOConfig, values or {}, where)
+def validation_enabled(cfg: GRPOConfig) -> bool:
+    """Validation runs (and a held-out slice is kept out of training) only when the trainer will use it."""
+    return cfg.data.val_max_samples > 0 and (cfg.trainer.test_freq > 0 or cfg.trainer.val_before_train)
 
 
-def apply_overrides(values: dict, overrides: list[str]) -> dict:
-    """`section.key=value` strings (YAML-parsed values) applied on a nested mapping (copy)."""
-    import copy
-
-    import yaml
-
-    out = copy.deepcopy(values)
-    for item in overrides:
-        if "=" not in item:
-            raise ValueError(f"override {item!r}: expected section.key=value")
-        key, raw = item.split("=", 1)
-        node = out
-        parts = key.strip().split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-        node[parts[-1]] = yaml.safe_load(raw)
-    return out
-
-
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> GRPOConfig:
-    """Load a GRPO YAML (sections data/model/actor/rollout/algorithm/reward/trainer) plus CLI overrides."""
-    import yaml
-
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"GRPO config not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
-    values = apply_overrides(values, overrides or [])
-    return config_from_dict(values, where=str(path or "config"))
-
-
-def get_field(cfg: GRPOConfig, dotted: str) -> Any:
+def get_field(cfg: Any, dotted: str) -> Any:
     obj: Any = cfg
     for p in dotted.split("."):
         obj = getattr(obj, p)
     return obj
 
 
-def verl_overrides(cfg: GRPOConfig) -> dict[str, Any]:
-    """verl key -> value for every mirrored field (what `veason-r1 rl --backend verl` passes to Hydra)."""
-    out = {}
-    for ours, theirs in VERL_KEYS.items():
-        value = get_field(cfg, ours)
-        out[theirs] = list(value) if isinstance(value, tuple) else value
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {dotted key: leaf} (lists are leaves)."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
     return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the verl key map, read off the fields
+
+
+def verl_key_map() -> dict[str, tuple[str, ...]]:
+    """Our dotted field -> the verl 0.9.1 key(s) holding the same value (from the fields' metadata)."""
+    out: dict[str, tuple[str, ...]] = {}
+    defaults = GRPOConfig()
+    for section in dataclasses.fields(GRPOConfig):
+        cls = type(getattr(defaults, section.name))
+        if not dataclasses.is_dataclass(cls):
+            continue
+        for f in dataclasses.fields(cls):
+            key = f.metadata.get("key")
+            if key:
+                out[f"{section.name}.{f.name}"] = (key,) if isinstance(key, str) else tuple(key)
+    return out
+
+
+def verl_overrides(cfg: GRPOConfig) -> dict[str, Any]:
+    """verl key -> value for every field that verl also has (what the verl back-end writes into its config)."""
+    out: dict[str, Any] = {}
+    for ours, keys in verl_key_map().items():
+        value = get_field(cfg, ours)
+        if ours == "rollout.log_prob_micro_batch_size_per_gpu" and value is None:
+            value = cfg.actor.ppo_micro_batch_size_per_gpu
+        if isinstance(value, tuple):
+            value = list(value)
+        for key in keys:
+            out[key] = value
+    out[f"{ARR}.rollout.val_kwargs.do_sample"] = cfg.rollout.val_temperature > 0
+    return out
+
+
+__all__ = ["ActorConfig", "AlgorithmConfig", "ConfigError", "DataConfig", "GRPOConfig", "ModelConfig",
+           "RewardSettings", "RolloutConfig", "TrainerConfig", "flatten", "get_field", "load_config",
+           "validation_enabled", "verl_key_map", "verl_overrides"]

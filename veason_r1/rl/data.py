@@ -163,6 +163,70 @@ def select_expressions(dataset: ReVOSDataset, pool: str | Path | None = None, sk
     return kept
 
 
+@dataclass
+class Pools:
+    """What a GRPO run trains and validates on (`training_pools`)."""
+
+    train: list[Expression]
+    val: list[Expression]
+    val_source: str  # "heldout" (videos of the training split kept out of training), "<split>", or "none"
+    heldout_videos: list[str]
+    removed_from_train: int  # pool expressions dropped because their video was held out
+
+
+def heldout_videos(dataset: ReVOSDataset, candidates: Sequence[Expression], pool: Sequence[Expression], size: int,
+                   seed: int) -> list[str]:
+    """Videos whose eligible expressions (`candidates`) reach `size`, drawn seeded: videos with no expression in
+    the training `pool` first (holding them out costs no training data), then pool videos."""
+    by_video: dict[str, int] = {}
+    for e in candidates:
+        by_video[e.video] = by_video.get(e.video, 0) + 1
+    in_pool = {e.video for e in pool}
+    rng = random.Random(f"heldout:{seed}")
+    outside = sorted(v for v in by_video if v not in in_pool)
+    inside = sorted(v for v in by_video if v in in_pool)
+    rng.shuffle(outside)
+    rng.shuffle(inside)
+    chosen, count = [], 0
+    for v in outside + inside:
+        if count >= size:
+            break
+        chosen.append(v)
+        count += by_video[v]
+    return sorted(chosen)
+
+
+def training_pools(dataset: ReVOSDataset, pool: str | Path | None, *, val_size: int, seed: int,
+                   skip_no_target: bool = True, val_dataset: ReVOSDataset | None = None,
+                   builder: RLSampleBuilder | None = None) -> Pools:
+    """The training expressions and the validation subset of one run (docs/rl.md, "Validation").
+
+    `val_dataset` None: validation is a held-out slice of the training split, video-disjoint from training (the
+    held-out videos' expressions are removed from the pool) and seeded, so the best checkpoint is never picked on
+    the split that is reported. With `val_dataset` (opt-in `data.val_split`): a seeded subset of that split.
+    `val_size` 0: no validation."""
+    builder = builder or RLSampleBuilder(dataset)
+    train = select_expressions(dataset, pool, skip_no_target, builder=builder)
+    if val_size <= 0:
+        return Pools(train, [], "none", [], 0)
+    if val_dataset is not None:
+        vb = builder if val_dataset is dataset else RLSampleBuilder(val_dataset, builder.num_frames,
+                                                                     builder.image_size, builder.keyframe_top_k)
+        val = select_expressions(val_dataset, None, True, val_size, seed, builder=vb)
+        return Pools(train, val, val_dataset.split, [], 0)
+    candidates = select_expressions(dataset, None, True, builder=builder)
+    held = set(heldout_videos(dataset, candidates, train, val_size, seed))
+    kept = [e for e in train if e.video not in held]
+    if not kept:
+        raise ValueError(f"{dataset.meta_file}: holding out {val_size} validation expressions leaves no training "
+                         f"expression (the pool spans {len({e.video for e in train})} videos); lower "
+                         "data.val_max_samples or give data.val_split")
+    val = [e for e in candidates if e.video in held]
+    if len(val) > val_size:
+        val = sorted(random.Random(f"heldout-expr:{seed}").sample(val, val_size), key=lambda e: e.key)
+    return Pools(kept, val, "heldout", sorted(held), len(train) - len(kept))
+
+
 class RLPool:
     """A list of expressions served as RL samples; `draw(i, seed)` gives a fresh keyframe draw per call."""
 

@@ -42,8 +42,8 @@ import numpy as np
 
 from veason_r1.models.fast_qwen import fast_vision_attention, patch_text_attention
 from veason_r1.rl import checkpoint as ckpt
-from veason_r1.rl.config import GRPOConfig
-from veason_r1.rl.data import RLPool, RLSample, RLSampleBuilder, select_expressions
+from veason_r1.rl.config import GRPOConfig, get_field, validation_enabled
+from veason_r1.rl.data import RLPool, RLSample, RLSampleBuilder, training_pools
 
 
 @dataclass
@@ -67,7 +67,10 @@ def resolve_device(name: str) -> str:
 
 
 def _bf16_copy(model, dtype):
-    """A frozen copy of `model` with its parameters in `dtype`, built without a transient fp32 copy."""
+    """A frozen copy of `model` with its parameters in `dtype`, built without a transient fp32 copy. Buffers keep
+    their dtype: the rotary `inv_freq` tables rounded to bf16 put every position of a long sequence at the wrong
+    angle (the reference log-probs then drift from the policy's by up to ~5 nats at positions ~1,200 on the tiny
+    model, against ~0.4 with fp32 tables; tests/test_rl_speed.py)."""
     import torch
 
     memo = {}
@@ -78,21 +81,35 @@ def _bf16_copy(model, dtype):
     return clone.eval()
 
 
+def reference_copy(model, dtype=None):
+    """The frozen reference policy: a bf16/fp16 copy under autocast (parameters cast, buffers kept: `_bf16_copy`),
+    else an fp32 deep copy."""
+    if dtype is not None:
+        return _bf16_copy(model, dtype)
+    return copy.deepcopy(model).eval()
+
+
 class LocalGRPOTrainer:
     """One-process GRPO. `fit()` runs to `total_steps`, resuming from the latest checkpoint when asked."""
 
     def __init__(self, cfg: GRPOConfig, propagator=None, policy=None, verbose: bool = True, *,
-                 rollout_copy: bool = True, vision_attention: str = "auto", log_prob_micro_batch: int | None = None,
                  phase_hook: Callable[[str, str, float], None] | None = None):
-        """`rollout_copy`: generate with a transient bf16 copy of the weights (CUDA + bf16/fp16, full fine-tune);
-        `vision_attention`: "auto" (batched on CUDA), "batched" or "hf"; `log_prob_micro_batch`: sequences per
-        no-grad old/ref forward (None = actor.ppo_micro_batch_size_per_gpu); `phase_hook(phase, "start"|"end",
-        seconds)` is called around every phase of a step."""
+        """`propagator`/`policy`: already loaded models to use instead of the config's (tests, the demo, benches);
+        `phase_hook(phase, "start"|"end", seconds)` is called around every phase of a step. The speed knobs are
+        config fields: `trainer.rollout_copy`, `trainer.vision_attention`,
+        `rollout.log_prob_micro_batch_size_per_gpu`."""
         import torch
 
+        unsupported = [(cfg.actor.lr_scheduler_type != "constant", "actor.lr_scheduler_type", "'constant'"),
+                       (cfg.actor.lr_warmup_steps_ratio != 0, "actor.lr_warmup_steps_ratio", "0"),
+                       (cfg.algorithm.use_kl_in_reward, "algorithm.use_kl_in_reward", "false")]
+        for bad, key, supported in unsupported:
+            if bad:
+                raise ValueError(f"{key} = {get_field(cfg, key)!r}: the local trainer supports only {supported} "
+                                 "(the verl back-end supports the rest)")
         self.cfg = cfg
         self.phase_hook = phase_hook
-        self.log_prob_micro_batch = log_prob_micro_batch
+        self.log_prob_micro_batch = cfg.rollout.log_prob_micro_batch_size_per_gpu
         self.verbose = verbose
         self.device = resolve_device(cfg.trainer.device)
         self.out_dir = Path(cfg.trainer.default_local_dir)
@@ -105,37 +122,37 @@ class LocalGRPOTrainer:
         pixel_bounds(cfg.data.image_size)
         if not cfg.data.train_root:
             raise ValueError("data.train_root is empty: give a ReVOS-format root")
-        train = ReVOSDataset(cfg.data.train_root, cfg.data.train_split, load_foreground=False)
-        builder = RLSampleBuilder(train, cfg.data.num_frames, cfg.data.image_size, cfg.data.keyframe_top_k)
-        self.train_pool = RLPool(builder, select_expressions(train, cfg.data.train_pool, cfg.data.skip_no_target,
-                                                             builder=builder))
+        d = cfg.data
+        train = ReVOSDataset(d.train_root, d.train_split, load_foreground=False)
+        builder = RLSampleBuilder(train, d.num_frames, d.image_size, d.keyframe_top_k)
+        val_ds = None
+        if d.val_split is not None:
+            val_ds = ReVOSDataset(d.val_root or d.train_root, d.val_split, load_foreground=False)
+        self.pools = training_pools(train, d.train_pool, val_size=d.val_max_samples if validation_enabled(cfg) else 0,
+                                    seed=d.seed, skip_no_target=d.skip_no_target, val_dataset=val_ds, builder=builder)
+        self.train_pool = RLPool(builder, self.pools.train)
         self.val_pool = None
-        if cfg.data.val_root:
-            val = ReVOSDataset(cfg.data.val_root, cfg.data.val_split, load_foreground=False)
-            vb = RLSampleBuilder(val, cfg.data.num_frames, cfg.data.image_size, cfg.data.keyframe_top_k)
-            self.val_pool = RLPool(vb, select_expressions(val, None, True, cfg.data.val_max_samples,
-                                                          cfg.data.seed, builder=vb))
+        if self.pools.val:
+            vb = builder if val_ds is None else RLSampleBuilder(val_ds, d.num_frames, d.image_size, d.keyframe_top_k)
+            self.val_pool = RLPool(vb, self.pools.val)
 
-        self.policy = policy or load_policy(cfg.model.path, self.device, dtype="float32")  # fp32 master weights
+        attn = "sdpa" if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation
+        self.policy = policy or load_policy(cfg.model.path, self.device, dtype="float32", attn=attn)  # fp32 master
         self.model = self.policy.model
         self.processor = self.policy.processor
         self.tokenizer = self.processor.tokenizer
         self.autocast_dtype = None
         if self.device.startswith("cuda") and cfg.trainer.dtype in ("bfloat16", "float16"):
             self.autocast_dtype = getattr(torch, cfg.trainer.dtype)  # bf16 compute, fp32 master weights
-        self.rollout_copy = bool(rollout_copy and self.autocast_dtype is not None and not self.lora)
-        if vision_attention not in ("auto", "batched", "hf"):
-            raise ValueError(f"vision_attention must be 'auto', 'batched' or 'hf', got {vision_attention!r}")
+        self.rollout_copy = bool(cfg.trainer.rollout_copy and self.autocast_dtype is not None and not self.lora)
+        vision_attention = cfg.trainer.vision_attention
         self.vision_attention_patched = 0
         if vision_attention == "batched" or (vision_attention == "auto" and self.device.startswith("cuda")):
             self.vision_attention_patched = fast_vision_attention(self.model)
             patch_text_attention(self.model)  # rollouts: grouped decode attention (exact; training forwards untouched)
         self.ref_model = None
         if cfg.actor.use_kl_loss and not self.lora:
-            if self.autocast_dtype is not None:  # no transient fp32 copy of the whole model
-                self.ref_model = _bf16_copy(self.model, self.autocast_dtype).to(self.autocast_dtype)
-            else:
-                self.ref_model = copy.deepcopy(self.model).eval()
+            self.ref_model = reference_copy(self.model, self.autocast_dtype)
             for p in self.ref_model.parameters():
                 p.requires_grad_(False)
         if self.lora:
@@ -151,8 +168,6 @@ class LocalGRPOTrainer:
         self.trainable = [p for p in self.model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.trainable, lr=cfg.actor.lr, betas=tuple(cfg.actor.betas),
                                            weight_decay=cfg.actor.weight_decay)
-        if cfg.actor.lr_scheduler_type != "constant":
-            raise ValueError(f"actor.lr_scheduler_type {cfg.actor.lr_scheduler_type!r}: the local trainer supports 'constant'")
 
         from veason_r1.rl.algos import actor_config
 
@@ -173,7 +188,7 @@ class LocalGRPOTrainer:
             from veason_r1.models.sam2 import load_sam2
 
             self.propagator = load_sam2(cfg.reward.sam2, cfg.reward.sam2_checkpoint,
-                                        cfg.reward.sam2_device or self.device)
+                                        cfg.reward.sam2_device or self.device)  # "tiny" only when named
         bs = cfg.data.train_batch_size
         self.steps_per_epoch = max(1, len(self.train_pool) // bs)
         self.total_steps = cfg.trainer.total_training_steps or self.steps_per_epoch * cfg.trainer.total_epochs
@@ -346,13 +361,14 @@ class LocalGRPOTrainer:
             "image_grid_thw": torch.cat([p["image_grid_thw"] for p in prompts]).to(self.device),
         }
 
-    def _forward(self, model, batch: dict, response_len: int, with_entropy: bool):
-        """Per-token log-probs (and entropy) of the response positions, in fp32."""
+    def _forward(self, model, batch: dict, response_len: int, with_entropy: bool, autocast: bool = True):
+        """Per-token log-probs (and entropy) of the response positions, in fp32 (`autocast` False: the whole forward
+        in fp32, the retry path of `update`)."""
         import torch
 
         from veason_r1.rl.algos import entropy_from_logits
 
-        with self._autocast():
+        with self._autocast() if autocast else nullcontext():
             out = model(**batch, logits_to_keep=response_len + 1, use_cache=False)
         logits = out.logits[:, :-1, :].float()
         labels = batch["input_ids"][:, -response_len:]
@@ -375,63 +391,90 @@ class LocalGRPOTrainer:
         return torch.cat(out)
 
     # ---------------------------------------------------------------------------------------------------- step
-    def update(self, ro: Rollouts, adv, old_logp, ref_logp) -> dict[str, float]:
-        """verl's actor update: ppo_epochs x mini-batches x micro-batches, loss aggregated over the mini-batch."""
-        import torch
-
+    def _accumulate(self, ro: Rollouts, mini_idx: list[int], adv, old_logp, ref_logp, autocast: bool) -> dict:
+        """Forward/backward of one mini-batch, micro-batch by micro-batch (gradients accumulate); its metrics."""
         from veason_r1.rl.algos import agg_loss, kl_penalty, policy_loss_vanilla
 
         cfg = self.cfg
-        policy_loss_fn = policy_loss_vanilla
-        n = cfg.rollout.n
-        mini = cfg.actor.ppo_mini_batch_size * n
-        micro = cfg.actor.ppo_micro_batch_size_per_gpu
         R = ro.responses.shape[1]
+        info = self.verl_actor.global_batch_info
+        info.update(dp_size=1, batch_num_tokens=int(ro.response_mask[mini_idx].sum().item()),
+                    global_batch_size=len(mini_idx), loss_scale_factor=None)
+        sums: dict[str, float] = {}
+        micro = cfg.actor.ppo_micro_batch_size_per_gpu
+        for s in range(0, len(mini_idx), micro):
+            idx = mini_idx[s:s + micro]
+            batch = self._micro_batch(ro, idx)
+            logp, ent = self._forward(self.model, batch, R, with_entropy=cfg.actor.entropy_coeff != 0,
+                                      autocast=autocast)
+            mask = ro.response_mask[idx].to(self.device)
+            pg_loss, pg_metrics = policy_loss_vanilla(
+                old_log_prob=old_logp[idx].to(self.device), log_prob=logp, advantages=adv[idx].to(self.device),
+                response_mask=mask.bool(), loss_agg_mode=cfg.actor.loss_agg_mode, config=self.verl_actor,
+            )
+            loss = pg_loss
+            metrics = {"actor/pg_loss": pg_loss.item(), **pg_metrics}
+            if ent is not None:
+                ent_loss = agg_loss(loss_mat=ent, loss_mask=mask, loss_agg_mode=cfg.actor.loss_agg_mode, **info)
+                loss = loss - cfg.actor.entropy_coeff * ent_loss
+                metrics["actor/entropy_loss"] = ent_loss.item()
+            if cfg.actor.use_kl_loss:
+                kld = kl_penalty(logprob=logp, ref_logprob=ref_logp[idx].to(self.device),
+                                 kl_penalty=cfg.actor.kl_loss_type)
+                kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=cfg.actor.loss_agg_mode, **info)
+                loss = loss + cfg.actor.kl_loss_coef * kl_loss
+                metrics["actor/kl_loss"] = kl_loss.item()
+            loss.backward()
+            metrics["actor/loss"] = loss.item()
+            for k, v in metrics.items():  # token-mean parts already carry their share of the mini-batch
+                share = 1.0 if k in ("actor/pg_loss", "actor/entropy_loss", "actor/kl_loss", "actor/loss") \
+                    else len(idx) / len(mini_idx)
+                sums[k] = sums.get(k, 0.0) + float(v) * share
+        return sums
+
+    def _nonfinite_grads(self) -> list[str]:
+        return [n for n, p in self.model.named_parameters()
+                if p.grad is not None and not bool(p.grad.isfinite().all())]
+
+    def update(self, ro: Rollouts, adv, old_logp, ref_logp) -> dict[str, float]:
+        """verl's actor update: ppo_epochs x mini-batches x micro-batches, loss aggregated over the mini-batch.
+
+        A non-finite gradient norm under bf16/fp16 autocast is not skipped at once: the mini-batch is run again with
+        the whole forward in fp32 (`actor/fp32_retries`, and the parameters whose gradients were non-finite are
+        named on the console). Only a mini-batch whose fp32 gradients are non-finite too skips its optimizer step,
+        as verl's actor does (`actor/skipped_steps`)."""
+        import torch
+        from tqdm import tqdm
+
+        cfg = self.cfg
+        mini = cfg.actor.ppo_mini_batch_size * cfg.rollout.n
         self.model.train()
         sums: dict[str, float] = {}
-        count = skipped = 0
+        count = skipped = retries = 0
         B = len(ro.texts)
         for _ in range(cfg.actor.ppo_epochs):
             for m0 in range(0, B, mini):
                 mini_idx = list(range(m0, min(m0 + mini, B)))
-                info = self.verl_actor.global_batch_info
-                info.update(dp_size=1, batch_num_tokens=int(ro.response_mask[mini_idx].sum().item()),
-                            global_batch_size=len(mini_idx), loss_scale_factor=None)
                 self.optimizer.zero_grad(set_to_none=True)
-                for s in range(0, len(mini_idx), micro):
-                    idx = mini_idx[s:s + micro]
-                    batch = self._micro_batch(ro, idx)
-                    logp, ent = self._forward(self.model, batch, R, with_entropy=cfg.actor.entropy_coeff != 0)
-                    mask = ro.response_mask[idx].to(self.device)
-                    pg_loss, pg_metrics = policy_loss_fn(
-                        old_log_prob=old_logp[idx].to(self.device), log_prob=logp, advantages=adv[idx].to(self.device),
-                        response_mask=mask.bool(), loss_agg_mode=cfg.actor.loss_agg_mode, config=self.verl_actor,
-                    )
-                    loss = pg_loss
-                    metrics = {"actor/pg_loss": pg_loss.item(), **pg_metrics}
-                    if ent is not None:
-                        ent_loss = agg_loss(loss_mat=ent, loss_mask=mask, loss_agg_mode=cfg.actor.loss_agg_mode, **info)
-                        loss = loss - cfg.actor.entropy_coeff * ent_loss
-                        metrics["actor/entropy_loss"] = ent_loss.item()
-                    if cfg.actor.use_kl_loss:
-                        kld = kl_penalty(logprob=logp, ref_logprob=ref_logp[idx].to(self.device),
-                                         kl_penalty=cfg.actor.kl_loss_type)
-                        kl_loss = agg_loss(loss_mat=kld, loss_mask=mask, loss_agg_mode=cfg.actor.loss_agg_mode, **info)
-                        loss = loss + cfg.actor.kl_loss_coef * kl_loss
-                        metrics["actor/kl_loss"] = kl_loss.item()
-                    loss.backward()
-                    metrics["actor/loss"] = loss.item()
-                    for k, v in metrics.items():  # token-mean parts already carry their share of the mini-batch
-                        share = 1.0 if k in ("actor/pg_loss", "actor/entropy_loss", "actor/kl_loss", "actor/loss") \
-                            else len(idx) / len(mini_idx)
-                        sums[k] = sums.get(k, 0.0) + float(v) * share
+                part = self._accumulate(ro, mini_idx, adv, old_logp, ref_logp, autocast=True)
                 grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.actor.grad_clip)
+                if not torch.isfinite(grad_norm) and self.autocast_dtype is not None:
+                    bad = self._nonfinite_grads()
+                    tqdm.write(f"step {self.step}: non-finite gradient norm {float(grad_norm)} under "
+                               f"{self.cfg.trainer.dtype} autocast ({len(bad)} tensors, e.g. {bad[:3]}); "
+                               "retrying the mini-batch in fp32")
+                    retries += 1
+                    self.optimizer.zero_grad(set_to_none=True)
+                    part = self._accumulate(ro, mini_idx, adv, old_logp, ref_logp, autocast=False)
+                    grad_norm = torch.nn.utils.clip_grad_norm_(self.trainable, cfg.actor.grad_clip)
+                for k, v in part.items():
+                    sums[k] = sums.get(k, 0.0) + v
                 count += 1
                 if not torch.isfinite(grad_norm):  # as verl's actor: skip this optimizer step, keep training
                     skipped += 1
-                    from tqdm import tqdm
-
-                    tqdm.write(f"step {self.step}: non-finite gradient norm {float(grad_norm)}; optimizer step skipped")
+                    bad = self._nonfinite_grads()
+                    tqdm.write(f"step {self.step}: non-finite gradient norm {float(grad_norm)} ({len(bad)} tensors, "
+                               f"e.g. {bad[:3]}); optimizer step skipped")
                     continue
                 self.optimizer.step()
                 sums["actor/grad_norm"] = sums.get("actor/grad_norm", 0.0) + float(grad_norm)
@@ -440,6 +483,7 @@ class LocalGRPOTrainer:
         if "actor/grad_norm" in out:  # mean over the optimizer steps actually taken
             out["actor/grad_norm"] = sums["actor/grad_norm"] / (count - skipped)
         out["actor/skipped_steps"] = float(skipped)
+        out["actor/fp32_retries"] = float(retries)
         return out
 
     def train_step(self) -> dict[str, float]:
@@ -524,12 +568,15 @@ class LocalGRPOTrainer:
         self.best = state.get("best", self.best)
 
     def maybe_resume(self) -> int | None:
-        if self.cfg.trainer.resume_mode == "disable":
-            return None
-        step = ckpt.latest_step(self.out_dir)
+        """Load the latest checkpoint (resume_mode auto) and cut the logs back to it: the steps after it are
+        trained again, and must not appear twice in metrics.jsonl / tensorboard."""
+        step = None if self.cfg.trainer.resume_mode == "disable" else ckpt.latest_step(self.out_dir)
         if step is not None:
             self.load_checkpoint(step)
             self._log_console(f"resumed from {ckpt.step_dir(self.out_dir, step)} (step {step})")
+        dropped = ckpt.truncate_log(self.out_dir / "metrics.jsonl", step or 0)
+        if dropped:
+            self._log_console(f"metrics.jsonl: dropped {dropped} entries after step {step or 0} (re-trained now)")
         return step
 
     def _track_best(self, val: dict[str, float]) -> bool:
@@ -555,7 +602,9 @@ class LocalGRPOTrainer:
         if "tensorboard" in names:
             from torch.utils.tensorboard import SummaryWriter
 
-            self.loggers.append(("tensorboard", SummaryWriter(str(self.out_dir / "tensorboard"))))
+            # purge_step: events after the resume point (written by the interrupted run) are discarded
+            self.loggers.append(("tensorboard", SummaryWriter(str(self.out_dir / "tensorboard"),
+                                                              purge_step=self.step + 1 if self.step else None)))
         if "wandb" in names:
             import os
 

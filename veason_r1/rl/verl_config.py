@@ -1,65 +1,149 @@
-"""Compose verl 0.9.1's Hydra config with our training_scripts YAML and check it the way `main_ppo` does.
+"""verl 0.9.1's config, generated from a `GRPOConfig`, composed with verl's own Hydra tree and checked as `main_ppo`
+checks it.
 
-`python -m verl.trainer.main_ppo --config-path training_scripts --config-name grpo_qwen2_5vl_3b` composes the same
-tree; here it is composed in-process (Hydra compose API) so CPU tests and `veason-r1 rl --backend verl --dry-run`
-can run verl's own `validate_config` and our docs/method.md §8 checks without a GPU, Ray or vLLM.
+`verl_values(cfg, ...)` is every verl key the run sets: the GRPOConfig fields that verl also has (their keys live
+on the fields, `veason_r1.rl.config.verl_key_map`), the engine layout of the config's `verl:` section, and the
+plumbing below (our dataset class, reward manager and function, the checkpoint callback). `write_verl_yaml` writes
+them as a Hydra primary config (`defaults: [ppo_trainer, _self_]`) into the run folder; `compose` builds the full tree
+in-process (Hydra compose API) so `validate` can run verl's own `validate_config` without a GPU, Ray or vLLM, and
+`python -m verl.trainer.main_ppo --config-path <run folder> --config-name verl_config` runs the same tree.
 
-Best-checkpoint tracking: verl validates every `test_freq` steps and dumps each validation's generations and scores to
+Attention (issue 15 item 1): verl's model config defaults to flash_attention_2, and `use_remove_padding` makes its
+Qwen2-VL attention patch call `flash_attn_varlen_func` directly; flash-attn ships on PyPI as an sdist only and no
+install path here builds it. `attention_settings` keeps flash-attn + padding removal when flash-attn imports and
+otherwise switches to sdpa without padding removal, with a warning that says what it costs.
+
+Best checkpoint: verl validates every `test_freq` steps and dumps each validation's generations and scores to
 `trainer.validation_data_dir/<step>.jsonl`; `best_checkpoint` reads them back and picks the saved step with the
-highest mean validation reward (the best RL checkpoint is often mid-run), which the run scripts then merge to HF.
+highest mean validation reward, which the run script then merges to HF.
 """
 
 from __future__ import annotations
 
-import json
-import math
+import importlib.util
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from veason_r1.rl.config import ARR, GRPOConfig, flatten, verl_overrides
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TRAINING_SCRIPTS = REPO_ROOT / "training_scripts"
+REWARD_FILE = REPO_ROOT / "grpo_reward" / "reward_score.py"
+GENERATED_NAME = "verl_config"  # <run folder>/verl_config.yaml
+CHECKPOINT_CALLBACK = "veason_r1.rl.verl_callbacks.KeepLastAndBest"
 
-# docs/method.md §8, as verl keys. `check_method_hparams` compares a composed config against this table.
-METHOD_HPARAMS: dict[str, Any] = {
-    "data.train_batch_size": 16,
-    "actor_rollout_ref.rollout.n": 8,
-    "actor_rollout_ref.actor.ppo_mini_batch_size": 16,
-    "actor_rollout_ref.actor.ppo_epochs": 1,
-    "actor_rollout_ref.actor.optim.lr": 1e-6,
-    "actor_rollout_ref.actor.optim.lr_scheduler_type": "constant",
-    "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio": 0.0,
-    "actor_rollout_ref.actor.optim.weight_decay": 0.01,
-    "actor_rollout_ref.actor.optim.clip_grad": 1.0,
-    "actor_rollout_ref.actor.grad_clip": 1.0,
-    "actor_rollout_ref.actor.clip_ratio": 0.2,
-    "actor_rollout_ref.actor.use_kl_loss": True,
-    "actor_rollout_ref.actor.kl_loss_type": "low_var_kl",
-    "actor_rollout_ref.actor.kl_loss_coef": 5e-3,
-    "actor_rollout_ref.actor.entropy_coeff": 1e-3,
-    "actor_rollout_ref.actor.freeze_vision_tower": False,
-    "actor_rollout_ref.actor.fsdp_config.model_dtype": "fp32",
-    "actor_rollout_ref.actor.fsdp_config.dtype": "bfloat16",
-    "actor_rollout_ref.model.enable_gradient_checkpointing": True,
-    "actor_rollout_ref.model.lora_rank": 0,
-    "actor_rollout_ref.rollout.name": "vllm",
-    "actor_rollout_ref.rollout.temperature": 1.0,
-    "actor_rollout_ref.rollout.top_p": 1.0,
-    "actor_rollout_ref.rollout.gpu_memory_utilization": 0.25,
-    "data.max_prompt_length": 7100,
-    "data.max_response_length": 1024,
-    "algorithm.adv_estimator": "grpo",
-    "algorithm.norm_adv_by_std_in_grpo": True,
-    "algorithm.use_kl_in_reward": False,
-    "trainer.save_freq": 100,
-    "trainer.total_epochs": 1,
+# How our code plugs into verl: not tunable, so not in any YAML.
+PLUMBING: dict[str, Any] = {
+    "data.prompt_key": "prompt",
+    "data.image_key": "images",
+    "data.val_max_samples": -1,  # the validation parquet holds exactly the chosen subset
+    "data.filter_overlong_prompts": False,  # K <= 6 frames x 400 tokens + text < 7100 by construction
+    "data.truncation": "error",
+    "data.return_raw_chat": True,
+    "data.custom_cls.path": "pkg://veason_r1.rl.data",  # redraws the keyframe and decodes the frames per access
+    "data.custom_cls.name": "VeasonRLDataset",
     "reward.custom_reward_function.name": "compute_score",
+    "reward.reward_manager.source": "importlib",  # scores a step's rollouts together (veason_r1/reward/verl_manager.py)
+    "reward.reward_manager.name": "VeasonGroupRewardManager",
+    "reward.reward_manager.module.path": "pkg://veason_r1.reward.verl_manager",
+    "trainer.checkpoint_callback_class": CHECKPOINT_CALLBACK,
+    "trainer.max_actor_ckpt_to_keep": None,  # verl would delete the best checkpoint too: KeepLastAndBest prunes
 }
+# Keys verl's YAML tree lacks but its code reads: ours (read by KeepLastAndBest inside verl's trainer) and
+# RolloutConfig.limit_images (vllm_async_server passes it as vLLM's limit_mm_per_prompt: up to 8 frames a prompt).
+OWN_KEYS = ("trainer.keep_last_checkpoints", f"{ARR}.rollout.limit_images")
+# Free-form mappings in verl's tree: any key below them is accepted.
+FREE_FORM = ("ray_kwargs.ray_init.runtime_env", f"{ARR}.model.override_config", "reward.custom_reward_function.reward_kwargs")
 
 
-def compose(config_name: str = "grpo_qwen2_5vl_3b", overrides: list[str] | None = None,
-            config_dir: str | Path = TRAINING_SCRIPTS):
-    """verl's full PPO config tree with our YAML on top (a resolved-able OmegaConf DictConfig)."""
+def flash_attn_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def attention_settings(cfg: GRPOConfig, has_flash_attn: bool | None = None) -> tuple[dict[str, Any], str]:
+    """(verl keys, a warning or '') for the configured attention (`model.attn_implementation`)."""
+    has = flash_attn_available() if has_flash_attn is None else has_flash_attn
+    want = cfg.model.attn_implementation
+    remove_padding = flatten(cfg.verl).get(f"{ARR}.model.use_remove_padding", True)
+    if want == "flash_attention_2" and not has:
+        raise ValueError("model.attn_implementation = 'flash_attention_2' but flash-attn does not import here: "
+                         "install it (docs/reproduce.md) or use 'auto' / 'sdpa'")
+    if want == "flash_attention_2" or (want == "auto" and has):
+        return {f"{ARR}.model.override_config.attn_implementation": "flash_attention_2",
+                f"{ARR}.model.use_remove_padding": bool(remove_padding)}, ""
+    note = ""
+    if want == "auto":
+        note = ("flash-attn is not installed: verl runs the actor and reference with sdpa attention and without "
+                "padding removal (use_remove_padding=false), so every micro-batch computes its padding tokens too "
+                "(slower and more memory per step; not measured here). Install flash-attn for the fast path "
+                "(docs/reproduce.md) or set model.attn_implementation=sdpa to silence this.")
+    return {f"{ARR}.model.override_config.attn_implementation": "sdpa", f"{ARR}.model.use_remove_padding": False}, note
+
+
+def verl_values(cfg: GRPOConfig, *, train_file: str, val_file: str | None, has_flash_attn: bool | None = None,
+                pythonpath: str | None = None) -> tuple[dict[str, Any], list[str]]:
+    """({verl key: value} for the whole run, notes). `cfg` must already have absolute paths (`launch.absolute`)."""
+    run_dir = Path(cfg.trainer.default_local_dir)
+    values: dict[str, Any] = flatten(cfg.verl)
+    generated = {*PLUMBING, "data.train_files", "data.val_files", "reward.custom_reward_function.path",
+                 "trainer.validation_data_dir", *OWN_KEYS[:1], f"{ARR}.model.override_config.attn_implementation"}
+    clash = sorted(k for k in values if k in generated)
+    if clash:
+        raise ValueError(f"verl.{clash[0]}: set by veason-r1 itself (how our code plugs into verl); remove it from "
+                         "the verl section")
+    values.update(verl_overrides(cfg))
+    values.update(PLUMBING)
+    attention, note = attention_settings(cfg, has_flash_attn)
+    values.update(attention)
+    values["data.train_files"] = train_file
+    values["reward.custom_reward_function.path"] = str(REWARD_FILE)
+    values["trainer.validation_data_dir"] = str(run_dir / "validation")
+    values["trainer.keep_last_checkpoints"] = cfg.trainer.max_ckpt_to_keep
+    if val_file:
+        values["data.val_files"] = val_file
+    else:  # verl needs a val file; the training file stands in and validation never runs
+        values.update({"data.val_files": train_file, "trainer.test_freq": -1, "trainer.val_before_train": False})
+    env = "ray_kwargs.ray_init.runtime_env.env_vars"
+    # workers of an existing Ray cluster start elsewhere: they must import this checkout's packages
+    if pythonpath is None:
+        parts = [str(REPO_ROOT), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+        pythonpath = os.pathsep.join(dict.fromkeys(p for p in parts if p))
+    values[f"{env}.PYTHONPATH"] = pythonpath
+    values[f"{env}.TOKENIZERS_PARALLELISM"] = "false"
+    if cfg.reward.sam2_device:
+        values[f"{env}.VEASON_SAM2_DEVICE"] = cfg.reward.sam2_device
+    return values, [note] if note else []
+
+
+def nested(values: dict[str, Any]) -> dict:
+    out: dict = {}
+    for key, value in values.items():
+        node = out
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        node[parts[-1]] = value
+    return out
+
+
+def write_verl_yaml(values: dict[str, Any], path: str | Path, source: str) -> Path:
+    """A Hydra primary config: verl's ppo_trainer, then our values (atomic write)."""
+    import yaml
+
+    from veason_r1.io_utils import atomic_write_text
+
+    body = {"hydra": {"searchpath": ["pkg://verl.trainer.config"]}, "defaults": ["ppo_trainer", "_self_"],
+            **nested(values)}
+    header = (f"# GENERATED by `veason-r1 rl --backend verl` from {source}; edit that file, not this one.\n"
+              "# python -m verl.trainer.main_ppo --config-path <this folder> --config-name verl_config\n")
+    atomic_write_text(path, header + yaml.safe_dump(body, sort_keys=False, default_flow_style=None, width=120))
+    return Path(path)
+
+
+def compose(config_name: str = GENERATED_NAME, overrides: list[str] | None = None, config_dir: str | Path = "."):
+    """verl's full PPO config tree with a primary config of ours on top (an OmegaConf DictConfig)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -72,31 +156,61 @@ def compose(config_name: str = "grpo_qwen2_5vl_3b", overrides: list[str] | None 
         return hydra_compose(config_name=config_name, overrides=list(overrides or []))
 
 
-def validate(cfg) -> None:
-    """verl's own `validate_config` (what main_ppo runs before starting Ray) plus our docs/method.md checks."""
+def base_tree():
+    """verl's own ppo_trainer tree, without anything of ours."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="verl.trainer.config", version_base=None):
+        return hydra_compose(config_name="ppo_trainer")
+
+
+def unknown_keys(values: dict[str, Any], base=None) -> list[str]:
+    """Keys of `values` that verl's tree does not have (typos in the `verl:` section), outside the free-form maps."""
+    from omegaconf import OmegaConf
+
+    base = base_tree() if base is None else base
+    out = []
+    for key in values:
+        if key in OWN_KEYS or any(key.startswith(p + ".") for p in FREE_FORM):
+            continue
+        parent_key, _, leaf = key.rpartition(".")
+        parent = OmegaConf.select(base, parent_key) if parent_key else base
+        if not OmegaConf.is_dict(parent) or leaf not in list(parent.keys()):  # keys() lists '???' values too
+            out.append(key)
+    return out
+
+
+def validate(tree) -> None:
+    """verl's own `validate_config` (what main_ppo runs before starting Ray)."""
     from verl.trainer.ppo.utils import need_critic, need_reference_policy
     from verl.utils.config import validate_config
 
-    validate_config(config=cfg, use_reference_policy=need_reference_policy(cfg), use_critic=need_critic(cfg))
+    validate_config(config=tree, use_reference_policy=need_reference_policy(tree), use_critic=need_critic(tree))
 
 
-def select(cfg, key: str) -> Any:
+def select(tree, key: str) -> Any:
     from omegaconf import OmegaConf
 
-    value = OmegaConf.select(cfg, key, throw_on_missing=True)
+    value = OmegaConf.select(tree, key, throw_on_missing=True)
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def check_method_hparams(cfg, expected: dict[str, Any] = METHOD_HPARAMS) -> list[str]:
-    """Mismatches between a composed config and docs/method.md §8 ('key: got X, want Y'); empty when faithful."""
-    problems = []
-    for key, want in expected.items():
-        got = select(cfg, key)
-        same = math.isclose(got, want, rel_tol=1e-9) if isinstance(want, float) and isinstance(got, (int, float)) \
-            else got == want
-        if not same:
-            problems.append(f"{key}: got {got!r}, want {want!r}")
-    return problems
+def build_tree(cfg: GRPOConfig, run_dir: str | Path, *, train_file: str, val_file: str | None, source: str,
+               has_flash_attn: bool | None = None):
+    """Write `<run_dir>/verl_config.yaml` from `cfg`, compose it with verl's tree, check our keys exist in verl
+    and run verl's validate_config. Returns (tree, values, yaml path, notes for the user)."""
+    values, notes = verl_values(cfg, train_file=train_file, val_file=val_file, has_flash_attn=has_flash_attn)
+    typos = unknown_keys(values)
+    if typos:
+        raise ValueError(f"{source}: verl.{typos[0]}: verl 0.9.1 has no such key"
+                         + (f" (and {len(typos) - 1} more)" if len(typos) > 1 else ""))
+    path = write_verl_yaml(values, Path(run_dir) / f"{GENERATED_NAME}.yaml", source)
+    tree = compose(GENERATED_NAME, [], Path(run_dir))
+    validate(tree)
+    return tree, values, path, notes
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -125,19 +239,28 @@ def validation_scores(validation_dir: str | Path) -> dict[int, float]:
     return out
 
 
+def best_saved_step(scores: dict[int, float], saved: list[int] | set[int]) -> int | None:
+    """The saved step with the highest validation score (ties: the earlier step), or None."""
+    candidates = {s: v for s, v in scores.items() if s in set(saved)}
+    if not candidates:
+        return None
+    return max(sorted(candidates), key=lambda s: candidates[s])
+
+
 def best_checkpoint(validation_dir: str | Path, checkpoint_dir: str | Path) -> BestCheckpoint:
     """The saved `global_step_<N>` with the highest mean validation reward (ties: the earlier step)."""
+    from veason_r1.rl.checkpoint import saved_steps
+
     scores = validation_scores(validation_dir)
     if not scores:
         raise FileNotFoundError(f"no <step>.jsonl validation dumps in {validation_dir}")
-    saved = {int(p.name.split("_")[-1]) for p in Path(checkpoint_dir).glob("global_step_*") if p.is_dir()}
-    candidates = {s: v for s, v in scores.items() if s in saved}
-    if not candidates:
+    saved = saved_steps(checkpoint_dir)
+    step = best_saved_step(scores, saved)
+    if step is None:
         raise FileNotFoundError(
-            f"none of the validated steps {sorted(scores)} has a checkpoint in {checkpoint_dir} (saved: {sorted(saved)})"
+            f"none of the validated steps {sorted(scores)} has a checkpoint in {checkpoint_dir} (saved: {saved})"
         )
-    step = max(sorted(candidates), key=lambda s: candidates[s])
-    return BestCheckpoint(step, candidates[step], str(Path(checkpoint_dir) / f"global_step_{step}"), scores)
+    return BestCheckpoint(step, scores[step], str(Path(checkpoint_dir) / f"global_step_{step}"), scores)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,25 +275,19 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("best")
     b.add_argument("validation_dir")
     b.add_argument("checkpoint_dir")
-    v = sub.add_parser("validate")
-    v.add_argument("--config-name", default="grpo_qwen2_5vl_3b")
-    v.add_argument("overrides", nargs="*")
     args = p.parse_args(argv)
-    if args.cmd == "best":
-        best = best_checkpoint(args.validation_dir, args.checkpoint_dir)
-        atomic_write_json(Path(args.checkpoint_dir) / "best_checkpoint.json",
-                          {"step": best.step, "score": best.score, "checkpoint_dir": best.checkpoint_dir,
-                           "scores": {str(k): v for k, v in sorted(best.scores.items())}}, indent=2)
-        print(Path(best.checkpoint_dir) / "actor")
-        return 0
-    cfg = compose(args.config_name, args.overrides)
-    validate(cfg)
-    problems = check_method_hparams(cfg)
-    for line in problems:
-        print("METHOD mismatch:", line)
-    print(json.dumps({"config": args.config_name, "method_mismatches": len(problems)}))
-    return 1 if problems else 0
+    best = best_checkpoint(args.validation_dir, args.checkpoint_dir)
+    atomic_write_json(Path(args.checkpoint_dir) / "best_checkpoint.json",
+                      {"step": best.step, "score": best.score, "checkpoint_dir": best.checkpoint_dir,
+                       "scores": {str(k): v for k, v in sorted(best.scores.items())}}, indent=2)
+    print(Path(best.checkpoint_dir) / "actor")
+    return 0
 
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+__all__ = ["PLUMBING", "BestCheckpoint", "attention_settings", "best_checkpoint", "best_saved_step", "build_tree",
+           "compose", "flash_attn_available", "select", "unknown_keys", "validate", "validation_scores",
+           "verl_values", "write_verl_yaml"]

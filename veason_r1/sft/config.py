@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
+import os
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -159,8 +160,25 @@ class SFTConfig:
 
     @property
     def effective_batch_size(self) -> int:
-        """Samples per optimizer step on one device (times the number of GPUs under torchrun)."""
+        """Samples per optimizer step as written: per-device batch x accumulation on one device. The recipe's
+        16; `for_world_size` keeps it whatever the GPU count."""
         return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    def for_world_size(self, world_size: int) -> tuple[SFTConfig, str]:
+        """A copy whose gradient accumulation keeps `effective_batch_size` on `world_size` data-parallel GPUs
+        (torchrun/DDP multiplies the batch by the GPU count), and the line that says so."""
+        world = max(1, int(world_size))
+        target, per = self.effective_batch_size, self.per_device_train_batch_size
+        if target % (per * world):
+            raise ValueError(
+                f"SFTConfig: effective batch {target} (per_device_train_batch_size {per} x gradient_accumulation_steps "
+                f"{self.gradient_accumulation_steps}) is not divisible by {per} x {world} GPUs; set "
+                "per_device_train_batch_size / gradient_accumulation_steps so that it is"
+            )
+        accum = target // (per * world)
+        scaled = dataclasses.replace(self, gradient_accumulation_steps=accum) if accum != self.gradient_accumulation_steps \
+            else self
+        return scaled, f"effective batch {target} = {per} per device x {accum} accumulation x {world} GPU(s)"
 
     # ----------------------------------------------------------------------------------------------------------------
     def to_llamafactory(self, include_export: bool = True) -> dict[str, Any]:
@@ -200,11 +218,13 @@ class SFTConfig:
             "infer_dtype": self.infer_dtype,
         }
 
-    def for_device(self, has_cuda: bool) -> tuple[SFTConfig, list[str]]:
-        """A copy adjusted to the machine (CPU: no bf16, `use_cpu`) and the notes saying what changed."""
+    def for_device(self, has_cuda: bool, world_size: int = 1) -> tuple[SFTConfig, list[str]]:
+        """A copy adjusted to the machine (CPU: no bf16, `use_cpu`; several GPUs: accumulation scaled so the
+        effective batch stays the recipe's) and the notes saying what changed."""
+        scaled, batch_note = self.for_world_size(world_size if has_cuda else 1)
+        notes = [batch_note] if scaled is not self else []
         if has_cuda:
-            return self, []
-        notes = []
+            return scaled, notes
         changes: dict[str, Any] = {}
         if self.bf16:
             changes["bf16"] = False
@@ -215,7 +235,7 @@ class SFTConfig:
         if self.deepspeed:
             changes["deepspeed"] = None
             notes.append("no CUDA device: deepspeed off")
-        return dataclasses.replace(self, **changes), notes
+        return dataclasses.replace(scaled, **changes), notes
 
     # ----------------------------------------------------------------------------------------------------------------
     @classmethod
@@ -244,35 +264,48 @@ class SFTConfig:
         unknown = sorted(set(data) - names)
         if unknown:
             raise BadInput(source, f"unknown SFT key(s) {unknown}", hint=f"known keys: {sorted(names)}")
-        hints = typing.get_type_hints(cls)
-        values = {}
-        for k, v in data.items():
-            try:
-                values[k] = _coerce(hints[k], v, k, strict=True)
-            except BadInput as e:
-                raise BadInput(source, f"{e.where}: {e.what}") from None
+        values = cls._checked(data, source)
         try:
             return cls(**values)
-        except BadInput as e:
+        except BadInput as e:  # the dataclass's own checks, named in the file they came from
             raise BadInput(source, f"{e.where}: {e.what}") from None
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> SFTConfig:
-        import yaml
+
+        from veason_r1.structured_config import read_yaml
 
         path = Path(path)
         if not path.is_file():
             raise MissingInput(path, "SFT config does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-            problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-            raise BadInput(path, f"YAML syntax error{at}: {problem}") from None
-        if not isinstance(data, dict):
-            raise BadInput(path, f"expected a mapping of keys to values, got {type(data).__name__}")
-        return cls.from_dict(data, source=str(path))
+        return cls.from_dict(read_yaml(path), source=str(path))  # a YAML syntax error names the file and line
+
+    def with_overrides(self, overrides: list[str] | tuple[str, ...]) -> SFTConfig:
+        """`key=value` dotlists (the grammar of every config here: OmegaConf values) applied on this config, each
+        checked like a file (unknown keys, strict types, ranges); errors name the override."""
+        from veason_r1.structured_config import parse_overrides
+
+        changes: dict[str, Any] = {}
+        for text, parsed in parse_overrides(list(overrides)):
+            changes.update(self._checked(parsed, f"override {text!r}"))
+        return dataclasses.replace(self, **changes) if changes else self
+
+    @classmethod
+    def _checked(cls, values: dict, source: str) -> dict:
+        """Known keys, each coerced strictly to its field's type (YAML booleans stay booleans); `BadInput` naming
+        the source and the key."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise BadInput(source, f"unknown SFT key(s) {unknown}", hint=f"known keys: {sorted(names)}")
+        hints = typing.get_type_hints(cls)
+        out = {}
+        for k, v in values.items():
+            try:
+                out[k] = _coerce(hints[k], v, k, strict=True)
+            except BadInput as e:
+                raise BadInput(source, f"{e.where}: {e.what}") from None
+        return out
 
     def to_yaml(self, header: str = "") -> str:
         import yaml
@@ -318,6 +351,8 @@ def _coerce(hint: Any, value: Any, where: str, strict: bool = False) -> Any:
     if base in (int, float) and isinstance(value, bool):
         raise BadInput(where, f"expected {'an integer' if base is int else 'a number'}, got {value!r}")
     try:
+        if base in (int, float) and isinstance(value, bool):
+            raise ValueError
         if base is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
         out = base(value)
@@ -393,4 +428,21 @@ def apply_flags(config: SFTConfig, args: argparse.Namespace) -> SFTConfig:
         raise BadInput(_flag(e.where) if e.where in changes else f"SFTConfig.{e.where}", e.what) from None
 
 
-__all__ = ["FIXED_TRAIN_KEYS", "PATH_FIELDS", "SFTConfig", "add_config_flags", "apply_flags"]
+def launch_world_size(launcher: str, device_count: int | None = None, environ: dict | None = None) -> int:
+    """Data-parallel processes the SFT run will have: "inprocess" is one; "cli" is what LLaMA-Factory 0.9.5's
+    launcher starts (torchrun with NNODES x NPROC_PER_NODE, default the visible GPU count, when there is more than
+    one GPU or FORCE_TORCHRUN is set; llamafactory/launcher.py)."""
+    if launcher != "cli":
+        return 1
+    env = os.environ if environ is None else environ
+    if device_count is None:
+        import torch
+
+        device_count = torch.cuda.device_count()
+    forced = str(env.get("FORCE_TORCHRUN", "")).lower() in ("1", "true", "y", "yes")
+    if not forced and device_count <= 1:
+        return 1
+    return int(env.get("NNODES", "1")) * int(env.get("NPROC_PER_NODE", str(device_count)))
+
+
+__all__ = ["FIXED_TRAIN_KEYS", "PATH_FIELDS", "SFTConfig", "add_config_flags", "apply_flags", "launch_world_size"]

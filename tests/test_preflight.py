@@ -1,0 +1,175 @@
+"""`veason-r1 preflight`: the table of checks a user runs on a node before a GPU run, and the run scripts calling it
+first. Runs on CPU here: the GPU checks FAIL with their reason, or SKIP with --cpu-ok. Also issue 15 item 7: SFT
+keeps the recipe's effective batch whatever the GPU count."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("verl")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory):
+    from veason_r1.models.tiny import make_tiny_qwen
+
+    return make_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen_preflight"), seed=0)
+
+
+def _grpo(synth_root, tiny_dir, out, *extra):
+    return ["preflight", "grpo", "--set", f"data.train_root={synth_root}", "--set", "data.train_pool=null",
+            "--set", f"model.path={tiny_dir}", "--set", "reward.sam2=tiny", "--set", "reward.sam2_checkpoint=null",
+            "--set", f"trainer.default_local_dir={out}", "--set", "data.val_max_samples=4",
+            "--set", "data.image_size=112", *extra]
+
+
+def _rows(text: str) -> dict[str, tuple[str, str]]:
+    rows = {}
+    for line in text.splitlines()[2:]:
+        if not line.strip():
+            break
+        name, rest = line[:line.index("  ")].strip(), line[line.index("  "):].strip()
+        status, _, detail = rest.partition("  ")
+        rows.setdefault(name, (status.strip(), detail.strip()))
+    return rows
+
+
+def test_grpo_preflight_on_a_healthy_cpu_setup(synth_root, tiny_dir, tmp_path, capsys):
+    from veason_r1.cli import main
+
+    rc = main([*_grpo(synth_root, tiny_dir, tmp_path / "run"), "--cpu-ok"])
+    text = capsys.readouterr().out
+    rows = _rows(text)
+    assert rc == 0 and text.rstrip().endswith("- ready"), text
+    assert rows["gpus"][0] == "SKIP" and "no GPU" in rows["gpus"][1]
+    for name in ("import torch", "import verl", "import ray", "inputs", "model folder", "sam2", "data train", "disk",
+                 "/dev/shm"):
+        assert rows[name][0] == "PASS", (name, rows[name])
+    assert rows["verl config"][0] in ("PASS", "WARN") and "validate_config passed" in rows["verl config"][1]
+    assert "qwen2_5_vl config and processor load" in rows["model folder"][1]
+    assert not (tmp_path / "run").exists()  # preflight writes nothing into the run folder
+
+
+def test_grpo_preflight_fails_without_gpu_and_names_each_fix(synth_root, tiny_dir, tmp_path, capsys):
+    from veason_r1.cli import main
+
+    rc = main(_grpo(synth_root, tiny_dir, tmp_path / "run", "--set", f"reward.sam2_checkpoint={tmp_path / 'no.pt'}",
+                    "--set", "reward.sam2=sam2_hiera_l"))
+    text = capsys.readouterr().out
+    rows = _rows(text)
+    assert rc == 1 and "NOT READY" in text
+    assert rows["gpus"] == ("FAIL", rows["gpus"][1]) and rows["gpus"][1].startswith("no GPU:")
+    assert rows["inputs"][0] == "FAIL" and f"reward.sam2_checkpoint: {tmp_path / 'no.pt'} not found" in rows["inputs"][1]
+    assert "FAIL gpus: fix: run on a node with 2 GPU(s) of >= 75 GiB" in text
+    assert "FAIL import vllm: fix: pip install -c constraints/gpu-vllm.txt vllm==0.24.0" in text
+
+
+def test_bad_config_is_exit_2(tmp_path, capsys):
+    from veason_r1.cli import main
+
+    assert main(["preflight", "grpo", "--set", "rollout.n=four"]) == 2
+    assert "rollout.n: expected int, got 'four'" in capsys.readouterr().err
+
+
+def test_driver_check_against_the_cuda_build():
+    from veason_r1.preflight import FAIL, PASS, driver_check
+
+    old = driver_check(cpu_ok=False, driver="575.57.08", cuda="13.0")
+    assert old.status == FAIL and "575.57.08 < 580.65.06" in old.detail and "580.65.06" in old.fix
+    assert driver_check(cpu_ok=False, driver="580.159.04", cuda="13.0").status == PASS
+    assert driver_check(cpu_ok=False, driver="535.104.05", cuda="12.8").status == PASS
+    missing = driver_check(cpu_ok=False, driver=None, cuda="13.0")
+    assert missing.status == FAIL and "no NVIDIA driver" in missing.detail
+
+
+def test_shm_check_follows_rays_object_store_rule():
+    from veason_r1.preflight import FAIL, PASS, shm_check
+
+    gib = 2**30
+    small = shm_check(cpu_ok=False, shm_bytes=2 * gib, memory_bytes=256 * gib)  # docker's 64 MB-ish defaults
+    assert small.status == FAIL and "--shm-size=" in small.fix
+    assert shm_check(cpu_ok=False, shm_bytes=80 * gib, memory_bytes=256 * gib).status == PASS
+    assert shm_check(cpu_ok=False, shm_bytes=3 * gib, memory_bytes=8 * gib).status == PASS  # store 2.4 GB fits
+
+
+def test_pins_are_read_from_the_install_files():
+    from veason_r1.preflight import pins
+
+    gpu = pins("gpu-vllm")
+    assert gpu["torch"] == "==2.11.0" and gpu["vllm"] == "==0.24.0" and gpu["verl"] == "==0.9.1"
+    assert pins("cpu")["torch"] == "==2.14.1"
+
+
+def test_eval_preflight(synth_root, tiny_dir, tmp_path, capsys):
+    from veason_r1.cli import main
+
+    rc = main(["preflight", "eval", "revos", "--data", str(synth_root), "--model", str(tiny_dir), "--sam2", "tiny",
+               "--out", str(tmp_path / "pred"), "--cpu-ok"])
+    rows = _rows(capsys.readouterr().out)
+    assert rc == 0 and rows["data valid"][0] == "PASS" and rows["sam2"][0] == "PASS"
+
+
+# ------------------------------------------------------------------------------ item 7: SFT effective batch
+
+
+def test_sft_keeps_the_effective_batch_whatever_the_gpu_count():
+    from veason_r1.sft.config import SFTConfig, launch_world_size
+
+    recipe = SFTConfig.from_yaml(ROOT / "training_scripts/sft_qwen2_5vl_3b_lora.yaml")
+    assert recipe.effective_batch_size == 16
+    for gpus, accum in ((1, 8), (2, 4), (4, 2), (8, 1)):
+        scaled, line = recipe.for_world_size(gpus)
+        assert scaled.gradient_accumulation_steps == accum
+        assert scaled.per_device_train_batch_size * scaled.gradient_accumulation_steps * gpus == 16
+        assert line == f"effective batch 16 = 2 per device x {accum} accumulation x {gpus} GPU(s)"
+    with pytest.raises(ValueError, match="not divisible by 2 x 3 GPUs"):
+        recipe.for_world_size(3)
+    two, notes = recipe.for_device(has_cuda=True, world_size=2)
+    assert two.to_llamafactory()["gradient_accumulation_steps"] == 4 and notes
+    assert launch_world_size("cli", device_count=2, environ={}) == 2  # LLaMA-Factory's launcher starts torchrun
+    assert launch_world_size("cli", device_count=1, environ={}) == 1
+    assert launch_world_size("cli", device_count=1, environ={"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "4"}) == 4
+    assert launch_world_size("inprocess", device_count=4, environ={}) == 1
+
+
+# ------------------------------------------------------------------------- the run scripts call it first
+
+
+STUB = """#!/usr/bin/env bash
+echo "$*" >> "$STUB_LOG"
+case "$*" in *"launch run-dir"*) echo /tmp/run;; *"verl_config best"*) echo /tmp/run/global_step_25/actor;; esac
+"""
+
+
+def _run_script(tmp_path, script, *args, skip="0"):
+    stub = tmp_path / "python"
+    stub.write_text(STUB)
+    stub.chmod(0o755)
+    log = tmp_path / "calls.log"
+    env = {**os.environ, "PYTHON": str(stub), "STUB_LOG": str(log), "SKIP_PREFLIGHT": skip, "TRAIN_ROOT": "/data/ReVOS"}
+    r = subprocess.run(["bash", str(ROOT / "training_scripts" / script), *args], env=env, capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert r.returncode == 0, r.stderr
+    return [line.split()[:4] for line in log.read_text().splitlines()]
+
+
+def test_run_scripts_run_preflight_first_unless_skipped(tmp_path):
+    calls = _run_script(tmp_path, "run_qwen2_5_3b_grpo.sh", "rollout.n=4")
+    assert calls[0][:3] == ["-m", "veason_r1", "preflight"] and calls[0][3] == "grpo"
+    assert calls[1][:3] == ["-m", "veason_r1", "rl"]
+    log = (tmp_path / "calls.log").read_text().splitlines()
+    assert "--set data.train_root=/data/ReVOS" in log[1] and "--set rollout.n=4" in log[1]
+    assert "verl.model_merger merge" in log[-1] and "/tmp/run/global_step_25/actor" in log[-1]
+    (tmp_path / "calls.log").unlink()
+    skipped = _run_script(tmp_path, "run_qwen2_5_3b_grpo.sh", skip="1")
+    assert skipped[0][:3] == ["-m", "veason_r1", "rl"]
+    (tmp_path / "calls.log").unlink()
+    sft = _run_script(tmp_path, "run_sft.sh", "--data", "d", "--model", "m", "--out", "o")
+    assert [c[:4] for c in sft] == [["-c", "import", "torch;", "print(torch.cuda.device_count())"],
+                                    ["-m", "veason_r1", "preflight", "sft"], ["-m", "veason_r1", "sft", "--config"]]

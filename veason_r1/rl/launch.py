@@ -1,0 +1,194 @@
+"""`veason-r1 rl --backend verl`: everything between a GRPOConfig and a running verl job, checked before Ray starts.
+
+1. `absolute(cfg)`: every path made absolute (model, SAM2 checkpoint, data roots and pool, run folder); the reward
+   file and generated data files are absolute too. Workers of an existing Ray cluster run in the cluster's start
+   directory, where relative paths point nowhere.
+2. `missing_inputs(cfg)`: the model folder, the SAM2 checkpoint, the reward file and the data files must exist; a
+   missing one stops the launch (exit 2, the path named).
+3. `write_data(cfg)`: the reference parquet rows (`VeasonRLDataset`): training = the pool minus the held-out
+   videos; validation = the held-out slice (or, opt-in, `data.val_split`).
+4. `verl_config.build_tree`: `<run folder>/verl_config.yaml` generated from the config, composed with verl's tree
+   and checked by verl's `validate_config`.
+5. `python -m verl.trainer.main_ppo --config-path <run folder> --config-name verl_config`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from veason_r1.rl.config import GRPOConfig, validation_enabled
+from veason_r1.rl.verl_config import GENERATED_NAME, REWARD_FILE, build_tree
+
+
+class LaunchError(ValueError):
+    """A launch that would fail (a missing input): one line naming the config key and the path."""
+
+
+def _abs(path: str | None, base: Path) -> str | None:
+    if path is None or path == "":
+        return path
+    p = Path(path).expanduser()
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+def absolute(cfg: GRPOConfig, base: str | Path | None = None) -> GRPOConfig:
+    """A copy with every path of the config absolute (relative ones are taken from `base`, default the cwd)."""
+    base = Path(base or os.getcwd()).resolve()
+    d, m, r, t = cfg.data, cfg.model, cfg.reward, cfg.trainer
+    return dataclasses.replace(
+        cfg,
+        data=dataclasses.replace(d, train_root=_abs(d.train_root, base), train_pool=_abs(d.train_pool, base),
+                                 val_root=_abs(d.val_root, base)),
+        model=dataclasses.replace(m, path=_abs(m.path, base)),
+        reward=dataclasses.replace(r, sam2_checkpoint=_abs(r.sam2_checkpoint, base)),
+        trainer=dataclasses.replace(t, default_local_dir=_abs(t.default_local_dir, base)),
+    )
+
+
+def missing_inputs(cfg: GRPOConfig) -> list[str]:
+    """'key: path: what is wrong' for every input the run needs and does not find (empty when all are there)."""
+    from veason_r1.data.revos import meta_path
+    from veason_r1.models.policy import check_model_dir
+
+    problems = []
+    try:
+        check_model_dir(cfg.model.path)
+    except FileNotFoundError as e:
+        problems.append(f"model.path: {e} (the SFT-merged model: training_scripts/run_sft.sh writes it)")
+    if cfg.reward.use_consistency and cfg.reward.sam2:
+        try:
+            from veason_r1.models.sam2 import _config_path
+
+            _config_path(cfg.reward.sam2)
+        except ValueError as e:
+            problems.append(f"reward.sam2: {e}")
+    if cfg.reward.use_consistency and cfg.reward.sam2_checkpoint and not Path(cfg.reward.sam2_checkpoint).is_file():
+        problems.append(f"reward.sam2_checkpoint: {cfg.reward.sam2_checkpoint} not found (docs/reproduce.md §1 "
+                        "says where to download it)")
+    if not REWARD_FILE.is_file():
+        problems.append(f"reward file: {REWARD_FILE} not found (the checkout is incomplete)")
+    d = cfg.data
+    roots = [("data.train_root", d.train_root, d.train_split)]
+    if d.val_split is not None:
+        roots.append(("data.val_root", d.val_root or d.train_root, d.val_split))
+    for key, root, split in roots:
+        if not root or not Path(root).is_dir():
+            problems.append(f"{key}: {root!r} is not a folder (a ReVOS-format root)")
+            continue
+        try:
+            meta = meta_path(Path(root), split)
+        except FileNotFoundError as e:
+            problems.append(f"{key}: {e}")
+            continue
+        if not meta.is_file():
+            problems.append(f"{key}: {meta} not found (split {split!r})")
+    if d.train_pool and not Path(d.train_pool).is_file():
+        problems.append(f"data.train_pool: {d.train_pool} not found (veason-r1 sample writes it)")
+    return problems
+
+
+@dataclass
+class DataFiles:
+    train_file: str
+    val_file: str | None
+    summary: str
+    notes: list[str] = field(default_factory=list)
+
+
+def write_data(cfg: GRPOConfig, out_dir: str | Path) -> DataFiles:
+    """The reference parquet rows for `VeasonRLDataset`: train (redrawn per access) and val (fixed draws)."""
+    from veason_r1.data.revos import ReVOSDataset
+    from veason_r1.rl.data import RLSampleBuilder, reference_rows, training_pools, write_parquet
+
+    d = cfg.data
+    out = Path(out_dir)
+    train = ReVOSDataset(d.train_root, d.train_split, load_foreground=False)
+    builder = RLSampleBuilder(train, d.num_frames, d.image_size, d.keyframe_top_k)
+    val_ds = ReVOSDataset(d.val_root or d.train_root, d.val_split, load_foreground=False) if d.val_split else None
+    pools = training_pools(train, d.train_pool, val_size=d.val_max_samples if validation_enabled(cfg) else 0,
+                           seed=d.seed, skip_no_target=d.skip_no_target, val_dataset=val_ds, builder=builder)
+    draw = {"num_frames": d.num_frames, "image_size": d.image_size, "keyframe_top_k": d.keyframe_top_k, "seed": d.seed}
+    train_file = write_parquet(reference_rows(pools.train, d.train_root, d.train_split, redraw=True, **draw),
+                               out / "train.parquet")
+    val_file = None
+    notes = []
+    if pools.val:
+        root, split = (d.val_root or d.train_root, d.val_split) if val_ds is not None else (d.train_root, d.train_split)
+        val_file = write_parquet(reference_rows(pools.val, root, split, redraw=False, **draw), out / "val.parquet")
+    if pools.val_source == "heldout":
+        summary = (f"validation: {len(pools.val)} expressions of {len(pools.heldout_videos)} held-out training "
+                   f"videos (video-disjoint; {pools.removed_from_train} pool expressions of those videos not trained on)")
+    elif pools.val_source == "none":
+        summary = "validation: none (trainer.test_freq <= 0 and no val_before_train, or data.val_max_samples 0)"
+    else:
+        summary = f"validation: {len(pools.val)} expressions of split {pools.val_source!r}"
+        notes.append(f"data.val_split={d.val_split!r}: the best checkpoint is selected on split {d.val_split!r}; "
+                     "if that split is also the one reported, the reported number is optimistic (docs/rl.md)")
+    summary = f"training: {len(pools.train)} expressions -> {train_file}; {summary}"
+    return DataFiles(str(Path(train_file).resolve()), str(Path(val_file).resolve()) if val_file else None,
+                     summary, notes)
+
+
+@dataclass
+class LaunchPlan:
+    cfg: GRPOConfig
+    run_dir: Path
+    yaml_path: Path
+    command: list[str]
+    data: DataFiles
+    tree: object = None
+
+
+def prepare(cfg: GRPOConfig, source: str, *, has_flash_attn: bool | None = None) -> LaunchPlan:
+    """Steps 1-4 of the module docstring; raises LaunchError before any file is written when an input is missing."""
+    cfg = absolute(cfg)
+    problems = missing_inputs(cfg)
+    if problems:
+        raise LaunchError(problems[0] + (f" (and {len(problems) - 1} more: {'; '.join(problems[1:])})"
+                                         if len(problems) > 1 else ""))
+    run_dir = Path(cfg.trainer.default_local_dir)
+    data = write_data(cfg, run_dir / "data")
+    tree, _values, yaml_path, notes = build_tree(cfg, run_dir, train_file=data.train_file, val_file=data.val_file,
+                                                 source=source, has_flash_attn=has_flash_attn)
+    data.notes.extend(notes)
+    command = [sys.executable, "-m", "verl.trainer.main_ppo", f"--config-path={run_dir}",
+               f"--config-name={GENERATED_NAME}"]
+    return LaunchPlan(cfg, run_dir, yaml_path, command, data, tree)
+
+
+def launch(plan: LaunchPlan) -> int:
+    """Run verl (in the run folder's parent process environment; Ray starts here)."""
+    return subprocess.call(plan.command)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m veason_r1.rl.launch run-dir --config YAML [--set k=v ...]` prints the run folder (absolute), for
+    the run scripts."""
+    import argparse
+
+    from veason_r1.rl.config import load_config
+
+    p = argparse.ArgumentParser(prog="python -m veason_r1.rl.launch")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run-dir")
+    r.add_argument("--config", required=True)
+    r.add_argument("--set", dest="overrides", action="append", default=[])
+    args = p.parse_args(argv)
+    try:
+        print(absolute(load_config(args.config, args.overrides)).trainer.default_local_dir)
+    except (ValueError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["DataFiles", "LaunchError", "LaunchPlan", "absolute", "launch", "missing_inputs", "prepare", "write_data"]
