@@ -67,6 +67,7 @@ class DemoConfig:
     # data construction
     pool_size: int = 64  # stratified pool (capped at the eligible train expressions)
     cot_frames: int = FRAMES.sft_frames  # training grid for CoT / SFT (docs/method.md §4)
+    cot_brief: bool = True  # the synthetic teacher's short style: a toy model learns it in a few CPU steps
     # policy inputs: 112 px -> 16 visual tokens per frame (560 -> 400 on the real model)
     image_size: int = 112
     # the models the recipe starts from: "toy" = the shipped trained toy checkpoints (veason_r1/assets/toy,
@@ -391,7 +392,7 @@ class Demo:
 
         c, p = self.cfg, self.paths
         ds = ReVOSDataset(p.synth, "train", meta_file=p.select_meta, load_foreground=False)
-        result = run_cot(ds, SyntheticTeacher.from_root(p.synth), p.cot,
+        result = run_cot(ds, SyntheticTeacher.from_root(p.synth, brief=c.cot_brief), p.cot,
                          CotConfig(num_frames=c.cot_frames, seed=c.seed, concurrency=2), progress=c.progress)
         if result.aborted or result.failed:
             raise RuntimeError(f"CoT generation did not finish: {result.format()}")

@@ -240,27 +240,32 @@ OBJECT_REF = re.compile(r"\s*\(objects? [\d, and]+\)")  # "(object 1)" in the ge
 
 
 class SyntheticTeacher:
-    """Template reasoning from the synthetic generator's ground truth. Offline and deterministic."""
+    """Template reasoning from the synthetic generator's ground truth. Offline and deterministic.
+
+    `brief`: the same three steps about the targets only, one short clause each (~150 characters instead of ~800),
+    for toy models that must learn the format in a few CPU steps (the demo); the full style describes every object.
+    """
 
     needs_images = False
 
     def __repr__(self) -> str:
-        return f"SyntheticTeacher({self.source!r})"
+        return f"SyntheticTeacher({self.source!r}{', brief' if self.brief else ''})"
 
-    def __init__(self, facts: dict, source: str = "synthetic_facts.json"):
+    def __init__(self, facts: dict, source: str = "synthetic_facts.json", brief: bool = False):
         if not isinstance(facts, dict) or not isinstance(facts.get("videos"), dict):
             raise ValueError(f"{source}: expected {{'videos': {{...}}}} at top level")
         self.facts = facts
         self.source = source
+        self.brief = brief
 
     @classmethod
-    def from_root(cls, root: str | Path) -> SyntheticTeacher:
+    def from_root(cls, root: str | Path, brief: bool = False) -> SyntheticTeacher:
         path = Path(root) / "synthetic_facts.json"
         if not path.is_file():
             raise FileNotFoundError(f"--teacher synthetic needs {path} (written by `veason-r1 synth`); "
                                     "it only works on the synthetic benchmark")
         with open(path) as f:
-            return cls(json.load(f), str(path))
+            return cls(json.load(f), str(path), brief=brief)
 
     # -- per object ----------------------------------------------------------------------------------------------
     def _objects(self, video: str) -> dict[str, dict]:
@@ -358,4 +363,8 @@ class SyntheticTeacher:
             where.append(f"{name} is{motion} in the {_region(fx, fy)} of the image, about {wide:.0f}% of the frame "
                          f"wide and {high:.0f}% high")
         step3 = f"Step 3: In frame {k}, " + "; ".join(where) + "."
+        if self.brief:
+            step1 = "Step 1: " + "; ".join(self._motion(o, sample) for o, _ in targets if o) + "."
+            step2 = f"Step 2: {' and '.join(names)} {'are' if plural else 'is'} clearest at {k} s."
+            step3 = f"Step 3: In frame {k}, " + "; ".join(w.split(", about")[0] for w in where) + "."
         return TeacherReply(text="\n".join([step1, step2, step3]), attempts=1, model="synthetic")
