@@ -600,6 +600,7 @@ class Demo:
         def mean_of(rows: list[dict]) -> dict[str, float]:
             return {t: sum(r[f"reward/{t}"] for r in rows) / len(rows) for t in terms}
 
+        out["config"] = dataclasses.asdict(self.cfg)
         held = json.loads(p.heldout.read_text())
         out["heldout_reward"] = {"expressions": held["expressions"], "sft": held["sft"], "grpo": held["grpo"],
                                  "diff": held["diff"]}

@@ -27,6 +27,48 @@ TERM_RANGES = {"format": "[0, 2]", "keyframe": "[0, 1]", "spatial": "[0, 1]", "c
 SPLITS = ("referring", "reasoning", "overall")
 DISCLAIMER = ("Tiny random-init models measure the pipeline, not the method: these numbers show that every stage "
               "runs and connects, not how well Veason-R1 segments videos.")
+TOY_STATEMENT = ("This is a toy world: synthetic coloured shapes and toy models the project trained itself "
+                 "(veason_r1/assets/toy). It shows whether the recipe and the code move a policy end to end; it "
+                 "says nothing about the paper's numbers.")
+
+
+def statement(cfg: dict) -> str:
+    """What the numbers of a run can and cannot mean, by the models it started from."""
+    return TOY_STATEMENT if cfg.get("policy") == "toy" else DISCLAIMER
+
+
+def models_line(cfg: dict) -> str:
+    policy = ("the shipped toy base policy (5.6M-parameter Qwen2.5-VL trained on synthetic grounding tasks; "
+              "docs/toy_reproduction.md)" if cfg.get("policy") == "toy" else
+              "a ~1.3M-parameter Qwen2.5-VL with random initial weights")
+    sam2 = ("the shipped toy SAM2 (1.5M parameters trained with SAM2's own training code)" if cfg.get("sam2") == "toy"
+            else "a ~1M-parameter random-init SAM2.1")
+    return f"The policy starts from {policy}; SAM2 is {sam2}; the data is the synthetic shapes benchmark."
+
+
+def heldout_rows(results: dict) -> list[list[str]]:
+    h = results.get("heldout_reward")
+    if not h:
+        return []
+    rows = []
+    for term in (*TERMS, "overall"):
+        a, b = h["sft"][term], h["grpo"][term]
+        rows.append([term, TERM_RANGES[term], f"{a:.3f}", f"{b:.3f}", f"{b - a:+.3f}"])
+    return rows
+
+
+def heldout_line(results: dict) -> str:
+    h = results.get("heldout_reward")
+    if not h:
+        return ""
+    d = h["diff"]
+    verdict = ("the interval excludes 0: GRPO improved the held-out reward" if d["lo"] > 0 else
+               "the interval includes 0: no held-out improvement shown" if d["hi"] >= 0 else
+               "the interval is below 0: GRPO lowered the held-out reward")
+    return (f"Held-out GRPO reward on {h['expressions']} target expressions of the valid split (fixed 6-frame RL "
+            f"grids, greedy answers, the four-term reward): SFT {d['before']:.3f} -> GRPO {d['after']:.3f}, "
+            f"difference {d['diff']:+.3f}, paired bootstrap {100 * d['level']:.0f}% interval "
+            f"[{d['lo']:+.3f}, {d['hi']:+.3f}] ({verdict}).")
 MASK_TINT = (0, 235, 255)  # cyan: no synthetic shape has this colour, so masks stand out on every object
 
 
@@ -277,7 +319,9 @@ def format_results_table(results: dict) -> str:
         f"GRPO reward (mean over rollouts; first {w} vs last {w} of {r['steps']} steps):",
         _plain_table(["term", "range", "first", "last", "delta"], reward_rows(results)),
         "",
-        DISCLAIMER,
+        heldout_line(results),
+        "",
+        statement(results.get("config", {})),
     ])
 
 
@@ -291,6 +335,16 @@ def _answers_line(results: dict) -> str:
                      f"{a['with_boxes']} with a usable box, {a['keyframe_not_shown']} naming a timestamp that was "
                      f"not shown, {a['no_keyframe']} without a keyframe")
     return "; ".join(parts) or "no predictions"
+
+
+def _base_choice(cfg: dict) -> str:
+    if cfg.get("policy") == "toy":
+        return (f"SFT trains `{cfg.get('sft_additional_target')}` in full beside the LoRA adapter: the toy base only "
+                "ever answered JSON, so its output layer pushes every English word of the CoT down (LoRA alone "
+                "stalled at loss 6.9).")
+    return (f"The tiny model's random `lm_head` is multiplied by {cfg['lm_head_scale']:g}: LoRA leaves `lm_head` and "
+            "the final norm frozen, and at the stock random init even a perfectly aligned hidden state gets a "
+            "softmax of only ~0.14 over the 3k vocabulary, so SFT would stall near loss 2.5.")
 
 
 def write_report(path: str | os.PathLike, ctx: dict) -> Path:
@@ -314,15 +368,14 @@ def write_report(path: str | os.PathLike, ctx: dict) -> Path:
     n_before = results["before_rl"].get("num_expressions", {})
     text = f"""# Veason-R1 demo report
 
-> **{DISCLAIMER}** The policy is a ~1.3M-parameter Qwen2.5-VL with random initial weights and a 3k-token
-> tokenizer, SAM2 is a ~1M-parameter random-init SAM2.1, the data is the synthetic shapes benchmark, SFT runs
-> {cfg['sft_steps']} LoRA steps and GRPO {cfg['rl_steps']} steps on CPU. Never compare these numbers with the
-> paper's (ReVOS J&F 59.9 for the 3B model); they are not Veason-R1 results.
+> **{statement(cfg)}** {models_line(cfg)} SFT runs {cfg['sft_steps']} LoRA steps and GRPO {cfg['rl_steps']} steps
+> on CPU. Never compare these numbers with the paper's (ReVOS J&F 59.9 for the 3B model); they are not Veason-R1
+> results.
 
 ## What ran
 
 The whole method, offline, in one process: synthetic benchmark -> stratified sampling -> seed CoT (synthetic
-teacher) -> LoRA SFT of the tiny model (LLaMA-Factory) -> GRPO (local trainer, four-term reward with SAM2) ->
+teacher) -> LoRA SFT of the base policy (LLaMA-Factory) -> GRPO (local trainer, four-term reward with SAM2) ->
 prediction (policy, then SAM2 propagation) -> ReVOS evaluation, for the model before RL and after RL.
 
 {_md_table(["stage", "what", "status", "seconds (this run)", "result"], stage_rows)}
@@ -337,7 +390,7 @@ Valid split of the synthetic benchmark ({n_before.get('referring', '?')} referri
 {n_before.get('reasoning', '?')} reasoning expressions), ReVOS protocol, x100. *Before RL* is the SFT model, *after
 RL* the model after the last GRPO step; both are predicted and scored by the same code (`veason-r1 predict` +
 `veason-r1 eval` functions, {cfg['image_size']} px frames, {FRAMES.eval_frames} linspace frames, greedy decoding,
-tiny SAM2).
+the demo's SAM2).
 
 {_md_table(["split", "metric", "before RL", "after RL", "delta"], results_rows(results))}
 
@@ -345,6 +398,10 @@ GRPO reward on the training pool (mean over the {cfg['rl_batch_size']} x {cfg['r
 first {w} vs last {w} of {r['steps']} steps):
 
 {_md_table(["term", "range", "first steps", "last steps", "delta"], reward_rows(results))}
+
+{heldout_line(results)}
+
+{_md_table(["term", "range", "SFT", "GRPO", "delta"], heldout_rows(results)) if heldout_rows(results) else ""}
 
 ![reward terms over GRPO steps](reward_terms.png)
 
@@ -368,9 +425,9 @@ ground-truth mask in the same cyan.
   a well-formed answer JSON), keyframe in [0, 1] (GT area at the chosen frame / the largest GT area among the shown
   frames), spatial in [0, 1] (Hungarian-matched box IoU on the keyframe), consistency in [0, 1] (SAM2 propagates
   the matched boxes over the shown frames; mask IoU with the GT); overall = their sum in [0, 5].
-- Here the format term is the meaningful one: it shows whether SFT taught the tiny model the answer layout (and
-  whether it survives GRPO). Keyframe and spatial show whether its answers carry any signal; with a random-init
-  SAM2 the consistency term and every J&F measure the random SAM2 as much as the policy's boxes.
+- The format term shows whether SFT taught the policy the answer layout (and whether it survives GRPO); keyframe
+  and spatial whether its answers carry signal; consistency and J&F measure the policy's boxes through the
+  demo's SAM2 (with a random-init SAM2 they measure mostly the random SAM2).
 - What the policy wrote on the valid split ({_answers_line(results)}). Answers are parsed by the robust
   inference parser (docs/inference.md): a timestamp that was not shown snaps to the nearest shown frame, and an
   answer without a valid box gives empty masks. The training reward parses strictly (docs/method.md §7): there a
@@ -379,22 +436,25 @@ ground-truth mask in the same cyan.
   empty scores J = F = 1, and an answer without a valid box gives empty masks on every frame. Expressions whose
   target leaves the frame (reasoning ones such as "the object that leaves the frame first") therefore collect
   points for saying nothing.
-- Differences between before and after RL are not evidence for or against GRPO: a few steps on a tiny random
-  model move the numbers by noise. What the demo does prove: data, CoT, SFT, RL, prediction and evaluation run
-  end to end, offline, and write the files the real pipeline writes (docs/demo.md lists them).
+- The held-out reward compares the SFT and the GRPO model on the same expressions (paired): it is the number that
+  says whether RL improved the policy; the training-reward curve also moves with the draw of each step's prompts.
+  A few CPU steps on toy models are a small experiment: read the interval, not the point estimate. What the demo
+  always proves: data, CoT, SFT, RL, prediction and evaluation run end to end, offline, and write the files the
+  real pipeline writes (docs/demo.md lists them).
 
 ## Demo-only choices (not the method's recipe)
 
 - Policy frames are {cfg['image_size']} px (16 visual tokens per frame) instead of {IMAGE_SIZE} px (400 tokens).
-- The tiny model's random `lm_head` is multiplied by {cfg['lm_head_scale']:g}: LoRA leaves `lm_head` and the final
-  norm frozen, and at the stock random init even a perfectly aligned hidden state gets a softmax of only ~0.14
-  over the 3k vocabulary, so SFT would stall near loss 2.5 and temperature-1 rollouts would be noise.
+- {_base_choice(cfg)}
+- The synthetic teacher writes its brief style ({'on' if cfg.get('cot_brief') else 'off'}): the same three steps about
+  the targets only, ~280 characters instead of ~800, so a toy model learns the layout in a few CPU steps.
 - SFT: {cfg['sft_steps']} LoRA steps, rank {cfg['sft_lora_rank']}, learning rate {cfg['sft_learning_rate']:g}, batch
   {cfg['sft_batch_size']} (the 3B recipe: one epoch of 10k samples, rank 16, 1e-4, batch 16). GRPO: {cfg['rl_steps']}
   steps of {cfg['rl_batch_size']} prompts x {cfg['rl_rollout_n']} rollouts, responses up to
   {cfg['rl_max_response_length']} tokens, no periodic validation; "after RL" is the last step (the real run keeps the
   best validated checkpoint). Everything else comes from `configs/grpo_local_tiny.yaml`.
-- SAM2 has random weights (the real reward and evaluation load SAM2 Hiera-L checkpoints).
+- SAM2 is {'the toy checkpoint' if cfg.get('sam2') == 'toy' else 'random-init'} (the real reward and evaluation load
+  SAM2 Hiera-L checkpoints).
 
 ## Settings
 
@@ -408,6 +468,7 @@ ground-truth mask in the same cyan.
 
 __all__ = [
     "DISCLAIMER",
+    "TOY_STATEMENT",
     "choose_expression",
     "format_results_table",
     "make_overlay_gif",
