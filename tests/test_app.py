@@ -349,7 +349,7 @@ def test_resolve_models_builds_the_tiny_policy_once_and_names_bad_paths(app_cach
     assert models.random_weights and models.image_size == 112 and "random weights" in models.description
     assert type(models.engine).__name__ == "HFEngine" and type(models.propagator).__name__ == "SAM2Propagator"
     assert resolve_models(cache_dir=app_cache, device="cpu").image_size == 112 and config.stat().st_mtime_ns == stamp
-    with pytest.raises(FileNotFoundError, match=r"--model: '/no/such/model' is neither a known name \(tiny\)"):
+    with pytest.raises(FileNotFoundError, match=r"--model: '/no/such/model' is neither a known name \(tiny, toy\)"):
         resolve_models("/no/such/model", cache_dir=app_cache)
     with pytest.raises(FileNotFoundError, match="--sam2-ckpt: no SAM2 checkpoint at /no/sam2.pt"):
         resolve_models(sam2="tiny", sam2_ckpt="/no/sam2.pt", cache_dir=app_cache)

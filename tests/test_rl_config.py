@@ -128,10 +128,10 @@ def test_real_sam2_needs_a_checkpoint_tiny_only_by_name():
 
 
 @pytest.mark.parametrize("override,message", [
-    ('bf16="no"', "bf16: expected true/false, got 'no'"),
-    ("lora_rank=four", "lora_rank: expected int, got 'four'"),
-    ("lora_rank=2.5", "lora_rank: expected int, got 2.5"),
-    ("lora_rank=-1", "SFTConfig.lora_rank = -1: must be positive"),
+    ('bf16="no"', "override 'bf16=\"no\"': bf16: expected true or false, got 'no'"),
+    ("lora_rank=four", "override 'lora_rank=four': lora_rank: expected an integer, got 'four'"),
+    ("lora_rank=2.5", "override 'lora_rank=2.5': lora_rank: expected an integer, got 2.5"),
+    ("lora_rank=-1", "overrides ['lora_rank=-1']: lora_rank: must be positive, got -1"),
     ("lora_rnak=8", "unknown SFT key(s) ['lora_rnak']"),
 ])
 def test_sft_shares_the_grammar(override, message):
@@ -148,7 +148,7 @@ def test_sft_yaml_errors_name_the_file(tmp_path):
 
     bad = tmp_path / "sft.yaml"
     bad.write_text("lora_rank: 16\nbf16: \"no\"\n")
-    with pytest.raises(ValueError, match=rf"{bad}: bf16: expected true/false, got 'no'"):
+    with pytest.raises(ValueError, match=rf"{bad}: bf16: expected true or false, got 'no'"):
         SFTConfig.from_yaml(bad)
     bad.write_text("lora_rank: [16\n")
     with pytest.raises(ConfigError, match=rf"{bad}: line \d+ column \d+: YAML syntax error"):

@@ -139,7 +139,7 @@ def test_sft_output_is_the_grpo_input_for_both_sizes():
 
 
 @pytest.mark.parametrize("broken,message", [
-    ("model", "model.path: policy folder not found"),
+    ("model", "model.path: {model}: policy folder not found"),
     ("sam2", "reward.sam2_checkpoint: {ckpt} not found"),
     ("data", "data.train_root: '{data}' is not a folder"),
     ("pool", "data.train_pool: {pool} not found"),
@@ -158,7 +158,8 @@ def test_verl_launch_refuses_missing_inputs_before_ray(synth_root, tiny_dir, sam
                "--set", f"data.train_pool={paths['pool']}", "--set", f"trainer.default_local_dir={out}"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ")
-    assert message.format(ckpt=missing["sam2"], data=missing["data"], pool=missing["pool"]) in err
+    assert message.format(ckpt=missing["sam2"], data=missing["data"], pool=missing["pool"],
+                          model=missing["model"]) in err
     assert not out.exists()  # nothing written, Ray never started
 
 

@@ -100,8 +100,8 @@ def test_readers_take_the_frame_config():
     args = p.parse_args([])
     assert (args.num_frames, args.image_size) == (FRAMES.eval_frames, IMAGE_SIZE)
     p = argparse.ArgumentParser()
-    rl.add_arguments(p)
-    assert p.parse_args([]).image_size == IMAGE_SIZE
+    rl.add_arguments(p)  # `rl` takes no frame flags: they are GRPOConfig fields (DataConfig above), set by --set
+    assert not {"image_size", "num_frames"} & set(vars(p.parse_args([])))
 
 
 def test_one_benchmark_table_feeds_predict_eval_and_the_readers():

@@ -252,14 +252,14 @@ def test_vllm_engine_without_vllm_is_a_clear_error(tiny_dir):
         pytest.skip("vllm installed")
 
 
-def test_missing_or_incomplete_model_folder(tmp_path):
+def test_missing_or_incomplete_model_folder(tmp_path, tiny_dir):
     with pytest.raises(FileNotFoundError, match="policy folder not found"):
         load_policy(tmp_path / "nope")
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"missing model weights.*tokenizer.*image processor"):
         load_policy(tmp_path)
     with pytest.raises(ValueError, match="unknown engine 'tgi': choose hf or vllm"):
-        build_engine("tgi", tmp_path)
+        build_engine("tgi", tiny_dir)
 
 
 @pytest.mark.gpu

@@ -414,7 +414,7 @@ def test_sft_config_types_ranges_and_yaml_errors(tmp_path, capsys):
 
     path = tmp_path / "sft.yaml"
     path.write_text("lora_rank: 8\nlearning_rate: [1e-4\n")
-    with pytest.raises(BadInput, match=r"sft.yaml: YAML syntax error at line 3, column 1: expected ','"):
+    with pytest.raises(BadInput, match=r"sft.yaml: line 3 column 1: YAML syntax error: expected ','"):
         SFTConfig.from_yaml(path)
     for text, message in (('use_cpu: "no"\n', "use_cpu: expected true or false, got 'no'"),
                           ("lora_rank: true\n", "lora_rank: expected an integer, got True"),

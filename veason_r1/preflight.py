@@ -240,7 +240,7 @@ def sam2_check(name: str | None, checkpoint: str | None, cpu_ok: bool) -> Check:
     if checkpoint is None and sam2_needs_checkpoint(name):
         return Check("sam2", FAIL, f"SAM2 {name!r} without a checkpoint (random weights)", "give its checkpoint")
     if checkpoint is not None and not Path(checkpoint).is_file():
-        return Check("sam2", FAIL, f"checkpoint {checkpoint} not found", "download it (docs/reproduce.md §1)")
+        return Check("sam2", FAIL, f"checkpoint {checkpoint} not found", "download it (docs/reproduce.md, 'What to download')")
     device = "cuda" if torch.cuda.is_available() else None
     if device is None and not cpu_ok:
         return Check("sam2", FAIL, f"{name} ({checkpoint}): no GPU to load it on", "run on the GPU node")

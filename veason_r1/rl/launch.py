@@ -68,7 +68,7 @@ def missing_inputs(cfg: GRPOConfig) -> list[str]:
         except ValueError as e:
             problems.append(f"reward.sam2: {e}")
     if cfg.reward.use_consistency and cfg.reward.sam2_checkpoint and not Path(cfg.reward.sam2_checkpoint).is_file():
-        problems.append(f"reward.sam2_checkpoint: {cfg.reward.sam2_checkpoint} not found (docs/reproduce.md §1 "
+        problems.append(f"reward.sam2_checkpoint: {cfg.reward.sam2_checkpoint} not found (docs/reproduce.md, 'What to download' "
                         "says where to download it)")
     if not REWARD_FILE.is_file():
         problems.append(f"reward file: {REWARD_FILE} not found (the checkout is incomplete)")

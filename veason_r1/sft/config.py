@@ -288,7 +288,10 @@ class SFTConfig:
         changes: dict[str, Any] = {}
         for text, parsed in parse_overrides(list(overrides)):
             changes.update(self._checked(parsed, f"override {text!r}"))
-        return dataclasses.replace(self, **changes) if changes else self
+        try:
+            return dataclasses.replace(self, **changes) if changes else self
+        except BadInput as e:  # the dataclass's own range checks, named with the overrides that set them
+            raise BadInput(f"overrides {list(overrides)}", f"{e.where}: {e.what}") from None
 
     @classmethod
     def _checked(cls, values: dict, source: str) -> dict:
