@@ -401,14 +401,14 @@ def evaluate(model, processor, samples, p: Preset, device: str, max_new: int, pr
 
 
 def paired_bootstrap(a: list[float], b: list[float], seed: int = 0, n: int = 2000) -> dict:
-    """Mean of b - a with a 95% bootstrap interval over samples (same held-out samples for both)."""
-    d = np.asarray(b, float) - np.asarray(a, float)
-    if len(d) == 0:
+    """Mean of b - a with a 95% bootstrap interval over samples (same held-out samples for both): the library's
+    `eval.bootstrap.paired_bootstrap`, in this script's JSON shape."""
+    from veason_r1.eval.bootstrap import paired_bootstrap as bootstrap
+
+    if len(a) == 0:
         return {"diff": None}
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(n, len(d)))].mean(1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {"diff": float(d.mean()), "ci95": [float(lo), float(hi)], "significant": bool(lo > 0 or hi < 0)}
+    out = bootstrap(a, b, resamples=n, seed=seed)
+    return {"diff": out["diff"], "ci95": [out["lo"], out["hi"]], "significant": bool(out["lo"] > 0 or out["hi"] < 0)}
 
 
 def compare(evals: dict) -> dict:
