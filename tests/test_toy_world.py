@@ -202,3 +202,21 @@ def test_make_toy_refuses_bad_flags(tmp_path, capsys):
     assert main(["make-toy", "policy", "--out", str(tmp_path / "x"), "--train-videos", "3"]) == 2
     err = capsys.readouterr().err
     assert "--train-videos" in err and "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+def test_toy_training_resumes_and_refuses_other_settings(tmp_path):
+    """A stopped run continues from its train state (same steps, its loss history kept); a run with other settings
+    in the same work folder is refused, naming the differing setting."""
+    import dataclasses
+
+    from veason_r1.errors import BadInput
+    from veason_r1.toy.sam2_train import ToySAM2TrainConfig, train
+
+    cfg = ToySAM2TrainConfig(train_videos=3, batch_size=2, num_frames=2, workers=0, steps=25, checkpoint_every=10,
+                             warmup_steps=2)
+    first = train(tmp_path, cfg, progress=False)
+    assert first["steps"] == 25 and [h["step"] for h in first["history"]] == [25]
+    again = train(tmp_path, cfg, progress=False)  # finished: nothing more to do, the history is kept
+    assert again["steps"] == 25 and again["history"] == first["history"]
+    with pytest.raises(BadInput, match=r"lr: 0.002 -> 0.01"):
+        train(tmp_path, dataclasses.replace(cfg, lr=0.01), progress=False)

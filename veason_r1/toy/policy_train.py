@@ -21,7 +21,7 @@ import numpy as np
 
 from veason_r1.io_utils import atomic_write_json
 from veason_r1.toy.grounding import TASKS, GroundingConfig, SampleStream, ToySample, messages
-from veason_r1.toy.schedule import StepBudget, cosine_lr
+from veason_r1.toy.schedule import StepBudget, TrainState, cosine_lr
 
 
 @dataclass
@@ -161,13 +161,11 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
           time_budget_s: float | None = None) -> dict[str, Any]:
     """Train from `work/init` (made on first call), resuming from `work/train_state.pt`; returns a summary."""
     import functools
-    import io
 
     import torch
     from tqdm import tqdm
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from veason_r1.io_utils import atomic_write_bytes
     from veason_r1.models.fast_qwen import fast_vision_attention
     from veason_r1.models.policy import load_processor
 
@@ -185,13 +183,9 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
     no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr, betas=(0.9, 0.98))
-    state_path, step, history = work / "train_state.pt", 0, []
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, history = int(state["step"]), list(state["history"])
-        cfg = dataclasses.replace(cfg, steps=int(state.get("total", cfg.steps)))
+    state = TrainState(work / "train_state.pt", config=json.loads(json.dumps(asdict(cfg))))
+    if state.load(model, opt, device) and state.total:
+        cfg = dataclasses.replace(cfg, steps=int(state.total))
     pad_id = processor.tokenizer.pad_token_id
     loader = torch.utils.data.DataLoader(
         _stream_class()(str(init), cfg), batch_size=cfg.batch_size, num_workers=cfg.workers,
@@ -200,20 +194,13 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
     )
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
 
-    budget = StepBudget(cfg.steps, time_budget_s, start_step=step)
-
-    def save_state():
-        buf = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
-                    "total": budget.total}, buf)
-        atomic_write_bytes(state_path, buf.getvalue())
-
+    budget = StepBudget(cfg.steps, time_budget_s, start_step=state.step)
     t0, running = time.time(), None
-    bar = tqdm(total=cfg.steps, initial=step, desc="toy policy", disable=not progress)
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="toy policy", disable=not progress)
     for batch in loader:
-        if step >= budget.total:
+        if state.step >= budget.total:
             break
-        lr = cosine_lr(step, budget.update(step), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        lr = cosine_lr(state.step, budget.update(state.step), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         bar.total = budget.total
         for group in opt.param_groups:
             group["lr"] = lr
@@ -224,20 +211,21 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
-        step += 1
+        state.step += 1
         value = float(loss.detach())
         running = value if running is None else 0.98 * running + 0.02 * value
         bar.update(1)
-        if step % 25 == 0:
-            history.append({"step": step, "loss": round(running, 4), "s": round(time.time() - t0, 1)})
+        if state.step % 25 == 0:
+            state.log(loss=round(running, 4), s=round(time.time() - t0, 1))
             bar.set_postfix(loss=f"{running:.3f}")
-        if step % cfg.checkpoint_every == 0:
-            save_state()
+        if state.step % cfg.checkpoint_every == 0:
+            state.save(model, opt, budget.total)
     bar.close()
-    save_state()
+    state.save(model, opt, budget.total)
     out = work / "model"
     export_model(model, init, out)
-    return {"steps": step, "requested_steps": cfg.steps, "seconds": round(time.time() - t0, 1), "history": history,
+    return {"steps": state.step, "requested_steps": cfg.steps, "seconds": round(time.time() - t0, 1),
+            "history": state.history,
             "params": sum(p.numel() for p in model.parameters())}
 
 

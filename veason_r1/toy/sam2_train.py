@@ -28,7 +28,7 @@ from PIL import Image
 
 from veason_r1.data.synthetic import SynthConfig, make_video
 from veason_r1.io_utils import atomic_write_bytes, atomic_write_json
-from veason_r1.toy.schedule import StepBudget, cosine_lr
+from veason_r1.toy.schedule import StepBudget, TrainState, cosine_lr
 
 
 @dataclass
@@ -223,31 +223,20 @@ def train(work: Path, cfg: ToySAM2TrainConfig, device: str = "cpu", progress: bo
     np.random.seed(cfg.seed)
     model = build_train_model(device, cfg.seed).train()
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    state_path, step, history = work / "train_state.pt", 0, []
-    if state_path.is_file():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        step, history = int(state["step"]), list(state["history"])
-        cfg = dataclasses.replace(cfg, steps=int(state.get("total", cfg.steps)))
+    state = TrainState(work / "train_state.pt", config=json.loads(json.dumps(asdict(cfg))))
+    if state.load(model, opt, device) and state.total:
+        cfg = dataclasses.replace(cfg, steps=int(state.total))
     loss_fn = _loss_fn()
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
     loader = _loader(vos, cfg, int(model.image_size))
     t0 = time.time()
-    budget = StepBudget(cfg.steps, time_budget_s, start_step=step)
-    bar = tqdm(total=cfg.steps, initial=step, desc="toy SAM2", disable=not progress)
-
-    def save_state():
-        buf = io.BytesIO()
-        torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step, "history": history,
-                    "total": budget.total}, buf)
-        atomic_write_bytes(state_path, buf.getvalue())
-
-    while step < budget.total:
+    budget = StepBudget(cfg.steps, time_budget_s, start_step=state.step)
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="toy SAM2", disable=not progress)
+    while state.step < budget.total:
         for batch in loader:
-            if step >= budget.total:
+            if state.step >= budget.total:
                 break
-            lr = cosine_lr(step, budget.update(step), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+            lr = cosine_lr(state.step, budget.update(state.step), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
             bar.total = budget.total
             for group in opt.param_groups:
                 group["lr"] = lr
@@ -260,20 +249,21 @@ def train(work: Path, cfg: ToySAM2TrainConfig, device: str = "cpu", progress: bo
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
-            step += 1
+            state.step += 1
             bar.update(1)
-            if step % 25 == 0:
-                history.append({"step": step, "loss": float(loss.detach()), "s": round(time.time() - t0, 1)})
-                bar.set_postfix(loss=f"{history[-1]['loss']:.3f}")
-            if step % cfg.checkpoint_every == 0:
-                save_state()
+            if state.step % 25 == 0:
+                state.log(loss=float(loss.detach()), s=round(time.time() - t0, 1))
+                bar.set_postfix(loss=f"{state.history[-1]['loss']:.3f}")
+            if state.step % cfg.checkpoint_every == 0:
+                state.save(model, opt, budget.total)
     bar.close()
-    save_state()
+    state.save(model, opt, budget.total)
     weights = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
     buf = io.BytesIO()
     torch.save({"model": weights}, buf)
     atomic_write_bytes(work / "sam2_toy.pt", buf.getvalue())
-    return {"steps": step, "requested_steps": cfg.steps, "seconds": round(time.time() - t0, 1), "history": history,
+    return {"steps": state.step, "requested_steps": cfg.steps, "seconds": round(time.time() - t0, 1),
+            "history": state.history,
             "params": sum(v.numel() for v in weights.values())}
 
 

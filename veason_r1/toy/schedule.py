@@ -1,9 +1,63 @@
-"""What the two toy trainers share: the learning-rate schedule and fitting the step count to a time budget."""
+"""What the two toy trainers share: the learning-rate schedule, fitting the step count to a time budget, and the
+resumable train state (model + optimizer + step + loss history, written atomically)."""
 
 from __future__ import annotations
 
+import io
 import math
 import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from veason_r1.io_utils import atomic_write_bytes
+
+
+@dataclass
+class TrainState:
+    """Where a run is: resumed from `path` when it exists (`load`), saved every `checkpoint_every` steps (`save`)."""
+
+    path: Path
+    config: dict | None = None  # the settings that change the weights: a resume with other settings is refused
+    step: int = 0
+    total: int | None = None  # the step count fixed by StepBudget (a resumed run keeps its schedule)
+    history: list | None = None
+
+    RUNTIME_KEYS = ("workers", "checkpoint_every", "heldout_seed", "heldout_videos", "heldout_samples")
+
+    def _fingerprint(self) -> dict:
+        return {k: v for k, v in (self.config or {}).items() if k not in self.RUNTIME_KEYS}
+
+    def load(self, model, optimizer, device: str) -> bool:
+        import torch
+
+        from veason_r1.errors import BadInput
+
+        if not Path(self.path).is_file():
+            self.history = []
+            return False
+        state = torch.load(self.path, map_location=device, weights_only=False)
+        have, want = state.get("config", {}), self._fingerprint()
+        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k) and k != "steps")
+        if diff:
+            raise BadInput(self.path, "a run with other settings was stopped here ("
+                           + ", ".join(f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in diff) + ")",
+                           hint="re-run with the same settings to resume, or delete the _work folder to start over")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        self.step, self.history, self.total = int(state["step"]), list(state["history"]), state.get("total")
+        return True
+
+    def save(self, model, optimizer, total: int) -> None:
+        import torch
+
+        buf = io.BytesIO()
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": self.step,
+                    "history": self.history, "total": total, "config": self._fingerprint()}, buf)
+        atomic_write_bytes(self.path, buf.getvalue())
+
+    def log(self, **values: Any) -> None:
+        self.history.append({"step": self.step, **values})
 
 
 def cosine_lr(step: int, total: int, lr: float, warmup: int, min_ratio: float) -> float:
