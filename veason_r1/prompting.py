@@ -53,10 +53,14 @@ def timestamp_label(frame_id: int) -> str:
     return f"({int(frame_id)}s)"
 
 
+def frame_listing(frame_ids: Sequence[int]) -> str:
+    """The shown frames as the prompt lists them: '(0s)<image>, (5s)<image>, ...'."""
+    return ", ".join(f"{timestamp_label(t)}{IMAGE_PLACEHOLDER}" for t in frame_ids)
+
+
 def build_prompt(expression: str, frame_ids: Sequence[int], config: PromptConfig = PromptConfig()) -> str:
     """User turn as one string: '(0s)<image>, (5s)<image>, ...' then a newline and the question."""
-    images = ", ".join(f"{timestamp_label(t)}{IMAGE_PLACEHOLDER}" for t in frame_ids)
-    return f"{images}\n{question_text(expression, len(frame_ids), config)}"
+    return f"{frame_listing(frame_ids)}\n{question_text(expression, len(frame_ids), config)}"
 
 
 def build_messages(
@@ -69,10 +73,15 @@ def build_messages(
 
     `images` (PIL or arrays, already 560x560) fill the image slots in order; without them the slots hold `None`.
     """
-    prompt = build_prompt(expression, frame_ids, config)
-    parts = prompt.split(IMAGE_PLACEHOLDER)
     if images is not None and len(images) != len(frame_ids):
         raise ValueError(f"build_messages: {len(images)} images for {len(frame_ids)} frame ids")
+    return chat_messages(build_prompt(expression, frame_ids, config), images, config.system)
+
+
+def chat_messages(prompt: str, images: Sequence[Any] | None = None, system: str = PromptConfig().system) -> list[dict]:
+    """System + user chat messages from a user turn with `<image>` placeholders (each filled from `images` in order,
+    or `None`): the one place that turns the placeholder form into Qwen2.5-VL messages."""
+    parts = prompt.split(IMAGE_PLACEHOLDER)
     content: list[dict] = []
     for i, text in enumerate(parts):
         if text:
@@ -80,7 +89,7 @@ def build_messages(
         if i < len(parts) - 1:
             content.append({"type": "image", "image": None if images is None else images[i]})
     return [
-        {"role": "system", "content": [{"type": "text", "text": config.system}]},
+        {"role": "system", "content": [{"type": "text", "text": system}]},
         {"role": "user", "content": content},
     ]
 

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data-loading processes (0: in the main process)")
     parser.add_argument("--train-videos", type=positive_int, default=None,
                         help="sam2: synthetic training videos exported")
-    parser.add_argument("--heldout", type=positive_int, default=None, help="held-out videos (sam2) / samples per task (policy)")
+    parser.add_argument("--heldout", type=positive_int, default=None,
+                        help="held-out videos (sam2) / samples per task (policy)")
     parser.add_argument("--seed", type=int, default=0, help="weights seed")
     parser.add_argument("--keep-work", action="store_true", help="keep --out/_work after success")
 

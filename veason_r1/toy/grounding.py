@@ -19,13 +19,13 @@ import random
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-from PIL import Image
 
 from veason_r1.config import FRAMES, PromptConfig
 from veason_r1.data.masks import box_to_square, mask_to_box
 from veason_r1.data.sampling import eval_frames, training_frames
 from veason_r1.data.synthetic import COLORS, SHAPES, SynthConfig, make_video
-from veason_r1.prompting import IMAGE_PLACEHOLDER, normalize_expression, timestamp_label
+from veason_r1.data.video import resize_frame
+from veason_r1.prompting import IMAGE_PLACEHOLDER, chat_messages, frame_listing, normalize_expression, timestamp_label
 
 TASKS = ("ground", "when", "ground_at")
 
@@ -51,11 +51,6 @@ class ToySample:
     boxes: list[list[int]] | None = None  # GT boxes (ground tasks)
     keyframe: int | None = None  # GT timestamp (when)
     frame_ids: list[int] | None = None
-
-
-def square(frame: np.ndarray, size: int) -> np.ndarray:
-    """The policy's view of a frame: bilinear resize to size x size, aspect not kept (docs/method.md §5)."""
-    return np.asarray(Image.fromarray(frame).resize((size, size), Image.BILINEAR))
 
 
 def frame_boxes(masks: list[np.ndarray], height: int, width: int, size: int) -> list[list[int]]:
@@ -100,10 +95,6 @@ def _frame_queries(video, t: int, rng: random.Random) -> list[tuple[str, list[in
     return out
 
 
-def _listing(frame_ids: list[int]) -> str:
-    return ", ".join(f"{timestamp_label(t)}{IMAGE_PLACEHOLDER}" for t in frame_ids)
-
-
 class SampleStream:
     """An endless, seeded stream of `ToySample`s: `next()` renders a new video every `samples_per_video` draws."""
 
@@ -119,7 +110,7 @@ class SampleStream:
         self.left = self.cfg.samples_per_video
         h, w = self.video.frames[0].shape[:2]
         self.hw = (h, w)
-        self.square = [square(f, self.cfg.image_size) for f in self.video.frames]
+        self.square = [resize_frame(f, self.cfg.image_size) for f in self.video.frames]
 
     def __iter__(self):
         return self
@@ -145,7 +136,8 @@ class SampleStream:
             return None
         text, ids = self.rng.choice(queries)
         boxes = frame_boxes(self._masks(ids, t), *self.hw, size)
-        prompt = f"{IMAGE_PLACEHOLDER}\nLocate {normalize_expression(text)} in the image. Output the bounding box(es) in JSON."
+        prompt = (f"{IMAGE_PLACEHOLDER}\nLocate {normalize_expression(text)} in the image. "
+                  "Output the bounding box(es) in JSON.")
         return ToySample("ground", prompt, [self.square[t]], boxes_answer(boxes), boxes=boxes, frame_ids=[t])
 
     def _frames_for(self, areas) -> list[int]:
@@ -171,7 +163,7 @@ class SampleStream:
         best = max(ids, key=lambda t: (areas[t], -t))
         if areas[best] == 0:
             return None
-        prompt = (f"{_listing(ids)}\nAt which timestamp is {normalize_expression(e.text)} best represented? "
+        prompt = (f"{frame_listing(ids)}\nAt which timestamp is {normalize_expression(e.text)} best represented? "
                   "Output the timestamp in JSON.")
         return ToySample("when", prompt, [self.square[t] for t in ids], json.dumps({"keyframe_timestamp": best}),
                          keyframe=best, frame_ids=ids)
@@ -187,7 +179,8 @@ class SampleStream:
             return None
         t = self.rng.choice(shown)
         boxes = frame_boxes(self._masks(e.obj_ids, t), *self.hw, self.cfg.image_size)
-        prompt = (f"{_listing(ids)}\nLocate {normalize_expression(e.text)} in the frame at {timestamp_label(t)[1:-1]}. "
+        prompt = (f"{frame_listing(ids)}\nLocate {normalize_expression(e.text)} in the frame at "
+                  f"{timestamp_label(t)[1:-1]}. "
                   "Output the bounding box(es) in JSON.")
         return ToySample("ground_at", prompt, [self.square[i] for i in ids], boxes_answer(boxes), boxes=boxes,
                          frame_ids=ids)
@@ -195,11 +188,4 @@ class SampleStream:
 
 def messages(sample: ToySample, system: str = PromptConfig().system) -> list[dict]:
     """Qwen2.5-VL chat messages of a sample's user turn (images in their `<image>` slots)."""
-    parts = sample.prompt.split(IMAGE_PLACEHOLDER)
-    content: list[dict] = []
-    for i, text in enumerate(parts):
-        if text:
-            content.append({"type": "text", "text": text})
-        if i < len(parts) - 1:
-            content.append({"type": "image", "image": None})
-    return [{"role": "system", "content": [{"type": "text", "text": system}]}, {"role": "user", "content": content}]
+    return chat_messages(sample.prompt, None, system)
