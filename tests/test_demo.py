@@ -204,3 +204,20 @@ def test_overlay_gif_marks_the_keyframe(demo):
             colors.append(rgb.getpixel((panel_w + 1, 18 + 1)))  # top-left corner of the "after RL" panel
     gold = [i for i, (r, g, b) in enumerate(colors) if r > 200 and g > 160 and b < 90]
     assert gold == [ov["keyframe"]]
+
+
+def test_demo_overrides_share_the_config_grammar(tmp_path, capsys):
+    """`--set key=value` onto DemoConfig: typed, unknown keys refused, one line naming the override (exit 2)."""
+    from veason_r1.cli import main
+    from veason_r1.demo import demo_config
+
+    cfg = demo_config(["sft_learning_rate=1e-3", "cot_brief=false"], out=str(tmp_path / "d"), videos=6)
+    assert cfg.sft_learning_rate == 1e-3 and cfg.cot_brief is False and cfg.videos == 6
+    for bad, message in (("sft_stpes=3", "unknown key 'sft_stpes'"), ('cot_brief="no"', "cot_brief: expected"),
+                         ("rl_steps=2.5", "rl_steps: expected")):
+        assert main(["demo", "--out", str(tmp_path / "x"), "--set", bad, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert f"override '{bad}'" in err and message in err and "Traceback" not in err
+    assert main(["demo", "--out", str(tmp_path / "x"), "--set", "videos=2", "--no-progress"]) == 2
+    assert "videos = 2: needs >= 4" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from veason_r1.config import FRAMES
+from veason_r1.errors import BadInput
 from veason_r1.io_utils import atomic_write_json, atomic_write_text
 
 STATE_FILE = "demo_state.json"
@@ -104,10 +105,10 @@ class DemoConfig:
     force: bool = False  # delete `out` and start over
     verbose: bool = True
 
-    def validate(self) -> None:
+    def validate(self, source: str = "DemoConfig") -> None:
         def need(cond: bool, name: str, why: str) -> None:
             if not cond:
-                raise DemoSetupError(f"DemoConfig.{name} = {getattr(self, name)!r}: {why}")
+                raise DemoSetupError(source, f"{name} = {getattr(self, name)!r}: {why}")
 
         need(self.videos >= 4, "videos", "needs >= 4 (train and valid both need videos)")
         need(self.image_size > 0 and self.image_size % 28 == 0, "image_size", "must be a positive multiple of 28")
@@ -126,8 +127,8 @@ class DemoConfig:
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in RUNTIME_FIELDS}
 
 
-class DemoSetupError(ValueError):
-    """Bad settings or an output folder the demo cannot continue (raised before any stage runs)."""
+class DemoSetupError(BadInput):
+    """Bad settings or an output folder the demo cannot continue (raised before any stage runs): a user error."""
 
 
 @dataclass
@@ -197,12 +198,12 @@ class Demo:
             if p.state.is_file() or not any(p.out.iterdir()):
                 shutil.rmtree(p.out)
             else:
-                raise DemoSetupError(f"--force would delete {p.out}, which is not a demo output folder "
-                                     f"(no {STATE_FILE})")
+                raise DemoSetupError("--force", f"would delete {p.out}, which is not a demo output folder "
+                                                f"(no {STATE_FILE})")
         if not p.state.is_file():
             if p.out.exists() and any(p.out.iterdir()):
-                raise DemoSetupError(f"{p.out} exists and is not a demo output folder (no {STATE_FILE}); "
-                                     "choose another --out")
+                raise DemoSetupError(p.out, f"exists and is not a demo output folder (no {STATE_FILE})",
+                                     hint="choose another --out")
             p.out.mkdir(parents=True, exist_ok=True)
             self._save_state()
             return
@@ -211,8 +212,9 @@ class Demo:
         diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         if diff:
             changes = ", ".join(f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in diff)
-            raise DemoSetupError(f"{p.out} was made with other settings ({changes}); rerun with the same settings "
-                                 "to continue, or use another --out, or --force to start over")
+            raise DemoSetupError(p.out, f"was made with other settings ({changes})",
+                                 hint="rerun with the same settings to continue, or use another --out, or --force "
+                                      "to start over")
         for name, rec in (state.get("stages") or {}).items():
             if name in self.records and rec.get("status") in ("ran", "reused"):
                 r = self.records[name]
@@ -653,10 +655,19 @@ def _numel(shape) -> int:
     return n
 
 
+def demo_config(overrides: list[str] | tuple[str, ...] = (), **values: Any) -> DemoConfig:
+    """`DemoConfig` from keyword values (the CLI's flags) then `key=value` overrides, in the grammar every config
+    here uses (`veason_r1.structured_config`: unknown keys refused, types strict, errors naming the override)."""
+    from veason_r1.structured_config import load_structured
+
+    return load_structured(DemoConfig, None, overrides, base=values)
+
+
 def run_demo(cfg: DemoConfig) -> dict[str, Any]:
     """Run (or continue) the whole demo; returns the results (J/F/J&F per split before and after RL, reward terms
     first vs last RL steps), the stage records, the total seconds, the printed table and the written files."""
     return Demo(cfg).run()
 
 
-__all__ = ["STAGES", "DemoConfig", "DemoSetupError", "Paths", "StageRecord", "run_demo", "scale_output_layer"]
+__all__ = ["STAGES", "DemoConfig", "DemoSetupError", "Paths", "StageRecord", "demo_config", "run_demo",
+           "scale_output_layer"]

@@ -11,7 +11,6 @@ Tiny random-init models measure the pipeline, not the method: no number here is 
 from __future__ import annotations
 
 import argparse
-import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -41,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"SAM2: the shipped toy checkpoint or a random-init tiny model (default: {d.sam2})")
     parser.add_argument("--rl-config", default=None, help="GRPO YAML (default: configs/grpo_local_tiny.yaml)")
     parser.add_argument("--threads", type=int, default=d.threads, help=f"torch threads (default: {d.threads})")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other DemoConfig field, e.g. --set sft_learning_rate=1e-3 (repeatable; typed; "
+                             "unknown keys refused)")
     parser.add_argument("--force", action="store_true", help="delete OUT (a demo folder) and start over")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (stage lines only)")
 
@@ -52,17 +54,13 @@ def run(args: argparse.Namespace) -> int:
     # many small ops; with spinning threads a second busy process on the same cores makes them several times
     # slower (measured: 15 training steps 1.4 s passive vs 6-10 s spinning, 2 threads, one other busy process).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from veason_r1.demo import DemoConfig, DemoSetupError, run_demo
+    from veason_r1.demo import demo_config, run_demo
 
-    cfg = DemoConfig(out=args.out, videos=args.videos, seed=args.seed, pool_size=args.pool_size,
-                     image_size=args.image_size, max_frames=args.max_frames, sft_steps=args.sft_steps,
-                     rl_steps=args.rl_steps, rl_batch_size=args.rl_batch_size, rl_rollout_n=args.rollout_n,
-                     max_new_tokens=args.max_new_tokens, rl_max_response_length=args.max_new_tokens,
-                     policy=args.policy, sam2=args.sam2, rl_config=args.rl_config, threads=args.threads, force=args.force,
-                     progress=not args.no_progress)
-    try:
-        run_demo(cfg)
-    except DemoSetupError as e:  # settings or output folder; failures inside a stage keep their traceback
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    cfg = demo_config(args.set, out=args.out, videos=args.videos, seed=args.seed, pool_size=args.pool_size,
+                      image_size=args.image_size, max_frames=args.max_frames, sft_steps=args.sft_steps,
+                      rl_steps=args.rl_steps, rl_batch_size=args.rl_batch_size, rl_rollout_n=args.rollout_n,
+                      max_new_tokens=args.max_new_tokens, rl_max_response_length=args.max_new_tokens,
+                      policy=args.policy, sam2=args.sam2, rl_config=args.rl_config, threads=args.threads,
+                      force=args.force, progress=not args.no_progress)
+    run_demo(cfg)  # DemoSetupError / ConfigError are user errors: one line, exit 2 (cli.py)
     return 0
