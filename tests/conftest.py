@@ -24,6 +24,27 @@ except ImportError:  # pragma: no cover
     pass
 
 
+_EXIT_STATUS: list[int] = []
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _EXIT_STATUS.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """Leave with pytest's own exit status once everything is reported, skipping interpreter finalisation.
+
+    Why: after a full run (480 tests, with Ray workers, numba kernels, torch and Gradio threads loaded in one
+    process) the interpreter's shutdown segfaulted once in three runs here (exit 139 after "480 passed"), which would
+    fail CI on a run whose every test passed. The status is pytest's; nothing is reported after this hook.
+    """
+    if _EXIT_STATUS and os.environ.get("VEASON_PYTEST_NORMAL_EXIT") != "1":
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_EXIT_STATUS[-1])
+
+
 @pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small synthetic ReVOS-format benchmark shared by the whole session (12 videos, seed 0)."""
