@@ -20,8 +20,8 @@ import numpy as np
 
 from veason_r1.config import FRAMES, IMAGE_SIZE
 from veason_r1.io_utils import atomic_write_bytes, atomic_write_text
+from veason_r1.reward.scoring import TERMS  # the reward's own term order
 
-TERMS = ("format", "keyframe", "spatial", "consistency")
 TERM_RANGES = {"format": "[0, 2]", "keyframe": "[0, 1]", "spatial": "[0, 1]", "consistency": "[0, 1]",
                "overall": "[0, 5]"}
 SPLITS = ("referring", "reasoning", "overall")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from veason_r1.models.tiny import TinyQwenConfig
+
 TOY_ROOT = Path(__file__).resolve().parent.parent / "assets" / "toy"
 TOY_POLICY_DIR = TOY_ROOT / "policy"
 TOY_SAM2_CHECKPOINT = TOY_ROOT / "sam2" / "sam2_toy.pt"
@@ -17,20 +19,12 @@ TOY_NAME = "toy"
 # The toy SAM2's architecture is veason_r1/models/configs/sam2.1_toy.yaml (next to the tiny test config).
 
 
-def _toy_policy_config():
-    from veason_r1.models.tiny import TinyQwenConfig
-
-    # ~5.7M parameters (~11 MB in bf16): 4 text layers of 256 (GQA 4/2 heads of 64), a depth-4 vision tower of 128
-    return TinyQwenConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                          num_key_value_heads=2, mrope_section=[8, 12, 12], vision_depth=4, vision_hidden_size=128,
-                          vision_intermediate_size=256, vision_num_heads=2, vision_fullatt_block_indexes=[1, 3],
-                          initializer_range=0.02, number_tokens=1000)
-
-
-def __getattr__(name: str):
-    if name == "TOY_POLICY_CONFIG":  # built lazily: models.tiny imports transformers-free code only, but stays off
-        return _toy_policy_config()  # the import path of `--sam2 toy`
-    raise AttributeError(name)
+# ~5.6M parameters (~11 MB in bf16): 4 text layers of 256 (GQA 4/2 heads of 64), a depth-4 vision tower of 128, the
+# integers 0-999 as tokens
+TOY_POLICY_CONFIG = TinyQwenConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
+                                   num_key_value_heads=2, mrope_section=[8, 12, 12], vision_depth=4,
+                                   vision_hidden_size=128, vision_intermediate_size=256, vision_num_heads=2,
+                                   vision_fullatt_block_indexes=[1, 3], initializer_range=0.02, number_tokens=1000)
 
 
 def is_toy(name: str | Path | None) -> bool:

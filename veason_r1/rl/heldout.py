@@ -13,8 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from veason_r1.config import FRAMES, IMAGE_SIZE
-
-TERMS = ("format", "keyframe", "spatial", "consistency")
+from veason_r1.reward.scoring import TERMS
 
 
 @dataclass(frozen=True)
