@@ -2,8 +2,10 @@
 
 For each variant (batch size, vision attention per chunk or batched, dynamic or static+compiled KV cache) it
 times, in order: building the inputs on the CPU (chat template + image processor), the vision encoder alone, a
-prefill (`generate` with 1 new token) and a `generate` with `--new-tokens`; the decode cost per step is
-(generate - prefill) / (new tokens - 1). It also profiles a few eager decode steps at batch 16 (top ops by CPU and
+prefill (`generate` with 1 new token) and a `generate` with `--new-tokens`. The decode cost per step is the
+median gap between successive token steps inside that one `generate` call (a logits processor stamps each step,
+device synchronised), so it never mixes two calls' noise: (generate - prefill) from two calls went negative on a
+busy CPU. It also profiles a few eager decode steps at batch 16 (top ops by CPU and
 by CUDA time, fast paths on), and checks that the batched vision attention gives bit-identical features.
 
 Random weights: the numbers measure speed only.
@@ -80,6 +82,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
     import transformers
+    from transformers import LogitsProcessorList
 
     from veason_r1.models.fast_qwen import (
         fast_vision_attention,
@@ -87,7 +90,7 @@ def main(argv=None) -> int:
         unpatch_text_attention,
         unpatch_vision_attention,
     )
-    from veason_r1.models.policy import HFEngine, Policy, SamplingConfig, build_inputs
+    from veason_r1.models.policy import HFEngine, Policy, SamplingConfig, StepClock, build_inputs
     from veason_r1.models.real_size import build_real_size_model
 
     dev = args.device
@@ -141,12 +144,14 @@ def main(argv=None) -> int:
                 if static:  # first call compiles; time the second
                     _, row["first_generate_s"] = timed(dev, model.generate, **batch, **kw)
                     row["first_generate_s"] = round(row["first_generate_s"], 2)
+                clock = StepClock(dev, every_step=True)
+                kw["logits_processor"] = LogitsProcessorList([*kw.get("logits_processor", []), clock])
                 out, t_gen = timed(dev, model.generate, **batch, **kw)
             new_tok = out.shape[1] - batch["input_ids"].shape[1]
-            row.update(generate_s=round(t_gen, 3), new_tokens=int(new_tok),
-                       decode_ms_per_step=round(1000 * (t_gen - t_pre) / max(new_tok - 1, 1), 2))
-            row["per_expression_s_at_256_tokens"] = round((t_pre + 255 * (t_gen - t_pre) / max(new_tok - 1, 1))
-                                                          / bs, 3)
+            step_ms = clock.decode_ms_per_step()
+            row.update(generate_s=round(t_gen, 3), new_tokens=int(new_tok), decode_ms_per_step=step_ms)
+            if step_ms is not None:
+                row["per_expression_s_at_256_tokens"] = round((t_pre + 255 * step_ms / 1000) / bs, 3)
             if dev.startswith("cuda"):
                 row["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         except Exception as e:  # noqa: BLE001 - a failing variant is a result too

@@ -155,3 +155,18 @@ def test_profile_generation_smoke_on_cpu(tmp_path):
         (1, False, False), (2, True, True)]
     assert all(r["new_tokens"] == 3 and r["decode_ms_per_step"] > 0 and "error" not in r for r in rows)
     assert "aten::" in result["profile_by_cpu"]
+
+
+def test_step_clock_stamps_first_step_by_default_and_every_step_for_the_profiler(monkeypatch):
+    """HFEngine's clock syncs once (prefill end); the profiler's stamps each step and takes the median gap."""
+    from veason_r1.models import policy
+
+    ticks = iter([1.0, 1.5, 1.7, 2.6, 10.0, 11.0, 11.2])
+    monkeypatch.setattr(policy.time, "perf_counter", lambda: next(ticks))
+    once, every = policy.StepClock("cpu"), policy.StepClock("cpu", every_step=True)
+    for _ in range(3):
+        once(None, "scores")
+    assert once.stamps == [1.0] and once.first == 1.0 and once.decode_ms_per_step() is None
+    assert [every(None, s) for s in "abcd"] == list("abcd")  # scores pass through untouched
+    assert every.stamps == [1.5, 1.7, 2.6, 10.0]
+    assert every.decode_ms_per_step() == 900.0  # gaps 0.2, 0.9, 7.4 -> median 0.9 s

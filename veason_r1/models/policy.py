@@ -367,7 +367,7 @@ class HFEngine:
                 batch = build_inputs(processor, chunk, self.image_size).to(device)
                 batch["pixel_values"] = batch["pixel_values"].to(dtype)
                 prompt_len = batch["input_ids"].shape[1]
-                clock = _FirstTokenClock(device)
+                clock = StepClock(device)
                 t1 = time.perf_counter()
                 with torch.inference_mode():
                     seqs = model.generate(**batch, **decode, logits_processor=LogitsProcessorList([clock]))
@@ -386,21 +386,33 @@ class HFEngine:
         return outputs
 
 
-class _FirstTokenClock:
-    """A logits processor that leaves scores alone and notes when the first one arrives (end of the prefill), so a
-    batch's time splits into prefill and per-step decode (one device sync, at the first step only)."""
+class StepClock:
+    """A logits processor that leaves scores alone and stamps decoding steps, so a batch's time splits into prefill
+    and per-step decode. By default it stamps only the first step (end of the prefill: one device sync, nothing
+    slowed); `every_step=True` (the profiler) stamps every step and measures decode as the median gap."""
 
-    def __init__(self, device):
-        self.device, self.first = device, None
+    def __init__(self, device, every_step: bool = False):
+        import torch
+
+        self.device, self.every_step, self.stamps = torch.device(device), every_step, []
+
+    @property
+    def first(self) -> float | None:
+        return self.stamps[0] if self.stamps else None
 
     def __call__(self, input_ids, scores):
-        if self.first is None:
+        if self.every_step or not self.stamps:
             if self.device.type == "cuda":
                 import torch
 
                 torch.cuda.synchronize(self.device)
-            self.first = time.perf_counter()
+            self.stamps.append(time.perf_counter())
         return scores
+
+    def decode_ms_per_step(self) -> float | None:
+        """Median gap between stamped steps in ms (None with fewer than two stamps)."""
+        gaps = sorted(b - a for a, b in zip(self.stamps, self.stamps[1:]))
+        return round(1000 * gaps[len(gaps) // 2], 2) if gaps else None
 
 
 def build_vllm_requests(processor, requests: Sequence[GenerationRequest], image_size: int = IMAGE_SIZE) -> list[dict]:
