@@ -18,7 +18,7 @@ import os
 import sys
 from pathlib import Path
 
-from veason_r1.config import FRAMES, IMAGE_SIZE
+from veason_r1.config import IMAGE_SIZE
 from veason_r1.flags import (
     nonnegative_float,
     nonnegative_int,
@@ -29,6 +29,10 @@ from veason_r1.flags import (
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from veason_r1.datacon.cot import CotConfig
+    from veason_r1.datacon.teachers import EndpointConfig
+
+    end, cot = EndpointConfig(base_url=None, model=""), CotConfig()  # the defaults live in the dataclasses
     parser.add_argument("--root", type=Path, required=True,
                         help="ReVOS-format dataset root (frames and mask_dict.json)")
     parser.add_argument("--meta", type=Path, default=None,
@@ -44,24 +48,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     g.add_argument("--api-key", default=None,
                    help="API key (prefer the environment variable: a flag is visible in the process list)")
-    g.add_argument("--concurrency", type=positive_int, default=8, help="samples in flight at once (default: 8)")
-    g.add_argument("--timeout", type=positive_float, default=120.0, help="seconds per request attempt (default: 120)")
-    g.add_argument("--max-attempts", type=positive_int, default=6,
-                   help="attempts per sample before it is failed (default: 6)")
-    g.add_argument("--backoff-base", type=nonnegative_float, default=2.0,
-                   help="first retry delay in seconds; doubles (default 2)")
-    g.add_argument("--backoff-max", type=nonnegative_float, default=60.0,
-                   help="longest retry delay in seconds (default: 60)")
-    g.add_argument("--max-tokens", type=nonnegative_int, default=1024,
-                   help="completion token limit (0 = endpoint default)")
-    g.add_argument("--temperature", type=nonnegative_float, default=None)
+    g.add_argument("--concurrency", type=positive_int, default=cot.concurrency,
+                   help=f"samples in flight at once (default: {cot.concurrency})")
+    g.add_argument("--timeout", type=positive_float, default=end.timeout,
+                   help=f"seconds per request attempt (default: {end.timeout:g})")
+    g.add_argument("--max-attempts", type=positive_int, default=end.max_attempts,
+                   help=f"attempts per sample before it is failed (default: {end.max_attempts})")
+    g.add_argument("--backoff-base", type=nonnegative_float, default=end.backoff_base,
+                   help=f"first retry delay in seconds; doubles (default: {end.backoff_base:g})")
+    g.add_argument("--backoff-max", type=nonnegative_float, default=end.backoff_max,
+                   help=f"longest retry delay in seconds (default: {end.backoff_max:g})")
+    g.add_argument("--max-tokens", type=nonnegative_int, default=end.max_tokens,
+                   help=f"completion token limit (0 = endpoint default; default: {end.max_tokens})")
+    g.add_argument("--temperature", type=nonnegative_float, default=end.temperature)
     s = parser.add_argument_group("sampling")
-    s.add_argument("--frames", type=positive_int, default=FRAMES.sft_frames,
-                   help=f"training-grid size N (default: {FRAMES.sft_frames}, docs/method.md §4)")
-    s.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="seed of the keyframe and worked-example draws (default: 0)")
-    s.add_argument("--limit", type=positive_int, default=None, help="at most this many expressions")
-    s.add_argument("--max-per-video", type=positive_int, default=None,
+    s.add_argument("--frames", type=positive_int, default=cot.num_frames,
+                   help=f"training-grid size N (default: {cot.num_frames}, docs/method.md §4)")
+    s.add_argument("--seed", type=nonnegative_int, default=cot.seed,
+                   help=f"seed of the keyframe and worked-example draws (default: {cot.seed})")
+    s.add_argument("--limit", type=positive_int, default=cot.limit, help="at most this many expressions")
+    s.add_argument("--max-per-video", type=positive_int, default=cot.max_per_video,
                    help="at most this many expressions per video (the release used 10)")
     s.add_argument("--save-boxed-frames", action="store_true", help="also save the boxed frames sent to the teacher")
     e = parser.add_argument_group("SFT export")

@@ -29,6 +29,7 @@ def _shard(text: str):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from veason_r1.benchmarks import BENCHMARKS, SPLIT_HELP
     from veason_r1.inference.pipeline import add_model_arguments
+    from veason_r1.inference.predict import PredictConfig
 
     parser.add_argument("benchmark", choices=BENCHMARKS)
     parser.add_argument("--data", required=True, help="benchmark root folder")
@@ -37,8 +38,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_model_arguments(parser, model_required=False)
     parser.add_argument("--shard", type=_shard, default=None, help="i/n: run shard i (0-based) of n")
     parser.add_argument("--stage", choices=("1", "2", "all"), default="all")
-    parser.add_argument("--batch-size", type=positive_int, default=16,
-                        help="expressions generated together; also the sharding unit (results depend on it)")
+    batch_size = PredictConfig.__dataclass_fields__["batch_size"].default  # the default lives in the dataclass
+    parser.add_argument("--batch-size", type=positive_int, default=batch_size,
+                        help=f"expressions generated together; also the sharding unit (results depend on it; "
+                             f"default: {batch_size})")
     parser.add_argument("--limit", type=positive_int, default=None, help="only the first N expressions (smoke runs)")
     parser.add_argument("--oracle-keyframe", action="store_true", help="keyframe = shown frame with largest GT area")
     parser.add_argument("--oracle-boxes", action="store_true", help="boxes = GT boxes of the keyframe")

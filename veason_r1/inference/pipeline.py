@@ -411,11 +411,13 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
     parser.add_argument("--fast-paths", choices=("auto", "on", "off"), default="auto",
                         help="exact HF speed-ups for Qwen2.5-VL (batched vision windows, grouped decode attention); "
                              "auto = on CUDA")
-    parser.add_argument("--image-size", type=policy_image_size, default=IMAGE_SIZE,
-                        help="policy square frame side, a multiple of 28 (560)")
-    parser.add_argument("--num-frames", type=positive_int, default=FRAMES.eval_frames,
-                        help="frames shown to the policy (linspace)")
-    parser.add_argument("--max-new-tokens", type=positive_int, default=1024)
+    defaults = InferenceConfig()  # the defaults live in the dataclass
+    parser.add_argument("--image-size", type=policy_image_size, default=defaults.image_size,
+                        help=f"policy square frame side, a multiple of 28 (default: {defaults.image_size})")
+    parser.add_argument("--num-frames", type=positive_int, default=defaults.num_frames,
+                        help=f"frames shown to the policy (linspace; default: {defaults.num_frames})")
+    parser.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
+                        help=f"completion token limit (default: {defaults.max_new_tokens})")
     parser.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="vLLM only")
     parser.add_argument("--offload", action="store_true",
                         help="keep SAM2 frames and memories in CPU memory (long videos: bounded GPU memory)")
