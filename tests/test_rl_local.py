@@ -231,3 +231,27 @@ def test_resume_cuts_the_logs_back_to_the_checkpoint(synth_root, tiny_dir, tmp_p
     events = EventAccumulator(str(out / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("reward/overall")] == [1, 2, 3]
+
+
+def test_log_probs_are_those_of_the_tempered_sampling_policy(synth_root, tiny_dir, tmp_path):
+    """Rollouts sampled at temperature T are scored with log_softmax(logits / T), as verl's actor scores them, so
+    the ratio and the KL refer to the policy that produced the samples (T = 1 leaves the logits alone)."""
+    from veason_r1.rl.local_trainer import LocalGRPOTrainer
+
+    opts = ("reward.use_consistency=false", "data.train_batch_size=1", "rollout.n=2", "rollout.batch_size=2",
+            "actor.ppo_mini_batch_size=1", "data.max_response_length=6")
+    hot = LocalGRPOTrainer(make_cfg(synth_root, tiny_dir, tmp_path / "t1", *opts), verbose=False)
+    cool = LocalGRPOTrainer(make_cfg(synth_root, tiny_dir, tmp_path / "t05", *opts, "rollout.temperature=0.5"),
+                            verbose=False)
+    samples = [hot.train_pool.draw(0, seed="temperature-test")]
+    ro = hot.generate(samples, 2, 1.0, 1.0, seed=0, max_new_tokens=6)
+    batch = hot._micro_batch(ro, [0, 1])
+    R = ro.responses.shape[1]
+    with torch.no_grad():
+        logits = hot.model(**batch, logits_to_keep=R + 1, use_cache=False).logits[:, :-1, :].float()
+    labels = batch["input_ids"][:, -R:].unsqueeze(-1)
+    for trainer, t in ((hot, 1.0), (cool, 0.5)):
+        want = torch.log_softmax(logits / t, dim=-1).gather(-1, labels).squeeze(-1)
+        got = trainer.log_probs(trainer.model, ro)
+        m = ro.response_mask.bool()
+        assert torch.allclose(got[m], want[m], atol=1e-5)

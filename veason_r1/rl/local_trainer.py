@@ -363,7 +363,8 @@ class LocalGRPOTrainer:
 
     def _forward(self, model, batch: dict, response_len: int, with_entropy: bool, autocast: bool = True):
         """Per-token log-probs (and entropy) of the response positions, in fp32 (`autocast` False: the whole forward
-        in fp32, the retry path of `update`)."""
+        in fp32, the retry path of `update`). The logits are divided by the rollout temperature first, as verl's
+        actor does: the policy being optimised is the one the rollouts were sampled from."""
         import torch
 
         from veason_r1.rl.algos import entropy_from_logits
@@ -371,6 +372,9 @@ class LocalGRPOTrainer:
         with self._autocast() if autocast else nullcontext():
             out = model(**batch, logits_to_keep=response_len + 1, use_cache=False)
         logits = out.logits[:, :-1, :].float()
+        temperature = self.cfg.rollout.temperature
+        if temperature not in (0, 1):  # 0: greedy rollouts (no sampling policy); 1: nothing to scale
+            logits = logits / temperature
         labels = batch["input_ids"][:, -response_len:]
         logp = torch.log_softmax(logits, dim=-1).gather(-1, labels.unsqueeze(-1)).squeeze(-1)
         ent = entropy_from_logits(logits) if with_entropy else None
