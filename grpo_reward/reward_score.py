@@ -4,7 +4,7 @@
 
 or, batched per step (what `veason-r1 rl --backend verl` configures), through `VeasonGroupRewardManager`
 (veason_r1/reward/verl_manager.py), which calls `compute_score_batch`. Both take explicit keyword options
-(`RewardOptions`: sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency): a misspelt reward_kwargs key
+(`RewardOptions`: sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency, use_keyframe): a misspelt reward_kwargs key
 raises. Thin: the logic lives in `veason_r1.reward` (docs/reward.md).
 """
 

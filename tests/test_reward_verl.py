@@ -369,3 +369,24 @@ def test_streaming_reward_path_through_ray_with_the_generated_config(tmp_path, m
     assert [o["reward_extra_info"]["consistency"] for o in outs] == pytest.approx(
         [e["consistency"] for e in expected], abs=1e-5)
     assert outs[0]["reward_score"] > 4.0 and outs[2]["reward_score"] == 0.0
+
+
+def test_no_keyframe_ablation_zeroes_only_the_keyframe_term(tmp_path):
+    """`use_keyframe=False` (reward.use_keyframe in a GRPO config, reward_kwargs.use_keyframe for verl) scores the
+    keyframe term 0 and leaves format, spatial and the overall sum of the others as they were."""
+    from veason_r1.reward import verl_hook
+    from veason_r1.rl.config import load_config, verl_overrides
+
+    sources, responses, gts, extras, uids = _batch(tmp_path, 5)
+    full = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, use_consistency=False)
+    ablated = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, use_consistency=False,
+                                            use_keyframe=False)
+    assert any(r["keyframe"] > 0 for r in full)  # the batch has keyframe credit to lose
+    for a, b in zip(ablated, full):
+        assert a["keyframe"] == 0.0 and a["format"] == b["format"] and a["spatial"] == b["spatial"]
+        assert a["score"] == pytest.approx(b["score"] - b["keyframe"])
+    with pytest.raises(ValueError, match="use_keyframe: expected true/false"):
+        verl_hook.RewardOptions(use_consistency=False, use_keyframe="no")
+    cfg = load_config(None, ["reward.use_keyframe=false", "reward.use_consistency=false", "reward.sam2=null"])
+    kwargs = verl_overrides(cfg)
+    assert any(k.endswith("reward_kwargs.use_keyframe") and v is False for k, v in kwargs.items())

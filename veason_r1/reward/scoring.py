@@ -70,6 +70,7 @@ class RewardSample:
 class RewardConfig:
     variant: str = "faithful"  # "faithful" | "strict" (module docstring)
     use_consistency: bool = True  # False: the SAM2 term is 0 (cheap runs, ablations)
+    use_keyframe: bool = True  # False: the keyframe term is 0 (the no-keyframe ablation, docs/toy_reproduction.md)
     image_size: int = IMAGE_SIZE  # the policy's square frame size, for the strict variant's clipping
 
     def __post_init__(self) -> None:
@@ -102,7 +103,8 @@ def _score_without_sam2(response: Any, sample: RewardSample, config: RewardConfi
         parsed = terms.parse_answer(response, sample.frame_ids, MAX_BOXES)
         if parsed.failure:
             failures.append(parsed.failure)
-        result["keyframe"] = terms.keyframe_reward(parsed.position, sample.areas)
+        if config.use_keyframe:
+            result["keyframe"] = terms.keyframe_reward(parsed.position, sample.areas)
         if parsed.position is not None and parsed.boxes is not None:
             gt = terms.gt_boxes_at(sample.gt_boxes, parsed.position, MAX_BOXES)
             pred = parsed.boxes

@@ -124,14 +124,16 @@ class RewardOptions:
     sam2_device: str | None = None
     variant: str = "faithful"
     use_consistency: bool = True
+    use_keyframe: bool = True
 
     def __post_init__(self) -> None:
         env = os.environ
         object.__setattr__(self, "sam2_model", self.sam2_model or env.get("VEASON_SAM2_MODEL") or None)
         object.__setattr__(self, "sam2_checkpoint", self.sam2_checkpoint or env.get("VEASON_SAM2_CHECKPOINT") or None)
         object.__setattr__(self, "sam2_device", self.sam2_device or env.get("VEASON_SAM2_DEVICE") or None)
-        if not isinstance(self.use_consistency, bool):
-            raise ValueError(f"reward_kwargs.use_consistency: expected true/false, got {self.use_consistency!r}")
+        for name in ("use_consistency", "use_keyframe"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"reward_kwargs.{name}: expected true/false, got {getattr(self, name)!r}")
         if self.use_consistency and not self.sam2_model:
             raise ValueError("reward_kwargs.sam2_model is required with use_consistency (e.g. sam2_hiera_l, with "
                              "sam2_checkpoint); set use_consistency: false to drop the SAM2 term")
@@ -142,7 +144,8 @@ class RewardOptions:
 
     @property
     def config(self) -> RewardConfig:
-        return RewardConfig(variant=self.variant, use_consistency=self.use_consistency)
+        return RewardConfig(variant=self.variant, use_consistency=self.use_consistency,
+                            use_keyframe=self.use_keyframe)
 
 
 def reward_options(**kwargs) -> RewardOptions:
@@ -209,13 +212,13 @@ def _sample_key(ground_truth: Any, extra_info: dict | None) -> str:
 
 def compute_score(data_source=None, solution_str="", ground_truth=None, extra_info=None, *,
                   sam2_model: str | None = None, sam2_checkpoint: str | None = None, sam2_device: str | None = None,
-                  variant: str = "faithful", use_consistency: bool = True,
+                  variant: str = "faithful", use_consistency: bool = True, use_keyframe: bool = True,
                   reward_router_address=None, reward_model_tokenizer=None) -> dict:
     """verl `custom_reward_function`: {"score": overall, "format", "keyframe", "spatial", "consistency",
     "overall"} (floats only: verl averages the extra keys). Never raises because of `solution_str`; a SAM2 that
     fails costs only the consistency term. The keyword options are `RewardOptions` (a typo is a TypeError);
     `reward_router_address` / `reward_model_tokenizer` are what verl's naive manager may pass, unused here."""
-    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency)
+    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency, use_keyframe)
     extra_info = extra_info if isinstance(extra_info, dict) else {}
     sample = _cached(_SAMPLES, _sample_key(ground_truth, extra_info),
                      lambda: parse_ground_truth(ground_truth, extra_info), SAMPLE_CACHE)
@@ -239,7 +242,7 @@ def compute_score(data_source=None, solution_str="", ground_truth=None, extra_in
 def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, uids=None, *,
                         sam2_model: str | None = None, sam2_checkpoint: str | None = None,
                         sam2_device: str | None = None, variant: str = "faithful",
-                        use_consistency: bool = True) -> list[dict]:
+                        use_consistency: bool = True, use_keyframe: bool = True) -> list[dict]:
     """Batch form of `compute_score` (same dicts, same values): rollouts grouped by prompt (`uids[i]`, else the
     ground truth), then one `score_groups` call, so SAM2 tracks all of them in shared batches. Used by
     `VeasonGroupRewardManager` (verl_manager.py); also fits reward managers that call a function with lists."""
@@ -250,7 +253,7 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos,
             raise ValueError(f"compute_score_batch: {name} has {len(values)} items for {n} solution_strs")
     if uids is not None and len(uids) != n:
         raise ValueError(f"compute_score_batch: uids has {len(uids)} items for {n} solution_strs")
-    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency)
+    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency, use_keyframe)
     config = options.config
     groups: OrderedDict[tuple, list[int]] = OrderedDict()
     samples: dict[tuple, RewardSample] = {}

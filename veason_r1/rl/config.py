@@ -119,6 +119,7 @@ class AlgorithmConfig:
 class RewardSettings:
     variant: Literal["faithful", "strict"] = setting("faithful", key=f"{REWARD_KWARGS}.variant")
     use_consistency: bool = setting(True, key=f"{REWARD_KWARGS}.use_consistency")
+    use_keyframe: bool = setting(True, key=f"{REWARD_KWARGS}.use_keyframe", doc="False: the no-keyframe ablation")
     # The release's reward SAM2 (v1 Hiera-L, docs/method.md §7) at the path docs/reproduce.md downloads it to. A real
     # SAM2 always needs its checkpoint; the random-weight "tiny" model only when asked for by name (tests, demo).
     sam2: str | None = setting("sam2_hiera_l", key=f"{REWARD_KWARGS}.sam2_model")

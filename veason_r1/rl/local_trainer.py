@@ -182,7 +182,7 @@ class LocalGRPOTrainer:
         from veason_r1.reward import RewardConfig
 
         self.reward_config = RewardConfig(variant=cfg.reward.variant, use_consistency=cfg.reward.use_consistency,
-                                          image_size=cfg.data.image_size)
+                                          use_keyframe=cfg.reward.use_keyframe, image_size=cfg.data.image_size)
         self.propagator = propagator
         if self.propagator is None and cfg.reward.use_consistency:
             from veason_r1.models.sam2 import load_sam2
