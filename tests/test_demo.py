@@ -16,15 +16,16 @@ pytest.importorskip("sam2")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
-def small_config(out, **changes):
-    from veason_r1.demo import DemoConfig
+def small_config(out, *overrides):
+    from veason_r1.demo import demo_config
 
-    values = {"out": str(out), "videos": 4, "max_frames": 10, "pool_size": 6, "sft_steps": 4, "sft_batch_size": 2,
-              "sft_cutoff_len": 1536, "rl_steps": 2, "rl_batch_size": 1, "rl_rollout_n": 2,
-              "rl_max_response_length": 32, "max_new_tokens": 32, "predict_batch_size": 4, "threads": None,
-              "progress": False, "verbose": False}
-    values.update(changes)
-    return DemoConfig(**values)
+    values = {"out": str(out), "pool_size": 6, "threads": None, "progress": False, "verbose": False,
+              "synth": {"num_videos": 4, "max_frames": 10},
+              "sft": {"max_steps": 4, "per_device_train_batch_size": 2, "cutoff_len": 1536},
+              "rl": {"trainer": {"total_training_steps": 2}, "data": {"train_batch_size": 1, "max_response_length": 32},
+                     "actor": {"ppo_mini_batch_size": 1}, "rollout": {"n": 2}},
+              "eval": {"max_new_tokens": 32, "batch_size": 4}}
+    return demo_config(overrides, **values)
 
 
 @pytest.fixture(scope="module")
@@ -150,10 +151,10 @@ def test_rerun_reuses_every_stage_and_other_settings_are_refused(demo):
     statuses = {s["name"]: s["status"] for s in again["stages"]}
     assert all(statuses[n] == "reused" for n in statuses if n != "report"), statuses
     assert again["before_rl"] == first["before_rl"] and again["after_rl"] == first["after_rl"]
-    with pytest.raises(DemoSetupError, match="sft_steps"):
-        run_demo(small_config(out, sft_steps=5))
+    with pytest.raises(DemoSetupError, match=r"sft.max_steps: 4 -> 5"):
+        run_demo(small_config(out, "sft.max_steps=5"))
     with pytest.raises(DemoSetupError, match="image_size"):
-        small_config(out, image_size=100).validate()
+        small_config(out, "image_size=100")
 
 
 def test_cli_refuses_a_folder_that_is_not_a_demo(tmp_path, capsys):
@@ -207,17 +208,22 @@ def test_overlay_gif_marks_the_keyframe(demo):
 
 
 def test_demo_overrides_share_the_config_grammar(tmp_path, capsys):
-    """`--set key=value` onto DemoConfig: typed, unknown keys refused, one line naming the override (exit 2)."""
+    """`--set key=value` onto DemoConfig and the stage configs it nests: typed, unknown keys refused, keys the demo
+    fills in refused, one line naming the override (exit 2)."""
     from veason_r1.cli import main
     from veason_r1.demo import demo_config
 
-    cfg = demo_config(["sft_learning_rate=1e-3", "cot_brief=false"], out=str(tmp_path / "d"), videos=6)
-    assert cfg.sft_learning_rate == 1e-3 and cfg.cot_brief is False and cfg.videos == 6
+    cfg = demo_config(["sft.learning_rate=1e-3", "cot_brief=false", "rl.rollout.temperature=0.7"],
+                      out=str(tmp_path / "d"), synth={"num_videos": 6})
+    assert cfg.sft.learning_rate == 1e-3 and cfg.cot_brief is False and cfg.synth.num_videos == 6
+    assert cfg.rl.rollout.temperature == 0.7 and cfg.rl.rollout.n == 4  # the rest of configs/grpo_demo.yaml kept
     for bad, message in (("sft_stpes=3", "unknown key 'sft_stpes'"), ('cot_brief="no"', "cot_brief: expected"),
-                         ("rl_steps=2.5", "rl_steps: expected")):
+                         ("rl.trainer.total_training_steps=2.5", "total_training_steps: expected"),
+                         ("rl.rollout.nn=3", "unknown key 'rl.rollout.nn'"),
+                         ("rl.model.path=/elsewhere", "rl.model.path is filled in by the demo")):
         assert main(["demo", "--out", str(tmp_path / "x"), "--set", bad, "--no-progress"]) == 2
         err = capsys.readouterr().err
-        assert f"override '{bad}'" in err and message in err and "Traceback" not in err
-    assert main(["demo", "--out", str(tmp_path / "x"), "--set", "videos=2", "--no-progress"]) == 2
-    assert "videos = 2: needs >= 4" in capsys.readouterr().err
+        assert f"override '{bad}'" in err and message in err and "Traceback" not in err, err
+    assert main(["demo", "--out", str(tmp_path / "x"), "--set", "synth.num_videos=2", "--no-progress"]) == 2
+    assert "synth.num_videos = 2: needs >= 4" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()

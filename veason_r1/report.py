@@ -339,7 +339,7 @@ def _answers_line(results: dict) -> str:
 
 def _base_choice(cfg: dict) -> str:
     if cfg.get("policy") == "toy":
-        return (f"SFT trains `{cfg.get('sft_additional_target')}` in full beside the LoRA adapter: the toy base only "
+        return (f"SFT trains `{cfg['sft']['additional_target']}` in full beside the LoRA adapter: the toy base only "
                 "ever answered JSON, so its output layer pushes every English word of the CoT down (LoRA alone "
                 "stalled at loss 6.9).")
     return (f"The tiny model's random `lm_head` is multiplied by {cfg['lm_head_scale']:g}: LoRA leaves `lm_head` and "
@@ -347,10 +347,47 @@ def _base_choice(cfg: dict) -> str:
             "softmax of only ~0.14 over the 3k vocabulary, so SFT would stall near loss 2.5.")
 
 
+def demo_results(paths, config: dict) -> dict[str, Any]:
+    """The demo's results from its files: J/F/J&F per split before and after RL (the evaluator's results.json),
+    what the policy wrote, the GRPO reward terms (first vs last third of the steps, and per step) and the held-out
+    reward block. `paths` is a `veason_r1.demo.Paths`; `config` the demo's settings as a mapping."""
+    from veason_r1.io_utils import read_jsonl
+    from veason_r1.stages import answer_shares
+
+    out: dict[str, Any] = {}
+    for key, pred in (("before_rl", paths.pred_sft), ("after_rl", paths.pred_rl)):
+        summary = json.loads((pred / "results.json").read_text())
+        out[key] = {split: {m: summary[split][m] for m in ("J", "F", "JF")}
+                    for split in ("referring", "reasoning", "overall")}
+        out[key]["num_expressions"] = summary["num_expressions"]
+        out[key]["no_target"] = {m: summary["no_target"][m] for m in ("J", "F", "JF")}
+        out[key]["answers"] = answer_shares(pred)
+    per_step = [m for m in read_jsonl(paths.rl / "metrics.jsonl") if "reward/overall" in m]
+    per_step = sorted({m["step"]: m for m in per_step}.values(), key=lambda m: m["step"])
+    terms = (*TERMS, "overall")
+    window = max(1, len(per_step) // 3)
+
+    def mean_of(rows: list[dict]) -> dict[str, float]:
+        return {t: sum(r[f"reward/{t}"] for r in rows) / len(rows) for t in terms}
+
+    out["config"] = config
+    held = json.loads(paths.heldout.read_text())
+    out["heldout_reward"] = {"expressions": held["expressions"], "sft": held["sft"], "grpo": held["grpo"],
+                             "diff": held["diffs"]["grpo"]}
+    out["reward"] = {
+        "steps": len(per_step), "window": window,
+        "first": mean_of(per_step[:window]), "last": mean_of(per_step[-window:]),
+        "per_step": [{"step": r["step"], **{t: r[f"reward/{t}"] for t in terms},
+                      "response_length": r.get("response_length/mean")} for r in per_step],
+    }
+    return out
+
+
 def write_report(path: str | os.PathLike, ctx: dict) -> Path:
     """report.md: what ran (stages and times), the results, the plots and GIF, and what the numbers mean."""
     path = Path(path)
     cfg, results, stages = ctx["config"], ctx["results"], ctx["stages"]
+    sft, rl = cfg["sft"], cfg["rl"]
     r = results["reward"]
     w = r["window"]
     stage_rows = []
@@ -368,8 +405,8 @@ def write_report(path: str | os.PathLike, ctx: dict) -> Path:
     n_before = results["before_rl"].get("num_expressions", {})
     text = f"""# Veason-R1 demo report
 
-> **{statement(cfg)}** {models_line(cfg)} SFT runs {cfg['sft_steps']} LoRA steps and GRPO {cfg['rl_steps']} steps
-> on CPU. Never compare these numbers with the paper's (ReVOS J&F 59.9 for the 3B model); they are not Veason-R1
+> **{statement(cfg)}** {models_line(cfg)} SFT runs {sft['max_steps']} LoRA steps and GRPO
+> {rl['trainer']['total_training_steps']} steps on CPU. Never compare these numbers with the paper's (ReVOS J&F 59.9 for the 3B model); they are not Veason-R1
 > results.
 
 ## What ran
@@ -394,7 +431,7 @@ the demo's SAM2).
 
 {_md_table(["split", "metric", "before RL", "after RL", "delta"], results_rows(results))}
 
-GRPO reward on the training pool (mean over the {cfg['rl_batch_size']} x {cfg['rl_rollout_n']} rollouts of a step;
+GRPO reward on the training pool (mean over the {rl['data']['train_batch_size']} x {rl['rollout']['n']} rollouts of a step;
 first {w} vs last {w} of {r['steps']} steps):
 
 {_md_table(["term", "range", "first steps", "last steps", "delta"], reward_rows(results))}
@@ -448,11 +485,12 @@ ground-truth mask in the same cyan.
 - {_base_choice(cfg)}
 - The synthetic teacher writes its brief style ({'on' if cfg.get('cot_brief') else 'off'}): the same three steps about
   the targets only, ~280 characters instead of ~800, so a toy model learns the layout in a few CPU steps.
-- SFT: {cfg['sft_steps']} LoRA steps, rank {cfg['sft_lora_rank']}, learning rate {cfg['sft_learning_rate']:g}, batch
-  {cfg['sft_batch_size']} (the 3B recipe: one epoch of 10k samples, rank 16, 1e-4, batch 16). GRPO: {cfg['rl_steps']}
-  steps of {cfg['rl_batch_size']} prompts x {cfg['rl_rollout_n']} rollouts, responses up to
-  {cfg['rl_max_response_length']} tokens, no periodic validation; "after RL" is the last step (the real run keeps the
-  best validated checkpoint). Everything else comes from `configs/grpo_local_tiny.yaml`.
+- SFT: {sft['max_steps']} LoRA steps, rank {sft['lora_rank']}, learning rate {sft['learning_rate']:g}, batch
+  {sft['per_device_train_batch_size']} (the 3B recipe: one epoch of 10k samples, rank 16, 1e-4, batch 16). GRPO:
+  {rl['trainer']['total_training_steps']} steps of {rl['data']['train_batch_size']} prompts x {rl['rollout']['n']}
+  rollouts at temperature {rl['rollout']['temperature']:g}, learning rate {rl['actor']['lr']:g}, responses up to
+  {rl['data']['max_response_length']} tokens, no periodic validation; "after RL" is the last step (the real run keeps
+  the best validated checkpoint). The GRPO settings are `configs/grpo_demo.yaml` (`--set rl.<key>=...`).
 - SAM2 is {'the toy checkpoint' if cfg.get('sam2') == 'toy' else 'random-init'} (the real reward and evaluation load
   SAM2 Hiera-L checkpoints).
 
@@ -470,6 +508,7 @@ __all__ = [
     "DISCLAIMER",
     "TOY_STATEMENT",
     "choose_expression",
+    "demo_results",
     "format_results_table",
     "make_overlay_gif",
     "plot_jf_before_after",

@@ -199,11 +199,12 @@ def check_layer(cls, values: Any, source: str, prefix: str = "") -> None:
             raise ConfigError(f"{source}: {dotted} = {value!r}: {problem}")
 
 
-def _merge(base: dict, layer: Mapping) -> dict:
+def merge_layers(base: Mapping, layer: Mapping) -> dict:
+    """`layer` over `base`, nested mappings merged key by key (the order YAML, then overrides, are applied)."""
     out = dict(base)
     for k, v in layer.items():
         if isinstance(v, Mapping) and isinstance(out.get(k), Mapping):
-            out[k] = _merge(dict(out[k]), v)
+            out[k] = merge_layers(dict(out[k]), v)
         else:
             out[k] = v
     return out
@@ -242,6 +243,18 @@ def as_dict(config) -> dict:
     return plain(dataclasses.asdict(config))
 
 
+def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested mapping -> {dotted key: leaf} (lists are leaves)."""
+    out: dict[str, Any] = {}
+    for k, v in values.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
 def load_structured(cls, path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = (),
                     base: Mapping | None = None):
     """`cls` built from its defaults, then `base` (a mapping), then the YAML at `path`, then each override; every
@@ -256,7 +269,7 @@ def load_structured(cls, path: str | Path | None = None, overrides: list[str] | 
     layers += [(f"override {text!r}", parsed) for text, parsed in parse_overrides(list(overrides))]
     for source, layer in layers:
         check_layer(cls, layer, source)
-        merged = _merge(merged, layer)
+        merged = merge_layers(merged, layer)
     config = build(cls, merged)
     validate = getattr(config, "validate", None)
     if callable(validate):
@@ -265,5 +278,5 @@ def load_structured(cls, path: str | Path | None = None, overrides: list[str] | 
     return config
 
 
-__all__ = ["ConfigError", "as_dict", "build", "check_layer", "load_structured", "parse_overrides", "read_yaml",
+__all__ = ["ConfigError", "as_dict", "build", "check_layer", "flatten", "load_structured", "merge_layers", "parse_overrides", "read_yaml",
            "setting"]

@@ -1,11 +1,12 @@
 """The whole method on the synthetic benchmark with tiny models, offline, on CPU, in a few minutes.
 
-synthetic benchmark -> stratified sampling -> seed CoT (synthetic teacher) -> LoRA SFT of a tiny random-init
-Qwen2.5-VL -> local GRPO (four-term reward with a tiny SAM2) -> prediction -> evaluation before and after RL.
+synthetic benchmark -> stratified sampling -> seed CoT (synthetic teacher) -> LoRA SFT of the shipped toy base
+Qwen2.5-VL -> local GRPO (four-term reward with the toy SAM2) -> prediction -> evaluation before and after RL ->
+held-out reward of both models.
 Writes OUT/report.md (stage times, results table, what the numbers mean), OUT/reward_terms.png,
 OUT/jf_before_after.png, OUT/overlay.gif and OUT/results.json, and prints the results table.
 Rerunning the same command continues where it stopped (finished stages are skipped); --force starts over.
-Tiny random-init models measure the pipeline, not the method: no number here is a Veason-R1 result.
+Toy models measure the recipe and the code, not the method: no number here is a Veason-R1 result.
 """
 
 from __future__ import annotations
@@ -16,33 +17,39 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from veason_r1.demo import DemoConfig
 
-    d = DemoConfig()
+    d = DemoConfig()  # every default below is read from it
+    rl = d.rl
     parser.add_argument("--out", default=d.out, help=f"output folder (default: {d.out})")
-    parser.add_argument("--videos", type=int, default=d.videos, help=f"synthetic videos (default: {d.videos})")
+    parser.add_argument("--videos", type=int, default=None,
+                        help=f"synthetic videos (synth.num_videos, default: {d.synth.num_videos})")
     parser.add_argument("--seed", type=int, default=d.seed, help=f"seed of data, models and training ({d.seed})")
-    parser.add_argument("--pool-size", type=int, default=d.pool_size,
+    parser.add_argument("--pool-size", type=int, default=None,
                         help=f"stratified training pool size, capped at what exists (default: {d.pool_size})")
-    parser.add_argument("--image-size", type=int, default=d.image_size,
+    parser.add_argument("--image-size", type=int, default=None,
                         help=f"policy frame side, a multiple of 28 (default: {d.image_size} = 16 tokens/frame)")
-    parser.add_argument("--max-frames", type=int, default=d.max_frames,
-                        help=f"longest synthetic video in frames (default: {d.max_frames})")
-    parser.add_argument("--sft-steps", type=int, default=d.sft_steps, help=f"LoRA SFT steps (default: {d.sft_steps})")
-    parser.add_argument("--rl-steps", type=int, default=d.rl_steps, help=f"GRPO steps (default: {d.rl_steps})")
-    parser.add_argument("--rl-batch-size", type=int, default=d.rl_batch_size,
-                        help=f"GRPO prompts per step (default: {d.rl_batch_size})")
-    parser.add_argument("--rollout-n", type=int, default=d.rl_rollout_n,
-                        help=f"GRPO rollouts per prompt (default: {d.rl_rollout_n})")
-    parser.add_argument("--max-new-tokens", type=int, default=d.max_new_tokens,
-                        help=f"response budget at prediction and in GRPO rollouts (default: {d.max_new_tokens})")
+    parser.add_argument("--max-frames", type=int, default=None,
+                        help=f"longest synthetic video in frames (synth.max_frames, default: {d.synth.max_frames})")
+    parser.add_argument("--sft-steps", type=int, default=None,
+                        help=f"LoRA SFT steps (sft.max_steps, default: {d.sft.max_steps})")
+    parser.add_argument("--rl-steps", type=int, default=None,
+                        help=f"GRPO steps (rl.trainer.total_training_steps, default: {rl.trainer.total_training_steps})")
+    parser.add_argument("--rl-batch-size", type=int, default=None,
+                        help=f"GRPO prompts per step, also the PPO mini-batch (rl.data.train_batch_size, default: "
+                             f"{rl.data.train_batch_size})")
+    parser.add_argument("--rollout-n", type=int, default=None,
+                        help=f"GRPO rollouts per prompt (rl.rollout.n, default: {rl.rollout.n})")
+    parser.add_argument("--max-new-tokens", type=int, default=None,
+                        help=f"response budget at prediction and in GRPO rollouts (eval.max_new_tokens and "
+                             f"rl.data.max_response_length, default: {d.eval.max_new_tokens})")
     parser.add_argument("--policy", choices=["toy", "tiny"], default=d.policy,
                         help=f"base policy: the shipped toy base or a random-init tiny model (default: {d.policy})")
     parser.add_argument("--sam2", choices=["toy", "tiny"], default=d.sam2,
                         help=f"SAM2: the shipped toy checkpoint or a random-init tiny model (default: {d.sam2})")
-    parser.add_argument("--rl-config", default=None, help="GRPO YAML (default: configs/grpo_local_tiny.yaml)")
+    parser.add_argument("--rl-config", default=None, help="GRPO YAML replacing configs/grpo_demo.yaml")
     parser.add_argument("--threads", type=int, default=d.threads, help=f"torch threads (default: {d.threads})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="any other DemoConfig field, e.g. --set sft_learning_rate=1e-3 (repeatable; typed; "
-                             "unknown keys refused)")
+                        help="any other DemoConfig value, nested keys dotted, e.g. --set sft.learning_rate=1e-3 "
+                             "or --set rl.rollout.temperature=0.7 (repeatable; typed; unknown keys refused)")
     parser.add_argument("--force", action="store_true", help="delete OUT (a demo folder) and start over")
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (stage lines only)")
 
@@ -56,11 +63,21 @@ def run(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from veason_r1.demo import demo_config, run_demo
 
-    cfg = demo_config(args.set, out=args.out, videos=args.videos, seed=args.seed, pool_size=args.pool_size,
-                      image_size=args.image_size, max_frames=args.max_frames, sft_steps=args.sft_steps,
-                      rl_steps=args.rl_steps, rl_batch_size=args.rl_batch_size, rl_rollout_n=args.rollout_n,
-                      max_new_tokens=args.max_new_tokens, rl_max_response_length=args.max_new_tokens,
-                      policy=args.policy, sam2=args.sam2, rl_config=args.rl_config, threads=args.threads,
-                      force=args.force, progress=not args.no_progress)
+    flags = {  # only the flags given: the rest come from DemoConfig (and --rl-config)
+        ("synth", "num_videos"): args.videos, ("pool_size",): args.pool_size, ("image_size",): args.image_size,
+        ("synth", "max_frames"): args.max_frames, ("sft", "max_steps"): args.sft_steps,
+        ("rl", "trainer", "total_training_steps"): args.rl_steps, ("rl", "data", "train_batch_size"): args.rl_batch_size,
+        ("rl", "actor", "ppo_mini_batch_size"): args.rl_batch_size, ("rl", "rollout", "n"): args.rollout_n,
+        ("eval", "max_new_tokens"): args.max_new_tokens, ("rl", "data", "max_response_length"): args.max_new_tokens,
+    }
+    values: dict = {"out": args.out, "seed": args.seed, "policy": args.policy, "sam2": args.sam2,
+                    "threads": args.threads, "force": args.force, "progress": not args.no_progress}
+    for keys, value in flags.items():
+        if value is not None:
+            node = values
+            for k in keys[:-1]:
+                node = node.setdefault(k, {})
+            node[keys[-1]] = value
+    cfg = demo_config(args.set, rl_config=args.rl_config, **values)
     run_demo(cfg)  # DemoSetupError / ConfigError are user errors: one line, exit 2 (cli.py)
     return 0

@@ -21,7 +21,7 @@ from typing import Any, Literal
 
 from veason_r1.config import FRAMES
 from veason_r1.models.toy import sam2_needs_checkpoint
-from veason_r1.structured_config import ConfigError, as_dict, load_structured, setting
+from veason_r1.structured_config import ConfigError, as_dict, flatten, load_structured, setting
 
 ARR = "actor_rollout_ref"
 REWARD_KWARGS = "reward.custom_reward_function.reward_kwargs"
@@ -227,18 +227,6 @@ def get_field(cfg: Any, dotted: str) -> Any:
     for p in dotted.split("."):
         obj = getattr(obj, p)
     return obj
-
-
-def flatten(values: dict, prefix: str = "") -> dict[str, Any]:
-    """Nested mapping -> {dotted key: leaf} (lists are leaves)."""
-    out: dict[str, Any] = {}
-    for k, v in values.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict) and v:
-            out.update(flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
 
 
 # ---------------------------------------------------------------------------------------------------------------
