@@ -135,6 +135,7 @@ def main(argv=None) -> int:
 
 
 def summarize(out: Path, models: dict[str, Path], runner) -> dict:
+    from veason_r1.io_utils import read_jsonl
     from veason_r1.reward.scoring import TERMS
 
     held = json.loads((out / "heldout.json").read_text())
@@ -143,21 +144,30 @@ def summarize(out: Path, models: dict[str, Path], runner) -> dict:
         ev = json.loads((out / "pred" / m / "results.json").read_text())
         rows[m] = {"heldout": held[m], "diff_vs_sft": held["diffs"].get(m), "JF": ev["overall"]["JF"],
                    "JF_referring": ev["referring"]["JF"], "JF_reasoning": ev["reasoning"]["JF"]}
+        log = out / "rl" / m / "metrics.jsonl"
+        if log.is_file():  # the GRPO arms: training reward first -> last step, optimizer steps skipped
+            steps = [r for r in read_jsonl(log) if "reward/overall" in r]
+            rows[m]["train_reward"] = [steps[0]["reward/overall"], steps[-1]["reward/overall"]]
+            rows[m]["skipped_steps"] = int(sum(r.get("actor/skipped_steps", 0) for r in steps))
+            rows[m]["fp32_retries"] = int(sum(r.get("actor/fp32_retries", 0) for r in steps))
     return {"what": "toy reproduction on CPU (shipped toy base + toy SAM2, one seed): SFT only vs GRPO arms",
             "terms": list(TERMS), "expressions": held["expressions"], "models": rows,
-            "stages": runner.stage_dicts(), "seconds": runner.elapsed()}
+            "stages": runner.stage_dicts(),
+            "seconds": sum(s["first_seconds"] or 0 for s in runner.stage_dicts())}  # compute time, reruns excluded
 
 
 def table(result: dict) -> str:
     terms = result["terms"]
-    head = ["model", "held-out reward", "vs SFT (95% CI)", *terms, "J&F"]
+    head = ["model", "held-out reward", "vs SFT (95% CI)", *terms, "J&F", "skipped steps"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for m, r in result["models"].items():
         d = r["diff_vs_sft"]
         vs = "-" if d is None else f"{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]"
         lines.append(f"| {m} | {r['heldout']['overall']:.3f} | {vs} | "
-                     + " | ".join(f"{r['heldout'][t]:.3f}" for t in terms) + f" | {r['JF']:.1f} |")
-    return "\n".join(lines) + f"\n\n{result['expressions']} held-out expressions; {result['seconds']:.0f} s."
+                     + " | ".join(f"{r['heldout'][t]:.3f}" for t in terms)
+                     + f" | {r['JF']:.1f} | {r.get('skipped_steps', '-')} |")
+    return "\n".join(lines) + (f"\n\n{result['expressions']} held-out expressions; stages computed in "
+                               f"{result['seconds']:.0f} s.")
 
 
 if __name__ == "__main__":
