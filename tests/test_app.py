@@ -423,7 +423,26 @@ def _browser():
                  "--disable-dev-shm-usage", "--window-size=1400,1700", f"--user-data-dir={profile}",
                  "--host-resolver-rules=MAP * ~NOTFOUND , EXCLUDE 127.0.0.1"):  # nothing but this machine
         opts.add_argument(flag)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts), profile
+    # "eager": a page counts as loaded at DOMContentLoaded; the test waits for the elements it needs itself. With
+    # the default ("normal": every subresource done) a first `get` once waited out selenium's 120 s read timeout.
+    opts.page_load_strategy = "eager"
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    driver.set_page_load_timeout(45)
+    return driver, profile
+
+
+def _open(driver, url: str, attempts: int = 3) -> None:
+    """`driver.get(url)`, tried again when the page load times out (a stalled load is the browser's, not the app's:
+    the app answered the fixture's HTTP probe before the test started)."""
+    from selenium.common.exceptions import TimeoutException
+
+    for attempt in range(attempts):
+        try:
+            driver.get(url)
+            return
+        except TimeoutException:
+            if attempt == attempts - 1:
+                raise
 
 
 @pytest.fixture
@@ -499,7 +518,7 @@ def test_page_in_headless_chromium(app_server, tmp_path, app_cache):
         WebDriverWait(driver, 20).until(lambda d: d.find_elements(By.CSS_SELECTOR, f"#upload {named(path.name)}"))
 
     try:
-        driver.get(url)
+        _open(driver, url)
         WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#upload input[type=file]"))
         assert "random weights" in driver.find_element(By.CSS_SELECTOR, "#random-weights").text
         upload(video)
