@@ -187,9 +187,11 @@ def test_make_toy_rebuilds_both_checkpoints_with_manifests(tmp_path):
     assert m["sha256"] == _sha256(tmp_path / "s" / "sam2_toy.pt") and m["train"]["steps"] == 2
     assert not (tmp_path / "s" / "_work").exists()
     assert main(["make-toy", "policy", "--out", str(tmp_path / "p"), "--steps", "2", "--batch-size", "2",
-                 "--workers", "0", "--device", "cpu", "--heldout", "1"]) == 0
+                 "--workers", "0", "--device", "cpu", "--heldout", "1", "--set", "coord_sigma=1.5",
+                 "--set", "tasks.absent_keep=0.5"]) == 0
     m = json.loads((tmp_path / "p" / "manifest.json").read_text())
     assert m["train"]["steps"] == 2 and set(m["weights"]) == {"model.safetensors"}
+    assert m["config"]["coord_sigma"] == 1.5 and m["config"]["tasks"]["absent_keep"] == 0.5  # the soft loss ran
     assert (tmp_path / "p" / "tokenizer.json").is_file() and (tmp_path / "p" / "config.json").is_file()
 
 
@@ -199,6 +201,8 @@ def test_make_toy_refuses_bad_flags(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:  # argparse: exit 2 with the flag named
         main(["make-toy", "policy", "--out", str(tmp_path), "--steps", "0"])
     assert e.value.code == 2 and "--steps" in capsys.readouterr().err
+    assert main(["make-toy", "policy", "--out", str(tmp_path / "y"), "--set", "coord_sigmaa=1"]) == 2
+    assert "unknown key 'coord_sigmaa'" in capsys.readouterr().err and not (tmp_path / "y").exists()
     assert main(["make-toy", "policy", "--out", str(tmp_path / "x"), "--train-videos", "3"]) == 2
     err = capsys.readouterr().err
     assert "--train-videos" in err and "Traceback" not in err and not (tmp_path / "x").exists()

@@ -21,7 +21,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--time-budget", type=positive_float, default=None,
                         help="seconds: after 40 steps the step count is cut to what fits (recorded in the manifest)")
     parser.add_argument("--batch-size", type=positive_int, default=None)
-    parser.add_argument("--workers", type=int, choices=range(0, 65), default=None, metavar="N",
+    parser.add_argument("--workers", type=int, choices=range(65), default=None, metavar="N",
                         help="data-loading processes (0: in the main process)")
     parser.add_argument("--train-videos", type=positive_int, default=None,
                         help="sam2: synthetic training videos exported")
@@ -29,10 +29,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="held-out videos (sam2) / samples per task (policy)")
     parser.add_argument("--seed", type=int, default=0, help="weights seed")
     parser.add_argument("--keep-work", action="store_true", help="keep --out/_work after success")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="any other field of the training config (ToySAM2TrainConfig / ToyPolicyTrainConfig), "
+                             "e.g. --set coord_sigma=1.5 --set tasks.absent_keep=0.3 (typed; unknown keys refused)")
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
     import os
     import shutil
     from pathlib import Path
@@ -47,15 +49,22 @@ def run(args: argparse.Namespace) -> int:
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     out = Path(args.out)
     work = out / "_work"
-    work.mkdir(parents=True, exist_ok=True)
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
                                    ("workers", args.workers), ("seed", args.seed)) if v is not None}
     if args.which == "sam2":
-        from veason_r1.models.sam2 import load_sam2
         from veason_r1.toy import sam2_train as toy
 
         extra = {k: v for k, v in (("train_videos", args.train_videos), ("heldout_videos", args.heldout)) if v}
-        cfg = dataclasses.replace(toy.ToySAM2TrainConfig(), **overrides, **extra)
+        cfg = _config(toy.ToySAM2TrainConfig, {**overrides, **extra}, args.set)
+    else:
+        from veason_r1.toy import policy_train as toy
+
+        extra = {"heldout_samples": args.heldout} if args.heldout else {}
+        cfg = _config(toy.ToyPolicyTrainConfig, {**overrides, **extra}, args.set)
+    work.mkdir(parents=True, exist_ok=True)  # only once the settings are known to be good
+    if args.which == "sam2":
+        from veason_r1.models.sam2 import load_sam2
+
         summary = toy.train(work, cfg, device=device, time_budget_s=args.time_budget)
         shutil.copyfile(work / "sam2_toy.pt", out / "sam2_toy.pt")
         propagator = load_sam2("toy", checkpoint=str(out / "sam2_toy.pt"), device=device)
@@ -64,10 +73,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"toy SAM2: {summary['steps']} steps in {summary['seconds']:.0f} s, held-out oracle-box J "
               f"{metrics['oracle_box_J']:.3f} (static box {metrics['static_box_J']:.3f}) -> {out / 'sam2_toy.pt'}")
     else:
-        from veason_r1.toy import policy_train as toy
-
-        extra = {"heldout_samples": args.heldout} if args.heldout else {}
-        cfg = dataclasses.replace(toy.ToyPolicyTrainConfig(), **overrides, **extra)
         summary = toy.train(work, cfg, device=device, time_budget_s=args.time_budget)
         toy.export_model_folder(work / "model", out)
         metrics = toy.evaluate(out, toy.heldout_samples(cfg), device=device, image_size=cfg.tasks.image_size,
@@ -79,3 +84,10 @@ def run(args: argparse.Namespace) -> int:
     if not args.keep_work:
         shutil.rmtree(work)
     return 0
+
+
+def _config(cls, flags: dict, overrides: list[str]):
+    """The training config: its defaults, then the flags, then `--set` overrides (the one config grammar)."""
+    from veason_r1.structured_config import as_dict, load_structured, merge_layers
+
+    return load_structured(cls, None, overrides, base=merge_layers(as_dict(cls()), flags))

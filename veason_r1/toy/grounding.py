@@ -39,6 +39,9 @@ class GroundingConfig:
     # frames shown in multi-frame tasks: the RL grid and the SFT / eval grid
     frame_counts: tuple[int, ...] = (FRAMES.rl_frames, FRAMES.sft_frames)
     samples_per_video: int = 12  # samples drawn from one rendered video before the next
+    # share of absent-target grounding samples (answer [[0, 0, 0, 0]]) kept: < 1 thins the absent-box spike
+    # that greedy decoding falls into (bench/toy_policy_probe.py); 1 keeps the stream as it was
+    absent_keep: float = 1.0
     synth: SynthConfig = field(default_factory=lambda: SynthConfig(min_frames=8, max_frames=24))
 
 
@@ -122,8 +125,12 @@ class SampleStream:
             self.left -= 1
             task = self.rng.choices(TASKS, weights=self.cfg.task_weights)[0]
             sample = getattr(self, f"_{task}")()
-            if sample is not None:
-                return sample
+            if sample is None:
+                continue
+            if (self.cfg.absent_keep < 1 and sample.boxes == [[0, 0, 0, 0]]
+                    and self.rng.random() >= self.cfg.absent_keep):
+                continue
+            return sample
 
     def _masks(self, obj_ids, t):
         return [self.video.visible[k][t] for k in obj_ids]

@@ -41,6 +41,9 @@ class ToyPolicyTrainConfig:
     heldout_samples: int = 300  # per task
     workers: int = 8
     checkpoint_every: int = 1000
+    # > 0: box coordinates are trained against a Gaussian (this std, in pixels) over the integer tokens around
+    # the true value instead of the exact token (veason_r1/toy/coord_loss.py); 0: the plain next-token loss
+    coord_sigma: float = 0.0
     tasks: GroundingConfig = field(default_factory=GroundingConfig)
 
 
@@ -193,6 +196,7 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
         prefetch_factor=4 if cfg.workers > 0 else None,
     )
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
+    loss_of = _loss_function(processor, cfg)
 
     budget = StepBudget(cfg.steps, time_budget_s, start_step=state.step)
     t0, running = time.time(), None
@@ -206,7 +210,7 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
             group["lr"] = lr
         batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
         with amp or torch.autocast("cpu", enabled=False):
-            loss = model(**batch).loss
+            loss = loss_of(model, batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -227,6 +231,23 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
     return {"steps": state.step, "requested_steps": cfg.steps, "seconds": round(time.time() - t0, 1),
             "history": state.history,
             "params": sum(p.numel() for p in model.parameters())}
+
+
+def _loss_function(processor, cfg: ToyPolicyTrainConfig):
+    """The model's own loss, or with `coord_sigma` > 0 the soft coordinate loss (same token mean)."""
+    if cfg.coord_sigma <= 0:
+        return lambda model, batch: model(**batch).loss
+    from veason_r1.toy.coord_loss import number_token_ids, soft_coordinate_loss
+
+    tok = processor.tokenizer
+    numbers = number_token_ids(tok, cfg.tasks.image_size)
+    (open_id,) = tok(" [[", add_special_tokens=False)["input_ids"]
+
+    def loss(model, batch):
+        logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+        return soft_coordinate_loss(logits, batch["labels"], numbers, open_id, cfg.coord_sigma)
+
+    return loss
 
 
 def export_model(model, init: Path, out: Path) -> Path:
