@@ -13,11 +13,12 @@
 #
 # Environment: NUM_GPUS (default: nvidia-smi count), NUM_SHARDS (default: NUM_GPUS; shard i runs on GPU i mod
 # NUM_GPUS), SEQUENTIAL=1 (run the shards one after another instead of at once, e.g. 2 shards on 1 GPU),
-# VEASON (default: `veason-r1`), SPLIT (optional --split), EVAL_OUT (default: PRED_DIR/results.json).
+# VEASON (default: `veason-r1`), SPLIT (optional --split), EVAL_OUT (default: PRED_DIR/results.json),
+# SKIP_PREFLIGHT=1 (skip `veason-r1 preflight eval`), PREFLIGHT_ARGS (extra preflight flags, e.g. --cpu-ok).
 set -euo pipefail
 
 if [[ $# -lt 4 ]]; then
-    sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 BENCH=$1; DATA=$2; MODEL=$3; PRED=$4; shift 4
@@ -32,6 +33,13 @@ fi
 SPLIT_ARGS=()
 if [[ -n "${SPLIT:-}" ]]; then SPLIT_ARGS=(--split "$SPLIT"); fi
 EVAL_OUT=${EVAL_OUT:-$PRED/results.json}
+# `veason-r1 preflight eval` checks the node and every input (GPUs, packages, model folder, SAM2 config and
+# checkpoint, the dataset through `doctor`, disk) before any shard starts; it exits 1 on a FAIL.
+if [[ "${SKIP_PREFLIGHT:-0}" != 1 ]]; then
+    # shellcheck disable=SC2086  # PREFLIGHT_ARGS is a list of flags (e.g. --cpu-ok for CPU dry runs)
+    $VEASON preflight eval "$BENCH" --data "$DATA" --model "$MODEL" --out "$PRED" "${SPLIT_ARGS[@]}" \
+        ${PREFLIGHT_ARGS:-} "$@"
+fi
 mkdir -p "$PRED/logs"
 
 pids=()

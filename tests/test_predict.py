@@ -454,7 +454,8 @@ def test_multi_gpu_script_runs_disjoint_shards_and_merges(synth_root, tiny_qwen,
 
     repo = Path(__file__).resolve().parents[1]
     pred = tmp_path / "pred"
-    env = {**os.environ, "NUM_GPUS": "2", "VEASON": f"{sys.executable} -m veason_r1", "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "NUM_GPUS": "2", "VEASON": f"{sys.executable} -m veason_r1", "OMP_NUM_THREADS": "1",
+           "PREFLIGHT_ARGS": "--cpu-ok"}
     extra = ["--sam2", "tiny", "--image-size", "112", "--max-new-tokens", "8", "--batch-size", "2", "--limit", "6",
              "--device", "cpu"]
     proc = subprocess.run(["bash", str(repo / "eval/multi_gpu_eval.sh"), "revos", str(synth_root), str(tiny_qwen),
@@ -464,6 +465,7 @@ def test_multi_gpu_script_runs_disjoint_shards_and_merges(synth_root, tiny_qwen,
                                                                         "stage1.shard1of2.jsonl"]
     report = json.loads((pred / "merge_report.json").read_text())
     assert report["stage1_records"] == 6 and report["complete_masks"] == 6, proc.stderr[-2000:]
+    assert "PASS" in proc.stdout and "FAIL" not in proc.stdout  # the preflight ran first, and passed
     if (repo / "veason_r1/commands/eval.py").exists():
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert (pred / "results.json").is_file()
@@ -572,7 +574,7 @@ def test_multi_gpu_script_sequential_shards_equal_one_process(synth_root, tiny_q
              "--device", "cpu"]
     sharded, single = tmp_path / "sharded", tmp_path / "single"
     env = {**os.environ, "NUM_GPUS": "1", "NUM_SHARDS": "2", "SEQUENTIAL": "1",
-           "VEASON": f"{sys.executable} -m veason_r1", "OMP_NUM_THREADS": "1"}
+           "VEASON": f"{sys.executable} -m veason_r1", "OMP_NUM_THREADS": "1", "SKIP_PREFLIGHT": "1"}
     proc = subprocess.run(["bash", str(repo / "eval/multi_gpu_eval.sh"), "revos", str(synth_root), str(tiny_qwen),
                            str(sharded), *extra], env=env, cwd=repo, capture_output=True, text=True, timeout=300,
                           check=False)
