@@ -65,26 +65,53 @@ def arm_config(cfg: ReproConfig, paths: Paths, arm: str):
 
 
 def main(argv=None) -> int:
-    from veason_r1 import stages
-    from veason_r1.models.sam2 import load_sam2
-    from veason_r1.models.toy import toy_policy_dir
-    from veason_r1.rl.heldout import HeldoutConfig
-    from veason_r1.runner import StageRunner
-    from veason_r1.structured_config import as_dict, flatten, load_structured
+    from veason_r1.io_utils import atomic_write_json, atomic_write_text
+    from veason_r1.structured_config import as_dict, load_structured
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="ReproConfig values, e.g. demo.rl.trainer.total_training_steps=32 or arms=[grpo_all]")
+    p.add_argument("--seeds", default=None, metavar="S,S,...",
+                   help="run every seed (demo.seed: data, SFT and GRPO) in OUT/seed_<S> and write the table across "
+                        "seeds to OUT (default: one run in OUT with demo.seed)")
     p.add_argument("--force", action="store_true")
     args = p.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    base = {"out": args.out, "demo": as_dict(DemoConfig(out=str(Path(args.out) / "shared"), progress=False))}
-    cfg = load_structured(ReproConfig, None, args.set, base=base)
+    seeds = [int(x) for x in args.seeds.split(",")] if args.seeds else [None]
+    results = {}
+    for seed in seeds:
+        out = Path(args.out) if seed is None else Path(args.out) / f"seed_{seed}"
+        extra = [] if seed is None else [f"demo.seed={seed}"]
+        base = {"out": str(out), "demo": as_dict(DemoConfig(out=str(out / "shared"), progress=False))}
+        cfg = load_structured(ReproConfig, None, [*args.set, *extra], base=base)
+        if cfg.demo.policy != "toy" or cfg.demo.sam2 != "toy":
+            print("toy_reproduction: starts from the shipped toy models (demo.policy=toy, demo.sam2=toy)",
+                  file=sys.stderr)
+            return 2
+        result = run_one(cfg, force=args.force)
+        atomic_write_json(out / "toy_reproduction.json", result, indent=2)
+        atomic_write_text(out / "toy_reproduction.md", table(result) + "\n")
+        print(table(result))
+        results[cfg.demo.seed] = result
+    if len(seeds) > 1:
+        across = across_seeds(results)
+        atomic_write_json(Path(args.out) / "toy_reproduction_seeds.json", across, indent=2)
+        atomic_write_text(Path(args.out) / "toy_reproduction_seeds.md", seeds_table(across) + "\n")
+        print(seeds_table(across))
+    return 0
+
+
+def run_one(cfg: ReproConfig, force: bool = False) -> dict:
+    """One seed: the shared stages, every arm, every evaluation (resumable in cfg.out); the summary."""
+    from veason_r1 import stages
+    from veason_r1.models.sam2 import load_sam2
+    from veason_r1.models.toy import toy_policy_dir
+    from veason_r1.rl.heldout import HeldoutConfig
+    from veason_r1.runner import StageRunner
+    from veason_r1.structured_config import as_dict, flatten
+
     demo, out = cfg.demo, Path(cfg.out)
-    if demo.policy != "toy" or demo.sam2 != "toy":
-        print("toy_reproduction: starts from the shipped toy models (demo.policy=toy, demo.sam2=toy)", file=sys.stderr)
-        return 2
     paths = Paths(out / "shared")
     names = [("synth", "synthetic benchmark"), ("sample", "stratified pool"), ("cot", "seed CoT + SFT dataset"),
              ("sft", "LoRA CoT SFT from the toy base"),
@@ -92,7 +119,7 @@ def main(argv=None) -> int:
              *((f"eval_{m}", f"J&F of {m}") for m in ("sft", *cfg.arms)),
              ("heldout", "held-out reward of every model, paired bootstrap against SFT")]
     fingerprint = {k: v for k, v in flatten(as_dict(cfg)).items() if k not in ("out", "demo.out")}
-    runner = StageRunner(out, names, fingerprint, what="toy reproduction", force=args.force).open()
+    runner = StageRunner(out, names, fingerprint, what="toy reproduction", force=force).open()
     restore = stages.offline_runtime(demo.threads)
     try:
         sam2 = load_sam2(demo.sam2, device="cpu", seed=demo.seed)
@@ -125,13 +152,7 @@ def main(argv=None) -> int:
             lambda: (out / "heldout.json").is_file())
     finally:
         restore()
-    result = summarize(out, models, runner)
-    from veason_r1.io_utils import atomic_write_json, atomic_write_text
-
-    atomic_write_json(out / "toy_reproduction.json", result, indent=2)
-    atomic_write_text(out / "toy_reproduction.md", table(result) + "\n")
-    print(table(result))
-    return 0
+    return summarize(out, models, runner)
 
 
 def summarize(out: Path, models: dict[str, Path], runner) -> dict:
@@ -168,6 +189,49 @@ def table(result: dict) -> str:
                      + f" | {r['JF']:.1f} | {r.get('skipped_steps', '-')} |")
     return "\n".join(lines) + (f"\n\n{result['expressions']} held-out expressions; stages computed in "
                                f"{result['seconds']:.0f} s.")
+
+
+def across_seeds(results: dict) -> dict:
+    """Per model: the held-out reward and J&F of each seed, their mean and spread (min, max), and per arm the seeds
+    whose paired interval against SFT lies above 0 / below 0."""
+    import numpy as np
+
+    seeds = sorted(results)
+    models = list(results[seeds[0]]["models"])
+    terms = results[seeds[0]]["terms"]
+    out = {"seeds": seeds, "terms": terms, "models": {}}
+    for m in models:
+        rows = [results[s]["models"][m] for s in seeds]
+        reward = [r["heldout"]["overall"] for r in rows]
+        jf = [r["JF"] for r in rows]
+        entry = {"heldout_reward": reward, "JF": jf, "heldout_reward_mean": float(np.mean(reward)),
+                 "JF_mean": float(np.mean(jf)), "heldout_reward_range": [min(reward), max(reward)],
+                 "JF_range": [min(jf), max(jf)],
+                 "terms_mean": {t: float(np.mean([r["heldout"][t] for r in rows])) for t in terms}}
+        diffs = [r["diff_vs_sft"] for r in rows if r.get("diff_vs_sft")]
+        if diffs:
+            entry["diff_mean"] = float(np.mean([d["diff"] for d in diffs]))
+            entry["seeds_above_sft"] = sum(d["lo"] > 0 for d in diffs)
+            entry["seeds_below_sft"] = sum(d["hi"] < 0 for d in diffs)
+            entry["skipped_steps"] = sum(r.get("skipped_steps", 0) for r in rows)
+        out["models"][m] = entry
+    return out
+
+
+def seeds_table(across: dict) -> str:
+    n = len(across["seeds"])
+    head = ["model", "held-out reward, mean [min, max]", "vs SFT: mean diff", "seeds CI > 0 / < 0",
+            *across["terms"], "J&F mean [min, max]", "skipped steps"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for m, e in across["models"].items():
+        lo, hi = e["heldout_reward_range"]
+        jlo, jhi = e["JF_range"]
+        vs = f"{e['diff_mean']:+.3f}" if "diff_mean" in e else "-"
+        ci = f"{e['seeds_above_sft']} / {e['seeds_below_sft']} of {n}" if "diff_mean" in e else "-"
+        lines.append(f"| {m} | {e['heldout_reward_mean']:.3f} [{lo:.3f}, {hi:.3f}] | {vs} | {ci} | "
+                     + " | ".join(f"{e['terms_mean'][t]:.3f}" for t in across["terms"])
+                     + f" | {e['JF_mean']:.1f} [{jlo:.1f}, {jhi:.1f}] | {e.get('skipped_steps', '-')} |")
+    return "\n".join(lines) + f"\n\nseeds {', '.join(map(str, across['seeds']))}."
 
 
 if __name__ == "__main__":

@@ -465,7 +465,7 @@ def test_multi_gpu_script_runs_disjoint_shards_and_merges(synth_root, tiny_qwen,
                                                                         "stage1.shard1of2.jsonl"]
     report = json.loads((pred / "merge_report.json").read_text())
     assert report["stage1_records"] == 6 and report["complete_masks"] == 6, proc.stderr[-2000:]
-    assert "PASS" in proc.stdout and "FAIL" not in proc.stdout  # the preflight ran first, and passed
+    assert "PASS" in proc.stdout and " 0 FAIL - ready" in proc.stdout  # the preflight ran first, and passed
     if (repo / "veason_r1/commands/eval.py").exists():
         assert proc.returncode == 0, proc.stderr[-2000:]
         assert (pred / "results.json").is_file()

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -157,21 +157,33 @@ def build_page(handler: RequestHandler, examples: Sequence[Example], default_num
 
 
 def serve(page, *, host: str, port: int, share: bool, max_upload_mb: float, concurrency: int, queue_size: int,
-          allowed_paths: Sequence[Path]) -> None:
-    """Launch the page and block until the server stops (Ctrl-C or SIGTERM: then the caller's cleanup runs)."""
+          allowed_paths: Sequence[Path], on_stop: Callable[[], None] | None = None, stop_grace_s: float = 8.0) -> None:
+    """Launch the page and block until the server stops (Ctrl-C or SIGTERM: then the caller's cleanup runs).
+
+    A stop request also arms a watchdog: if the process is still alive `stop_grace_s` later (Gradio's close waits
+    on uvicorn and its worker threads; the test suite once saw the app alive 20 s after SIGTERM), `on_stop` runs and
+    the process exits. Nothing is lost: a request in flight has no result worth keeping once the server stops."""
     import signal
     import threading
 
     from starlette.middleware import Middleware
 
+    def interrupt(signum, frame):
+        if on_stop is not None:
+            def hard_stop() -> None:
+                on_stop()
+                os._exit(0)
+
+            timer = threading.Timer(stop_grace_s, hard_stop)
+            timer.daemon = True
+            timer.start()
+        raise KeyboardInterrupt
+
     if threading.current_thread() is threading.main_thread():  # SIGTERM ends the server like Ctrl-C does
-        signal.signal(signal.SIGTERM, _interrupt)
+        signal.signal(signal.SIGTERM, interrupt)
+        signal.signal(signal.SIGINT, interrupt)
 
     page.queue(default_concurrency_limit=concurrency, max_size=queue_size)
     page.launch(server_name=host, server_port=port, share=share, max_file_size=int(max_upload_mb * 1e6),
                 allowed_paths=[str(p) for p in allowed_paths], ssr_mode=False, show_api=False, inbrowser=False,
                 show_error=False, app_kwargs={"middleware": [Middleware(OfflinePage)]})
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt

@@ -140,30 +140,19 @@ def _run(args: argparse.Namespace) -> int:
     try:
         serve(page, host=args.host, port=args.port, share=args.share, max_upload_mb=limits.max_upload_mb,
               concurrency=args.concurrency, queue_size=args.queue_size,
-              allowed_paths=[server_tmp, cache_dir / "examples"])
+              allowed_paths=[server_tmp, cache_dir / "examples"],
+              on_stop=lambda: shutil.rmtree(server_tmp, ignore_errors=True))
     finally:
         shutil.rmtree(server_tmp, ignore_errors=True)
-    _leave_now_if_threads_linger()
+    _exit_now()
     return 0
 
 
-def _leave_now_if_threads_linger(grace_s: float = 3.0) -> None:
-    """Exit once the server is closed and its folder removed, even if a worker thread lingers.
-
-    Gradio's `close` waits only 5 s for uvicorn, and the queue and anyio worker threads are not all daemons, so a
-    browser that kept a connection open could hold the process after SIGTERM (seen once in the test suite: still
-    alive 20 s after "closing server"). Nothing is left to save at this point, so a lingering thread is not waited
-    for."""
-    import threading
-    import time
-
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]:
-            return
-        time.sleep(0.1)
-    lingering = [t.name for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
-    print(f"app: server closed; not waiting for threads {lingering}", file=sys.stderr)
-    sys.stderr.flush()
+def _exit_now() -> None:
+    """Leave once the server is closed and its folder removed, without the interpreter's shutdown: Gradio's queue
+    and anyio worker threads are not all daemons, and native thread pools (OpenMP, tokenizers) have hung or crashed
+    that shutdown here (the app alive 20 s after SIGTERM; pytest once exited 139 after a passing run). Nothing is
+    left to save at this point."""
     sys.stdout.flush()
+    sys.stderr.flush()
     os._exit(0)
