@@ -42,6 +42,7 @@ def main(argv=None) -> int:
     from transformers import AutoProcessor, Qwen2_5_VLForConditionalGeneration
 
     from veason_r1.models.toy import toy_policy_dir
+    from veason_r1.toy.coord_loss import number_token_ids
     from veason_r1.toy.grounding import SampleStream
     from veason_r1.toy.policy_train import ToyPolicyTrainConfig, encode
 
@@ -52,12 +53,8 @@ def main(argv=None) -> int:
     processor = AutoProcessor.from_pretrained(model_dir)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(model_dir, dtype=torch.float32).eval()
     tok = processor.tokenizer
-    number_ids = []
-    for n in range(size + 1):  # box corners run 0..S (an exclusive right/bottom edge can be S)
-        ids = tok(str(n), add_special_tokens=False)["input_ids"]
-        if len(ids) != 1:
-            raise SystemExit(f"{model_dir}: {n} is not one token ({ids})")
-        number_ids.append(ids[0])
+    # box corners run 0..S (an exclusive right/bottom edge can be S); each integer is one token
+    number_ids = number_token_ids(tok, size)
     number_ids_t = torch.tensor(number_ids)
     values = torch.arange(size + 1, dtype=torch.float32)
 

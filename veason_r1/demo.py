@@ -218,10 +218,6 @@ class Demo:
                                   force=cfg.force, verbose=cfg.verbose, error=DemoSetupError)
         self._propagator = None
 
-    @property
-    def records(self) -> dict[str, StageRecord]:
-        return self.runner.records
-
     def run(self) -> dict[str, Any]:
         self.runner.open()
         restore = self._setup_runtime()

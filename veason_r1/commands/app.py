@@ -99,7 +99,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import atexit
     import shutil
     import tempfile
     import time
@@ -131,13 +130,12 @@ def _run(args: argparse.Namespace) -> int:
     # Everything a request writes (Gradio's uploads and served files, our per-request folders) lives here and is
     # removed when the server stops.
     server_tmp = Path(tempfile.mkdtemp(prefix="veason-r1-app-"))
-    atexit.register(shutil.rmtree, server_tmp, True)
-    os.environ["GRADIO_TEMP_DIR"] = str(server_tmp / "gradio")
-    from veason_r1.app.ui import build_page, serve
-
-    handler = RequestHandler(models, limits, server_tmp / "requests")
-    page = build_page(handler, examples, default_num_frames=args.num_frames)
     try:
+        os.environ["GRADIO_TEMP_DIR"] = str(server_tmp / "gradio")
+        from veason_r1.app.ui import build_page, serve
+
+        handler = RequestHandler(models, limits, server_tmp / "requests")
+        page = build_page(handler, examples, default_num_frames=args.num_frames)
         serve(page, host=args.host, port=args.port, share=args.share, max_upload_mb=limits.max_upload_mb,
               concurrency=args.concurrency, queue_size=args.queue_size,
               allowed_paths=[server_tmp, cache_dir / "examples"],
