@@ -235,4 +235,10 @@ def seeds_table(across: dict) -> str:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from veason_r1.errors import UserError, format_user_error
+
+    try:
+        sys.exit(main())
+    except UserError as e:  # a bad --set or output folder: one line, as the CLI prints it
+        print(format_user_error(e), file=sys.stderr)
+        sys.exit(2)
