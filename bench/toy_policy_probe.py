@@ -68,6 +68,7 @@ def main(argv=None) -> int:
         labels = item["labels"]
         with torch.no_grad():
             logits = model(input_ids=item["input_ids"][None], pixel_values=item["pixel_values"],
+                           mm_token_type_ids=item["mm_token_type_ids"][None],
                            image_grid_thw=item["image_grid_thw"]).logits[0]
         # the four coordinates: the last four integer tokens (the "2" of "bbox_2d_list" is an integer token too)
         positions = [i for i in range(len(labels)) if int(labels[i]) in number_ids][-4:]

@@ -134,11 +134,49 @@ def test_fast_encoder_equals_the_qwen_processor(tmp_path):
     for _ in range(12):
         sample = next(stream)
         fast, ref = encode(processor, sample, 112), encode_with_processor(processor, sample, 112)
-        for key in ("input_ids", "labels", "image_grid_thw"):
+        for key in ("input_ids", "labels", "mm_token_type_ids", "image_grid_thw"):
             assert torch.equal(fast[key], ref[key]), key
         assert torch.allclose(fast["pixel_values"], ref["pixel_values"], atol=1e-5, rtol=0)
         assert int((fast["labels"] != -100).sum()) == len(processor.tokenizer(sample.answer + "<|im_end|>",
                                                                              add_special_tokens=False)["input_ids"])
+
+
+def test_training_batch_gives_the_logits_of_the_processor_path(tmp_path):
+    """The build trains the model every later stage runs: a collated training batch (uint8 frames patchified as on
+    the GPU, right padding) gives the processor path's logits at every real token, i.e. the same 3D M-RoPE
+    positions (without mm_token_type_ids transformers silently falls back to 1D positions)."""
+    import torch
+
+    from veason_r1.models.policy import load_processor
+    from veason_r1.models.toy import TOY_POLICY_CONFIG
+    from veason_r1.models.tiny import make_tiny_qwen
+    from transformers import Qwen2_5_VLForConditionalGeneration
+    from veason_r1.toy.grounding import GroundingConfig, SampleStream
+    from veason_r1.toy.policy_train import collate, encode, encode_with_processor, to_model_inputs
+
+    torch.set_num_threads(1)
+    folder = make_tiny_qwen(tmp_path / "model", seed=0, config=TOY_POLICY_CONFIG)
+    processor = load_processor(folder)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+    stream = SampleStream(GroundingConfig(), seed=5)
+    samples = [next(stream) for _ in range(4)]
+    assert len({len(s.images) for s in samples}) > 1  # one-frame and multi-frame samples, so padding happens
+    batch = to_model_inputs(collate([encode(processor, s, 112, pixels=False) for s in samples],
+                                    processor.tokenizer.pad_token_id), processor.image_processor, "cpu")
+    batch.pop("labels")
+    with torch.no_grad():
+        train_logits = model(**batch).logits
+        for i, s in enumerate(samples):
+            ref = encode_with_processor(processor, s, 112)
+            ref.pop("labels")
+            ref_logits = model(**{k: v[None] if k in ("input_ids", "mm_token_type_ids") else v
+                                  for k, v in ref.items()}).logits[0]
+            n = ref_logits.shape[0]
+            assert torch.allclose(train_logits[i, :n], ref_logits, atol=2e-4, rtol=0), i
+            # the check has teeth: without mm_token_type_ids (the old training path) the logits differ
+            flat = model(**{k: v[None] if k == "input_ids" else v for k, v in ref.items()
+                            if k != "mm_token_type_ids"}).logits[0]
+            assert (flat - ref_logits).abs().max() > 1e-2
 
 
 def test_number_tokens_make_coordinates_single_tokens():

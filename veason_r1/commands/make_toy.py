@@ -43,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from veason_r1.errors import BadInput
+    from veason_r1.io_utils import atomic_write_json
 
     if args.which == "policy" and args.train_videos is not None:
         raise BadInput("--train-videos", "only for `make-toy sam2`", hint="the policy draws fresh videos")
@@ -81,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"toy policy: {summary['steps']} steps in {summary['seconds']:.0f} s, held-out box IoU "
               f"{metrics['box_iou']:.3f}, parse rate {metrics['parse_rate']:.3f}, keyframe exact "
               f"{metrics['when']['exact']:.3f} -> {out}")
+    # the learning curve (loss every 25 steps; the policy's held-out scores every `eval_every` steps), for plots
+    atomic_write_json(out / "curve.json", summary["history"])
     if not args.keep_work:
         shutil.rmtree(work)
     return 0

@@ -78,6 +78,9 @@ class TinyQwenConfig:
     initializer_range: float = 0.05  # wider than 0.02 so greedy argmaxes are well separated (stable tests)
     tie_word_embeddings: bool = False  # as Qwen2.5-VL-7B; tied input/output embeddings make random greedy text repeat
     max_position_embeddings: int = 32768
+    # RoPE base. Qwen2.5-VL's 1e6 leaves M-RoPE's width section (always the slowest frequencies) turning by ~1e-4 rad
+    # per image column at toy head sizes; the toy policy uses a small base (models/toy.py)
+    rope_theta: float = 1000000.0
     # Coordinate-friendly tokenisation: the integers 0..number_tokens-1 as added tokens, so "57" is one token (the
     # stock Qwen split makes it "5", "7"). 0 = off (the tiny test model); the toy policy uses it (models/toy.py).
     number_tokens: int = 0
@@ -256,7 +259,7 @@ def build_config(tokenizer, cfg: TinyQwenConfig):
         "sliding_window": 32768,
         "initializer_range": cfg.initializer_range,
         "attention_dropout": 0.0,
-        "rope_parameters": {"rope_type": "default", "mrope_section": list(cfg.mrope_section), "rope_theta": 1000000.0},
+        "rope_parameters": {"rope_type": "default", "mrope_section": list(cfg.mrope_section), "rope_theta": cfg.rope_theta},
         "bos_token_id": ids["<|endoftext|>"],
         "eos_token_id": ids["<|im_end|>"],
         "pad_token_id": ids["<|endoftext|>"],

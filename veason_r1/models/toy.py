@@ -20,11 +20,18 @@ TOY_NAME = "toy"
 
 
 # ~5.6M parameters (~11 MB in bf16): 4 text layers of 256 (GQA 4/2 heads of 64), a depth-4 vision tower of 128, the
-# integers 0-999 as tokens
+# integers 0-999 as tokens.
+# RoPE base 10, not Qwen's 1e6: the language model knows where an image token sits only through M-RoPE, whose width
+# section always gets the slowest of the head's 32 frequencies. With base 1e6 that section turns by at most 1.8e-4
+# rad per image column (height 0.032), so columns are indistinguishable and a toy model cannot localise; with base
+# 10 the width section turns 0.11-0.24 rad per column, the height section 0.25-0.56, the temporal/text one 0.6-1.0
+# (docs/toy_reproduction.md).
+TOY_ROPE_THETA = 10.0
 TOY_POLICY_CONFIG = TinyQwenConfig(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
-                                   num_key_value_heads=2, mrope_section=[8, 12, 12], vision_depth=4,
-                                   vision_hidden_size=128, vision_intermediate_size=256, vision_num_heads=2,
-                                   vision_fullatt_block_indexes=[1, 3], initializer_range=0.02, number_tokens=1000)
+                                   num_key_value_heads=2, mrope_section=[8, 12, 12], rope_theta=TOY_ROPE_THETA,
+                                   vision_depth=4, vision_hidden_size=128, vision_intermediate_size=256,
+                                   vision_num_heads=2, vision_fullatt_block_indexes=[1, 3], initializer_range=0.02,
+                                   number_tokens=1000)
 
 
 def is_toy(name: str | Path | None) -> bool:

@@ -28,11 +28,11 @@ from veason_r1.toy.schedule import StepBudget, TrainState, cosine_lr
 class ToyPolicyTrainConfig:
     """Everything that changes the trained weights (the manifest records it)."""
 
-    steps: int = 6000
-    batch_size: int = 64
-    lr: float = 1.5e-3
+    steps: int = 20000
+    batch_size: int = 128
+    lr: float = 2e-3
     min_lr_ratio: float = 0.05
-    warmup_steps: int = 200
+    warmup_steps: int = 300
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     seed: int = 0  # weights
@@ -41,10 +41,15 @@ class ToyPolicyTrainConfig:
     heldout_samples: int = 300  # per task
     workers: int = 8
     checkpoint_every: int = 1000
+    # every N steps: greedy held-out scores on `eval_samples` per task (the build's learning curve); 0 = off
+    eval_every: int = 0
+    eval_samples: int = 48
     # > 0: box coordinates are trained against a Gaussian (this std, in pixels) over the integer tokens around
     # the true value instead of the exact token (veason_r1/toy/coord_loss.py); 0: the plain next-token loss
-    coord_sigma: float = 0.0
-    tasks: GroundingConfig = field(default_factory=GroundingConfig)
+    coord_sigma: float = 1.0
+    # fewer absent-target samples (their "0" token was where greedy coordinates collapsed) and more samples per
+    # rendered video (rendering was two thirds of the loader's time)
+    tasks: GroundingConfig = field(default_factory=lambda: GroundingConfig(absent_keep=0.35, samples_per_video=24))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -55,33 +60,56 @@ def prompt_text(processor, sample: ToySample) -> str:
     return processor.apply_chat_template(messages(sample), tokenize=False, add_generation_prompt=True)
 
 
-def encode(processor, sample: ToySample, image_size: int) -> dict[str, Any]:
-    """input_ids / labels (answer + <|im_end|> supervised) / pixel_values / image_grid_thw for one sample, exactly
-    as the Qwen2.5-VL processor builds them (a test checks equality) but ~10x faster: square frames need no resize,
-    so the patches are a reshape, and each image slot expands to its (S/28)^2 pad tokens in the text."""
+def patchify(images, image_processor):
+    """(N, S, S, 3) uint8 square frames -> Qwen2.5-VL `pixel_values` (N * (S/14)^2 rows of 3 * 2 * 14 * 14), on the
+    frames' device, exactly as the image processor lays them out (square frames need no resize: the patches are a
+    reshape). The build ships uint8 frames from its loader and runs this on the GPU: a quarter of the bytes and no
+    per-sample float work in the loader processes."""
+    import torch
+
+    ip = image_processor
+    patch, merge, temporal = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+    n, side = images.shape[0], images.shape[1] // patch
+    mean = torch.tensor(ip.image_mean, device=images.device).view(1, 3, 1, 1)
+    std = torch.tensor(ip.image_std, device=images.device).view(1, 3, 1, 1)
+    x = images.permute(0, 3, 1, 2).float()
+    x = (x * ip.rescale_factor - mean) / std
+    x = x.unsqueeze(1).expand(n, temporal, 3, side * patch, side * patch)
+    x = x.reshape(n, 1, temporal, 3, side // merge, merge, patch, side // merge, merge, patch)
+    return x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9).reshape(n * side * side, 3 * temporal * patch * patch)
+
+
+def encode(processor, sample: ToySample, image_size: int, pixels: bool = True) -> dict[str, Any]:
+    """input_ids / labels (answer + <|im_end|> supervised) / mm_token_type_ids / pixel_values / image_grid_thw for
+    one sample, exactly as the Qwen2.5-VL processor builds them (a test checks equality) but ~10x faster: each image
+    slot expands to its (S/28)^2 pad tokens in the text, and the pixels are `patchify`'s reshape.
+
+    `mm_token_type_ids` (1 on image tokens) is what lets the model build its 3D M-RoPE positions; without it
+    transformers falls back to 1D positions, i.e. another model than the one every later stage runs.
+    `pixels=False` returns the uint8 frames as `images` instead of `pixel_values` (patchified later, on the GPU)."""
     import torch
 
     ip, tok = processor.image_processor, processor.tokenizer
-    patch, merge, temporal = ip.patch_size, ip.merge_size, ip.temporal_patch_size
+    patch, merge = ip.patch_size, ip.merge_size
     side = image_size // patch
-    mean = torch.tensor(ip.image_mean).view(1, 3, 1, 1)
-    std = torch.tensor(ip.image_std).view(1, 3, 1, 1)
-    x = torch.from_numpy(np.stack(sample.images)).permute(0, 3, 1, 2).float()
-    x = (x * ip.rescale_factor - mean) / std
-    n = x.shape[0]
-    x = x.unsqueeze(1).repeat(1, temporal, 1, 1, 1)
-    x = x.view(n, 1, temporal, 3, side // merge, merge, patch, side // merge, merge, patch)
-    x = x.permute(0, 1, 4, 7, 5, 8, 3, 2, 6, 9).reshape(n * side * side, 3 * temporal * patch * patch)
+    images = torch.from_numpy(np.stack(sample.images))
+    n = images.shape[0]
     pad = processor.image_token
     text = prompt_text(processor, sample).replace(pad, pad * (side * side // (merge * merge)))
     prompt_ids = torch.tensor(tok(text, add_special_tokens=False)["input_ids"])
     answer = torch.tensor(tok(sample.answer + "<|im_end|>", add_special_tokens=False)["input_ids"])
-    return {
-        "input_ids": torch.cat([prompt_ids, answer]),
+    input_ids = torch.cat([prompt_ids, answer])
+    out = {
+        "input_ids": input_ids,
         "labels": torch.cat([torch.full_like(prompt_ids, -100), answer]),
-        "pixel_values": x,
+        "mm_token_type_ids": (input_ids == processor.image_token_id).long(),
         "image_grid_thw": torch.tensor([[1, side, side]] * n),
     }
+    if pixels:
+        out["pixel_values"] = patchify(images, ip)
+    else:
+        out["images"] = images
+    return out
 
 
 def encode_with_processor(processor, sample: ToySample, image_size: int) -> dict[str, Any]:
@@ -98,22 +126,35 @@ def encode_with_processor(processor, sample: ToySample, image_size: int) -> dict
     prompt_ids = batch["input_ids"][0]
     return {"input_ids": torch.cat([prompt_ids, answer]),
             "labels": torch.cat([torch.full_like(prompt_ids, -100), answer]),
+            "mm_token_type_ids": torch.cat([batch["mm_token_type_ids"][0], torch.zeros_like(answer)]),
             "pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"]}
 
 
 def collate(items: list[dict], pad_id: int) -> dict[str, Any]:
+    """Right-padded batch of `encode` outputs (pixels as `pixel_values` or as uint8 `images`)."""
     import torch
 
     n = max(len(x["input_ids"]) for x in items)
     ids = torch.full((len(items), n), pad_id, dtype=torch.long)
     labels = torch.full((len(items), n), -100, dtype=torch.long)
     mask = torch.zeros((len(items), n), dtype=torch.long)
+    types = torch.zeros((len(items), n), dtype=torch.long)
     for i, x in enumerate(items):
         k = len(x["input_ids"])
         ids[i, :k], labels[i, :k], mask[i, :k] = x["input_ids"], x["labels"], 1
-    return {"input_ids": ids, "labels": labels, "attention_mask": mask,
-            "pixel_values": torch.cat([x["pixel_values"] for x in items]),
+        types[i, :k] = x["mm_token_type_ids"]
+    pixels = "pixel_values" if "pixel_values" in items[0] else "images"
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask, "mm_token_type_ids": types,
+            pixels: torch.cat([x[pixels] for x in items]),
             "image_grid_thw": torch.cat([x["image_grid_thw"] for x in items])}
+
+
+def to_model_inputs(batch: dict[str, Any], image_processor, device: str) -> dict[str, Any]:
+    """A collated batch on `device`, uint8 `images` patchified there."""
+    out = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+    if "images" in out:
+        out["pixel_values"] = patchify(out.pop("images"), image_processor)
+    return out
 
 
 def _stream_class():
@@ -143,7 +184,7 @@ class _Stream:
         stream = SampleStream(self.cfg.tasks, seed=self.cfg.data_seed, first_index=wid, stride=nw)
         stream.rng.seed(self.cfg.data_seed * 1000 + wid)
         for sample in stream:
-            yield encode(processor, sample, self.cfg.tasks.image_size)
+            yield encode(processor, sample, self.cfg.tasks.image_size, pixels=False)
 
 
 
@@ -198,6 +239,7 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
     loss_of = _loss_function(processor, cfg)
 
+    curve_samples = heldout_samples(dataclasses.replace(cfg, heldout_samples=cfg.eval_samples)) if cfg.eval_every else {}
     budget = StepBudget(cfg.steps, time_budget_s, start_step=state.step)
     t0, running = time.time(), None
     bar = tqdm(total=cfg.steps, initial=state.step, desc="toy policy", disable=not progress)
@@ -208,7 +250,7 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
         bar.total = budget.total
         for group in opt.param_groups:
             group["lr"] = lr
-        batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+        batch = to_model_inputs(batch, processor.image_processor, device)
         with amp or torch.autocast("cpu", enabled=False):
             loss = loss_of(model, batch)
         opt.zero_grad(set_to_none=True)
@@ -222,15 +264,30 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
         if state.step % 25 == 0:
             state.log(loss=round(running, 4), s=round(time.time() - t0, 1))
             bar.set_postfix(loss=f"{running:.3f}")
+        if cfg.eval_every and state.step % cfg.eval_every == 0:
+            state.log(**_curve_point(model, processor, curve_samples, device, cfg.tasks.image_size))
+            model.train()
         if state.step % cfg.checkpoint_every == 0:
             state.save(model, opt, budget.total)
     bar.close()
+    if cfg.eval_every and (not state.history or "ground_iou_present" not in state.history[-1]):
+        state.log(**_curve_point(model, processor, curve_samples, device, cfg.tasks.image_size))
     state.save(model, opt, budget.total)
     out = work / "model"
     export_model(model, init, out)
     return {"steps": state.step, "requested_steps": cfg.steps, "seconds": round(time.time() - t0, 1),
             "history": state.history,
             "params": sum(p.numel() for p in model.parameters())}
+
+
+def _curve_point(model, processor, samples, device: str, image_size: int) -> dict[str, float]:
+    """One point of the held-out learning curve (greedy, fp32 weights as trained; the first samples of the held-out
+    set, so points are comparable along a run)."""
+    model.eval()
+    r = evaluate_model(model, processor, samples, device=device, image_size=image_size)
+    return {"ground_iou_present": round(r["ground"]["box_iou_present"], 4),
+            "ground_at_iou_present": round(r["ground_at"]["box_iou_present"], 4),
+            "when_exact": round(r["when"]["exact"], 4), "parse_rate": round(r["parse_rate"], 4)}
 
 
 def _loss_function(processor, cfg: ToyPolicyTrainConfig):
@@ -317,14 +374,21 @@ def evaluate(model_dir: Path, samples: dict[str, list[ToySample]], device: str =
              image_size: int = 112, progress: bool = False) -> dict[str, Any]:
     """Greedy answers on held-out samples: parse rate, box IoU (Hungarian, the spatial reward's rule) on the
     grounding tasks, exact keyframe and keyframe-reward on `when`, and the constant-mean-box baseline."""
+    from veason_r1.models.policy import load_policy
+
+    policy = load_policy(model_dir, device=device, dtype="float32")
+    return evaluate_model(policy.model, policy.processor, samples, device, batch_size, image_size, progress)
+
+
+def evaluate_model(model, processor, samples: dict[str, list[ToySample]], device: str = "cpu", batch_size: int = 32,
+                   image_size: int = 112, progress: bool = False) -> dict[str, Any]:
+    """`evaluate` on a model in memory (the build's periodic held-out curve uses it between optimizer steps)."""
     import torch
     from tqdm import tqdm
 
-    from veason_r1.models.policy import load_policy, pixel_bounds
+    from veason_r1.models.policy import pixel_bounds
     from veason_r1.reward.terms import spatial_reward
 
-    policy = load_policy(model_dir, device=device, dtype="float32")
-    model, processor = policy.model, policy.processor
     tok = processor.tokenizer
     stop = [tok.convert_tokens_to_ids("<|im_end|>"), tok.convert_tokens_to_ids("<|endoftext|>")]
     result: dict[str, Any] = {}

@@ -11,6 +11,13 @@ bf16 autocast on CUDA, resumable checkpoints.
 
 Prompts are boxes only (as the policy gives boxes), noised as SAM2's trainer noises them; clips run forward or
 backward in time (the propagator tracks both ways from the keyframe).
+
+Colour augmentation (`colour_aug`): the first toy SAM2 learned a colour shortcut (it segmented red, yellow and green
+shapes and missed blue, purple and white ones: it keyed on a channel profile, not on "a shape unlike its
+background"; docs/toy_reproduction.md). Each training clip therefore gets one random RGB-channel permutation, one
+SAM2 `ColorJitter` with a full hue circle and strong saturation/brightness/contrast changes, and sometimes a
+negative image, the same for all its frames: no colour identifies foreground any more, so the network has to
+segment by contrast and shape.
 """
 
 from __future__ import annotations
@@ -40,7 +47,7 @@ class ToySAM2TrainConfig:
     heldout_seed: int = 777
     heldout_videos: int = 48
     steps: int = 3000
-    batch_size: int = 16
+    batch_size: int = 32
     num_frames: int = 4  # frames per training clip (short clips: more updates per second)
     max_objects: int = 3
     reverse_time_prob: float = 0.5
@@ -52,6 +59,8 @@ class ToySAM2TrainConfig:
     seed: int = 0
     workers: int = 8
     checkpoint_every: int = 500
+    colour_aug: bool = True  # per-clip channel permutation + hue/saturation jitter + negatives (module docstring)
+    negative_prob: float = 0.2  # P(a clip is shown as its negative), with colour_aug
     synth: SynthConfig = field(default_factory=lambda: SynthConfig(min_frames=8, max_frames=24))
 
 
@@ -177,6 +186,36 @@ def _loss_fn():
     )
 
 
+class ChannelShuffle:
+    """A SAM2 transform (after `ToTensorAPI`): one random RGB-channel permutation per clip, and with probability
+    `negative_prob` the negative image, both the same on every frame of the clip."""
+
+    PERMUTATIONS = ((0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0))
+
+    def __init__(self, negative_prob: float = 0.0):
+        self.negative_prob = negative_prob
+
+    def __call__(self, datapoint, **kwargs):
+        import random
+
+        perm = list(random.choice(self.PERMUTATIONS))
+        negative = random.random() < self.negative_prob
+        for frame in datapoint.frames:
+            x = frame.data[perm]
+            frame.data = 1.0 - x if negative else x
+        return datapoint
+
+
+def colour_transforms(cfg: ToySAM2TrainConfig) -> list:
+    """The clip-level colour augmentation (`colour_aug`), to run between `ToTensorAPI` and `NormalizeAPI`."""
+    if not cfg.colour_aug:
+        return []
+    from training.dataset.transforms import ColorJitter
+
+    return [ColorJitter(consistent_transform=True, brightness=0.3, contrast=0.4, saturation=[0.1, 1.6], hue=0.5),
+            ChannelShuffle(cfg.negative_prob)]
+
+
 def _loader(vos_root: Path, cfg: ToySAM2TrainConfig, image_size: int):
     import functools
 
@@ -193,6 +232,7 @@ def _loader(vos_root: Path, cfg: ToySAM2TrainConfig, image_size: int):
         RandomHorizontalFlip(consistent_transform=True),
         RandomResizeAPI(sizes=image_size, square=True, consistent_transform=True),
         ToTensorAPI(),
+        *colour_transforms(cfg),
         NormalizeAPI(mean=list(IMG_MEAN), std=list(IMG_STD)),
     ])]
     raw = PNGRawDataset(img_folder=str(vos_root / "JPEGImages"), gt_folder=str(vos_root / "Annotations"))
@@ -279,13 +319,14 @@ def heldout_videos(cfg: ToySAM2TrainConfig):
 def oracle_box_j(propagator, videos, progress: bool = False) -> dict[str, float]:
     """Mean J over objects of held-out videos: the GT box on the object's largest-area frame, propagated both ways
     through the whole video (the pipeline's use of SAM2), J per frame with "both empty = 1", mean over frames.
-    Also the J of a static box (the GT box's rectangle on every frame) as the trivial baseline."""
+    Also the J of a static box (the GT box's rectangle on every frame) as the trivial baseline, and the mean J per
+    object colour (a colour shortcut shows there)."""
     from tqdm import tqdm
 
     from veason_r1.data.masks import mask_to_box
-    from veason_r1.eval.metrics import jaccard
+    from veason_r1.data.masks import mask_iou  # J of one frame (numpy: no compiled kernels on the GPU box)
 
-    js, static = [], []
+    js, static, colours = [], [], {}
     for video in tqdm(videos, desc="oracle-box J", disable=not progress):
         for k in range(len(video.objects)):
             masks = np.stack(video.visible[k])
@@ -293,12 +334,14 @@ def oracle_box_j(propagator, videos, progress: bool = False) -> dict[str, float]
             t = int(np.argmax(areas))
             box = mask_to_box(masks[t])
             pred = propagator.propagate(video.frames, t, np.asarray([box], dtype=np.float32))
-            js.append(float(np.mean([jaccard(masks[i], pred[i]) for i in range(len(masks))])))
+            js.append(float(np.mean([mask_iou(pred[i], masks[i]) for i in range(len(masks))])))
+            colours.setdefault(video.objects[k].color, []).append(js[-1])
             rect = np.zeros_like(masks[t])
             x0, y0, x1, y1 = (int(v) for v in box)
             rect[y0:y1 + 1, x0:x1 + 1] = True
-            static.append(float(np.mean([jaccard(masks[i], rect) for i in range(len(masks))])))
-    return {"oracle_box_J": float(np.mean(js)), "static_box_J": float(np.mean(static)), "objects": len(js)}
+            static.append(float(np.mean([mask_iou(rect, masks[i]) for i in range(len(masks))])))
+    return {"oracle_box_J": float(np.mean(js)), "static_box_J": float(np.mean(static)), "objects": len(js),
+            "by_colour": {c: round(float(np.mean(v)), 4) for c, v in sorted(colours.items())}}
 
 
 def write_manifest(out: Path, cfg: ToySAM2TrainConfig, summary: dict, metrics: dict, device: str) -> dict:

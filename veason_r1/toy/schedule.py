@@ -23,7 +23,8 @@ class TrainState:
     total: int | None = None  # the step count fixed by StepBudget (a resumed run keeps its schedule)
     history: list | None = None
 
-    RUNTIME_KEYS = ("workers", "checkpoint_every", "heldout_seed", "heldout_videos", "heldout_samples")
+    RUNTIME_KEYS = ("workers", "checkpoint_every", "heldout_seed", "heldout_videos", "heldout_samples", "eval_every",
+                    "eval_samples")
 
     def _fingerprint(self) -> dict:
         return {k: v for k, v in (self.config or {}).items() if k not in self.RUNTIME_KEYS}
