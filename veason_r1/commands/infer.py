@@ -54,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(f"--out {out}", "exists and is not a folder")
     source = open_video(args.video)
     check_infer_out(out, source.names)
-    check_model_dir(args.model)
+    args.model = str(check_model_dir(args.model))  # `toy` -> its folder
     check_sam2(args.sam2, args.sam2_ckpt)
     config = InferenceConfig(image_size=args.image_size, num_frames=args.num_frames,
                              max_new_tokens=args.max_new_tokens)

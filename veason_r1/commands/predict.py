@@ -96,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
     if "stage1" in stages and config.needs_policy:
         if not args.model:
             raise BadInput("--model", "required unless both --oracle-keyframe and --oracle-boxes are given")
-        check_model_dir(args.model)
+        args.model = str(check_model_dir(args.model))  # `toy` -> its folder
     if "stage2" in stages:
         check_sam2(args.sam2, args.sam2_ckpt)
     dataset = open_benchmark(args.benchmark, args.data, args.split)

@@ -86,12 +86,13 @@ EXPECTED_MODEL_TYPE = "qwen2_5_vl"
 
 
 def check_model_dir(model_dir: str | Path) -> Path:
-    """The folder as a Path, or a clear `UserError` naming what is missing or wrong: config, weights (a truncated
-    safetensors file is caught from its header, in milliseconds), tokenizer, processor, and the model type (the
-    policy is a Qwen2.5-VL: `model_type: qwen2_5_vl`)."""
+    """The folder as a Path (the name `toy` gives the shipped toy policy), or a clear `UserError` naming what is
+    missing or wrong: config, weights (a truncated safetensors file is caught from its header, in milliseconds),
+    tokenizer, processor, and the model type (the policy is a Qwen2.5-VL: `model_type: qwen2_5_vl`)."""
     from veason_r1.errors import BadInput, MissingInput
+    from veason_r1.models.toy import resolve_policy
 
-    path = Path(model_dir).expanduser()
+    path = resolve_policy(Path(model_dir).expanduser())  # the name `toy` -> the shipped toy policy folder
     if not path.is_dir():
         raise MissingInput(path, "policy folder not found",
                            hint="give a local Qwen2.5-VL folder, e.g. a downloaded Qwen/Qwen2.5-VL-3B-Instruct, a "

@@ -47,6 +47,8 @@ class ToyPolicyTrainConfig:
     # > 0: box coordinates are trained against a Gaussian (this std, in pixels) over the integer tokens around
     # the true value instead of the exact token (veason_r1/toy/coord_loss.py); 0: the plain next-token loss
     coord_sigma: float = 1.0
+    # the RoPE base of the model built (None: models.toy.TOY_POLICY_CONFIG's); for ablations of the position signal
+    rope_theta: float | None = None
     # fewer absent-target samples (their "0" token was where greedy coordinates collapsed) and more samples per
     # rendered video (rendering was two thirds of the loader's time)
     tasks: GroundingConfig = field(default_factory=lambda: GroundingConfig(absent_keep=0.35, samples_per_video=24))
@@ -193,12 +195,13 @@ class _Stream:
 # training
 
 
-def init_model_dir(out: Path, seed: int) -> Path:
+def init_model_dir(out: Path, seed: int, rope_theta: float | None = None) -> Path:
     """A fresh toy-size Qwen2.5-VL folder (random init, offline tokenizer) to train from."""
     from veason_r1.models.tiny import make_tiny_qwen
     from veason_r1.models.toy import TOY_POLICY_CONFIG
 
-    return make_tiny_qwen(out, seed=seed, config=TOY_POLICY_CONFIG)
+    config = TOY_POLICY_CONFIG if rope_theta is None else dataclasses.replace(TOY_POLICY_CONFIG, rope_theta=rope_theta)
+    return make_tiny_qwen(out, seed=seed, config=config)
 
 
 def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: bool = True,
@@ -216,7 +219,7 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
     work = Path(work)
     init = work / "init"
     if not (init / "config.json").is_file():
-        init_model_dir(init, cfg.seed)
+        init_model_dir(init, cfg.seed, cfg.rope_theta)
     processor = load_processor(init)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(init, dtype=torch.float32,
                                                                attn_implementation="sdpa").to(device)
