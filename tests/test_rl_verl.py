@@ -78,7 +78,40 @@ def test_generated_verl_config_validates_and_holds_the_grpo_config(synth_root, t
     actor = omega_conf_to_dataclass(tree.actor_rollout_ref.actor)  # verl's typed config accepts our values
     assert (actor.kl_loss_coef, actor.entropy_coeff, actor.optim.lr, actor.clip_ratio) == (5e-3, 1e-3, 1e-6, 0.2)
     rollout = omega_conf_to_dataclass(tree.actor_rollout_ref.rollout)
-    assert (rollout.n, rollout.prompt_length, rollout.response_length, rollout.limit_images) == (8, 7100, 1024, 8)
+    assert (rollout.n, rollout.prompt_length, rollout.response_length, rollout.limit_images) == (8, 7100, 1024, None)
+
+
+@pytest.mark.parametrize("size", ["3b", "7b"])
+def test_vllm_rollout_bounds_are_derived_from_the_data_config(synth_root, tiny_dir, sam2_ckpt, tmp_path, size):
+    """Issue 23 item 1: without these, vLLM 0.24 profiles a 128,000-token context with one 14-frame video of
+    12.8 MP frames inside 0.25 of the GPU and the 7B replicas start with no KV cache. The bounds reach vLLM the way
+    verl 0.9.1 passes them: RolloutConfig.max_model_len, and engine_kwargs.vllm as `vllm serve` flags (dicts as JSON);
+    `limit_images` stays unset because verl would replace the whole limit_mm_per_prompt mapping with {"image": N}."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from veason_r1.rl.verl_config import select
+
+    plan = launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", f"training_scripts/grpo_qwen2_5vl_{size}.yaml")
+    d = plan.cfg.data
+    rollout = omega_conf_to_dataclass(plan.tree.actor_rollout_ref.rollout)  # what vllm_async_server reads
+    assert rollout.max_model_len == d.max_prompt_length + d.max_response_length == 8124
+    assert rollout.limit_images is None
+    vllm_args = rollout.engine_kwargs["vllm"]
+    assert isinstance(vllm_args["limit_mm_per_prompt"], dict)  # verl json.dumps dicts for the CLI
+    assert vllm_args["limit_mm_per_prompt"] == {"image": d.num_frames, "video": 0} == {"image": 6, "video": 0}
+    pixels = {"min_pixels": 112 * 112, "max_pixels": 112 * 112}  # image_size=112 in these tests (560 -> 313,600)
+    assert vllm_args["mm_processor_kwargs"] == pixels and select(plan.tree, "data.mm_processor_kwargs") == pixels
+    assert rollout.max_num_batched_tokens >= rollout.max_model_len  # one whole prompt fits a prefill batch
+    text = plan.yaml_path.read_text()
+    assert "max_model_len: 8124" in text and "video: 0" in text
+
+
+def test_vllm_bounds_have_one_home(synth_root, tiny_dir, sam2_ckpt, tmp_path):
+    for key in ("verl.actor_rollout_ref.rollout.max_model_len=128000", "verl.actor_rollout_ref.rollout.limit_images=8",
+                "verl.actor_rollout_ref.rollout.engine_kwargs.vllm.limit_mm_per_prompt.video=1"):
+        with pytest.raises(ValueError, match="set by veason-r1 itself"):
+            launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", "training_scripts/grpo_qwen2_5vl_3b.yaml",
+                        key)
 
 
 def test_verl_validate_rejects_a_bad_batch_layout(synth_root, tiny_dir, sam2_ckpt, tmp_path):

@@ -52,10 +52,34 @@ PLUMBING: dict[str, Any] = {
     "trainer.max_actor_ckpt_to_keep": None,  # verl would delete the best checkpoint too: KeepLastAndBest prunes
 }
 # Keys verl's YAML tree lacks but its code reads: ours (read by KeepLastAndBest inside verl's trainer) and
-# RolloutConfig.limit_images (vllm_async_server passes it as vLLM's limit_mm_per_prompt: up to 8 frames a prompt).
+# RolloutConfig.limit_images (vllm_async_server would pass it as vLLM's limit_mm_per_prompt = {"image": N}, replacing
+# ours and so leaving video at vLLM's default: `rollout_bounds` sets the whole mapping instead and refuses it).
 OWN_KEYS = ("trainer.keep_last_checkpoints", f"{ARR}.rollout.limit_images")
 # Free-form mappings in verl's tree: any key below them is accepted.
-FREE_FORM = ("ray_kwargs.ray_init.runtime_env", f"{ARR}.model.override_config", "reward.custom_reward_function.reward_kwargs")
+FREE_FORM = ("ray_kwargs.ray_init.runtime_env", f"{ARR}.model.override_config", "reward.custom_reward_function.reward_kwargs",
+             f"{ARR}.rollout.engine_kwargs.vllm", "data.mm_processor_kwargs")
+VLLM_ARGS = f"{ARR}.rollout.engine_kwargs.vllm"  # verl 0.9.1 passes this mapping to `vllm serve` as CLI flags
+
+
+def rollout_bounds(cfg: GRPOConfig) -> dict[str, Any]:
+    """The vLLM rollout's bounds, derived from the data config (issue 23 item 1).
+
+    Without them vLLM 0.24 sizes its start-up memory profile for the largest input the model could take:
+    max_model_len = max_position_embeddings (128,000, verl's fallback), one 14-frame video (video is not limited by
+    `limit_images`) and the processor's max_pixels (12,845,056 after the SFT export). Profiled inside
+    gpu_memory_utilization = 0.25 of an 80 GB GPU, that leaves the 7B replicas no KV cache. The real prompts are
+    at most `data.num_frames` frames of `data.image_size`^2 pixels, prompt + response <= max_prompt_length +
+    max_response_length, and never a video: the same bounds the project's vLLM evaluation engine uses."""
+    from veason_r1.models.policy import pixel_bounds
+
+    d = cfg.data
+    pixels = pixel_bounds(d.image_size)
+    return {
+        f"{ARR}.rollout.max_model_len": d.max_prompt_length + d.max_response_length,
+        f"{VLLM_ARGS}.limit_mm_per_prompt": {"image": d.num_frames, "video": 0},
+        f"{VLLM_ARGS}.mm_processor_kwargs": dict(pixels),
+        "data.mm_processor_kwargs": dict(pixels),  # the agent loop's processor call (frames are already S x S)
+    }
 
 
 def flash_attn_available() -> bool:
@@ -87,14 +111,16 @@ def verl_values(cfg: GRPOConfig, *, train_file: str, val_file: str | None, has_f
     """({verl key: value} for the whole run, notes). `cfg` must already have absolute paths (`launch.absolute`)."""
     run_dir = Path(cfg.trainer.default_local_dir)
     values: dict[str, Any] = flatten(cfg.verl)
-    generated = {*PLUMBING, "data.train_files", "data.val_files", "reward.custom_reward_function.path",
-                 "trainer.validation_data_dir", *OWN_KEYS[:1], f"{ARR}.model.override_config.attn_implementation"}
-    clash = sorted(k for k in values if k in generated)
+    bounds = rollout_bounds(cfg)
+    generated = {*PLUMBING, *bounds, "data.train_files", "data.val_files", "reward.custom_reward_function.path",
+                 "trainer.validation_data_dir", *OWN_KEYS, f"{ARR}.model.override_config.attn_implementation"}
+    clash = sorted(k for k in values if k in generated or any(k.startswith(g + ".") for g in generated))
     if clash:
-        raise ValueError(f"verl.{clash[0]}: set by veason-r1 itself (how our code plugs into verl); remove it from "
-                         "the verl section")
+        raise ValueError(f"verl.{clash[0]}: set by veason-r1 itself (how our code plugs into verl, or derived from "
+                         "the data section: rollout_bounds); remove it from the verl section")
     values.update(verl_overrides(cfg))
     values.update(PLUMBING)
+    values.update(bounds)
     attention, note = attention_settings(cfg, has_flash_attn)
     values.update(attention)
     values["data.train_files"] = train_file
