@@ -173,3 +173,55 @@ def test_run_scripts_run_preflight_first_unless_skipped(tmp_path):
     sft = _run_script(tmp_path, "run_sft.sh", "--data", "d", "--model", "m", "--out", "o")
     assert [c[:4] for c in sft] == [["-c", "import", "torch;", "print(torch.cuda.device_count())"],
                                     ["-m", "veason_r1", "preflight", "sft"], ["-m", "veason_r1", "sft", "--config"]]
+
+
+# ------------------------------------------------------------------ issue 23 item 2: flash-attn that does not import
+
+
+@pytest.fixture
+def broken_flash_attn(tmp_path, monkeypatch):
+    """A flash-attn that is installed (package + metadata) but fails to import, as a wheel built against another
+    torch does (`undefined symbol`). On sys.path here and on PYTHONPATH for subprocesses."""
+    site = tmp_path / "site"
+    pkg = site / "flash_attn"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEa")\n')
+    dist = site / "flash_attn-2.8.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: flash-attn\nVersion: 2.8.3\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    import importlib
+
+    importlib.invalidate_caches()
+    return site
+
+
+def test_installed_but_broken_flash_attn_fails_preflight_and_the_launch(broken_flash_attn, synth_root, tiny_dir,
+                                                                         tmp_path, capsys):
+    """Before: find_spec said "installed", so the launcher kept flash_attention_2 (or preflight only warned) and
+    every verl actor worker died importing it. Now a real import in a subprocess decides."""
+    from veason_r1.cli import main
+    from veason_r1.preflight import flash_attn_check
+    from veason_r1.rl.verl_config import flash_attn_status
+
+    state, error = flash_attn_status()
+    assert state == "broken" and "undefined symbol" in error
+    check = flash_attn_check((state, error))
+    assert check.status == "FAIL" and "pip uninstall -y flash-attn" in check.fix and "--force-reinstall" in check.fix
+    assert flash_attn_check(("absent", "")).status == "WARN"
+
+    rc = main([*_grpo(synth_root, tiny_dir, tmp_path / "run"), "--cpu-ok"])
+    text = capsys.readouterr().out
+    rows = _rows(text)
+    assert rc == 1 and rows["import flash_attn"][0] == "FAIL", text
+    assert "FAIL import flash_attn: fix: pip uninstall -y flash-attn" in text
+
+    rc = main(["rl", "--backend", "verl", "--config", str(ROOT / "training_scripts/grpo_qwen2_5vl_3b.yaml"),
+               "--set", f"data.train_root={synth_root}", "--set", "data.train_pool=null", "--set", f"model.path={tiny_dir}",
+               "--set", "reward.sam2=tiny", "--set", "reward.sam2_checkpoint=null",
+               "--set", f"trainer.default_local_dir={tmp_path / 'launch'}", "--set", "data.image_size=112",
+               "--set", "data.val_max_samples=4", "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "flash-attn is installed but does not import" in err and "pip uninstall -y flash-attn" in err
+    assert len(err.strip().splitlines()) == 1

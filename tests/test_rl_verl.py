@@ -354,3 +354,24 @@ def test_pool_accepts_the_data_sampling_output(synth_root, tmp_path):
     meta = json.loads(out.read_text())
     assert sorted(pairs) == sorted((v, e) for v, d in meta["videos"].items() for e in d["expressions"])
     assert len(pairs) == 5
+
+
+@pytest.mark.gpu
+def test_vllm_starts_with_the_generated_rollout_bounds(synth_root, tiny_dir, sam2_ckpt, tmp_path):  # pragma: no cover
+    """On a GPU node: vLLM takes the generated bounds as verl passes them (max_model_len, limit_mm_per_prompt with
+    video 0, mm_processor_kwargs) and reports the KV cache it could allocate inside 0.25 of the GPU."""
+    vllm = pytest.importorskip("vllm")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    from verl.utils.config import omega_conf_to_dataclass
+
+    plan = launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run")
+    rollout = omega_conf_to_dataclass(plan.tree.actor_rollout_ref.rollout)
+    llm = vllm.LLM(model=str(tiny_dir), max_model_len=rollout.max_model_len,
+                   gpu_memory_utilization=rollout.gpu_memory_utilization, enforce_eager=True,
+                   **rollout.engine_kwargs["vllm"])
+    config = llm.llm_engine.model_config
+    assert config.max_model_len == 8124
+    assert dict(config.multimodal_config.limit_per_prompt)["video"] in (0, {"count": 0}) or \
+        getattr(config.multimodal_config.limit_per_prompt["video"], "count", None) == 0
+    print("kv cache blocks:", llm.llm_engine.vllm_config.cache_config.num_gpu_blocks)

@@ -184,10 +184,26 @@ def packages_checks(stage: str, env: str, cpu_ok: bool) -> list[Check]:
         else:
             out.append(package_check("vllm", "vllm", pins("gpu-vllm").get("vllm"), True, "verl's rollouts",
                                      vllm_fix))
-            out.append(package_check("flash-attn", "flash_attn", None, False,
-                                     "without it verl runs sdpa without padding removal: slower, more memory",
-                                     "optional: docs/reproduce.md, 'flash-attn'"))
+        out.append(flash_attn_check())  # CPU too: a broken install stops the launch wherever it is
     return out
+
+
+def flash_attn_check(status: tuple[str, str] | None = None) -> Check:
+    """flash-attn is optional, but installed-and-broken is fatal: verl's actor workers import it whenever its
+    metadata exists (sdpa path too). The import is tried in a subprocess (a bad build can crash the process)."""
+    from veason_r1.rl.verl_config import FLASH_ATTN_FIX, flash_attn_status
+
+    state, error = status if status is not None else flash_attn_status()
+    if state == "absent":
+        return Check("import flash_attn", WARN, "flash-attn is not installed (optional: without it verl runs sdpa "
+                     "without padding removal: slower, more memory)", "optional: docs/reproduce.md, 'flash-attn'")
+    if state == "broken":
+        return Check("import flash_attn", FAIL, f"flash-attn is installed but does not import ({error}); verl's "
+                     "actor workers import it whenever it is installed and would all die", FLASH_ATTN_FIX)
+    import importlib.metadata
+
+    return Check("import flash_attn", PASS, f"flash-attn {importlib.metadata.version('flash-attn')} imports "
+                 "(checked in a fresh process)")
 
 
 def _pinned_exact(dist: str) -> str:
@@ -423,5 +439,5 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "checkpoint_budget", "driver_check", "eval_checks", "gpu_check",
+__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "checkpoint_budget", "driver_check", "eval_checks", "flash_attn_check", "gpu_check",
            "grpo_checks", "pins", "render", "sft_checks", "shm_check"]

@@ -82,8 +82,51 @@ def rollout_bounds(cfg: GRPOConfig) -> dict[str, Any]:
     }
 
 
+# What verl 0.9.1 imports from flash-attn whenever the package is installed (transformers' is_flash_attn_2_available
+# looks at the metadata only): its Qwen2-VL attention and torch_functional's padding helpers.
+FLASH_ATTN_PROBE = ("import flash_attn; from flash_attn import flash_attn_func, flash_attn_varlen_func; "
+                    "from flash_attn.bert_padding import pad_input, unpad_input")
+FLASH_ATTN_FIX = ("pip uninstall -y flash-attn (verl then runs sdpa), or rebuild it against the installed torch: "
+                  "pip install --no-build-isolation --no-cache-dir --force-reinstall flash-attn==2.8.3")
+
+
+def _flash_attn_installed() -> bool:
+    import importlib.metadata
+
+    try:
+        importlib.metadata.version("flash-attn")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return importlib.util.find_spec("flash_attn") is not None
+
+
+def flash_attn_status(timeout: float = 300.0) -> tuple[str, str]:
+    """("absent" | "ok" | "broken", the import error's last line). The import runs in a fresh interpreter: a wheel
+    built against another torch fails with an undefined symbol (or crashes the process), and verl's actor workers
+    import it whenever it is installed, on the sdpa path too, so "installed" is not "usable"."""
+    import subprocess
+    import sys
+
+    if not _flash_attn_installed():
+        return "absent", ""
+    try:
+        r = subprocess.run([sys.executable, "-c", FLASH_ATTN_PROBE], capture_output=True, text=True, timeout=timeout,
+                           check=False)
+    except subprocess.TimeoutExpired:
+        return "broken", f"importing flash_attn took more than {timeout:.0f} s"
+    if r.returncode == 0:
+        return "ok", ""
+    lines = [line for line in (r.stderr or r.stdout).strip().splitlines() if line.strip()]
+    return "broken", (lines[-1] if lines else f"exit code {r.returncode}")[:300]
+
+
 def flash_attn_available() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+    """flash-attn imports (a real import, in a subprocess); raises ValueError when installed but broken."""
+    status, error = flash_attn_status()
+    if status == "broken":
+        raise ValueError(f"flash-attn is installed but does not import ({error}); verl's actor workers import it "
+                         f"whenever it is installed, so every worker would die, sdpa or not: {FLASH_ATTN_FIX}")
+    return status == "ok"
 
 
 def attention_settings(cfg: GRPOConfig, has_flash_attn: bool | None = None) -> tuple[dict[str, Any], str]:
@@ -315,5 +358,5 @@ if __name__ == "__main__":
 
 
 __all__ = ["PLUMBING", "BestCheckpoint", "attention_settings", "best_checkpoint", "best_saved_step", "build_tree",
-           "compose", "flash_attn_available", "select", "unknown_keys", "validate", "validation_scores",
+           "compose", "flash_attn_available", "flash_attn_status", "rollout_bounds", "select", "unknown_keys", "validate", "validation_scores",
            "verl_values", "write_verl_yaml"]
