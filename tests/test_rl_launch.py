@@ -272,11 +272,37 @@ def test_cadence_and_disk_budget():
     t = GRPOConfig().trainer
     assert (t.save_freq, t.test_freq, t.max_ckpt_to_keep) == (25, 25, 2)
     total, how = checkpoint_budget(3.75e9, t.max_ckpt_to_keep, None, t.save_freq)
-    assert how.startswith("2 last + best checkpoint at 45 GB each") and round(total / 1e9) == 142
+    # issue 23 item 3: verl writes the new checkpoint before KeepLastAndBest prunes: K + 2 at the peak
+    assert how.startswith("2 last + best + the one being written before pruning: 4 checkpoints at 45 GB each")
+    assert round(total / 1e9) == 188
     total7, _ = checkpoint_budget(8.29e9, 2, None, 25)
-    assert round(total7 / 1e9) == 315
+    assert round(total7 / 1e9) == 414
     keep_all, how_all = checkpoint_budget(3.75e9, None, 625, 25)
     assert how_all.startswith("all 25 checkpoints") and keep_all > 1e12
+
+
+def test_disk_check_on_resume_counts_the_checkpoints_already_there(tmp_path, monkeypatch):
+    """Re-running run_grpo.sh resumes: the checkpoints on disk are part of the peak, not on top of it. Before, the
+    check asked for the whole budget in free space and stopped the documented resume."""
+    import shutil
+    from collections import namedtuple
+
+    from veason_r1 import preflight
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**13, 0, 30 * 10**9))  # 30 GB free
+    params = 1e9  # 12 GB a checkpoint, 2 GB merged: peak 4 x 12 + 2 = 50 GB
+    run = tmp_path / "run"
+    fresh = preflight.grpo_disk_check(run, params, 2, None, 25)
+    assert fresh.status == "FAIL" and "needs 50 GB" in fresh.detail
+    for step in (25, 50, 75):  # an interrupted run: the last 2 + the best (sparse files: no real disk used)
+        (run / f"global_step_{step}" / "actor").mkdir(parents=True)
+        with open(run / f"global_step_{step}" / "actor" / "model.pt", "wb") as f:
+            f.truncate(12 * 10**9)
+    resumed = preflight.grpo_disk_check(run, params, 2, None, 25)
+    assert resumed.status == "PASS" and "needs 14 GB" in resumed.detail and "36 GB of checkpoints already" in resumed.detail
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10**13, 0, 10 * 10**9))
+    assert preflight.grpo_disk_check(run, params, 2, None, 25).status == "FAIL"  # never less than one new + merged
 
 
 # ----------------------------------------------------------------------------------- item 8: vLLM pin

@@ -295,16 +295,51 @@ def disk_check(out_dir: str | Path, need_bytes: float, what: str) -> Check:
 
 
 def checkpoint_budget(params: float, keep: int | None, total_steps: int | None, save_freq: int) -> tuple[float, str]:
-    """Bytes a GRPO run writes: the checkpoints kept (the last K plus the best) and the merged best model."""
+    """Peak bytes of a GRPO run folder: verl writes each new checkpoint before `KeepLastAndBest` prunes, so at that
+    moment the last K, the best and the new one are all on disk (K + 2), and the merged best model comes on top."""
     per = BYTES_PER_PARAM_CHECKPOINT * params
     if keep is None:
         kept = (total_steps or 625) // max(save_freq, 1) if save_freq > 0 else 1
         how = f"all {kept} checkpoints"
     else:
-        kept = keep + 1
-        how = f"{keep} last + best checkpoint"
+        kept = keep + 2
+        how = f"{keep} last + best + the one being written before pruning"
     total = kept * per + BYTES_PER_PARAM_HF * params
-    return total, f"{how} at {per / 1e9:.0f} GB each + the merged model ({BYTES_PER_PARAM_HF * params / 1e9:.0f} GB)"
+    return total, f"{how}: {kept} checkpoints at {per / 1e9:.0f} GB each + the merged model ({BYTES_PER_PARAM_HF * params / 1e9:.0f} GB)"
+
+
+def tree_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).lstat().st_size
+            except OSError:
+                continue
+    return total
+
+
+def run_folder_bytes(run_dir: str | Path) -> int:
+    """What a resumed run already holds of its peak: the `global_step_N` checkpoints and the merged model."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return 0
+    parts = [p for p in run_dir.glob("global_step_*") if p.is_dir()] + [p for p in [run_dir / "best_hf"] if p.is_dir()]
+    return sum(tree_bytes(p) for p in parts)
+
+
+def grpo_disk_check(run_dir: str | Path, params: float, keep: int | None, total_steps: int | None,
+                    save_freq: int) -> Check:
+    """Free space for the peak minus what is already in the run folder (re-running run_grpo.sh resumes: the
+    checkpoints on disk are part of the peak, not on top of it). At least one new checkpoint + the merged model."""
+    peak, how = checkpoint_budget(params, keep, total_steps, save_freq)
+    have = run_folder_bytes(run_dir)
+    floor = (BYTES_PER_PARAM_CHECKPOINT + BYTES_PER_PARAM_HF) * params
+    need = max(peak - have, floor)
+    what = f"the peak {peak / 1e9:.0f} GB ({how})"
+    if have:
+        what += f" less the {have / 1e9:.0f} GB of checkpoints already in {run_dir}"
+    return disk_check(run_dir, need, what)
 
 
 def shm_check(cpu_ok: bool, shm_bytes: int | None = None, memory_bytes: int | None = None) -> Check:
@@ -357,9 +392,8 @@ def grpo_checks(cfg, source: str, cpu_ok: bool = False) -> list[Check]:
 
         def budget() -> Check:
             t = cfg.trainer
-            total, how = checkpoint_budget(model_params(cfg.model.path), t.max_ckpt_to_keep, t.total_training_steps,
-                                           t.save_freq)
-            return disk_check(t.default_local_dir, total, how)
+            return grpo_disk_check(t.default_local_dir, model_params(cfg.model.path), t.max_ckpt_to_keep,
+                                   t.total_training_steps, t.save_freq)
 
         out += _safe("disk", budget)
 
@@ -439,5 +473,6 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "checkpoint_budget", "driver_check", "eval_checks", "flash_attn_check", "gpu_check",
-           "grpo_checks", "pins", "render", "sft_checks", "shm_check"]
+__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "checkpoint_budget", "driver_check", "eval_checks",
+           "flash_attn_check", "gpu_check", "grpo_checks", "grpo_disk_check", "pins", "render", "run_folder_bytes",
+           "sft_checks", "shm_check"]
