@@ -127,6 +127,9 @@ class RewardSettings:
     sam2_device: str | None = setting(None, key=f"{REWARD_KWARGS}.sam2_device", doc="None = the policy's device")
     # verl's VeasonGroupRewardManager: flush a batch this long after the last arrival, at most max_wait_s after
     # the first (streamed rollouts)
+    # Failed SAM2 loads in a row (per reward worker) after which the run stops: each failed batch scores its
+    # consistency term 0 (verl's `sam2_ok` metric shows it); a SAM2 that never loads must not train silently.
+    max_sam2_load_failures: int = setting(3, ge=1, key=f"{REWARD_KWARGS}.max_sam2_load_failures")
     group_window_s: float = setting(0.05, ge=0, key=f"{REWARD_KWARGS}.group_window_s")
     max_wait_s: float = setting(2.0, gt=0, key=f"{REWARD_KWARGS}.max_wait_s")
 
