@@ -375,3 +375,44 @@ def test_vllm_starts_with_the_generated_rollout_bounds(synth_root, tiny_dir, sam
     assert dict(config.multimodal_config.limit_per_prompt)["video"] in (0, {"count": 0}) or \
         getattr(config.multimodal_config.limit_per_prompt["video"], "count", None) == 0
     print("kv cache blocks:", llm.llm_engine.vllm_config.cache_config.num_gpu_blocks)
+
+
+def test_lora_grpo_on_the_vision_tower_is_refused(synth_root, tiny_dir, sam2_ckpt, tmp_path):
+    """Issue 23 item 6: verl wraps every Linear with LoRA ("all-linear"), the vision tower's included, and vLLM 0.24
+    does not apply tower LoRA, so rollouts would come from another policy than the one trained. Refused, naming the
+    keys, unless model.exclude_modules keeps the tower out; what the check assumes is checked with PEFT on the tiny
+    Qwen2.5-VL (the module names, and that the suggested exclusion leaves the tower unwrapped)."""
+    import re
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from veason_r1.rl.verl_config import QWEN25VL_LINEARS, VISION_EXCLUDE, lora_vision_modules
+
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny_dir))
+    linears = {re.sub(r"\.\d+\.", ".0.", n) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears - {"lm_head"} == set(QWEN25VL_LINEARS)
+
+    def wrapped_vision(**kw):
+        peft_model = get_peft_model(AutoModelForImageTextToText.from_pretrained(str(tiny_dir)),
+                                    LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **kw))
+        return [n for n, _ in peft_model.named_modules() if ".visual." in n and n.endswith("lora_A")]
+
+    assert wrapped_vision() and lora_vision_modules("all-linear", None)  # what verl would build: tower wrapped
+    assert wrapped_vision(exclude_modules=VISION_EXCLUDE) == [] == lora_vision_modules("all-linear", VISION_EXCLUDE)
+    assert lora_vision_modules(["q_proj", "v_proj"], None) == []  # language-model names only
+    assert lora_vision_modules(["q_proj", "gate_proj"], None) == ["model.visual.blocks.0.mlp.gate_proj"]
+
+    with pytest.raises(ValueError, match=r"model.lora_rank = 8 with model.target_modules = 'all-linear' and "
+                                         r"model.exclude_modules = None puts LoRA on the vision tower"):
+        launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "lora", "training_scripts/grpo_qwen2_5vl_3b.yaml",
+                    "model.lora_rank=8")
+    from veason_r1.rl.config import load_config
+    from veason_r1.rl.launch import absolute
+    from veason_r1.rl.verl_config import unknown_keys, verl_values
+
+    # (verl's validate_config wants vLLM installed for any LoRA run, so the accepted one stops at the values here)
+    cfg = absolute(load_config("training_scripts/grpo_qwen2_5vl_3b.yaml",
+                               ["model.lora_rank=8", f"model.exclude_modules={VISION_EXCLUDE}"]))
+    values, _ = verl_values(cfg, train_file="/data/train.parquet", val_file=None, has_flash_attn=False)
+    assert values["actor_rollout_ref.model.exclude_modules"] == VISION_EXCLUDE and unknown_keys(values) == []

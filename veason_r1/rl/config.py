@@ -64,6 +64,9 @@ class ModelConfig:
     lora_rank: int = setting(0, ge=0, key=f"{ARR}.model.lora_rank", doc="0 = full fine-tune (the paper)")
     lora_alpha: int = setting(16, ge=1, key=f"{ARR}.model.lora_alpha")
     target_modules: str | list[str] = setting("all-linear", key=f"{ARR}.model.target_modules")  # noqa: RUF009
+    # LoRA: modules PEFT must not wrap (a regex matched in full, or names matched as suffixes). The verl back-end
+    # refuses LoRA on the vision tower (vLLM 0.24 would not apply it to rollouts): exclude it, e.g. ".*visual.*".
+    exclude_modules: str | list[str] | None = setting(None, key=f"{ARR}.model.exclude_modules")  # noqa: RUF009
     # verl: "auto" = flash_attention_2 with padding removal when flash-attn imports, else sdpa without it (slower,
     # said at launch); the local trainer always runs sdpa.
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa"] = "auto"

@@ -149,10 +149,60 @@ def attention_settings(cfg: GRPOConfig, has_flash_attn: bool | None = None) -> t
     return {f"{ARR}.model.override_config.attn_implementation": "sdpa", f"{ARR}.model.use_remove_padding": False}, note
 
 
+# One of each Linear module of Qwen2.5-VL (transformers 5 names; tests/test_rl_verl.py checks them against the
+# tiny model): what PEFT's "all-linear" expands to, and the vision tower's share of it.
+QWEN25VL_LINEARS = (
+    "model.language_model.layers.0.self_attn.q_proj", "model.language_model.layers.0.self_attn.k_proj",
+    "model.language_model.layers.0.self_attn.v_proj", "model.language_model.layers.0.self_attn.o_proj",
+    "model.language_model.layers.0.mlp.gate_proj", "model.language_model.layers.0.mlp.up_proj",
+    "model.language_model.layers.0.mlp.down_proj",
+    "model.visual.blocks.0.attn.qkv", "model.visual.blocks.0.attn.proj", "model.visual.blocks.0.mlp.gate_proj",
+    "model.visual.blocks.0.mlp.up_proj", "model.visual.blocks.0.mlp.down_proj", "model.visual.merger.mlp.0",
+    "model.visual.merger.mlp.2",
+)
+VISION_EXCLUDE = ".*visual.*"
+
+
+def lora_vision_modules(target_modules, exclude_modules) -> list[str]:
+    """The vision-tower Linear modules PEFT would wrap with these settings (PEFT's own matching rule)."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    targets = target_modules
+    if isinstance(targets, str) and targets == "all-linear":  # PEFT: every Linear's leaf name except the output
+        targets = sorted({n.rsplit(".", 1)[-1] for n in QWEN25VL_LINEARS})
+    config = LoraConfig(target_modules=list(targets) if isinstance(targets, (list, tuple)) else targets,
+                        exclude_modules=list(exclude_modules) if isinstance(exclude_modules, (list, tuple))
+                        else exclude_modules)
+    out = []
+    for name in QWEN25VL_LINEARS:
+        hit = check_target_module_exists(config, name)
+        if ".visual." in f".{name}" and hit and type(hit).__name__ != "_ExcludedModule":
+            out.append(name)
+    return out
+
+
+def check_lora_vision(cfg: GRPOConfig) -> None:
+    """LoRA GRPO (`model.lora_rank > 0`) must leave the vision tower alone (issue 23 item 6): vLLM 0.24 applies
+    LoRA adapters to the language model only (no tower LoRA), so rollouts would come from another policy than the
+    one trained. `actor.freeze_vision_tower` does not help: verl 0.9.1 declares it but no engine reads it."""
+    m = cfg.model
+    if m.lora_rank <= 0:
+        return
+    wrapped = lora_vision_modules(m.target_modules, m.exclude_modules)
+    if wrapped:
+        raise ValueError(
+            f"model.lora_rank = {m.lora_rank} with model.target_modules = {m.target_modules!r} and "
+            f"model.exclude_modules = {m.exclude_modules!r} puts LoRA on the vision tower (e.g. {wrapped[0]}), which "
+            f"vLLM 0.24's rollouts do not apply: set model.exclude_modules={VISION_EXCLUDE!r} (or list only "
+            "language-model modules in model.target_modules), or train without LoRA (model.lora_rank=0)")
+
+
 def verl_values(cfg: GRPOConfig, *, train_file: str, val_file: str | None, has_flash_attn: bool | None = None,
                 pythonpath: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """({verl key: value} for the whole run, notes). `cfg` must already have absolute paths (`launch.absolute`)."""
     run_dir = Path(cfg.trainer.default_local_dir)
+    check_lora_vision(cfg)
     values: dict[str, Any] = flatten(cfg.verl)
     bounds = rollout_bounds(cfg)
     generated = {*PLUMBING, *bounds, "data.train_files", "data.val_files", "reward.custom_reward_function.path",
@@ -357,6 +407,6 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["PLUMBING", "BestCheckpoint", "attention_settings", "best_checkpoint", "best_saved_step", "build_tree",
+__all__ = ["PLUMBING", "BestCheckpoint", "attention_settings", "best_checkpoint", "check_lora_vision", "best_saved_step", "build_tree",
            "compose", "flash_attn_available", "flash_attn_status", "rollout_bounds", "select", "unknown_keys", "validate", "validation_scores",
            "verl_values", "write_verl_yaml"]
