@@ -53,6 +53,8 @@ def test_grpo_preflight_on_a_healthy_cpu_setup(synth_root, tiny_dir, tmp_path, c
         assert rows[name][0] == "PASS", (name, rows[name])
     assert rows["verl config"][0] in ("PASS", "WARN") and "validate_config passed" in rows["verl config"][1]
     assert "qwen2_5_vl config and processor load" in rows["model folder"][1]
+    assert rows["vllm bounds"] == ("PASS", rows["vllm bounds"][1])  # issue 23 item 1, as the config passes them
+    assert rows["vllm bounds"][1].startswith("max_model_len 8124, 6 images of <= 12544 px a prompt, video 0")
     assert not (tmp_path / "run").exists()  # preflight writes nothing into the run folder
 
 

@@ -342,6 +342,21 @@ def grpo_disk_check(run_dir: str | Path, params: float, keep: int | None, total_
     return disk_check(run_dir, need, what)
 
 
+def vllm_bounds_check(values: dict) -> Check:
+    """The bounds vLLM profiles its start-up memory for (issue 23 item 1), as the generated config passes them."""
+    from veason_r1.rl.verl_config import ARR, VLLM_ARGS
+
+    length = values.get(f"{ARR}.rollout.max_model_len")
+    limits = values.get(f"{VLLM_ARGS}.limit_mm_per_prompt") or {}
+    pixels = (values.get(f"{VLLM_ARGS}.mm_processor_kwargs") or {}).get("max_pixels")
+    detail = (f"max_model_len {length}, {limits.get('image')} images of <= {pixels} px a prompt, video "
+              f"{limits.get('video')}")
+    if length is None or limits.get("video") != 0 or pixels is None:
+        return Check("vllm bounds", FAIL, detail + ": vLLM would profile a 128k context with a video",
+                     "regenerate the config with this checkout (veason_r1.rl.verl_config.rollout_bounds)")
+    return Check("vllm bounds", PASS, detail + " (the KV cache they leave is logged by vLLM at start-up)")
+
+
 def shm_check(cpu_ok: bool, shm_bytes: int | None = None, memory_bytes: int | None = None) -> Check:
     """/dev/shm against the object store Ray 2.60 sizes by default (30% of memory; it falls back to slow /tmp
     storage when /dev/shm is smaller than that and than 10 GB: ray._private.services / utils)."""
@@ -406,10 +421,11 @@ def grpo_checks(cfg, source: str, cpu_ok: bool = False) -> list[Check]:
                     contextlib.redirect_stdout(io.StringIO()):  # verl's own "checks passed" lines
                 warnings.simplefilter("ignore")
                 data = write_data(cfg, Path(tmp) / "data")
-                _tree, _v, _p, notes = build_tree(cfg, tmp, train_file=data.train_file, val_file=data.val_file,
-                                                  source=source)
-            return Check("verl config", WARN if notes else PASS,
-                         "composed with verl 0.9.1's tree; validate_config passed" + (f"; {notes[0]}" if notes else ""))
+                _tree, values, _p, notes = build_tree(cfg, tmp, train_file=data.train_file, val_file=data.val_file,
+                                                      source=source)
+            return [Check("verl config", WARN if notes else PASS,
+                          "composed with verl 0.9.1's tree; validate_config passed" + (f"; {notes[0]}" if notes else "")),
+                    vllm_bounds_check(values)]
 
         out += _safe("verl config", verl_tree)
     out.append(shm_check(cpu_ok))
