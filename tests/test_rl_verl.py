@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -252,6 +253,56 @@ def test_verl_dataset_class_with_processor_redraws_train_rows(synth_root, tiny_d
     vset = create_rl_dataset([str(val)], data_cfg, processor.tokenizer, processor, is_train=False)
     draws = {json.dumps(vset[1]["extra_info"]["frame_ids"]) + str(vset[1]["extra_info"]["keyframe"]) for _ in range(5)}
     assert len(draws) == 1  # validation rows are fixed
+
+
+def test_mask_dict_is_parsed_once_and_shared_by_the_data_loader_workers(synth_root, tiny_dir, tmp_path, monkeypatch):
+    """Issue 23 item 10: every data-loader worker parsed the whole mask_dict.json (hundreds of MB on ReVOS, 8 copies).
+    The launcher now parses it once into a memory-mapped index (`veason_r1.data.mask_index`); the workers' datasets
+    map it (page cache shared across processes) and never read the JSON; the index equals the parsed JSON."""
+    import shutil
+
+    from transformers import AutoProcessor
+    from verl.trainer.ppo.utils import create_rl_dataset
+
+    from veason_r1.data import revos
+    from veason_r1.data.mask_index import MaskIndex, build_mask_index
+    from veason_r1.data.revos import ReVOSDataset
+    from veason_r1.rl.data import RLSampleBuilder, reference_rows, select_expressions, write_parquet
+
+    root = tmp_path / "root"
+    shutil.copytree(synth_root, root)
+    masks = json.loads((root / "mask_dict.json").read_text())
+    first = next(iter(masks))
+    masks["uncompressed"] = [{"size": [2, 2], "counts": [0, 4]}, None]  # kept exactly, whatever the RLE form
+    masks["broken"] = "not a list"
+    (root / "mask_dict.json").write_text(json.dumps(masks))
+    cache = tmp_path / "cache"
+    index = MaskIndex(build_mask_index(root / "mask_dict.json", cache))
+    assert dict(index) == masks and index.get("nope") is None and "broken" in index
+    assert isinstance(index._blob, np.memmap) and build_mask_index(root / "mask_dict.json", cache) == index.folder
+
+    ds = ReVOSDataset(root, "train")
+    exprs = select_expressions(ds, builder=RLSampleBuilder(ds))[:3]
+    draw = {"num_frames": 6, "image_size": 112, "keyframe_top_k": 5}
+    train = write_parquet(reference_rows(exprs, root, "train", redraw=True, mask_cache=cache, **draw),
+                          tmp_path / "train.parquet")
+    read = []
+    real_load = revos.load_json
+    monkeypatch.setattr(revos, "load_json", lambda path: read.append(Path(path).name) or real_load(path))
+    real_json_load = json.load
+
+    def guarded_load(f, *a, **k):
+        assert not str(getattr(f, "name", "")).endswith("mask_dict.json"), "a worker parsed mask_dict.json"
+        return real_json_load(f, *a, **k)
+
+    monkeypatch.setattr(json, "load", guarded_load)
+    processor = AutoProcessor.from_pretrained(str(tiny_dir), local_files_only=True)
+    dataset = create_rl_dataset([str(train)], _verl_data_config(tmp_path, 112), processor.tokenizer, processor,
+                                is_train=True)
+    row = dataset[0]  # what a worker does on its first access
+    assert "mask_dict.json" not in read and row["reward_model"]["ground_truth"]
+    worker_ds = next(iter(dataset._datasets.values()))
+    assert isinstance(worker_ds.mask_dict, MaskIndex) and worker_ds.mask_dict[first] == masks[first]
 
 
 def test_static_parquet_loads_with_stock_rlhf_dataset(synth_root, tiny_dir, tmp_path):

@@ -110,12 +110,16 @@ def write_data(cfg: GRPOConfig, out_dir: str | Path) -> DataFiles:
 
     d = cfg.data
     out = Path(out_dir)
-    train = ReVOSDataset(d.train_root, d.train_split, load_foreground=False)
+    # mask_dict.json parsed once here into a memory-mapped index that every data-loader worker shares
+    cache = out / "mask_index"
+    train = ReVOSDataset(d.train_root, d.train_split, load_foreground=False, mask_cache=cache)
     builder = RLSampleBuilder(train, d.num_frames, d.image_size, d.keyframe_top_k)
-    val_ds = ReVOSDataset(d.val_root or d.train_root, d.val_split, load_foreground=False) if d.val_split else None
+    val_ds = (ReVOSDataset(d.val_root or d.train_root, d.val_split, load_foreground=False, mask_cache=cache)
+              if d.val_split else None)
     pools = training_pools(train, d.train_pool, val_size=d.val_max_samples if validation_enabled(cfg) else 0,
                            seed=d.seed, skip_no_target=d.skip_no_target, val_dataset=val_ds, builder=builder)
-    draw = {"num_frames": d.num_frames, "image_size": d.image_size, "keyframe_top_k": d.keyframe_top_k, "seed": d.seed}
+    draw = {"num_frames": d.num_frames, "image_size": d.image_size, "keyframe_top_k": d.keyframe_top_k, "seed": d.seed,
+            "mask_cache": cache}
     train_file = write_parquet(reference_rows(pools.train, d.train_root, d.train_split, redraw=True, **draw),
                                out / "train.parquet")
     val_file = None
