@@ -13,17 +13,23 @@
 #
 # Environment: CUDA_VISIBLE_DEVICES (when set, the GPUs used, e.g. 2,3: shard i runs on its (i mod N)-th entry;
 # otherwise GPUs 0..NUM_GPUS-1), NUM_GPUS (default: the CUDA_VISIBLE_DEVICES count, else the nvidia-smi count),
-# NUM_SHARDS (default: NUM_GPUS), SEQUENTIAL=1 (run the shards one after another instead of at once, e.g. 2 shards on 1 GPU),
-# VEASON (default: `veason-r1`), SPLIT (optional --split), EVAL_OUT (default: PRED_DIR/results.json),
-# SKIP_PREFLIGHT=1 (skip `veason-r1 preflight eval`), PREFLIGHT_ARGS (extra preflight flags, e.g. --cpu-ok).
+# NUM_SHARDS (default: NUM_GPUS), SEQUENTIAL=1 (run the shards one after another, e.g. 2 shards on 1 GPU),
+# VEASON (default: the active venv's `veason-r1`, else this checkout's .venv/bin/veason-r1), SPLIT (optional
+# --split), EVAL_OUT (default: PRED_DIR/results.json), SKIP_PREFLIGHT=1 (skip `veason-r1 preflight eval`),
+# PREFLIGHT_ARGS (extra preflight flags, e.g. --cpu-ok).
 set -euo pipefail
 
 if [[ $# -lt 4 ]]; then
-    sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
+    sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'
     exit 2
 fi
 BENCH=$1; DATA=$2; MODEL=$3; PRED=$4; shift 4
-VEASON=${VEASON:-veason-r1}
+# `veason-r1`: $VEASON if set; else the active virtualenv's; else this checkout's .venv (what `make venv` makes).
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+if [[ -z "${VEASON:-}" ]]; then
+    if [[ -z "${VIRTUAL_ENV:-}" && -x "$REPO/.venv/bin/veason-r1" ]]; then VEASON="$REPO/.venv/bin/veason-r1"
+    else VEASON=veason-r1; fi
+fi
 # The GPUs the shards may use: an inherited CUDA_VISIBLE_DEVICES is the user's choice (GPUs kept for something
 # else stay untouched); without it, GPUs 0..NUM_GPUS-1.
 GPU_IDS=()

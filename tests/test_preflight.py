@@ -69,7 +69,7 @@ def test_grpo_preflight_fails_without_gpu_and_names_each_fix(synth_root, tiny_di
     assert rows["gpus"] == ("FAIL", rows["gpus"][1]) and rows["gpus"][1].startswith("no GPU:")
     assert rows["inputs"][0] == "FAIL" and f"reward.sam2_checkpoint: {tmp_path / 'no.pt'} not found" in rows["inputs"][1]
     assert "FAIL gpus: fix: run on a node with 2 GPU(s) of >= 75 GiB" in text
-    assert "FAIL import vllm: fix: pip install -c constraints/gpu-vllm.txt vllm==0.24.0" in text
+    assert "FAIL import vllm: fix: make ENV=gpu-vllm venv (installs vllm==0.24.0 with the pinned set)" in text
 
 
 def test_bad_config_is_exit_2(tmp_path, capsys):
@@ -106,6 +106,7 @@ def test_pins_are_read_from_the_install_files():
     gpu = pins("gpu-vllm")
     assert gpu["torch"] == "==2.11.0" and gpu["vllm"] == "==0.24.0" and gpu["verl"] == "==0.9.1"
     assert pins("cpu")["torch"] == "==2.14.1"
+    assert pins("gpu")["llamafactory"] == "==0.9.5" and "llamafactory" not in gpu and "gradio" not in gpu
 
 
 def test_eval_preflight(synth_root, tiny_dir, tmp_path, capsys):
@@ -227,3 +228,32 @@ def test_installed_but_broken_flash_attn_fails_preflight_and_the_launch(broken_f
     err = capsys.readouterr().err
     assert rc == 2 and "flash-attn is installed but does not import" in err and "pip uninstall -y flash-attn" in err
     assert len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ issue 23 item 9: SAM2 hole filling on GPU nodes
+
+
+def test_sam2_extension_row_says_when_hole_filling_is_off():
+    from veason_r1.preflight import sam2_extension_check
+
+    missing = sam2_extension_check(False, probe="raise ImportError(\"cannot import name '_C' from 'sam2'\")")
+    assert missing.status == "WARN" and "without hole filling" in missing.detail and "SAM2_BUILD_CUDA=1" in missing.fix
+    assert sam2_extension_check(True, probe="raise ImportError('x')").status == "SKIP"
+    assert sam2_extension_check(False, probe="pass").status == "PASS"
+
+
+@pytest.mark.gpu
+def test_sam2_extension_fills_holes_on_gpu():  # pragma: no cover - needs CUDA and the built extension
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    from sam2.utils.misc import fill_holes_in_mask_scores
+
+    from veason_r1.preflight import sam2_extension_check
+
+    assert sam2_extension_check(False).status == "PASS"
+    scores = torch.full((1, 1, 32, 32), 5.0, device="cuda")
+    scores[0, 0, 10:12, 10:12] = -5.0  # a 4-pixel hole (< fill_hole_area 8)
+    filled = fill_holes_in_mask_scores(scores, 8)
+    assert bool((filled > 0).all())

@@ -130,12 +130,20 @@ def driver_check(cpu_ok: bool, driver: str | None = None, cuda: str | None = Non
 # packages
 
 
+def requirement_files(env: str) -> list[Path]:
+    """The requirement files `make ENV=<env> venv` installs (Makefile REQS_<env>): gpu-vllm leaves out
+    requirements-app.txt (LLaMA-Factory and gradio need starlette < 1.0, vLLM 0.24 >= 1.0.1)."""
+    files = [REPO_ROOT / "requirements.txt"]
+    return files if env == "gpu-vllm" else [*files, REPO_ROOT / "requirements-app.txt"]
+
+
 def pins(env: str) -> dict[str, str]:
-    """package -> version specifier from requirements.txt and constraints/<env>.txt (what `make ENV=<env>` installs)."""
+    """package -> version specifier from the requirement files and constraints/<env>.txt (what `make ENV=<env>`
+    installs)."""
     from packaging.requirements import Requirement
 
     out: dict[str, str] = {}
-    for path in (REPO_ROOT / "requirements.txt", REPO_ROOT / "constraints" / f"{env}.txt"):
+    for path in (*requirement_files(env), REPO_ROOT / "constraints" / f"{env}.txt"):
         for line in path.read_text().splitlines():
             line = line.split("#", 1)[0].strip()
             if not line:
@@ -178,7 +186,7 @@ def packages_checks(stage: str, env: str, cpu_ok: bool) -> list[Check]:
         wanted += [("sam2", "sam2", True, "mask propagation")]
     out = [package_check(d, m, pinned.get(d), req, why, install) for d, m, req, why in wanted]
     if stage == "grpo":
-        vllm_fix = f"pip install -c constraints/gpu-vllm.txt vllm=={_pinned_exact('vllm')}"
+        vllm_fix = f"make ENV=gpu-vllm venv (installs vllm=={_pinned_exact('vllm')} with the pinned set)"
         if cpu_ok:
             out.append(Check("import vllm", SKIP, "vLLM runs on GPU nodes only; --cpu-ok"))
         else:
@@ -264,6 +272,28 @@ def sam2_check(name: str | None, checkpoint: str | None, cpu_ok: bool) -> Check:
     where = device or "cpu (--cpu-ok)"
     return Check("sam2", PASS, f"{name} loads from {checkpoint or '(no checkpoint: random weights, asked by name)'} "
                                 f"on {where}")
+
+
+SAM2_EXT_PROBE = "import torch; from sam2 import _C"
+
+
+def sam2_extension_check(cpu_ok: bool, probe: str = SAM2_EXT_PROBE) -> Check:
+    """sam2's CUDA extension (`sam2._C`, connected components) fills small holes in SAM2's masks (fill_hole_area 8,
+    as the release runs it); without it sam2 skips that step. Tried in a fresh process (a bad build can crash)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=False)
+    if r.returncode == 0:
+        return Check("sam2 extension", PASS, "sam2._C imports: SAM2 fills mask holes as the release does")
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    detail = (f"sam2._C does not import ({lines[-1][:160] if lines else 'exit ' + str(r.returncode)}): SAM2 runs "
+              "without hole filling (a deviation from the release: docs/reproduce.md §5)")
+    if cpu_ok:
+        return Check("sam2 extension", SKIP, detail + "; --cpu-ok")
+    return Check("sam2 extension", WARN, detail,
+                 "rebuild on the GPU node with nvcc: SAM2_BUILD_CUDA=1 pip install --no-cache-dir --no-deps "
+                 "--force-reinstall --no-build-isolation sam2==1.1.0")
 
 
 def doctor_check(root: str, split: str | None) -> Check:
@@ -400,6 +430,7 @@ def grpo_checks(cfg, source: str, cpu_ok: bool = False) -> list[Check]:
         out += _safe("model folder", lambda: model_check(cfg.model.path))
         if cfg.reward.use_consistency:
             out += _safe("sam2", lambda: sam2_check(cfg.reward.sam2, cfg.reward.sam2_checkpoint, cpu_ok))
+            out += _safe("sam2 extension", lambda: sam2_extension_check(cpu_ok))
         out += _safe(f"data {cfg.data.train_split}", lambda: doctor_check(cfg.data.train_root, cfg.data.train_split))
         if cfg.data.val_split:
             out += _safe(f"data {cfg.data.val_split}",
@@ -468,6 +499,7 @@ def eval_checks(model: str, data: str, split: str | None, sam2: str | None, sam2
     out = [gpu_check("eval", 1, cpu_ok), driver_check(cpu_ok), *packages_checks("eval", env, cpu_ok)]
     out += _safe("model folder", lambda: model_check(model))
     out += _safe("sam2", lambda: sam2_check(sam2, sam2_ckpt, cpu_ok))
+    out += _safe("sam2 extension", lambda: sam2_extension_check(cpu_ok))
     out += _safe(f"data {split}", lambda: doctor_check(data, split))
     out += _safe("disk", lambda: disk_check(out_dir, 5e9, "the predicted masks (a few GB per benchmark)"))
     return out
@@ -490,5 +522,5 @@ def render(checks: list[Check]) -> str:
 
 
 __all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "checkpoint_budget", "driver_check", "eval_checks",
-           "flash_attn_check", "gpu_check", "grpo_checks", "grpo_disk_check", "pins", "render", "run_folder_bytes",
-           "sft_checks", "shm_check"]
+           "flash_attn_check", "gpu_check", "grpo_checks", "grpo_disk_check", "pins", "render", "requirement_files",
+           "run_folder_bytes", "sam2_extension_check", "sft_checks", "shm_check", "vllm_bounds_check"]
