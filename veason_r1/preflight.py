@@ -288,7 +288,7 @@ def sam2_extension_check(cpu_ok: bool, probe: str = SAM2_EXT_PROBE) -> Check:
         return Check("sam2 extension", PASS, "sam2._C imports: SAM2 fills mask holes as the release does")
     lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
     detail = (f"sam2._C does not import ({lines[-1][:160] if lines else 'exit ' + str(r.returncode)}): SAM2 runs "
-              "without hole filling (a deviation from the release: docs/reproduce.md §5)")
+              "without hole filling (a deviation from the release: docs/reproduce.md, deviations)")
     if cpu_ok:
         return Check("sam2 extension", SKIP, detail + "; --cpu-ok")
     return Check("sam2 extension", WARN, detail,
