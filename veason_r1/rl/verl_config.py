@@ -20,6 +20,7 @@ highest mean validation reward, which the run script then merges to HF.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -91,8 +92,6 @@ FLASH_ATTN_FIX = ("pip uninstall -y flash-attn (verl then runs sdpa), or rebuild
 
 
 def _flash_attn_installed() -> bool:
-    import importlib.metadata
-
     try:
         importlib.metadata.version("flash-attn")
         return True
@@ -410,6 +409,7 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["PLUMBING", "BestCheckpoint", "attention_settings", "best_checkpoint", "check_lora_vision", "best_saved_step", "build_tree",
-           "compose", "flash_attn_available", "flash_attn_status", "rollout_bounds", "select", "unknown_keys", "validate", "validation_scores",
-           "verl_values", "write_verl_yaml"]
+__all__ = ["PLUMBING", "BestCheckpoint", "attention_settings", "best_checkpoint", "best_saved_step", "build_tree",
+           "check_lora_vision", "compose", "flash_attn_available", "flash_attn_status", "lora_vision_modules",
+           "rollout_bounds", "select", "unknown_keys", "validate", "validation_scores", "verl_values",
+           "write_verl_yaml"]
