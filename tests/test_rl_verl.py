@@ -467,3 +467,23 @@ def test_lora_grpo_on_the_vision_tower_is_refused(synth_root, tiny_dir, sam2_ckp
                                ["model.lora_rank=8", f"model.exclude_modules={VISION_EXCLUDE}"]))
     values, _ = verl_values(cfg, train_file="/data/train.parquet", val_file=None, has_flash_attn=False)
     assert values["actor_rollout_ref.model.exclude_modules"] == VISION_EXCLUDE and unknown_keys(values) == []
+
+
+def test_mask_index_refuses_what_the_json_refuses(synth_root, tmp_path):
+    """The shared index keeps ReVOSDataset's checks: a short per-frame list and a non-list entry are still refused."""
+    import shutil
+
+    from veason_r1.data.revos import ReVOSDataset
+    from veason_r1.errors import BadInput
+
+    root = tmp_path / "root"
+    shutil.copytree(synth_root, root)
+    masks = json.loads((root / "mask_dict.json").read_text())
+    ds = ReVOSDataset(root, "train", mask_cache=tmp_path / "cache")
+    anno = ds.expressions[0].anno_ids[0]
+    assert ds.mask_dict.frame_count(anno) == len(masks[anno])
+    for bad, message in ((masks[anno][:-1], "masks for the video's"), ("oops", "expected a list")):
+        (root / "mask_dict.json").write_text(json.dumps({**masks, anno: bad}))
+        for cache in (None, tmp_path / "cache"):
+            with pytest.raises(BadInput, match=message):
+                ReVOSDataset(root, "train", mask_cache=cache)

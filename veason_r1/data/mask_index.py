@@ -124,6 +124,11 @@ class MaskIndex(Mapping):
             return self._other[anno_id]  # KeyError for an unknown anno_id, as the dict
         return [self._rle(j) for j in range(int(self._spans[i]), int(self._spans[i + 1]))]
 
+    def frame_count(self, anno_id: str) -> int | None:
+        """len(self[anno_id]) without building the RLEs (None when it is not a per-frame list)."""
+        i = self._ids.get(anno_id)
+        return None if i is None else int(self._spans[i + 1] - self._spans[i])
+
     def __contains__(self, anno_id: object) -> bool:
         return anno_id in self._ids or anno_id in self._other
 

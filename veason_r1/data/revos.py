@@ -163,14 +163,16 @@ class ReVOSDataset:
         """Every listed object has one mask entry per frame: a short list would read as empty GT in the missing
         frames (a silently wrong score), a long one is misaligned. Unknown anno_ids stay a lazy KeyError (MeViS
         splits without GT never ask)."""
+        count = getattr(self.mask_dict, "frame_count", None)  # MaskIndex: lengths without building the RLEs
         for vm in self.videos.values():
             n = len(vm.frames)
             for e in vm.expressions.values():
                 for a in e.anno_ids:
-                    rles = self.mask_dict.get(a)
+                    length = count(a) if count is not None else None
+                    rles = range(length) if length is not None else self.mask_dict.get(a)
                     if rles is None:
                         continue
-                    if not isinstance(rles, list):
+                    if not isinstance(rles, (list, range)):
                         raise BadInput(self.mask_dict_file, f"anno_id {a!r}: expected a list with one RLE (or null) "
                                                             "per frame")
                     if len(rles) != n:
