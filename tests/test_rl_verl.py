@@ -462,6 +462,11 @@ def test_lora_grpo_on_the_vision_tower_is_refused(synth_root, tiny_dir, sam2_ckp
     from veason_r1.rl.launch import absolute
     from veason_r1.rl.verl_config import unknown_keys, verl_values
 
+    # "frozen" is no way out on verl 0.9.1: actor.freeze_vision_tower is declared there but read by no engine
+    with pytest.raises(ValueError, match="actor.freeze_vision_tower = True: verl 0.9.1 declares the key but none"):
+        launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "frozen", "training_scripts/grpo_qwen2_5vl_3b.yaml",
+                    "model.lora_rank=8", "actor.freeze_vision_tower=true")
+
     # (verl's validate_config wants vLLM installed for any LoRA run, so the accepted one stops at the values here)
     cfg = absolute(load_config("training_scripts/grpo_qwen2_5vl_3b.yaml",
                                ["model.lora_rank=8", f"model.exclude_modules={VISION_EXCLUDE}"]))

@@ -185,6 +185,10 @@ def check_lora_vision(cfg: GRPOConfig) -> None:
     """LoRA GRPO (`model.lora_rank > 0`) must leave the vision tower alone (issue 23 item 6): vLLM 0.24 applies
     LoRA adapters to the language model only (no tower LoRA), so rollouts would come from another policy than the
     one trained. `actor.freeze_vision_tower` does not help: verl 0.9.1 declares it but no engine reads it."""
+    if cfg.actor.freeze_vision_tower:
+        raise ValueError("actor.freeze_vision_tower = True: verl 0.9.1 declares the key but none of its engines reads "
+                         "it, so the vision tower would be trained anyway; the verl back-end refuses it (the local "
+                         "trainer honours it). With LoRA, keep the tower out with model.exclude_modules='.*visual.*'")
     m = cfg.model
     if m.lora_rank <= 0:
         return
