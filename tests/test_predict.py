@@ -590,3 +590,36 @@ def test_multi_gpu_script_sequential_shards_equal_one_process(synth_root, tiny_q
     assert pngs and pngs == sorted(p.relative_to(sharded) for p in sharded.rglob("*.png"))
     assert all((single / p).read_bytes() == (sharded / p).read_bytes() for p in pngs)
     assert (sharded / "results.json").is_file()
+
+
+def _eval_script_devices(tmp_path, env_extra: dict):
+    """eval/multi_gpu_eval.sh with a stub `veason-r1` that records the CUDA_VISIBLE_DEVICES of each shard."""
+    import os
+    import subprocess
+
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    repo = Path(__file__).resolve().parents[1]
+    stub = tmp_path / "veason"
+    stub.write_text('#!/usr/bin/env bash\ncase "$*" in *"--shard"*) echo "${CUDA_VISIBLE_DEVICES-unset}" >> "$LOG";; esac\n')
+    stub.chmod(0o755)
+    log = tmp_path / "devices.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "NUM_GPUS", "NUM_SHARDS")}
+    env.update({"VEASON": str(stub), "LOG": str(log), "SKIP_PREFLIGHT": "1", "SEQUENTIAL": "1", **env_extra})
+    proc = subprocess.run(["bash", str(repo / "eval/multi_gpu_eval.sh"), "revos", "d", "m", str(tmp_path / "pred")],
+                          env=env, capture_output=True, text=True, timeout=60, check=False)
+    return proc, (log.read_text().split() if log.is_file() else [])
+
+
+def test_multi_gpu_eval_honours_an_inherited_cuda_visible_devices(tmp_path):
+    """Issue 23 item 7: the shards used to land on GPUs 0..N-1 whatever CUDA_VISIBLE_DEVICES the user had set."""
+    proc, devices = _eval_script_devices(tmp_path, {"CUDA_VISIBLE_DEVICES": "2,5", "NUM_SHARDS": "4"})
+    assert proc.returncode == 0, proc.stderr
+    assert devices == ["2", "5", "2", "5"] and "4 shard(s) on 2 GPU(s) (CUDA devices 2 5)" in proc.stdout
+    proc, devices = _eval_script_devices(tmp_path / "b", {"NUM_GPUS": "2"})  # none inherited: GPUs 0..N-1
+    assert proc.returncode == 0 and devices == ["0", "1"]
+    proc, devices = _eval_script_devices(tmp_path / "c", {"CUDA_VISIBLE_DEVICES": "GPU-a1b2,GPU-c3d4", "NUM_GPUS": "1"})
+    assert proc.returncode == 0 and devices == ["GPU-a1b2"]
+    proc, _ = _eval_script_devices(tmp_path / "d", {"CUDA_VISIBLE_DEVICES": "", "NUM_GPUS": "2"})
+    assert proc.returncode == 1 and "CUDA_VISIBLE_DEVICES is set but empty" in proc.stderr
+    proc, _ = _eval_script_devices(tmp_path / "e", {"CUDA_VISIBLE_DEVICES": "3", "NUM_GPUS": "2"})
+    assert proc.returncode == 2 and "lists 1" in proc.stderr

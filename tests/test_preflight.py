@@ -53,6 +53,8 @@ def test_grpo_preflight_on_a_healthy_cpu_setup(synth_root, tiny_dir, tmp_path, c
         assert rows[name][0] == "PASS", (name, rows[name])
     assert rows["verl config"][0] in ("PASS", "WARN") and "validate_config passed" in rows["verl config"][1]
     assert "qwen2_5_vl config and processor load" in rows["model folder"][1]
+    assert rows["vllm bounds"] == ("PASS", rows["vllm bounds"][1])  # issue 23 item 1, as the config passes them
+    assert rows["vllm bounds"][1].startswith("max_model_len 8124, 6 images of <= 12544 px a prompt, video 0")
     assert not (tmp_path / "run").exists()  # preflight writes nothing into the run folder
 
 
@@ -67,7 +69,7 @@ def test_grpo_preflight_fails_without_gpu_and_names_each_fix(synth_root, tiny_di
     assert rows["gpus"] == ("FAIL", rows["gpus"][1]) and rows["gpus"][1].startswith("no GPU:")
     assert rows["inputs"][0] == "FAIL" and f"reward.sam2_checkpoint: {tmp_path / 'no.pt'} not found" in rows["inputs"][1]
     assert "FAIL gpus: fix: run on a node with 2 GPU(s) of >= 75 GiB" in text
-    assert "FAIL import vllm: fix: pip install -c constraints/gpu-vllm.txt vllm==0.24.0" in text
+    assert "FAIL import vllm: fix: make ENV=gpu-vllm venv (installs vllm==0.24.0 with the pinned set)" in text
 
 
 def test_bad_config_is_exit_2(tmp_path, capsys):
@@ -104,6 +106,7 @@ def test_pins_are_read_from_the_install_files():
     gpu = pins("gpu-vllm")
     assert gpu["torch"] == "==2.11.0" and gpu["vllm"] == "==0.24.0" and gpu["verl"] == "==0.9.1"
     assert pins("cpu")["torch"] == "==2.14.1"
+    assert pins("gpu")["llamafactory"] == "==0.9.5" and "llamafactory" not in gpu and "gradio" not in gpu
 
 
 def test_eval_preflight(synth_root, tiny_dir, tmp_path, capsys):
@@ -173,3 +176,84 @@ def test_run_scripts_run_preflight_first_unless_skipped(tmp_path):
     sft = _run_script(tmp_path, "run_sft.sh", "--data", "d", "--model", "m", "--out", "o")
     assert [c[:4] for c in sft] == [["-c", "import", "torch;", "print(torch.cuda.device_count())"],
                                     ["-m", "veason_r1", "preflight", "sft"], ["-m", "veason_r1", "sft", "--config"]]
+
+
+# ------------------------------------------------------------------ issue 23 item 2: flash-attn that does not import
+
+
+@pytest.fixture
+def broken_flash_attn(tmp_path, monkeypatch):
+    """A flash-attn that is installed (package + metadata) but fails to import, as a wheel built against another
+    torch does (`undefined symbol`). On sys.path here and on PYTHONPATH for subprocesses."""
+    site = tmp_path / "site"
+    pkg = site / "flash_attn"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text('raise ImportError("flash_attn_2_cuda.so: undefined symbol: _ZN3c104cuda9SetDeviceEa")\n')
+    dist = site / "flash_attn-2.8.3.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: flash-attn\nVersion: 2.8.3\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]))
+    import importlib
+
+    importlib.invalidate_caches()
+    return site
+
+
+def test_installed_but_broken_flash_attn_fails_preflight_and_the_launch(broken_flash_attn, synth_root, tiny_dir,
+                                                                         tmp_path, capsys):
+    """Before: find_spec said "installed", so the launcher kept flash_attention_2 (or preflight only warned) and
+    every verl actor worker died importing it. Now a real import in a subprocess decides."""
+    from veason_r1.cli import main
+    from veason_r1.preflight import flash_attn_check
+    from veason_r1.rl.verl_config import flash_attn_status
+
+    state, error = flash_attn_status()
+    assert state == "broken" and "undefined symbol" in error
+    check = flash_attn_check((state, error))
+    assert check.status == "FAIL" and "pip uninstall -y flash-attn" in check.fix and "--force-reinstall" in check.fix
+    assert flash_attn_check(("absent", "")).status == "WARN"
+
+    rc = main([*_grpo(synth_root, tiny_dir, tmp_path / "run"), "--cpu-ok"])
+    text = capsys.readouterr().out
+    rows = _rows(text)
+    assert rc == 1 and rows["import flash_attn"][0] == "FAIL", text
+    assert "FAIL import flash_attn: fix: pip uninstall -y flash-attn" in text
+
+    rc = main(["rl", "--backend", "verl", "--config", str(ROOT / "training_scripts/grpo_qwen2_5vl_3b.yaml"),
+               "--set", f"data.train_root={synth_root}", "--set", "data.train_pool=null", "--set", f"model.path={tiny_dir}",
+               "--set", "reward.sam2=tiny", "--set", "reward.sam2_checkpoint=null",
+               "--set", f"trainer.default_local_dir={tmp_path / 'launch'}", "--set", "data.image_size=112",
+               "--set", "data.val_max_samples=4", "--dry-run"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "flash-attn is installed but does not import" in err and "pip uninstall -y flash-attn" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ issue 23 item 9: SAM2 hole filling on GPU nodes
+
+
+def test_sam2_extension_row_says_when_hole_filling_is_off():
+    from veason_r1.preflight import sam2_extension_check
+
+    missing = sam2_extension_check(False, probe="raise ImportError(\"cannot import name '_C' from 'sam2'\")")
+    assert missing.status == "WARN" and "without hole filling" in missing.detail and "SAM2_BUILD_CUDA=1" in missing.fix
+    assert sam2_extension_check(True, probe="raise ImportError('x')").status == "SKIP"
+    assert sam2_extension_check(False, probe="pass").status == "PASS"
+
+
+@pytest.mark.gpu
+def test_sam2_extension_fills_holes_on_gpu():  # pragma: no cover - needs CUDA and the built extension
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    from sam2.utils.misc import fill_holes_in_mask_scores
+
+    from veason_r1.preflight import sam2_extension_check
+
+    assert sam2_extension_check(False).status == "PASS"
+    scores = torch.full((1, 1, 32, 32), 5.0, device="cuda")
+    scores[0, 0, 10:12, 10:12] = -5.0  # a 4-pixel hole (< fill_hole_area 8)
+    filled = fill_holes_in_mask_scores(scores, 8)
+    assert bool((filled > 0).all())

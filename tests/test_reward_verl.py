@@ -56,7 +56,7 @@ def test_compute_score_and_ground_truth_roundtrip(tmp_path):
     direct = score_response(resp, fids, boxes, masks, frames, prop.propagate)
     assert out["score"] == pytest.approx(direct["overall"]) and out["consistency"] == pytest.approx(direct["consistency"])
     assert out["format"] == 2.0 and out["keyframe"] == 1.0 and out["spatial"] == 1.0
-    assert set(out) == {"score", "format", "keyframe", "spatial", "consistency", "overall"}
+    assert set(out) == {"score", "format", "keyframe", "spatial", "consistency", "overall", "sam2_ok"}
     # JPEG-embedded frames decode to the right shape; bad ground truth names the field
     emb = parse_ground_truth(make_ground_truth(fids, boxes, masks, frames))
     assert emb.frames.shape == frames.shape
@@ -200,7 +200,9 @@ def test_verl_reward_loop_with_ray_on_cpu(tmp_path):
     assert scores == pytest.approx([e["score"] for e in expected], abs=1e-5)
     assert list(out.non_tensor_batch["consistency"]) == pytest.approx([e["consistency"] for e in expected], abs=1e-5)
     assert scores[0] > 4.0 and expected[0]["consistency"] > 0 and scores[2] == 0.0
-    assert out.meta_info["reward_extra_keys"] == ["score", "format", "keyframe", "spatial", "consistency", "overall"]
+    assert out.meta_info["reward_extra_keys"] == ["score", "format", "keyframe", "spatial", "consistency", "overall",
+                                                  "sam2_ok"]
+    assert list(out.non_tensor_batch["sam2_ok"]) == [1.0] * len(responses)  # reaches verl's step metrics
 
 
 # ------------------------------------------------------------------------------------------ explicit options
@@ -307,6 +309,116 @@ def test_sam2_error_mid_run_costs_that_batch_only(tmp_path, caplog):
     assert all(r["consistency"] == 0.0 for r in first) and first[0]["spatial"] == 1.0
     assert any("illegal memory access" in r.getMessage() for r in caplog.records)
     assert second[0]["consistency"] > 0 and second[0]["score"] > first[0]["score"]
+
+
+def test_sam2_ok_metric_and_the_run_stops_after_n_failed_loads_in_a_row(tmp_path, monkeypatch, caplog):
+    """Issue 23 item 4. Before: a SAM2 that never loads in the Ray reward worker zeroed every consistency term and
+    only that term's mean said so. Now each rollout carries `sam2_ok` (verl averages it into the step metrics) and
+    the `max_sam2_load_failures`-th failed load in a row raises, which fails the step (the run stops)."""
+    import asyncio
+
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    from veason_r1.models import sam2 as sam2_module
+    from veason_r1.reward import verl_hook
+
+    sources, responses, gts, extras, uids = _batch(tmp_path, 5)
+    kwargs = {"sam2_model": "tiny", "sam2_checkpoint": None, "sam2_device": "cpu-fails", "max_sam2_load_failures": 2}
+    healthy = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids,
+                                            **{**kwargs, "sam2_device": "cpu"})
+    assert [r["sam2_ok"] for r in healthy] == [1.0] * len(responses)
+    real = sam2_module.load_sam2
+    monkeypatch.setattr(sam2_module, "load_sam2", lambda *a, **k: (_ for _ in ()).throw(
+        FileNotFoundError("/ckpt/sam2_hiera_large.pt")))
+    monkeypatch.setattr(verl_hook, "_PROPAGATORS", {})
+    monkeypatch.setitem(verl_hook._LOAD_FAILURES, "in_a_row", 0)
+    with caplog.at_level("ERROR", logger="veason_r1.reward.verl_hook"):
+        first = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **kwargs)
+    assert any("1 in a row, limit 2" in r.getMessage() for r in caplog.records)
+    scored = [r for r, h in zip(first, healthy) if h["consistency"] > 0]  # rollouts that reach SAM2
+    assert scored and all(r["sam2_ok"] == 0.0 and r["consistency"] == 0.0 for r in scored)
+    with pytest.raises(verl_hook.SAM2LoadError, match=r"failed to load 2 times in a row .*reward.max_sam2_load_failures"):
+        verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **kwargs)
+
+    # through verl's reward manager: the error reaches every sample of the flush (the step fails, not hangs)
+    tok = _byte_tokenizer(tmp_path / "tok")
+    cfg = _config(tmp_path, GROUP_MANAGER, 1)
+    cfg.reward.custom_reward_function.reward_kwargs.update({"sam2_device": "cpu-fails", "max_sam2_load_failures": 1})
+    manager = load_reward_manager(cfg, tok)
+    data = _dataproto(tok, responses[:2], gts[:2], uids[:2])
+
+    async def step():
+        return await asyncio.gather(*[manager.run_single(data[i : i + 1]) for i in range(len(data))],
+                                    return_exceptions=True)
+
+    outs = asyncio.run(step())
+    assert all(isinstance(o, verl_hook.SAM2LoadError) for o in outs)
+
+    monkeypatch.setattr(sam2_module, "load_sam2", real)  # a load that succeeds resets the count
+    verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **{**kwargs, "sam2_device": "cpu"})
+    assert verl_hook._LOAD_FAILURES["in_a_row"] == 0
+    with pytest.raises(ValueError, match="max_sam2_load_failures: expected an integer >= 1, got 0"):
+        verl_hook.RewardOptions(sam2_model="tiny", max_sam2_load_failures=0)
+
+
+def test_grpo_config_carries_the_sam2_failure_limit(synth_root):
+    from veason_r1.rl.config import load_config, verl_overrides
+
+    cfg = load_config(None, ["reward.max_sam2_load_failures=5"])
+    assert verl_overrides(cfg)["reward.custom_reward_function.reward_kwargs.max_sam2_load_failures"] == 5
+
+
+def test_each_reward_flush_releases_the_cuda_cache(tmp_path, monkeypatch, caplog):
+    """Issue 23 item 5: SAM2's CUDA cache (27.8 GiB for a 128-rollout batch) must not stay reserved on GPU 0 through
+    the actor update and vLLM's wake-up. CPU: torch.cuda is faked to check the order (peak read, cache emptied,
+    peak reset, logged) and that the manager calls it after every flush, failed ones included."""
+    import asyncio
+
+    import torch
+    from verl.trainer.ppo.reward import load_reward_manager
+
+    from veason_r1.reward import verl_hook, verl_manager
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda *a: calls.append("peak") or 27.8 * 2**30)
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("empty"))
+    monkeypatch.setattr(torch.cuda, "reset_peak_memory_stats", lambda *a: calls.append("reset"))
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda *a: 0.0)
+    with caplog.at_level("INFO", logger="veason_r1.reward.verl_hook"):
+        assert verl_hook.release_cuda_cache() == pytest.approx(27.8)
+    assert calls == ["peak", "empty", "reset"]
+    assert any("peak reserved CUDA memory 27.80 GiB" in r.getMessage() for r in caplog.records)
+    monkeypatch.undo()
+
+    flushes = []
+    monkeypatch.setattr(verl_manager, "release_cuda_cache", lambda: flushes.append(1) or 1.5)
+    tok = _byte_tokenizer(tmp_path / "tok")
+    responses, gts, uids = _step(tmp_path, rng_seed=6, groups=1)
+    data = _dataproto(tok, responses, gts, uids)
+    manager = load_reward_manager(_config(tmp_path, GROUP_MANAGER, 1), tok)
+
+    async def step():
+        return await asyncio.gather(*[manager.run_single(data[i : i + 1]) for i in range(len(data))])
+
+    asyncio.run(step())
+    assert len(flushes) == len(manager.batch_sizes) == 1 and manager.peak_reserved_gib == [1.5]
+
+
+@pytest.mark.gpu
+def test_reward_flush_returns_sam2_cuda_memory(tmp_path):  # pragma: no cover - needs CUDA
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    from veason_r1.reward import verl_hook
+
+    sources, responses, gts, extras, uids = _batch(tmp_path, 7)
+    verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, sam2_model="tiny", sam2_device="cuda")
+    before = torch.cuda.memory_reserved()
+    peak = verl_hook.release_cuda_cache()
+    assert peak is not None and peak * 2**30 >= before >= torch.cuda.memory_reserved()
 
 
 # ------------------------------------------------------------------------ streaming through Ray (item 9)

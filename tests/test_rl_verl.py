@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -78,7 +79,40 @@ def test_generated_verl_config_validates_and_holds_the_grpo_config(synth_root, t
     actor = omega_conf_to_dataclass(tree.actor_rollout_ref.actor)  # verl's typed config accepts our values
     assert (actor.kl_loss_coef, actor.entropy_coeff, actor.optim.lr, actor.clip_ratio) == (5e-3, 1e-3, 1e-6, 0.2)
     rollout = omega_conf_to_dataclass(tree.actor_rollout_ref.rollout)
-    assert (rollout.n, rollout.prompt_length, rollout.response_length, rollout.limit_images) == (8, 7100, 1024, 8)
+    assert (rollout.n, rollout.prompt_length, rollout.response_length, rollout.limit_images) == (8, 7100, 1024, None)
+
+
+@pytest.mark.parametrize("size", ["3b", "7b"])
+def test_vllm_rollout_bounds_are_derived_from_the_data_config(synth_root, tiny_dir, sam2_ckpt, tmp_path, size):
+    """Issue 23 item 1: without these, vLLM 0.24 profiles a 128,000-token context with one 14-frame video of
+    12.8 MP frames inside 0.25 of the GPU and the 7B replicas start with no KV cache. The bounds reach vLLM the way
+    verl 0.9.1 passes them: RolloutConfig.max_model_len, and engine_kwargs.vllm as `vllm serve` flags (dicts as JSON);
+    `limit_images` stays unset because verl would replace the whole limit_mm_per_prompt mapping with {"image": N}."""
+    from verl.utils.config import omega_conf_to_dataclass
+
+    from veason_r1.rl.verl_config import select
+
+    plan = launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", f"training_scripts/grpo_qwen2_5vl_{size}.yaml")
+    d = plan.cfg.data
+    rollout = omega_conf_to_dataclass(plan.tree.actor_rollout_ref.rollout)  # what vllm_async_server reads
+    assert rollout.max_model_len == d.max_prompt_length + d.max_response_length == 8124
+    assert rollout.limit_images is None
+    vllm_args = rollout.engine_kwargs["vllm"]
+    assert isinstance(vllm_args["limit_mm_per_prompt"], dict)  # verl json.dumps dicts for the CLI
+    assert vllm_args["limit_mm_per_prompt"] == {"image": d.num_frames, "video": 0} == {"image": 6, "video": 0}
+    pixels = {"min_pixels": 112 * 112, "max_pixels": 112 * 112}  # image_size=112 in these tests (560 -> 313,600)
+    assert vllm_args["mm_processor_kwargs"] == pixels and select(plan.tree, "data.mm_processor_kwargs") == pixels
+    assert rollout.max_num_batched_tokens >= rollout.max_model_len  # one whole prompt fits a prefill batch
+    text = plan.yaml_path.read_text()
+    assert "max_model_len: 8124" in text and "video: 0" in text
+
+
+def test_vllm_bounds_have_one_home(synth_root, tiny_dir, sam2_ckpt, tmp_path):
+    for key in ("verl.actor_rollout_ref.rollout.max_model_len=128000", "verl.actor_rollout_ref.rollout.limit_images=8",
+                "verl.actor_rollout_ref.rollout.engine_kwargs.vllm.limit_mm_per_prompt.video=1"):
+        with pytest.raises(ValueError, match="set by veason-r1 itself"):
+            launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", "training_scripts/grpo_qwen2_5vl_3b.yaml",
+                        key)
 
 
 def test_verl_validate_rejects_a_bad_batch_layout(synth_root, tiny_dir, sam2_ckpt, tmp_path):
@@ -221,6 +255,56 @@ def test_verl_dataset_class_with_processor_redraws_train_rows(synth_root, tiny_d
     assert len(draws) == 1  # validation rows are fixed
 
 
+def test_mask_dict_is_parsed_once_and_shared_by_the_data_loader_workers(synth_root, tiny_dir, tmp_path, monkeypatch):
+    """Issue 23 item 10: every data-loader worker parsed the whole mask_dict.json (hundreds of MB on ReVOS, 8 copies).
+    The launcher now parses it once into a memory-mapped index (`veason_r1.data.mask_index`); the workers' datasets
+    map it (page cache shared across processes) and never read the JSON; the index equals the parsed JSON."""
+    import shutil
+
+    from transformers import AutoProcessor
+    from verl.trainer.ppo.utils import create_rl_dataset
+
+    from veason_r1.data import revos
+    from veason_r1.data.mask_index import MaskIndex, build_mask_index
+    from veason_r1.data.revos import ReVOSDataset
+    from veason_r1.rl.data import RLSampleBuilder, reference_rows, select_expressions, write_parquet
+
+    root = tmp_path / "root"
+    shutil.copytree(synth_root, root)
+    masks = json.loads((root / "mask_dict.json").read_text())
+    first = next(iter(masks))
+    masks["uncompressed"] = [{"size": [2, 2], "counts": [0, 4]}, None]  # kept exactly, whatever the RLE form
+    masks["broken"] = "not a list"
+    (root / "mask_dict.json").write_text(json.dumps(masks))
+    cache = tmp_path / "cache"
+    index = MaskIndex(build_mask_index(root / "mask_dict.json", cache))
+    assert dict(index) == masks and index.get("nope") is None and "broken" in index
+    assert isinstance(index._blob, np.memmap) and build_mask_index(root / "mask_dict.json", cache) == index.folder
+
+    ds = ReVOSDataset(root, "train")
+    exprs = select_expressions(ds, builder=RLSampleBuilder(ds))[:3]
+    draw = {"num_frames": 6, "image_size": 112, "keyframe_top_k": 5}
+    train = write_parquet(reference_rows(exprs, root, "train", redraw=True, mask_cache=cache, **draw),
+                          tmp_path / "train.parquet")
+    read = []
+    real_load = revos.load_json
+    monkeypatch.setattr(revos, "load_json", lambda path: read.append(Path(path).name) or real_load(path))
+    real_json_load = json.load
+
+    def guarded_load(f, *a, **k):
+        assert not str(getattr(f, "name", "")).endswith("mask_dict.json"), "a worker parsed mask_dict.json"
+        return real_json_load(f, *a, **k)
+
+    monkeypatch.setattr(json, "load", guarded_load)
+    processor = AutoProcessor.from_pretrained(str(tiny_dir), local_files_only=True)
+    dataset = create_rl_dataset([str(train)], _verl_data_config(tmp_path, 112), processor.tokenizer, processor,
+                                is_train=True)
+    row = dataset[0]  # what a worker does on its first access
+    assert "mask_dict.json" not in read and row["reward_model"]["ground_truth"]
+    worker_ds = next(iter(dataset._datasets.values()))
+    assert isinstance(worker_ds.mask_dict, MaskIndex) and worker_ds.mask_dict[first] == masks[first]
+
+
 def test_static_parquet_loads_with_stock_rlhf_dataset(synth_root, tiny_dir, tmp_path):
     from transformers import AutoProcessor
     from verl.utils.dataset.rl_dataset import RLHFDataset
@@ -321,3 +405,90 @@ def test_pool_accepts_the_data_sampling_output(synth_root, tmp_path):
     meta = json.loads(out.read_text())
     assert sorted(pairs) == sorted((v, e) for v, d in meta["videos"].items() for e in d["expressions"])
     assert len(pairs) == 5
+
+
+@pytest.mark.gpu
+def test_vllm_starts_with_the_generated_rollout_bounds(synth_root, tiny_dir, sam2_ckpt, tmp_path):  # pragma: no cover
+    """On a GPU node: vLLM takes the generated bounds as verl passes them (max_model_len, limit_mm_per_prompt with
+    video 0, mm_processor_kwargs) and reports the KV cache it could allocate inside 0.25 of the GPU."""
+    vllm = pytest.importorskip("vllm")
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA")
+    from verl.utils.config import omega_conf_to_dataclass
+
+    plan = launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run")
+    rollout = omega_conf_to_dataclass(plan.tree.actor_rollout_ref.rollout)
+    llm = vllm.LLM(model=str(tiny_dir), max_model_len=rollout.max_model_len,
+                   gpu_memory_utilization=rollout.gpu_memory_utilization, enforce_eager=True,
+                   **rollout.engine_kwargs["vllm"])
+    config = llm.llm_engine.model_config
+    assert config.max_model_len == 8124
+    assert dict(config.multimodal_config.limit_per_prompt)["video"] in (0, {"count": 0}) or \
+        getattr(config.multimodal_config.limit_per_prompt["video"], "count", None) == 0
+    print("kv cache blocks:", llm.llm_engine.vllm_config.cache_config.num_gpu_blocks)
+
+
+def test_lora_grpo_on_the_vision_tower_is_refused(synth_root, tiny_dir, sam2_ckpt, tmp_path):
+    """Issue 23 item 6: verl wraps every Linear with LoRA ("all-linear"), the vision tower's included, and vLLM 0.24
+    does not apply tower LoRA, so rollouts would come from another policy than the one trained. Refused, naming the
+    keys, unless model.exclude_modules keeps the tower out; what the check assumes is checked with PEFT on the tiny
+    Qwen2.5-VL (the module names, and that the suggested exclusion leaves the tower unwrapped)."""
+    import re
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from veason_r1.rl.verl_config import QWEN25VL_LINEARS, VISION_EXCLUDE, lora_vision_modules
+
+    model = AutoModelForImageTextToText.from_pretrained(str(tiny_dir))
+    linears = {re.sub(r"\.\d+\.", ".0.", n) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    assert linears - {"lm_head"} == set(QWEN25VL_LINEARS)
+
+    def wrapped_vision(**kw):
+        peft_model = get_peft_model(AutoModelForImageTextToText.from_pretrained(str(tiny_dir)),
+                                    LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", **kw))
+        return [n for n, _ in peft_model.named_modules() if ".visual." in n and n.endswith("lora_A")]
+
+    assert wrapped_vision() and lora_vision_modules("all-linear", None)  # what verl would build: tower wrapped
+    assert wrapped_vision(exclude_modules=VISION_EXCLUDE) == [] == lora_vision_modules("all-linear", VISION_EXCLUDE)
+    assert lora_vision_modules(["q_proj", "v_proj"], None) == []  # language-model names only
+    assert lora_vision_modules(["q_proj", "gate_proj"], None) == ["model.visual.blocks.0.mlp.gate_proj"]
+
+    with pytest.raises(ValueError, match=r"model.lora_rank = 8 with model.target_modules = 'all-linear' and "
+                                         r"model.exclude_modules = None puts LoRA on the vision tower"):
+        launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "lora", "training_scripts/grpo_qwen2_5vl_3b.yaml",
+                    "model.lora_rank=8")
+    from veason_r1.rl.config import load_config
+    from veason_r1.rl.launch import absolute
+    from veason_r1.rl.verl_config import unknown_keys, verl_values
+
+    # "frozen" is no way out on verl 0.9.1: actor.freeze_vision_tower is declared there but read by no engine
+    with pytest.raises(ValueError, match="actor.freeze_vision_tower = True: verl 0.9.1 declares the key but none"):
+        launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "frozen", "training_scripts/grpo_qwen2_5vl_3b.yaml",
+                    "model.lora_rank=8", "actor.freeze_vision_tower=true")
+
+    # (verl's validate_config wants vLLM installed for any LoRA run, so the accepted one stops at the values here)
+    cfg = absolute(load_config("training_scripts/grpo_qwen2_5vl_3b.yaml",
+                               ["model.lora_rank=8", f"model.exclude_modules={VISION_EXCLUDE}"]))
+    values, _ = verl_values(cfg, train_file="/data/train.parquet", val_file=None, has_flash_attn=False)
+    assert values["actor_rollout_ref.model.exclude_modules"] == VISION_EXCLUDE and unknown_keys(values) == []
+
+
+def test_mask_index_refuses_what_the_json_refuses(synth_root, tmp_path):
+    """The shared index keeps ReVOSDataset's checks: a short per-frame list and a non-list entry are still refused."""
+    import shutil
+
+    from veason_r1.data.revos import ReVOSDataset
+    from veason_r1.errors import BadInput
+
+    root = tmp_path / "root"
+    shutil.copytree(synth_root, root)
+    masks = json.loads((root / "mask_dict.json").read_text())
+    ds = ReVOSDataset(root, "train", mask_cache=tmp_path / "cache")
+    anno = ds.expressions[0].anno_ids[0]
+    assert ds.mask_dict.frame_count(anno) == len(masks[anno])
+    for bad, message in ((masks[anno][:-1], "masks for the video's"), ("oops", "expected a list")):
+        (root / "mask_dict.json").write_text(json.dumps({**masks, anno: bad}))
+        for cache in (None, tmp_path / "cache"):
+            with pytest.raises(BadInput, match=message):
+                ReVOSDataset(root, "train", mask_cache=cache)

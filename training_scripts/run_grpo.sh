@@ -10,9 +10,12 @@
 #   TRAIN_ROOT (data.train_root), POOL (data.train_pool), SFT_MODEL (model.path), SAM2_CKPT
 #   (reward.sam2_checkpoint), VAL_SIZE (data.val_max_samples), VAL_SPLIT (data.val_split: opt-in validation on a
 #   named split, e.g. "valid"; the default is a held-out slice of the training videos). OUT_HF: merged output.
+# Python: $PYTHON if set; else the active virtualenv's `python`; else this checkout's .venv (what `make venv` makes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=${PYTHON:-python}
+if [[ -n "${PYTHON:-}" ]]; then PY=$PYTHON
+elif [[ -z "${VIRTUAL_ENV:-}" && -x .venv/bin/python ]]; then PY="$PWD/.venv/bin/python"
+else PY=python; fi
 SIZE=${1:?usage: run_grpo.sh 3b|7b [section.key=value ...]}
 shift
 case "$SIZE" in 3b|7b) ;; *) echo "run_grpo.sh: size must be 3b or 7b, got $SIZE" >&2; exit 2;; esac

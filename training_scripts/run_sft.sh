@@ -15,7 +15,11 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-PYTHON="${PYTHON:-python}"
+# Python: $PYTHON if set; else the active virtualenv's `python`; else this checkout's .venv (what `make venv` makes).
+if [[ -z "${PYTHON:-}" ]]; then
+  if [[ -z "${VIRTUAL_ENV:-}" && -x "${HERE}/../.venv/bin/python" ]]; then PYTHON="$(cd "${HERE}/.." && pwd)/.venv/bin/python"
+  else PYTHON=python; fi
+fi
 CONFIG="${HERE}/sft_qwen2_5vl_3b_lora.yaml"
 
 NGPU="$("${PYTHON}" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)"

@@ -130,12 +130,20 @@ def driver_check(cpu_ok: bool, driver: str | None = None, cuda: str | None = Non
 # packages
 
 
+def requirement_files(env: str) -> list[Path]:
+    """The requirement files `make ENV=<env> venv` installs (Makefile REQS_<env>): gpu-vllm leaves out
+    requirements-app.txt (LLaMA-Factory and gradio need starlette < 1.0, vLLM 0.24 >= 1.0.1)."""
+    files = [REPO_ROOT / "requirements.txt"]
+    return files if env == "gpu-vllm" else [*files, REPO_ROOT / "requirements-app.txt"]
+
+
 def pins(env: str) -> dict[str, str]:
-    """package -> version specifier from requirements.txt and constraints/<env>.txt (what `make ENV=<env>` installs)."""
+    """package -> version specifier from the requirement files and constraints/<env>.txt (what `make ENV=<env>`
+    installs)."""
     from packaging.requirements import Requirement
 
     out: dict[str, str] = {}
-    for path in (REPO_ROOT / "requirements.txt", REPO_ROOT / "constraints" / f"{env}.txt"):
+    for path in (*requirement_files(env), REPO_ROOT / "constraints" / f"{env}.txt"):
         for line in path.read_text().splitlines():
             line = line.split("#", 1)[0].strip()
             if not line:
@@ -178,16 +186,32 @@ def packages_checks(stage: str, env: str, cpu_ok: bool) -> list[Check]:
         wanted += [("sam2", "sam2", True, "mask propagation")]
     out = [package_check(d, m, pinned.get(d), req, why, install) for d, m, req, why in wanted]
     if stage == "grpo":
-        vllm_fix = f"pip install -c constraints/gpu-vllm.txt vllm=={_pinned_exact('vllm')}"
+        vllm_fix = f"make ENV=gpu-vllm venv (installs vllm=={_pinned_exact('vllm')} with the pinned set)"
         if cpu_ok:
             out.append(Check("import vllm", SKIP, "vLLM runs on GPU nodes only; --cpu-ok"))
         else:
             out.append(package_check("vllm", "vllm", pins("gpu-vllm").get("vllm"), True, "verl's rollouts",
                                      vllm_fix))
-            out.append(package_check("flash-attn", "flash_attn", None, False,
-                                     "without it verl runs sdpa without padding removal: slower, more memory",
-                                     "optional: docs/reproduce.md, 'flash-attn'"))
+        out.append(flash_attn_check())  # CPU too: a broken install stops the launch wherever it is
     return out
+
+
+def flash_attn_check(status: tuple[str, str] | None = None) -> Check:
+    """flash-attn is optional, but installed-and-broken is fatal: verl's actor workers import it whenever its
+    metadata exists (sdpa path too). The import is tried in a subprocess (a bad build can crash the process)."""
+    from veason_r1.rl.verl_config import FLASH_ATTN_FIX, flash_attn_status
+
+    state, error = status if status is not None else flash_attn_status()
+    if state == "absent":
+        return Check("import flash_attn", WARN, "flash-attn is not installed (optional: without it verl runs sdpa "
+                     "without padding removal: slower, more memory)", "optional: docs/reproduce.md, 'flash-attn'")
+    if state == "broken":
+        return Check("import flash_attn", FAIL, f"flash-attn is installed but does not import ({error}); verl's "
+                     "actor workers import it whenever it is installed and would all die", FLASH_ATTN_FIX)
+    import importlib.metadata
+
+    return Check("import flash_attn", PASS, f"flash-attn {importlib.metadata.version('flash-attn')} imports "
+                 "(checked in a fresh process)")
 
 
 def _pinned_exact(dist: str) -> str:
@@ -250,6 +274,28 @@ def sam2_check(name: str | None, checkpoint: str | None, cpu_ok: bool) -> Check:
                                 f"on {where}")
 
 
+SAM2_EXT_PROBE = "import torch; from sam2 import _C"
+
+
+def sam2_extension_check(cpu_ok: bool, probe: str = SAM2_EXT_PROBE) -> Check:
+    """sam2's CUDA extension (`sam2._C`, connected components) fills small holes in SAM2's masks (fill_hole_area 8,
+    as the release runs it); without it sam2 skips that step. Tried in a fresh process (a bad build can crash)."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300, check=False)
+    if r.returncode == 0:
+        return Check("sam2 extension", PASS, "sam2._C imports: SAM2 fills mask holes as the release does")
+    lines = [line for line in r.stderr.strip().splitlines() if line.strip()]
+    detail = (f"sam2._C does not import ({lines[-1][:160] if lines else 'exit ' + str(r.returncode)}): SAM2 runs "
+              "without hole filling (a deviation from the release: docs/reproduce.md, deviations)")
+    if cpu_ok:
+        return Check("sam2 extension", SKIP, detail + "; --cpu-ok")
+    return Check("sam2 extension", WARN, detail,
+                 "rebuild on the GPU node with nvcc: SAM2_BUILD_CUDA=1 pip install --no-cache-dir --no-deps "
+                 "--force-reinstall --no-build-isolation sam2==1.1.0")
+
+
 def doctor_check(root: str, split: str | None) -> Check:
     from veason_r1.data.doctor import diagnose
 
@@ -279,16 +325,66 @@ def disk_check(out_dir: str | Path, need_bytes: float, what: str) -> Check:
 
 
 def checkpoint_budget(params: float, keep: int | None, total_steps: int | None, save_freq: int) -> tuple[float, str]:
-    """Bytes a GRPO run writes: the checkpoints kept (the last K plus the best) and the merged best model."""
+    """Peak bytes of a GRPO run folder: verl writes each new checkpoint before `KeepLastAndBest` prunes, so at that
+    moment the last K, the best and the new one are all on disk (K + 2), and the merged best model comes on top."""
     per = BYTES_PER_PARAM_CHECKPOINT * params
     if keep is None:
         kept = (total_steps or 625) // max(save_freq, 1) if save_freq > 0 else 1
         how = f"all {kept} checkpoints"
     else:
-        kept = keep + 1
-        how = f"{keep} last + best checkpoint"
+        kept = keep + 2
+        how = f"{keep} last + best + the one being written before pruning"
     total = kept * per + BYTES_PER_PARAM_HF * params
-    return total, f"{how} at {per / 1e9:.0f} GB each + the merged model ({BYTES_PER_PARAM_HF * params / 1e9:.0f} GB)"
+    return total, f"{how}: {kept} checkpoints at {per / 1e9:.0f} GB each + the merged model ({BYTES_PER_PARAM_HF * params / 1e9:.0f} GB)"
+
+
+def tree_bytes(path: Path) -> int:
+    total = 0
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            try:
+                total += (Path(root) / name).lstat().st_size
+            except OSError:
+                continue
+    return total
+
+
+def run_folder_bytes(run_dir: str | Path) -> int:
+    """What a resumed run already holds of its peak: the `global_step_N` checkpoints and the merged model."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return 0
+    parts = [p for p in run_dir.glob("global_step_*") if p.is_dir()] + [p for p in [run_dir / "best_hf"] if p.is_dir()]
+    return sum(tree_bytes(p) for p in parts)
+
+
+def grpo_disk_check(run_dir: str | Path, params: float, keep: int | None, total_steps: int | None,
+                    save_freq: int) -> Check:
+    """Free space for the peak minus what is already in the run folder (re-running run_grpo.sh resumes: the
+    checkpoints on disk are part of the peak, not on top of it). At least one new checkpoint + the merged model."""
+    peak, how = checkpoint_budget(params, keep, total_steps, save_freq)
+    have = run_folder_bytes(run_dir)
+    floor = (BYTES_PER_PARAM_CHECKPOINT + BYTES_PER_PARAM_HF) * params
+    need = max(peak - have, floor)
+    what = f"the peak {peak / 1e9:.0f} GB ({how})"
+    if have:
+        what += f" less the {have / 1e9:.0f} GB of checkpoints already in {run_dir}"
+    return disk_check(run_dir, need, what)
+
+
+def vllm_bounds_check(values: dict) -> Check:
+    """The bounds vLLM profiles its start-up memory for (issue 23 item 1), as the generated config passes them."""
+    from veason_r1.rl.verl_config import ARR, VLLM_ARGS
+
+    length = values.get(f"{ARR}.rollout.max_model_len")
+    limits = values.get(f"{VLLM_ARGS}.limit_mm_per_prompt") or {}
+    pixels = (values.get(f"{VLLM_ARGS}.mm_processor_kwargs") or {}).get("max_pixels")
+    detail = (f"max_model_len {length}, {limits.get('image')} images of <= {pixels} px a prompt, video "
+              f"{limits.get('video')}")
+    if length is None or limits.get("video") != 0 or pixels is None:
+        return Check("vllm bounds", FAIL, detail + ": vLLM would profile a 128k context with a video",
+                     "regenerate the config with this checkout (veason_r1.rl.verl_config.rollout_bounds)")
+    return Check("vllm bounds", PASS, detail + " (the KV cache they leave is logged by vLLM at start-up)")
 
 
 def shm_check(cpu_ok: bool, shm_bytes: int | None = None, memory_bytes: int | None = None) -> Check:
@@ -334,6 +430,7 @@ def grpo_checks(cfg, source: str, cpu_ok: bool = False) -> list[Check]:
         out += _safe("model folder", lambda: model_check(cfg.model.path))
         if cfg.reward.use_consistency:
             out += _safe("sam2", lambda: sam2_check(cfg.reward.sam2, cfg.reward.sam2_checkpoint, cpu_ok))
+            out += _safe("sam2 extension", lambda: sam2_extension_check(cpu_ok))
         out += _safe(f"data {cfg.data.train_split}", lambda: doctor_check(cfg.data.train_root, cfg.data.train_split))
         if cfg.data.val_split:
             out += _safe(f"data {cfg.data.val_split}",
@@ -341,9 +438,8 @@ def grpo_checks(cfg, source: str, cpu_ok: bool = False) -> list[Check]:
 
         def budget() -> Check:
             t = cfg.trainer
-            total, how = checkpoint_budget(model_params(cfg.model.path), t.max_ckpt_to_keep, t.total_training_steps,
-                                           t.save_freq)
-            return disk_check(t.default_local_dir, total, how)
+            return grpo_disk_check(t.default_local_dir, model_params(cfg.model.path), t.max_ckpt_to_keep,
+                                   t.total_training_steps, t.save_freq)
 
         out += _safe("disk", budget)
 
@@ -356,10 +452,11 @@ def grpo_checks(cfg, source: str, cpu_ok: bool = False) -> list[Check]:
                     contextlib.redirect_stdout(io.StringIO()):  # verl's own "checks passed" lines
                 warnings.simplefilter("ignore")
                 data = write_data(cfg, Path(tmp) / "data")
-                _tree, _v, _p, notes = build_tree(cfg, tmp, train_file=data.train_file, val_file=data.val_file,
-                                                  source=source)
-            return Check("verl config", WARN if notes else PASS,
-                         "composed with verl 0.9.1's tree; validate_config passed" + (f"; {notes[0]}" if notes else ""))
+                _tree, values, _p, notes = build_tree(cfg, tmp, train_file=data.train_file, val_file=data.val_file,
+                                                      source=source)
+            return [Check("verl config", WARN if notes else PASS,
+                          "composed with verl 0.9.1's tree; validate_config passed" + (f"; {notes[0]}" if notes else "")),
+                    vllm_bounds_check(values)]
 
         out += _safe("verl config", verl_tree)
     out.append(shm_check(cpu_ok))
@@ -402,6 +499,7 @@ def eval_checks(model: str, data: str, split: str | None, sam2: str | None, sam2
     out = [gpu_check("eval", 1, cpu_ok), driver_check(cpu_ok), *packages_checks("eval", env, cpu_ok)]
     out += _safe("model folder", lambda: model_check(model))
     out += _safe("sam2", lambda: sam2_check(sam2, sam2_ckpt, cpu_ok))
+    out += _safe("sam2 extension", lambda: sam2_extension_check(cpu_ok))
     out += _safe(f"data {split}", lambda: doctor_check(data, split))
     out += _safe("disk", lambda: disk_check(out_dir, 5e9, "the predicted masks (a few GB per benchmark)"))
     return out
@@ -423,5 +521,6 @@ def render(checks: list[Check]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "checkpoint_budget", "driver_check", "eval_checks", "gpu_check",
-           "grpo_checks", "pins", "render", "sft_checks", "shm_check"]
+__all__ = ["FAIL", "PASS", "SKIP", "WARN", "Check", "checkpoint_budget", "driver_check", "eval_checks",
+           "flash_attn_check", "gpu_check", "grpo_checks", "grpo_disk_check", "pins", "render", "requirement_files",
+           "run_folder_bytes", "sam2_extension_check", "sft_checks", "shm_check", "vllm_bounds_check"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -133,17 +134,25 @@ class ReVOSDataset:
     """A ReVOS-format split. `gt_mask(expr, t)` is the union of the expression's objects in frame t."""
 
     def __init__(self, root: str | os.PathLike, split: str = DEFAULT_SPLITS["revos"],
-                 meta_file: str | os.PathLike | None = None, load_foreground: bool = True):
+                 meta_file: str | os.PathLike | None = None, load_foreground: bool = True,
+                 mask_cache: str | os.PathLike | None = None):
+        """`mask_cache`: a folder for a memory-mapped index of mask_dict.json (`veason_r1.data.mask_index`), parsed
+        once and shared by every process that opens the dataset with the same folder (RL data-loader workers)."""
         self.root = Path(root)
         self.split = split
         self.meta_file = Path(meta_file) if meta_file else meta_path(self.root, split)
         self.videos = parse_meta(load_json(self.meta_file), self.meta_file)
         self.mask_dict_file = self._find("mask_dict.json")
-        self.mask_dict: dict[str, list] = load_json(self.mask_dict_file)  # RLE strings; decoded per frame on demand
+        if mask_cache is not None:
+            from veason_r1.data.mask_index import shared_mask_dict
+
+            self.mask_dict: Mapping[str, list] = shared_mask_dict(self.mask_dict_file, mask_cache)
+        else:
+            self.mask_dict = load_json(self.mask_dict_file)  # RLE strings; decoded per frame on demand
         fg_file = self._find("mask_dict_foreground.json", required=False)
         self.foreground: dict[str, dict] = load_json(fg_file) if (fg_file and load_foreground) else {}
         self.foreground_file = fg_file
-        if not isinstance(self.mask_dict, dict):
+        if not isinstance(self.mask_dict, Mapping):
             raise BadInput(self.mask_dict_file, "expected an object anno_id -> list of per-frame RLEs")
         if not isinstance(self.foreground, dict):
             raise BadInput(fg_file, "expected an object video -> {'masks_rle': [...]}")
@@ -154,14 +163,16 @@ class ReVOSDataset:
         """Every listed object has one mask entry per frame: a short list would read as empty GT in the missing
         frames (a silently wrong score), a long one is misaligned. Unknown anno_ids stay a lazy KeyError (MeViS
         splits without GT never ask)."""
+        count = getattr(self.mask_dict, "frame_count", None)  # MaskIndex: lengths without building the RLEs
         for vm in self.videos.values():
             n = len(vm.frames)
             for e in vm.expressions.values():
                 for a in e.anno_ids:
-                    rles = self.mask_dict.get(a)
+                    length = count(a) if count is not None else None
+                    rles = range(length) if length is not None else self.mask_dict.get(a)
                     if rles is None:
                         continue
-                    if not isinstance(rles, list):
+                    if not isinstance(rles, (list, range)):
                         raise BadInput(self.mask_dict_file, f"anno_id {a!r}: expected a list with one RLE (or null) "
                                                             "per frame")
                     if len(rles) != n:

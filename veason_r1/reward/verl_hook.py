@@ -14,7 +14,10 @@ frames through a small per-process cache (keyed by the frames' content), so a gr
 Configure through `custom_reward_function.reward_kwargs` (`RewardOptions`: sam2_model, sam2_checkpoint,
 sam2_device, variant, use_consistency; an unknown key raises) or the env vars VEASON_SAM2_MODEL /
 VEASON_SAM2_CHECKPOINT / VEASON_SAM2_DEVICE. A SAM2 that fails to load or to run costs the consistency term of that
-batch only (logged); the other three terms are scored as usual, and the next batch tries again.
+batch only (logged); the other three terms are scored as usual, and the next batch tries again. Each result carries
+`sam2_ok` (1.0, or 0.0 when SAM2 failed for that rollout), which verl averages into its step metrics, so a lost
+SAM2 term is visible there; after `max_sam2_load_failures` failed loads in a row the worker raises `SAM2LoadError`
+and the run stops instead of training on a reward without its SAM2 term (issue 23 item 4).
 """
 
 from __future__ import annotations
@@ -39,6 +42,13 @@ logger = logging.getLogger(__name__)
 
 _LOCK = threading.RLock()
 _PROPAGATORS: dict[tuple, Any] = {}
+_LOAD_FAILURES = {"in_a_row": 0}  # failed SAM2 loads in a row in this process (reset by a successful load)
+DEFAULT_MAX_SAM2_LOAD_FAILURES = 3
+
+
+class SAM2LoadError(RuntimeError):
+    """SAM2 failed to load `max_sam2_load_failures` times in a row: the consistency term would be 0 for the rest of
+    the run, so the reward worker stops it."""
 _SAMPLES: OrderedDict[str, RewardSample] = OrderedDict()
 _VIDEOS: OrderedDict[str, Any] = OrderedDict()
 SAMPLE_CACHE = 256
@@ -125,6 +135,7 @@ class RewardOptions:
     variant: str = "faithful"
     use_consistency: bool = True
     use_keyframe: bool = True
+    max_sam2_load_failures: int = DEFAULT_MAX_SAM2_LOAD_FAILURES
 
     def __post_init__(self) -> None:
         env = os.environ
@@ -134,6 +145,9 @@ class RewardOptions:
         for name in ("use_consistency", "use_keyframe"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"reward_kwargs.{name}: expected true/false, got {getattr(self, name)!r}")
+        n = self.max_sam2_load_failures
+        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+            raise ValueError(f"reward_kwargs.max_sam2_load_failures: expected an integer >= 1, got {n!r}")
         if self.use_consistency and not self.sam2_model:
             raise ValueError("reward_kwargs.sam2_model is required with use_consistency (e.g. sam2_hiera_l, with "
                              "sam2_checkpoint); set use_consistency: false to drop the SAM2 term")
@@ -183,13 +197,54 @@ class _Unavailable:
 
 
 def _propagator(options: RewardOptions):
-    """The propagator, or an `_Unavailable` that fails only the consistency term (the error logged loudly)."""
+    """The propagator, or an `_Unavailable` that fails only the consistency term (the error logged loudly); raises
+    `SAM2LoadError` at the `max_sam2_load_failures`-th failed load in a row."""
     try:
-        return get_propagator(options.sam2_model, options.sam2_checkpoint, options.sam2_device)
+        propagator = get_propagator(options.sam2_model, options.sam2_checkpoint, options.sam2_device)
     except Exception as e:  # a SAM2 failure costs the consistency term of this batch only
-        logger.exception("SAM2 %r (checkpoint %s) failed to load: consistency scored 0 for this batch: %s",
-                         options.sam2_model, options.sam2_checkpoint, e)
+        with _LOCK:
+            _LOAD_FAILURES["in_a_row"] += 1
+            failures = _LOAD_FAILURES["in_a_row"]
+        if failures >= options.max_sam2_load_failures:
+            raise SAM2LoadError(
+                f"SAM2 {options.sam2_model!r} (checkpoint {options.sam2_checkpoint}, device {options.sam2_device}) "
+                f"failed to load {failures} times in a row in this reward worker ({type(e).__name__}: {e}); "
+                "stopping rather than training without the consistency term: fix the checkpoint or device (or set "
+                "reward.use_consistency=false to drop the term; reward.max_sam2_load_failures sets the limit)"
+            ) from e
+        logger.exception("SAM2 %r (checkpoint %s) failed to load (%d in a row, limit %d): consistency scored 0 for "
+                         "this batch: %s", options.sam2_model, options.sam2_checkpoint, failures,
+                         options.max_sam2_load_failures, e)
         return _Unavailable(e)
+    with _LOCK:
+        _LOAD_FAILURES["in_a_row"] = 0
+    return propagator
+
+
+def _with_sam2_ok(result: dict) -> dict:
+    """The reward dict verl sees: the terms, `overall`, and `sam2_ok` (0.0 when SAM2 failed for this rollout)."""
+    out = {"score": result["overall"], **{k: result[k] for k in (*TERMS, "overall")}}
+    out["sam2_ok"] = 0.0 if "sam2: " in result.get("failure", "") else 1.0
+    return out
+
+
+def release_cuda_cache() -> float | None:
+    """After a reward flush: the peak CUDA memory this process reserved since the last flush (GiB, logged), then
+    the caching allocator's free blocks returned to the driver. SAM2 runs in the reward worker on GPU 0; without
+    this its cache (27.8 GiB measured for a 128-rollout batch) stays reserved through the actor update and vLLM's
+    wake-up (issue 23 item 5). None when this process never touched CUDA (nothing to release)."""
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    peak = torch.cuda.max_memory_reserved() / 2**30
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    logger.info("reward flush: SAM2 peak reserved CUDA memory %.2f GiB; cache released (%.2f GiB still reserved)",
+                peak, torch.cuda.memory_reserved() / 2**30)
+    return peak
 
 
 def _cached(cache: OrderedDict, key: str, make, limit: int):
@@ -213,12 +268,14 @@ def _sample_key(ground_truth: Any, extra_info: dict | None) -> str:
 def compute_score(data_source=None, solution_str="", ground_truth=None, extra_info=None, *,
                   sam2_model: str | None = None, sam2_checkpoint: str | None = None, sam2_device: str | None = None,
                   variant: str = "faithful", use_consistency: bool = True, use_keyframe: bool = True,
+                  max_sam2_load_failures: int = DEFAULT_MAX_SAM2_LOAD_FAILURES,
                   reward_router_address=None, reward_model_tokenizer=None) -> dict:
     """verl `custom_reward_function`: {"score": overall, "format", "keyframe", "spatial", "consistency",
-    "overall"} (floats only: verl averages the extra keys). Never raises because of `solution_str`; a SAM2 that
+    "overall", "sam2_ok"} (floats only: verl averages the extra keys). Never raises because of `solution_str`; a SAM2 that
     fails costs only the consistency term. The keyword options are `RewardOptions` (a typo is a TypeError);
     `reward_router_address` / `reward_model_tokenizer` are what verl's naive manager may pass, unused here."""
-    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency, use_keyframe)
+    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency, use_keyframe,
+                            max_sam2_load_failures)
     extra_info = extra_info if isinstance(extra_info, dict) else {}
     sample = _cached(_SAMPLES, _sample_key(ground_truth, extra_info),
                      lambda: parse_ground_truth(ground_truth, extra_info), SAMPLE_CACHE)
@@ -236,13 +293,14 @@ def compute_score(data_source=None, solution_str="", ground_truth=None, extra_in
                             options.config)
     if result["failure"]:
         logger.debug("reward failure (%s): %s", data_source, result["failure"])
-    return {"score": result["overall"], **{k: result[k] for k in (*TERMS, "overall")}}
+    return _with_sam2_ok(result)
 
 
 def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, uids=None, *,
                         sam2_model: str | None = None, sam2_checkpoint: str | None = None,
                         sam2_device: str | None = None, variant: str = "faithful",
-                        use_consistency: bool = True, use_keyframe: bool = True) -> list[dict]:
+                        use_consistency: bool = True, use_keyframe: bool = True,
+                        max_sam2_load_failures: int = DEFAULT_MAX_SAM2_LOAD_FAILURES) -> list[dict]:
     """Batch form of `compute_score` (same dicts, same values): rollouts grouped by prompt (`uids[i]`, else the
     ground truth), then one `score_groups` call, so SAM2 tracks all of them in shared batches. Used by
     `VeasonGroupRewardManager` (verl_manager.py); also fits reward managers that call a function with lists."""
@@ -253,7 +311,8 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos,
             raise ValueError(f"compute_score_batch: {name} has {len(values)} items for {n} solution_strs")
     if uids is not None and len(uids) != n:
         raise ValueError(f"compute_score_batch: uids has {len(uids)} items for {n} solution_strs")
-    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency, use_keyframe)
+    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency, use_keyframe,
+                            max_sam2_load_failures)
     config = options.config
     groups: OrderedDict[tuple, list[int]] = OrderedDict()
     samples: dict[tuple, RewardSample] = {}
@@ -276,5 +335,5 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos,
         for i, result in zip(idx, results):
             if result["failure"]:
                 logger.debug("reward failure (%s): %s", data_sources[i], result["failure"])
-            out[i] = {"score": result["overall"], **{k: result[k] for k in (*TERMS, "overall")}}
+            out[i] = _with_sam2_ok(result)
     return out  # type: ignore[return-value]

@@ -9,6 +9,7 @@ rollouts grouped by prompt (`uid`, else the ground truth), SAM2 tracking batched
 
 - `compute_rm_score` (colocated rewards) schedules a whole chunk's tasks in one event-loop turn, so each reward
   worker scores its chunk with one call: one call per step with `reward.num_workers: 1`.
+- After each flush SAM2's CUDA cache is released and its peak reserved memory logged (`release_cuda_cache`).
 - Streaming (the agent loop sends each finished rollout to a reward worker) batches whatever arrives within the
   window; scores do not depend on how samples are batched (same as per-sample `compute_score`).
 
@@ -33,7 +34,7 @@ import time
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from veason_r1.reward.verl_hook import compute_score_batch, reward_options
+from veason_r1.reward.verl_hook import compute_score_batch, release_cuda_cache, reward_options
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,7 @@ class VeasonGroupRewardManager(RewardManagerBase):
         self._first_arrival = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self.batch_sizes: list[int] = []  # samples per compute_score_batch call (tests, logging)
+        self.peak_reserved_gib: list[float] = []  # SAM2's peak reserved CUDA memory per flush (GPU runs)
 
     async def run_single(self, data: DataProto) -> dict:
         item = data[-1:][0]  # multi-sequence outputs: the reward is computed on the last sequence (as naive)
@@ -90,15 +92,21 @@ class VeasonGroupRewardManager(RewardManagerBase):
         samples = [s for s, _ in batch]
         self.batch_sizes.append(len(samples))
         start = time.perf_counter()
-        try:
-            results = await asyncio.get_running_loop().run_in_executor(
-                None,
-                lambda: compute_score_batch(
+
+        def score() -> list[dict]:
+            try:
+                return compute_score_batch(
                     [s["data_source"] for s in samples], [s["solution_str"] for s in samples],
                     [s["ground_truth"] for s in samples], [s["extra_info"] for s in samples],
                     uids=[s["uid"] for s in samples], **self.reward_kwargs,
-                ),
-            )
+                )
+            finally:  # SAM2's CUDA cache must not outlive the flush (the actor update and vLLM need the memory)
+                peak = release_cuda_cache()
+                if peak is not None:
+                    self.peak_reserved_gib.append(peak)
+
+        try:
+            results = await asyncio.get_running_loop().run_in_executor(None, score)
         except Exception as e:  # noqa: BLE001 - a failing batch must not hang its samples
             for _, future in batch:
                 if not future.done():

@@ -64,6 +64,9 @@ class ModelConfig:
     lora_rank: int = setting(0, ge=0, key=f"{ARR}.model.lora_rank", doc="0 = full fine-tune (the paper)")
     lora_alpha: int = setting(16, ge=1, key=f"{ARR}.model.lora_alpha")
     target_modules: str | list[str] = setting("all-linear", key=f"{ARR}.model.target_modules")  # noqa: RUF009
+    # LoRA: modules PEFT must not wrap (a regex matched in full, or names matched as suffixes). The verl back-end
+    # refuses LoRA on the vision tower (vLLM 0.24 would not apply it to rollouts): exclude it, e.g. ".*visual.*".
+    exclude_modules: str | list[str] | None = setting(None, key=f"{ARR}.model.exclude_modules")  # noqa: RUF009
     # verl: "auto" = flash_attention_2 with padding removal when flash-attn imports, else sdpa without it (slower,
     # said at launch); the local trainer always runs sdpa.
     attn_implementation: Literal["auto", "flash_attention_2", "sdpa"] = "auto"
@@ -127,6 +130,9 @@ class RewardSettings:
     sam2_device: str | None = setting(None, key=f"{REWARD_KWARGS}.sam2_device", doc="None = the policy's device")
     # verl's VeasonGroupRewardManager: flush a batch this long after the last arrival, at most max_wait_s after
     # the first (streamed rollouts)
+    # Failed SAM2 loads in a row (per reward worker) after which the run stops: each failed batch scores its
+    # consistency term 0 (verl's `sam2_ok` metric shows it); a SAM2 that never loads must not train silently.
+    max_sam2_load_failures: int = setting(3, ge=1, key=f"{REWARD_KWARGS}.max_sam2_load_failures")
     group_window_s: float = setting(0.05, ge=0, key=f"{REWARD_KWARGS}.group_window_s")
     max_wait_s: float = setting(2.0, gt=0, key=f"{REWARD_KWARGS}.max_wait_s")
 

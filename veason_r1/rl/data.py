@@ -248,8 +248,9 @@ class RLPool:
 
 def reference_rows(expressions: Sequence[Expression], root: str | Path, split: str, *, redraw: bool,
                    num_frames: int, image_size: int, keyframe_top_k: int = FRAMES.keyframe_top_k,
-                   seed: int = 0) -> list[dict]:
-    """Parquet rows for `VeasonRLDataset`: verl's columns, the expression's reference in `extra_info`."""
+                   seed: int = 0, mask_cache: str | Path | None = None) -> list[dict]:
+    """Parquet rows for `VeasonRLDataset`: verl's columns, the expression's reference in `extra_info`.
+    `mask_cache`: the folder of the shared mask_dict index the workers open (`veason_r1.data.mask_index`)."""
     rows = []
     for i, e in enumerate(expressions):
         rows.append({
@@ -261,6 +262,7 @@ def reference_rows(expressions: Sequence[Expression], root: str | Path, split: s
                 "index": i, "root": str(Path(root).resolve()), "split": split, "video": e.video,
                 "exp_id": e.exp_id, "redraw": bool(redraw), "num_frames": int(num_frames),
                 "image_size": int(image_size), "keyframe_top_k": int(keyframe_top_k), "seed": int(seed),
+                "mask_cache": str(Path(mask_cache).resolve()) if mask_cache else "",
             },
         })
     return rows
@@ -332,8 +334,9 @@ class VeasonRLDataset(_verl_base()):
 
     def _builder(self, info: dict) -> RLSampleBuilder:
         dkey = (info["root"], info["split"])
-        if dkey not in self._datasets:
-            self._datasets[dkey] = ReVOSDataset(info["root"], info["split"], load_foreground=False)
+        if dkey not in self._datasets:  # per worker; the masks are one shared memory-mapped index when given
+            self._datasets[dkey] = ReVOSDataset(info["root"], info["split"], load_foreground=False,
+                                                mask_cache=info.get("mask_cache") or None)
         bkey = (*dkey, int(info["num_frames"]), int(info["image_size"]), int(info["keyframe_top_k"]))
         if bkey not in self._builders:
             self._builders[bkey] = RLSampleBuilder(self._datasets[dkey], int(info["num_frames"]),

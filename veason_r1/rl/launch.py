@@ -9,7 +9,10 @@
    videos; validation = the held-out slice (or, opt-in, `data.val_split`).
 4. `verl_config.build_tree`: `<run folder>/verl_config.yaml` generated from the config, composed with verl's tree
    and checked by verl's `validate_config`.
-5. `python -m verl.trainer.main_ppo --config-path <run folder> --config-name verl_config`.
+5. `python -m verl.trainer.main_ppo --config-path <run folder> --config-name verl_config`, with TensorBoard's events
+   in `<run folder>/tensorboard` (`TENSORBOARD_DIR`, also set for every Ray worker by the generated config); on a
+   resume from step S a purge marker (`SessionLog.START` at S + 1, what SummaryWriter's `purge_step` writes) makes
+   TensorBoard drop the interrupted run's events after S, so re-trained steps appear once.
 """
 
 from __future__ import annotations
@@ -107,12 +110,16 @@ def write_data(cfg: GRPOConfig, out_dir: str | Path) -> DataFiles:
 
     d = cfg.data
     out = Path(out_dir)
-    train = ReVOSDataset(d.train_root, d.train_split, load_foreground=False)
+    # mask_dict.json parsed once here into a memory-mapped index that every data-loader worker shares
+    cache = out / "mask_index"
+    train = ReVOSDataset(d.train_root, d.train_split, load_foreground=False, mask_cache=cache)
     builder = RLSampleBuilder(train, d.num_frames, d.image_size, d.keyframe_top_k)
-    val_ds = ReVOSDataset(d.val_root or d.train_root, d.val_split, load_foreground=False) if d.val_split else None
+    val_ds = (ReVOSDataset(d.val_root or d.train_root, d.val_split, load_foreground=False, mask_cache=cache)
+              if d.val_split else None)
     pools = training_pools(train, d.train_pool, val_size=d.val_max_samples if validation_enabled(cfg) else 0,
                            seed=d.seed, skip_no_target=d.skip_no_target, val_dataset=val_ds, builder=builder)
-    draw = {"num_frames": d.num_frames, "image_size": d.image_size, "keyframe_top_k": d.keyframe_top_k, "seed": d.seed}
+    draw = {"num_frames": d.num_frames, "image_size": d.image_size, "keyframe_top_k": d.keyframe_top_k, "seed": d.seed,
+            "mask_cache": cache}
     train_file = write_parquet(reference_rows(pools.train, d.train_root, d.train_split, redraw=True, **draw),
                                out / "train.parquet")
     val_file = None
@@ -161,9 +168,37 @@ def prepare(cfg: GRPOConfig, source: str, *, has_flash_attn: bool | None = None)
     return LaunchPlan(cfg, run_dir, yaml_path, command, data, tree)
 
 
+def tensorboard_dir(cfg: GRPOConfig) -> Path:
+    return Path(cfg.trainer.default_local_dir) / "tensorboard"
+
+
+def mark_tensorboard_resume(cfg: GRPOConfig) -> int | None:
+    """On a resume from step S (resume_mode auto and a checkpoint tracker in the run folder), write a TensorBoard
+    event file whose SessionLog.START at S + 1 purges the events after S that the interrupted run wrote (they are
+    trained again). Returns S, or None when this launch is not a resume."""
+    from veason_r1.rl.checkpoint import TRACKER
+
+    if cfg.trainer.resume_mode != "auto" or "tensorboard" not in cfg.trainer.logger:
+        return None
+    tracker = Path(cfg.trainer.default_local_dir) / TRACKER
+    text = tracker.read_text().strip() if tracker.is_file() else ""
+    if not text.isdigit():
+        return None
+    step = int(text)
+    out = tensorboard_dir(cfg)
+    if not out.is_dir():
+        return step
+    from torch.utils.tensorboard import SummaryWriter
+
+    SummaryWriter(str(out), purge_step=step + 1).close()
+    return step
+
+
 def launch(plan: LaunchPlan) -> int:
     """Run verl (in the run folder's parent process environment; Ray starts here)."""
-    return subprocess.call(plan.command)
+    mark_tensorboard_resume(plan.cfg)
+    env = {**os.environ, "TENSORBOARD_DIR": str(tensorboard_dir(plan.cfg))}
+    return subprocess.call(plan.command, env=env)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -191,4 +226,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["DataFiles", "LaunchError", "LaunchPlan", "absolute", "launch", "missing_inputs", "prepare", "write_data"]
+__all__ = ["DataFiles", "LaunchError", "LaunchPlan", "absolute", "launch", "mark_tensorboard_resume", "missing_inputs",
+           "prepare", "tensorboard_dir", "write_data"]

@@ -205,7 +205,7 @@ class LocalGRPOTrainer:
         if target == "all-linear":  # language model projections (the vision tower stays as loaded)
             target = r".*model\.language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
         lcfg = LoraConfig(r=self.cfg.model.lora_rank, lora_alpha=self.cfg.model.lora_alpha, target_modules=target,
-                          lora_dropout=0.0, bias="none")
+                          exclude_modules=self.cfg.model.exclude_modules, lora_dropout=0.0, bias="none")
         self.model = get_peft_model(self.model, lcfg)
 
     @contextmanager

@@ -20,6 +20,7 @@ highest mean validation reward, which the run script then merges to HF.
 
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import os
 from dataclasses import dataclass
@@ -52,14 +53,79 @@ PLUMBING: dict[str, Any] = {
     "trainer.max_actor_ckpt_to_keep": None,  # verl would delete the best checkpoint too: KeepLastAndBest prunes
 }
 # Keys verl's YAML tree lacks but its code reads: ours (read by KeepLastAndBest inside verl's trainer) and
-# RolloutConfig.limit_images (vllm_async_server passes it as vLLM's limit_mm_per_prompt: up to 8 frames a prompt).
+# RolloutConfig.limit_images (vllm_async_server would pass it as vLLM's limit_mm_per_prompt = {"image": N}, replacing
+# ours and so leaving video at vLLM's default: `rollout_bounds` sets the whole mapping instead and refuses it).
 OWN_KEYS = ("trainer.keep_last_checkpoints", f"{ARR}.rollout.limit_images")
 # Free-form mappings in verl's tree: any key below them is accepted.
-FREE_FORM = ("ray_kwargs.ray_init.runtime_env", f"{ARR}.model.override_config", "reward.custom_reward_function.reward_kwargs")
+FREE_FORM = ("ray_kwargs.ray_init.runtime_env", f"{ARR}.model.override_config", "reward.custom_reward_function.reward_kwargs",
+             f"{ARR}.rollout.engine_kwargs.vllm", "data.mm_processor_kwargs")
+VLLM_ARGS = f"{ARR}.rollout.engine_kwargs.vllm"  # verl 0.9.1 passes this mapping to `vllm serve` as CLI flags
+
+
+def rollout_bounds(cfg: GRPOConfig) -> dict[str, Any]:
+    """The vLLM rollout's bounds, derived from the data config (issue 23 item 1).
+
+    Without them vLLM 0.24 sizes its start-up memory profile for the largest input the model could take:
+    max_model_len = max_position_embeddings (128,000, verl's fallback), one 14-frame video (video is not limited by
+    `limit_images`) and the processor's max_pixels (12,845,056 after the SFT export). Profiled inside
+    gpu_memory_utilization = 0.25 of an 80 GB GPU, that leaves the 7B replicas no KV cache. The real prompts are
+    at most `data.num_frames` frames of `data.image_size`^2 pixels, prompt + response <= max_prompt_length +
+    max_response_length, and never a video: the same bounds the project's vLLM evaluation engine uses."""
+    from veason_r1.models.policy import pixel_bounds
+
+    d = cfg.data
+    pixels = pixel_bounds(d.image_size)
+    return {
+        f"{ARR}.rollout.max_model_len": d.max_prompt_length + d.max_response_length,
+        f"{VLLM_ARGS}.limit_mm_per_prompt": {"image": d.num_frames, "video": 0},
+        f"{VLLM_ARGS}.mm_processor_kwargs": dict(pixels),
+        "data.mm_processor_kwargs": dict(pixels),  # the agent loop's processor call (frames are already S x S)
+    }
+
+
+# What verl 0.9.1 imports from flash-attn whenever the package is installed (transformers' is_flash_attn_2_available
+# looks at the metadata only): its Qwen2-VL attention and torch_functional's padding helpers.
+FLASH_ATTN_PROBE = ("import flash_attn; from flash_attn import flash_attn_func, flash_attn_varlen_func; "
+                    "from flash_attn.bert_padding import pad_input, unpad_input")
+FLASH_ATTN_FIX = ("pip uninstall -y flash-attn (verl then runs sdpa), or rebuild it against the installed torch: "
+                  "pip install --no-build-isolation --no-cache-dir --force-reinstall flash-attn==2.8.3")
+
+
+def _flash_attn_installed() -> bool:
+    try:
+        importlib.metadata.version("flash-attn")
+        return True
+    except importlib.metadata.PackageNotFoundError:
+        return importlib.util.find_spec("flash_attn") is not None
+
+
+def flash_attn_status(timeout: float = 300.0) -> tuple[str, str]:
+    """("absent" | "ok" | "broken", the import error's last line). The import runs in a fresh interpreter: a wheel
+    built against another torch fails with an undefined symbol (or crashes the process), and verl's actor workers
+    import it whenever it is installed, on the sdpa path too, so "installed" is not "usable"."""
+    import subprocess
+    import sys
+
+    if not _flash_attn_installed():
+        return "absent", ""
+    try:
+        r = subprocess.run([sys.executable, "-c", FLASH_ATTN_PROBE], capture_output=True, text=True, timeout=timeout,
+                           check=False)
+    except subprocess.TimeoutExpired:
+        return "broken", f"importing flash_attn took more than {timeout:.0f} s"
+    if r.returncode == 0:
+        return "ok", ""
+    lines = [line for line in (r.stderr or r.stdout).strip().splitlines() if line.strip()]
+    return "broken", (lines[-1] if lines else f"exit code {r.returncode}")[:300]
 
 
 def flash_attn_available() -> bool:
-    return importlib.util.find_spec("flash_attn") is not None
+    """flash-attn imports (a real import, in a subprocess); raises ValueError when installed but broken."""
+    status, error = flash_attn_status()
+    if status == "broken":
+        raise ValueError(f"flash-attn is installed but does not import ({error}); verl's actor workers import it "
+                         f"whenever it is installed, so every worker would die, sdpa or not: {FLASH_ATTN_FIX}")
+    return status == "ok"
 
 
 def attention_settings(cfg: GRPOConfig, has_flash_attn: bool | None = None) -> tuple[dict[str, Any], str]:
@@ -82,19 +148,75 @@ def attention_settings(cfg: GRPOConfig, has_flash_attn: bool | None = None) -> t
     return {f"{ARR}.model.override_config.attn_implementation": "sdpa", f"{ARR}.model.use_remove_padding": False}, note
 
 
+# One of each Linear module of Qwen2.5-VL (transformers 5 names; tests/test_rl_verl.py checks them against the
+# tiny model): what PEFT's "all-linear" expands to, and the vision tower's share of it.
+QWEN25VL_LINEARS = (
+    "model.language_model.layers.0.self_attn.q_proj", "model.language_model.layers.0.self_attn.k_proj",
+    "model.language_model.layers.0.self_attn.v_proj", "model.language_model.layers.0.self_attn.o_proj",
+    "model.language_model.layers.0.mlp.gate_proj", "model.language_model.layers.0.mlp.up_proj",
+    "model.language_model.layers.0.mlp.down_proj",
+    "model.visual.blocks.0.attn.qkv", "model.visual.blocks.0.attn.proj", "model.visual.blocks.0.mlp.gate_proj",
+    "model.visual.blocks.0.mlp.up_proj", "model.visual.blocks.0.mlp.down_proj", "model.visual.merger.mlp.0",
+    "model.visual.merger.mlp.2",
+)
+VISION_EXCLUDE = ".*visual.*"
+
+
+def lora_vision_modules(target_modules, exclude_modules) -> list[str]:
+    """The vision-tower Linear modules PEFT would wrap with these settings (PEFT's own matching rule)."""
+    from peft import LoraConfig
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    targets = target_modules
+    if isinstance(targets, str) and targets == "all-linear":  # PEFT: every Linear's leaf name except the output
+        targets = sorted({n.rsplit(".", 1)[-1] for n in QWEN25VL_LINEARS})
+    config = LoraConfig(target_modules=list(targets) if isinstance(targets, (list, tuple)) else targets,
+                        exclude_modules=list(exclude_modules) if isinstance(exclude_modules, (list, tuple))
+                        else exclude_modules)
+    out = []
+    for name in QWEN25VL_LINEARS:
+        hit = check_target_module_exists(config, name)
+        if ".visual." in f".{name}" and hit and type(hit).__name__ != "_ExcludedModule":
+            out.append(name)
+    return out
+
+
+def check_lora_vision(cfg: GRPOConfig) -> None:
+    """LoRA GRPO (`model.lora_rank > 0`) must leave the vision tower alone (issue 23 item 6): vLLM 0.24 applies
+    LoRA adapters to the language model only (no tower LoRA), so rollouts would come from another policy than the
+    one trained. `actor.freeze_vision_tower` does not help: verl 0.9.1 declares it but no engine reads it."""
+    if cfg.actor.freeze_vision_tower:
+        raise ValueError("actor.freeze_vision_tower = True: verl 0.9.1 declares the key but none of its engines reads "
+                         "it, so the vision tower would be trained anyway; the verl back-end refuses it (the local "
+                         "trainer honours it). With LoRA, keep the tower out with model.exclude_modules='.*visual.*'")
+    m = cfg.model
+    if m.lora_rank <= 0:
+        return
+    wrapped = lora_vision_modules(m.target_modules, m.exclude_modules)
+    if wrapped:
+        raise ValueError(
+            f"model.lora_rank = {m.lora_rank} with model.target_modules = {m.target_modules!r} and "
+            f"model.exclude_modules = {m.exclude_modules!r} puts LoRA on the vision tower (e.g. {wrapped[0]}), which "
+            f"vLLM 0.24's rollouts do not apply: set model.exclude_modules={VISION_EXCLUDE!r} (or list only "
+            "language-model modules in model.target_modules), or train without LoRA (model.lora_rank=0)")
+
+
 def verl_values(cfg: GRPOConfig, *, train_file: str, val_file: str | None, has_flash_attn: bool | None = None,
                 pythonpath: str | None = None) -> tuple[dict[str, Any], list[str]]:
     """({verl key: value} for the whole run, notes). `cfg` must already have absolute paths (`launch.absolute`)."""
     run_dir = Path(cfg.trainer.default_local_dir)
+    check_lora_vision(cfg)
     values: dict[str, Any] = flatten(cfg.verl)
-    generated = {*PLUMBING, "data.train_files", "data.val_files", "reward.custom_reward_function.path",
-                 "trainer.validation_data_dir", *OWN_KEYS[:1], f"{ARR}.model.override_config.attn_implementation"}
-    clash = sorted(k for k in values if k in generated)
+    bounds = rollout_bounds(cfg)
+    generated = {*PLUMBING, *bounds, "data.train_files", "data.val_files", "reward.custom_reward_function.path",
+                 "trainer.validation_data_dir", *OWN_KEYS, f"{ARR}.model.override_config.attn_implementation"}
+    clash = sorted(k for k in values if k in generated or any(k.startswith(g + ".") for g in generated))
     if clash:
-        raise ValueError(f"verl.{clash[0]}: set by veason-r1 itself (how our code plugs into verl); remove it from "
-                         "the verl section")
+        raise ValueError(f"verl.{clash[0]}: set by veason-r1 itself (how our code plugs into verl, or derived from "
+                         "the data section: rollout_bounds); remove it from the verl section")
     values.update(verl_overrides(cfg))
     values.update(PLUMBING)
+    values.update(bounds)
     attention, note = attention_settings(cfg, has_flash_attn)
     values.update(attention)
     values["data.train_files"] = train_file
@@ -112,6 +234,9 @@ def verl_values(cfg: GRPOConfig, *, train_file: str, val_file: str | None, has_f
         pythonpath = os.pathsep.join(dict.fromkeys(p for p in parts if p))
     values[f"{env}.PYTHONPATH"] = pythonpath
     values[f"{env}.TOKENIZERS_PARALLELISM"] = "false"
+    # verl's TensorBoard logger writes to $TENSORBOARD_DIR, else to tensorboard_log/ under the cwd of its driver (a
+    # Ray actor: on an existing cluster, the cluster's start directory): keep the events with the run
+    values[f"{env}.TENSORBOARD_DIR"] = str(run_dir / "tensorboard")
     if cfg.reward.sam2_device:
         values[f"{env}.VEASON_SAM2_DEVICE"] = cfg.reward.sam2_device
     return values, [note] if note else []
@@ -289,5 +414,6 @@ if __name__ == "__main__":
 
 
 __all__ = ["PLUMBING", "BestCheckpoint", "attention_settings", "best_checkpoint", "best_saved_step", "build_tree",
-           "compose", "flash_attn_available", "select", "unknown_keys", "validate", "validation_scores",
-           "verl_values", "write_verl_yaml"]
+           "check_lora_vision", "compose", "flash_attn_available", "flash_attn_status", "lora_vision_modules",
+           "rollout_bounds", "select", "unknown_keys", "validate", "validation_scores", "verl_values",
+           "write_verl_yaml"]
