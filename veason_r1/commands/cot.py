@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", choices=("openai", "synthetic"), default="openai")
     g = parser.add_argument_group("OpenAI-compatible endpoint")
     g.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
-                   help="endpoint base URL, e.g. https://host/v1 (default: $OPENAI_BASE_URL)")
+                   help="endpoint base URL, e.g. https://host/v1 (default: $OPENAI_BASE_URL); a URL with "
+                        "user:password@ is refused (it would be sent as HTTP Basic auth)")
     g.add_argument("--model", default=os.environ.get("OPENAI_MODEL"), help="model name (default: $OPENAI_MODEL)")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     g.add_argument("--api-key", default=None,
