@@ -161,6 +161,18 @@ def test_symlink_inside_out_pointing_outside_is_refused(data, tmp_path, sentinel
     assert tree_digest(sentinel) == before
 
 
+@pytest.mark.parametrize("link", [".stage1", ".partial"])
+def test_symlinked_cache_folder_is_refused(data, tmp_path, sentinel, capsys, link):
+    """Probe (issue 26 item 4): a symlinked PRED/.stage1 made predict write its cache outside --out."""
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / link).symlink_to(sentinel, target_is_directory=True)
+    before = tree_digest(sentinel)
+    code, err = run_cli(oracle_predict(data, out), capsys)
+    assert code == 2 and "outside" in err and "symbolic link" in err and "Traceback" not in err
+    assert tree_digest(sentinel) == before
+
+
 def test_a_folder_predict_did_not_create_is_never_replaced(data, tmp_path, capsys):
     out = tmp_path / "pred"
     mine = out / "v0" / "0"

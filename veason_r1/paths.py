@@ -10,6 +10,8 @@ masks into the source dataset. So:
 - `safe_join(root, *parts, key=...)` applies it and checks the joined path stays inside `root` (for writes, after
   resolving symlinks too); any failure is a `BadInput` naming the key and the value, raised before anything is
   written.
+- `output_dir(root, *parts)`: every folder a command writes into under its output folder goes through the same
+  check (a symlinked `PRED/.stage1` once put predict's cache outside --out).
 - `mark_owned` / `remove_owned_tree`: a command deletes only folders it created itself (in this run or an earlier
   run of the same command), recognised by a marker file it wrote inside them.
 """
@@ -88,6 +90,13 @@ def safe_join(root: str | os.PathLike, *parts: str, key: str = "name", write: bo
     return path
 
 
+def output_dir(root: str | os.PathLike, *parts: str, key: str = "--out") -> Path:
+    """The one rule for a folder a command writes into under its output folder (`PRED/.stage1`,
+    `PRED/.partial/<shard>`, mask folders): `safe_join(..., write=True)`, so a symbolic link that leads outside
+    `root` is refused (naming `key`) before anything is written through it."""
+    return safe_join(root, *parts, key=key, write=True)
+
+
 def mark_owned(folder: str | os.PathLike, command: str) -> None:
     """Mark `folder` (created by `command`) as one this project may later replace or delete."""
     folder = Path(folder)
@@ -119,4 +128,5 @@ def remove_owned_tree(folder: str | os.PathLike, root: str | os.PathLike, marker
     shutil.rmtree(folder)
 
 
-__all__ = ["OWNER_MARKER", "check_name", "is_owned", "mark_owned", "name_problem", "remove_owned_tree", "safe_join"]
+__all__ = ["OWNER_MARKER", "check_name", "is_owned", "mark_owned", "name_problem", "output_dir", "remove_owned_tree",
+           "safe_join"]
