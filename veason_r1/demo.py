@@ -206,6 +206,11 @@ class Paths:
         self.gif = self.out / "overlay.gif"
         self.results = self.out / "results.json"
 
+    def top_level(self) -> list[str]:
+        """The names directly inside `out` the demo writes: what `--force` may delete (and nothing else)."""
+        return sorted({p.relative_to(self.out).parts[0] for p in vars(self).values()
+                       if isinstance(p, Path) and p != self.out})
+
 
 class Demo:
     """The demo's stages, in order, through one `StageRunner`."""
@@ -215,7 +220,8 @@ class Demo:
         self.cfg = cfg
         self.paths = Paths(cfg.out)
         self.runner = StageRunner(cfg.out, STAGES, cfg.fingerprint(), state_file=STATE_FILE, what="demo",
-                                  force=cfg.force, verbose=cfg.verbose, error=DemoSetupError)
+                                  force=cfg.force, verbose=cfg.verbose, error=DemoSetupError,
+                                  outputs=self.paths.top_level())
         self._propagator = None
 
     def run(self) -> dict[str, Any]:

@@ -12,6 +12,8 @@ masks into the source dataset. So:
   written.
 - `output_dir(root, *parts)`: every folder a command writes into under its output folder goes through the same
   check (a symlinked `PRED/.stage1` once put predict's cache outside --out).
+- `claim_output_dir`: a folder a command fills as a whole is refused unless it is new, empty or marked by the same
+  command with the same settings.
 - `mark_owned` / `remove_owned_tree`: a command deletes only folders it created itself (in this run or an earlier
   run of the same command), recognised by a marker file it wrote inside them.
 """
@@ -106,6 +108,47 @@ def mark_owned(folder: str | os.PathLike, command: str) -> None:
         marker.write_text(f"created by veason-r1 {command}\n")
 
 
+def _marker_owner(folder: Path) -> tuple[str | None, str | None]:
+    """(command, settings line) recorded in `folder`'s marker, or (None, None) without one."""
+    try:
+        lines = (folder / OWNER_MARKER).read_text().splitlines()
+    except (OSError, UnicodeDecodeError):
+        return None, None
+    command = lines[0].removeprefix("created by veason-r1 ").strip() if lines else ""
+    settings = next((line.removeprefix("settings: ") for line in lines[1:] if line.startswith("settings: ")), None)
+    return command, settings
+
+
+def claim_output_dir(folder: str | os.PathLike, command: str, settings: dict | None = None,
+                     flag: str = "--out") -> Path:
+    """The ownership rule for a folder a command fills as a whole (`synth --out`): a missing or empty folder is
+    created and marked; a folder this command marked before, with the same `settings`, is reused; anything else (a
+    file, a folder the user filled, one another command or other settings made) is refused in one line, before any
+    write. Why: `synth --out` on an existing dataset overwrote its meta, masks and frames, leaving a mixed dataset."""
+    import json
+
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(flag, f"{folder} is a file, not a folder", hint="choose another output folder")
+    text = json.dumps(settings, sort_keys=True) if settings is not None else None
+    if folder.is_dir() and any(folder.iterdir()):
+        owner, old = _marker_owner(folder)
+        if owner != command:
+            made = f"by veason-r1 {owner}" if owner else f"by veason-r1 {command} (no {OWNER_MARKER} marker)"
+            raise BadInput(flag, f"{folder} is not empty and was not made {made}",
+                           hint="choose a new or empty output folder; nothing was written")
+        if text is not None and old is not None and old != text:
+            raise BadInput(flag, f"{folder} was made by veason-r1 {command} with other settings ({old})",
+                           hint="rerun with the same settings, or choose a new or empty output folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    marker = folder / OWNER_MARKER
+    if not marker.is_file():
+        from veason_r1.io_utils import atomic_write_text
+
+        atomic_write_text(marker, f"created by veason-r1 {command}\n" + (f"settings: {text}\n" if text else ""))
+    return folder
+
+
 def is_owned(folder: str | os.PathLike, marker: str = OWNER_MARKER) -> bool:
     folder = Path(folder)
     return folder.is_dir() and not folder.is_symlink() and (folder / marker).is_file()
@@ -128,5 +171,5 @@ def remove_owned_tree(folder: str | os.PathLike, root: str | os.PathLike, marker
     shutil.rmtree(folder)
 
 
-__all__ = ["OWNER_MARKER", "check_name", "is_owned", "mark_owned", "name_problem", "output_dir", "remove_owned_tree",
-           "safe_join"]
+__all__ = ["OWNER_MARKER", "check_name", "claim_output_dir", "is_owned", "mark_owned", "name_problem", "output_dir",
+           "remove_owned_tree", "safe_join"]
