@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("verl")
@@ -173,3 +174,33 @@ def test_run_scripts_run_preflight_first_unless_skipped(tmp_path):
     sft = _run_script(tmp_path, "run_sft.sh", "--data", "d", "--model", "m", "--out", "o")
     assert [c[:4] for c in sft] == [["-c", "import", "torch;", "print(torch.cuda.device_count())"],
                                     ["-m", "veason_r1", "preflight", "sft"], ["-m", "veason_r1", "sft", "--config"]]
+
+
+# ------------------------------------------------------------------------------ issue 26 item 6: one code path
+
+
+def test_preflight_sft_refuses_the_optim_that_sft_would_crash_on(synth_root, tmp_path, capsys):
+    from veason_r1.cli import main
+
+    args = ["--config", str(ROOT / "training_scripts/sft_qwen2_5vl_3b_lora.yaml"), "--data", str(tmp_path / "d"),
+            "--out", str(tmp_path / "o"), "--set", "optim=adamw_bogus"]
+    assert main(["preflight", "sft", *args, "--cpu-ok"]) == 2
+    err = capsys.readouterr().err
+    assert "optim" in err and "adamw_bogus" in err and "Traceback" not in err
+    assert main(["sft", *args]) == 2
+    assert "adamw_bogus" in capsys.readouterr().err
+
+
+def test_preflight_eval_checks_out_and_a_random_bytes_checkpoint(synth_root, tiny_dir, tmp_path, capsys):
+    from veason_r1.cli import main
+
+    (tmp_path / "pred").write_text("a file")
+    ckpt = tmp_path / "sam2.pt"
+    ckpt.write_bytes(b"\x80" + np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    rc = main(["preflight", "eval", "revos", "--data", str(synth_root), "--model", str(tiny_dir), "--sam2", "tiny",
+               "--sam2-ckpt", str(ckpt), "--out", str(tmp_path / "pred"), "--cpu-ok"])
+    text = capsys.readouterr().out
+    rows = _rows(text)
+    assert rc == 1 and rows["out"][0] == "FAIL" and "not a folder" in rows["out"][1]
+    assert rows["sam2"][0] == "FAIL" and "does not load" in rows["sam2"][1]
+    assert "Weights only load failed" not in text and "Traceback" not in text

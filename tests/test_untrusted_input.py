@@ -556,7 +556,10 @@ def test_url_credentials_are_never_written_or_printed(data, tmp_path, capsys):
 
     assert redact_urls("http://u:SECRET@h/v1?api_key=K2&x=1") == "http://***@h/v1?api_key=***&x=1"
     out = tmp_path / "cot"
-    base = "http://alice:URLSECRET@127.0.0.1:9/v1?api_key=QUERYSECRET"
+    assert main(["cot", "--root", str(data), "--split", "valid", "--out-dir", str(out), "--base-url",
+                 "http://alice:URLSECRET@127.0.0.1:9/v1", "--model", "m", "--api-key", "FLAGSECRET"]) == 2
+    assert "URLSECRET" not in capsys.readouterr().err  # user info is refused (issue 26: sent as Basic auth)
+    base = "http://127.0.0.1:9/v1?api_key=QUERYSECRET"
     code = main(["cot", "--root", str(data), "--split", "valid", "--out-dir", str(out), "--base-url", base,
                  "--model", "m", "--api-key", "FLAGSECRET", "--max-attempts", "1", "--limit", "1", "--timeout", "2",
                  "--no-sft", "--no-progress"])

@@ -92,6 +92,20 @@ def safe_join(root: str | os.PathLike, *parts: str, key: str = "name", write: bo
     return path
 
 
+def check_output_folder(folder: str | os.PathLike, flag: str = "--out") -> Path:
+    """An output folder a run will create or continue: refused (one line, before any work) when it is a file or
+    lies under one; `preflight` calls the same function as the run."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise BadInput(f"{flag} {folder}", "exists and is not a folder", hint="choose another output folder")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise BadInput(f"{flag} {folder}", f"{parent} is a file, so no folder can be made under it")
+            break
+    return folder
+
+
 def output_dir(root: str | os.PathLike, *parts: str, key: str = "--out") -> Path:
     """The one rule for a folder a command writes into under its output folder (`PRED/.stage1`,
     `PRED/.partial/<shard>`, mask folders): `safe_join(..., write=True)`, so a symbolic link that leads outside
@@ -171,5 +185,5 @@ def remove_owned_tree(folder: str | os.PathLike, root: str | os.PathLike, marker
     shutil.rmtree(folder)
 
 
-__all__ = ["OWNER_MARKER", "check_name", "claim_output_dir", "is_owned", "mark_owned", "name_problem", "output_dir",
+__all__ = ["OWNER_MARKER", "check_name", "check_output_folder", "claim_output_dir", "is_owned", "mark_owned", "name_problem", "output_dir",
            "remove_owned_tree", "safe_join"]

@@ -157,19 +157,36 @@ def build_sam2_model(name: str, checkpoint: str | None = None, device: str = "cp
         ckpt = Path(checkpoint)
         if not ckpt.is_file():
             raise FileNotFoundError(f"SAM2 checkpoint not found: {ckpt}")
-        try:
-            state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError, ValueError) as e:  # truncated zip, bad pickle, ...
-            from veason_r1.errors import BadInput
+        from veason_r1.errors import BadInput
 
-            raise BadInput(ckpt, f"SAM2 checkpoint does not load ({str(e).splitlines()[0][:200]})",
-                           hint="download it again") from None
+        import pickle
+        import warnings
+
+        try:
+            with warnings.catch_warnings():  # torch warns about the "pickle protocol" of random bytes
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated zip, random bytes (UnpicklingError), another format
+            first = ("its pickle does not parse (random bytes or another format)" if isinstance(e, pickle.UnpicklingError)
+                     else f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}")
+            raise BadInput(ckpt, f"SAM2 checkpoint does not load ({first})",
+                           hint="download it again (e.g. sam2.1_hiera_large.pt from the SAM2 release)") from None
         state = state.get("model", state) if isinstance(state, dict) else state
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint {ckpt} does not fit config {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        if not isinstance(state, dict):
+            raise BadInput(ckpt, f"SAM2 checkpoint holds a {type(state).__name__}, not a state dict")
+        own = model.state_dict()
+        wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                 if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if wrong or missing or unexpected:  # e.g. a Hiera-L .pt for a Hiera-T config: torch's 264-line paragraph
+            parts = [f"{len(wrong)} tensors of another size (first: {wrong[0]})" if wrong else "",
+                     f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else ""]
+            raise BadInput(ckpt, f"checkpoint does not fit SAM2 config {name!r}: "
+                                 + "; ".join(p for p in parts if p),
+                           hint="pass the --sam2 config this checkpoint was trained with (e.g. sam2.1_hiera_l for "
+                                "sam2.1_hiera_large.pt)")
+        model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 
 
