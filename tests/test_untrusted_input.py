@@ -577,3 +577,38 @@ def test_unknown_anno_id_is_one_line(data, tmp_path, capsys):
     _save(data / "meta_expressions_valid_.json", meta)
     code, err = run_cli(oracle_predict(data, tmp_path / "pred"), capsys)
     assert code == 2 and "mask_dict.json: unknown anno_id '99'" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Issue 26 item 7: one line, not a traceback
+
+
+@pytest.mark.parametrize("code, words", [(28, "No space left"), (30, "Read-only file system")])
+def test_full_or_read_only_output_is_one_line(tmp_path, monkeypatch, capsys, code, words):
+    import tempfile
+
+    def refuse(*a, dir=None, **k):
+        raise OSError(code, os.strerror(code), str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # every atomic write goes through it
+    rc, err = run_cli(["synth", "--out", str(tmp_path / "s"), "--videos", "4", "--max-frames", "8", "--no-progress"],
+                      capsys)
+    assert rc == 2 and words in err and "Traceback" not in err and len(err.strip().splitlines()) == 2
+    with pytest.raises(OSError):
+        main(["--debug", "synth", "--out", str(tmp_path / "t"), "--videos", "4", "--max-frames", "8",
+              "--no-progress"])
+
+
+def test_sam2_checkpoint_of_another_size_is_one_line(data, tmp_path, capsys):
+    import torch
+
+    from veason_r1.models.sam2 import build_sam2_model
+
+    state = build_sam2_model("tiny").state_dict()
+    key = next(k for k, v in state.items() if v.ndim >= 1 and v.shape[0] > 1)
+    state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])
+    ckpt = tmp_path / "other.pt"
+    torch.save({"model": state}, ckpt)
+    code, err = run_cli(oracle_predict(data, tmp_path / "pred", "--sam2-ckpt", str(ckpt)), capsys)
+    assert code == 2 and "does not fit SAM2 config 'tiny'" in err and key in err
+    assert len(err.strip().splitlines()) == 2

@@ -157,10 +157,10 @@ def build_sam2_model(name: str, checkpoint: str | None = None, device: str = "cp
         ckpt = Path(checkpoint)
         if not ckpt.is_file():
             raise FileNotFoundError(f"SAM2 checkpoint not found: {ckpt}")
-        from veason_r1.errors import BadInput
-
         import pickle
         import warnings
+
+        from veason_r1.errors import BadInput
 
         try:
             with warnings.catch_warnings():  # torch warns about the "pickle protocol" of random bytes
