@@ -612,3 +612,32 @@ def test_sam2_checkpoint_of_another_size_is_one_line(data, tmp_path, capsys):
     code, err = run_cli(oracle_predict(data, tmp_path / "pred", "--sam2-ckpt", str(ckpt)), capsys)
     assert code == 2 and "does not fit SAM2 config 'tiny'" in err and key in err
     assert len(err.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "unknown SAM2 config"),  # a missing yaml
+    ("model: [unclosed", "not a readable YAML file"),
+    ("foo: 1\n", "not a SAM2 config (no model._target_)"),
+    ("model:\n  _target_: no.such.Module\n", "does not build a SAM2 model"),
+])
+def test_sam2_yaml_missing_broken_or_wrong_is_one_line(data, tmp_path, capsys, content, message):
+    yaml_file = tmp_path / "my_sam2.yaml"
+    if content is not None:
+        yaml_file.write_text(content)
+    argv = [a if a != "tiny" else str(yaml_file) for a in oracle_predict(data, tmp_path / "pred")]
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    if content is not None and "_target_: no" not in content:
+        assert not (tmp_path / "pred").exists()  # refused before stage 1
+
+
+def test_empty_or_missing_rl_yaml_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    for argv, message in [(["rl", "--config", str(empty), "--backend", "local"], "is empty"),
+                          (["demo", "--out", str(tmp_path / "d"), "--rl-config", str(empty)], "is empty"),
+                          (["demo", "--out", str(tmp_path / "d"), "--rl-config", str(tmp_path / "no.yaml")],
+                           "config file not found")]:
+        code, err = run_cli(argv, capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "d").exists()

@@ -70,7 +70,9 @@ def demo_rl_yaml() -> Path:
     """configs/grpo_demo.yaml of the checkout this package is installed from (editable install)."""
     path = Path(__file__).resolve().parents[1] / "configs" / "grpo_demo.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"the demo's GRPO config {path} is missing; pass --rl-config")
+        from veason_r1.errors import MissingInput
+
+        raise MissingInput(path, "the demo's GRPO config is missing", hint="pass --rl-config")
     return path
 
 

@@ -426,14 +426,10 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
 
 def check_sam2(name: str, checkpoint: str | None) -> None:
     """Resolve `--sam2` and check `--sam2-ckpt` before any expensive stage (the policy pass can take hours):
-    the config must be known, the checkpoint a complete PyTorch zip archive. `UserError` naming the flag/file."""
-    from veason_r1.models.sam2 import SAM2_CONFIGS, _config_path
+    the config must be known (a yaml must parse and name a model), the checkpoint a complete PyTorch zip archive. `UserError` naming the flag/file."""
+    from veason_r1.models.sam2 import sam2_config
 
-    try:
-        _config_path(name)
-    except ValueError:
-        raise BadInput("--sam2", f"unknown SAM2 config {name!r}",
-                       hint=f"use tiny, one of {', '.join(sorted(SAM2_CONFIGS))}, or a yaml path") from None
+    sam2_config(name)  # known name, or a yaml that parses and names a model
     if checkpoint is None:
         return
     check_torch_checkpoint(checkpoint, "--sam2-ckpt")

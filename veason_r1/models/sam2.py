@@ -126,6 +126,33 @@ def _config_path(name: str) -> tuple[Path, dict[str, Any]]:
     raise ValueError(f"unknown SAM2 config {name!r}: use 'tiny', one of {sorted(SAM2_CONFIGS)} or a yaml path")
 
 
+def sam2_config(name: str):
+    """(OmegaConf config with our overrides, yaml path) for `--sam2 name`; a missing, unparsable or non-SAM2 yaml
+    is a `BadInput` naming the file (checked before any stage by `check_sam2`, and again when the model is built)."""
+    from omegaconf import OmegaConf
+
+    from veason_r1.errors import BadInput
+
+    try:
+        path, overrides = _config_path(name)
+    except ValueError:
+        raise BadInput("--sam2", f"unknown SAM2 config {name!r}",
+                       hint=f"use tiny, one of {', '.join(sorted(SAM2_CONFIGS))}, or a yaml path") from None
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - yaml.YAMLError, OmegaConf's own, a folder, unreadable bytes
+        raise BadInput(path, f"--sam2 {name}: not a readable YAML file ({type(e).__name__}: "
+                             f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+    model = cfg.get("model") if OmegaConf.is_dict(cfg) else None
+    if not OmegaConf.is_dict(model) or "_target_" not in model:
+        raise BadInput(path, f"--sam2 {name}: not a SAM2 config (no model._target_)",
+                       hint="use one of SAM2's own configs (e.g. sam2.1_hiera_l) or a copy of one")
+    for key, value in {**overrides, **VIDEO_PREDICTOR_OVERRIDES}.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    OmegaConf.resolve(cfg)
+    return cfg, path
+
+
 def build_sam2_model(name: str, checkpoint: str | None = None, device: str = "cpu", seed: int = 0):
     """A `SAM2VideoPredictor` from a config (Hydra-style overrides applied with OmegaConf, no global Hydra state).
 
@@ -135,20 +162,22 @@ def build_sam2_model(name: str, checkpoint: str | None = None, device: str = "cp
     """
     import torch
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from veason_r1.models.toy import is_toy, toy_sam2_checkpoint
 
     if is_toy(name) and checkpoint is None:
         checkpoint = str(toy_sam2_checkpoint())  # the shipped toy weights (`veason-r1 make-toy sam2`)
-    path, overrides = _config_path(name)
-    cfg = OmegaConf.load(path)
-    for key, value in {**overrides, **VIDEO_PREDICTOR_OVERRIDES}.items():
-        OmegaConf.update(cfg, key, value, force_add=True)
-    OmegaConf.resolve(cfg)
+    cfg, path = sam2_config(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = instantiate(cfg.model, _recursive_=True)
+        try:
+            model = instantiate(cfg.model, _recursive_=True)
+        except Exception as e:  # noqa: BLE001 - Hydra wraps a wrong _target_ or argument in its own error types
+            from veason_r1.errors import BadInput
+
+            raise BadInput(path, f"--sam2 {name}: the config does not build a SAM2 model "
+                                 f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]})",
+                           hint="use one of SAM2's own configs (e.g. sam2.1_hiera_l) or a copy of one") from None
     if checkpoint is None:
         _log.warning("SAM2 %r runs WITHOUT A CHECKPOINT: random weights (seed %d); its masks and the consistency "
                      "reward are noise. Give the checkpoint (e.g. --sam2-ckpt / reward.sam2_checkpoint) for real runs.",
