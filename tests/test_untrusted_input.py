@@ -641,3 +641,63 @@ def test_empty_or_missing_rl_yaml_is_one_line(tmp_path, capsys):
         code, err = run_cli(argv, capsys)
         assert code == 2 and message in err and "Traceback" not in err, (argv, err)
     assert not (tmp_path / "d").exists()
+
+
+def test_a_300_character_video_name_is_a_doctor_finding_not_a_crash(data, tmp_path, capsys):
+    long = "v" * 300
+    meta = _meta(data)
+    meta["videos"][long] = meta["videos"].pop("v1")
+    _save(data / "meta_expressions_valid_.json", meta)
+    fg = json.loads((data / "mask_dict_foreground.json").read_text())
+    fg[long] = fg.pop("v1")
+    _save(data / "mask_dict_foreground.json", fg)
+    code = main(["doctor", str(data), "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 1 and "longer than file systems allow" in out.out + out.err and "Traceback" not in out.err
+    code, err = run_cli(oracle_predict(data, tmp_path / "pred"), capsys)
+    assert code == 2 and "longer than file systems allow" in err and not (tmp_path / "pred").exists()
+
+
+@pytest.mark.parametrize("rle, message", [
+    (dict(encode_rle(np.ones((H, W), bool)), size=[10, 10]), "anno_id '1', frame 2: RLE is 10x10, the video's frames"),
+    (dict(encode_rle(np.ones((10, 10), bool)), size=[H, W]), f"anno_id '1', frame 2: RLE runs cover 100 pixels, the "
+                                                             f"frame has {H * W}"),
+])
+def test_oracle_path_says_the_rle_size_is_wrong_as_eval_does(data, tmp_path, rle, message, capsys):
+    """Issue 26 item 7: predict's oracle path said "invalid RLE" (or nothing at all) where eval names the size."""
+    _break_rle(data, "1", 2, rle)
+    code, err = run_cli(oracle_predict(data, tmp_path / "pred"), capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_rle_counts_match_pycocotools():
+    from veason_r1.data.masks import rle_counts
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        m = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.random()
+        counts = rle_counts(encode_rle(m))
+        flat = m.T.reshape(-1)  # column-major, runs start with zeros
+        runs, value, n = [], False, 0
+        for v in flat:
+            if v != value:
+                runs.append(n)
+                value, n = v, 0
+            n += 1
+        runs.append(n)
+        assert counts == runs
+
+
+def test_a_video_without_frames_is_one_line_on_predict(data, tmp_path, capsys):
+    meta = _meta(data)
+    meta["videos"]["v1"]["frames"] = []
+    _save(data / "meta_expressions_valid_.json", meta)
+    masks = json.loads((data / "mask_dict.json").read_text())
+    masks["1"] = []
+    _save(data / "mask_dict.json", masks)
+    fg = json.loads((data / "mask_dict_foreground.json").read_text())
+    fg["v1"]["masks_rle"] = []
+    _save(data / "mask_dict_foreground.json", fg)
+    code, err = run_cli(oracle_predict(data, tmp_path / "pred"), capsys)
+    assert code == 2 and "video 'v1' has no frames" in err and "Traceback" not in err
+    assert not (tmp_path / "pred").exists()

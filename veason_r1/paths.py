@@ -6,7 +6,8 @@ masks into the source dataset. So:
 
 - `name_problem` / `check_name` is the rule (also used by `veason-r1 doctor`): a name is a non-empty string without
   NUL, not absolute (POSIX, Windows drive or UNC), and no component is `..`; a single-component name (expression
-  id, object id, frame name) also has no `/` or `\\`. Video names may hold `/` (ReVOS has `<source>/<video>`).
+  id, object id, frame name) also has no `/` or `\\`, and no component is longer than file systems allow (a
+  300-character video name crashed `doctor`). Video names may hold `/` (ReVOS has `<source>/<video>`).
 - `safe_join(root, *parts, key=...)` applies it and checks the joined path stays inside `root` (for writes, after
   resolving symlinks too); any failure is a `BadInput` naming the key and the value, raised before anything is
   written.
@@ -27,6 +28,7 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from veason_r1.errors import BadInput, UserError
 
+NAME_MAX = 255  # bytes per path component on ext4, xfs, btrfs, APFS, NTFS
 OWNER_MARKER = ".veason-r1-owned"  # inside every folder a command may later delete or replace
 
 
@@ -46,7 +48,15 @@ def name_problem(name: object, allow_slash: bool = False) -> str | None:
         return f"{name!r} contains a path separator (only video names may)"
     if name in (".",) or not parts:
         return f"{name!r} names the root itself"
+    longest = max(parts, key=lambda p: len(p.encode("utf-8", "surrogateescape")))
+    if len(longest.encode("utf-8", "surrogateescape")) > NAME_MAX - 16:  # room for ".png", temp-file suffixes
+        return (f"{_short(name)}: a path component of {len(longest.encode('utf-8', 'surrogateescape'))} bytes is "
+                f"longer than file systems allow ({NAME_MAX - 16} here, {NAME_MAX} on most)")
     return None
+
+
+def _short(name: str, limit: int = 60) -> str:
+    return repr(name) if len(name) <= limit else repr(name[:limit - 3] + "...")
 
 
 def check_name(name: object, key: str, where: str | os.PathLike = "dataset", allow_slash: bool = False) -> str:

@@ -268,14 +268,19 @@ def masks_digest(cached: dict) -> str | None:
 
 def check_output_paths(dataset: Any, pred: str | os.PathLike, expressions: Sequence[Any],
                        config: PredictConfig | None = None) -> None:
-    """Every mask folder and PNG name of `expressions` lies inside PRED; raises (before any write) naming the key."""
+    """Every mask folder and PNG name of `expressions` lies inside PRED, and every video has frames; raises (before
+    any write) naming the key."""
     seen_videos: set[str] = set()
     for e in expressions:
         expression_dir(pred, *(prediction_parts(dataset, e, config) if config else (e.video, e.exp_id)))
         if e.video in seen_videos:
             continue
         seen_videos.add(e.video)
-        for t, name in enumerate(dataset.frames(e.video).names):
+        names = dataset.frames(e.video).names
+        if not len(names):  # nothing to sample, segment or score
+            raise BadInput(getattr(dataset, "meta_file", None) or pred, f"video {e.video!r} has no frames",
+                           hint="add its frames or remove the video (`veason-r1 doctor` lists such videos)")
+        for t, name in enumerate(names):
             problem = name_problem(name)
             if problem:
                 raise BadInput(pred, f"video {e.video!r}, frame {t}: unsafe frame name: {problem}")
