@@ -701,3 +701,17 @@ def test_a_video_without_frames_is_one_line_on_predict(data, tmp_path, capsys):
     code, err = run_cli(oracle_predict(data, tmp_path / "pred"), capsys)
     assert code == 2 and "video 'v1' has no frames" in err and "Traceback" not in err
     assert not (tmp_path / "pred").exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_model_weights_honour_the_umask(tmp_path, umask, mode):
+    """Issue 26 item 8: weights were written 0600 (safetensors' default) while results were 0644."""
+    from veason_r1.models.tiny import make_tiny_qwen
+
+    old = os.umask(umask)
+    try:
+        out = make_tiny_qwen(tmp_path / "tiny", seed=0)
+    finally:
+        os.umask(old)
+    weights = list(out.glob("*.safetensors"))
+    assert weights and all(stat.S_IMODE(w.stat().st_mode) == mode for w in weights)

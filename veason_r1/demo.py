@@ -349,6 +349,9 @@ def scale_output_layer(model_dir: str | os.PathLike, factor: float) -> None:
     state["lm_head.weight"] = state["lm_head.weight"] * factor
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
+    from veason_r1.io_utils import honour_umask
+
+    honour_umask(tmp)  # safetensors writes 0600
     os.replace(tmp, path)
 
 

@@ -24,6 +24,19 @@ def current_umask() -> int:
     return mask
 
 
+def honour_umask(path: str | os.PathLike) -> None:
+    """Give model files written owner-only (safetensors' `save_file` creates 0600) the mode `open()` would have
+    given them (0666 minus the umask), so collaborators on shared storage can read the models as they read the
+    results. `path`: a file or a folder (every regular file under it); files of any other mode are left alone."""
+    path = Path(path)
+    mode = 0o666 & ~current_umask()
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()] if path.is_dir() else []
+    for f in files:
+        st = f.lstat()
+        if not f.is_symlink() and (st.st_mode & 0o7777) == 0o600 and mode != 0o600:
+            os.chmod(f, mode)
+
+
 def _new_file_mode(path: Path) -> int:
     """A replaced file keeps its mode; a new one gets what `open()` would give it (0666 minus the umask)."""
     try:
