@@ -312,6 +312,27 @@ def test_reused_infer_out_keeps_no_stale_masks_and_refuses_foreign_folders(tmp_p
     assert (other / "masks" / "mine.png").read_bytes() == b"x"
 
 
+def test_infer_no_overlay_into_a_reused_out_removes_the_previous_overlay(tmp_path):
+    """Issue 26 item 8: `infer --no-overlay` into a reused --out left the previous video's overlay.mp4."""
+    from veason_r1.data.video import ArraySource
+    from veason_r1.inference.pipeline import Answer, VideoResult, write_result
+
+    names = [f"f{i}" for i in range(4)]
+    masks = np.zeros((4, 16, 16), bool)
+    res = VideoResult("q", names, 16, 16, Answer("", [0], "", 0, [], [], []), masks, {})
+    src = ArraySource(np.zeros((4, 16, 16, 3), np.uint8))
+    out = tmp_path / "infer"
+    write_result(res, src, out, overlay=True, progress=False)
+    assert (out / "overlay.mp4").is_file()
+    write_result(res, src, out, overlay=False, progress=False)
+    assert not (out / "overlay.mp4").exists()
+    mine = tmp_path / "mine"  # a folder infer did not write before: nothing of the user's is removed
+    mine.mkdir()
+    (mine / "overlay.mp4").write_bytes(b"the user's video")
+    write_result(res, src, mine, overlay=False, progress=False)
+    assert (mine / "overlay.mp4").read_bytes() == b"the user's video"
+
+
 def test_corrupt_finished_png_is_not_complete_and_is_redone(data, tmp_path, capsys):
     """Probe: a corrupt finished PNG counted as complete on merge."""
     out = tmp_path / "pred"
