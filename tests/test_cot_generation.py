@@ -645,3 +645,18 @@ def test_url_user_info_is_refused_and_never_sent(tmp_path, monkeypatch, capsys, 
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 2 and "credentials" in err  # error + hint
     assert "sk-odd" not in err and "sk-other" not in err and "127.0.0.1" not in err
+
+
+def test_symlinked_sft_folder_is_refused(synth_root, tmp_path, capsys):
+    """Issue 26 item 4: a link inside --out-dir must not make cot write outside it."""
+    from veason_r1.cli import main
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "cot"
+    out.mkdir()
+    (out / "sft").symlink_to(outside, target_is_directory=True)
+    code = main(["cot", "--root", str(synth_root), "--out-dir", str(out), "--teacher", "synthetic", "--limit", "2",
+                 "--no-progress", "--image-size", "56"])
+    err = capsys.readouterr().err
+    assert code == 2 and "outside" in err and not any(outside.iterdir())

@@ -101,3 +101,15 @@ def test_force_on_a_symlink_and_a_corrupt_state_are_one_line(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(BadInput, match="is a file, not a folder"):
         StageRunner(tmp_path / "file", STAGES, {}, verbose=False).open()
+
+
+def test_a_link_inside_the_run_folder_leading_outside_is_refused(tmp_path):
+    """Issue 26 item 4: one rule for every folder a command writes into (paths.output_dir)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "run"
+    StageRunner(out, STAGES, {}, verbose=False, outputs=["pred"]).open()
+    (out / "pred").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(BadInput, match="outside"):
+        StageRunner(out, STAGES, {}, verbose=False, outputs=["pred"]).open()
+    assert not any(outside.iterdir())

@@ -95,6 +95,19 @@ class StageRunner:
                 shutil.rmtree(path)
         self.state.unlink()
 
+    def _check_links(self) -> None:
+        """Every folder the run writes into stays inside `out` (`paths.output_dir`: a symbolic link that leads
+        outside is refused before any stage runs)."""
+        from veason_r1.paths import name_problem, output_dir
+
+        for entry in sorted({*self.outputs, *self.written}):
+            if not name_problem(entry):
+                try:
+                    output_dir(self.out, entry, key=f"{self.what} output")
+                except BadInput as e:
+                    raise self.error(e.where, e.what, hint="remove the link; the run writes only inside --out") \
+                        from None
+
     def open(self) -> StageRunner:
         """Create or continue the folder; refuse a folder of other settings or one that is not this kind of run."""
         out, name = self.out, self.state.name
@@ -107,10 +120,12 @@ class StageRunner:
                 raise self.error(out, f"exists and is not a {self.what} output folder (no {name})",
                                  hint="choose another --out")
             out.mkdir(parents=True, exist_ok=True)
+            self._check_links()
             self.save()
             return self
         state = self._read_state()
         self.written = {n for n in state.get("written") or [] if isinstance(n, str)}
+        self._check_links()
         have, want = state.get("config", {}), self.fingerprint
         diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         if diff:
