@@ -204,3 +204,15 @@ def test_preflight_eval_checks_out_and_a_random_bytes_checkpoint(synth_root, tin
     assert rc == 1 and rows["out"][0] == "FAIL" and "not a folder" in rows["out"][1]
     assert rows["sam2"][0] == "FAIL" and "does not load" in rows["sam2"][1]
     assert "Weights only load failed" not in text and "Traceback" not in text
+
+
+def test_preflight_sft_and_sft_refuse_an_out_that_is_a_file(tmp_path, capsys):
+    from veason_r1.cli import main
+
+    (tmp_path / "o").write_text("a file")
+    args = ["--config", str(ROOT / "training_scripts/sft_qwen2_5vl_3b_lora.yaml"), "--data", str(tmp_path / "d"),
+            "--out", str(tmp_path / "o")]
+    main(["preflight", "sft", *args, "--cpu-ok"])
+    rows = _rows(capsys.readouterr().out)
+    assert rows["out"][0] == "FAIL" and "not a folder" in rows["out"][1]
+    assert main(["sft", *args]) == 2 and "exists and is not a folder" in capsys.readouterr().err

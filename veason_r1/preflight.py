@@ -393,6 +393,7 @@ def sft_checks(config, world_size: int, cpu_ok: bool = False, check_images: bool
     env = "cpu" if cpu_ok else "gpu"
     out = [gpu_check("sft", max(1, world_size), cpu_ok), driver_check(cpu_ok), *packages_checks("sft", env, cpu_ok)]
     out += _safe("model folder", lambda: model_check(config.model_name_or_path))
+    out += _safe("out", lambda: out_check(Path(config.output_dir).parent))
 
     def data() -> Check:
         s = check_dataset(config.dataset_dir, config.dataset, config.image_size, check_images=check_images)
