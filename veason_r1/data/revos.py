@@ -250,13 +250,17 @@ class ReVOSDataset:
         for t in range(n):
             rles = [(a, self._rle(a, t)) for a in expr.anno_ids]
             rles = [(a, r) for a, r in rles if r is not None]
+            checked = self.__dict__.setdefault("_rles_checked", set())  # (anno_id, t): run lengths summed once
             for a, r in rles:  # header and run-length checks only: a full decode of every frame would be slow
+                if (a, t) in checked:
+                    continue
                 try:
                     ok = rle_size(r) == (h, w) and sum(rle_counts(r)) == h * w
                 except (TypeError, KeyError, ValueError, IndexError):
                     ok = False
                 if not ok:
                     self.object_mask(a, t, (h, w))  # raises the precise error (bad RLE or wrong size)
+                checked.add((a, t))
             try:
                 if not rles:
                     areas.append(0)
