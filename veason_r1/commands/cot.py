@@ -115,9 +115,8 @@ def run(args: argparse.Namespace) -> int:
     """User errors (flags, dataset, folder) are `UserError`s: `veason-r1` prints one line and exits 2."""
     from veason_r1.data.revos import ReVOSDataset
     from veason_r1.datacon.cot import CotConfig, run_cot
-    from veason_r1.sft.dataset import export_llamafactory_dataset
-
     from veason_r1.paths import output_dir
+    from veason_r1.sft.dataset import export_llamafactory_dataset
 
     sft_dir = output_dir(args.out_dir, "sft", key="SFT dataset folder")  # refused if a link leads outside
     boxed = output_dir(args.out_dir, "boxed_frames", key="boxed frames folder") if args.save_boxed_frames else None
