@@ -45,8 +45,8 @@ STORAGE_ERRNOS = {  # errno -> hint: the disk or the folder is the problem, not 
     errno.EROFS: "the output folder is on a read-only file system; choose a writable --out",
     errno.ENOSPC: "the file system is full; free space or choose another --out (a rerun continues)",
     errno.EDQUOT: "the disk quota is exceeded; free space or choose another --out (a rerun continues)",
-    errno.EACCES: "no permission; choose a folder you can write to",
-    errno.EPERM: "no permission; choose a folder you can write to",
+    errno.EACCES: "no permission to read or write it; fix its permissions or choose another folder",
+    errno.EPERM: "no permission to read or write it; fix its permissions or choose another folder",
     errno.ENAMETOOLONG: "a file name is longer than the file system allows; shorten it",
 }
 
