@@ -581,3 +581,49 @@ def test_page_in_headless_chromium(app_server, tmp_path, app_cache):
     proc.terminate()
     proc.wait(20)
     assert not server_tmp.exists()  # uploads and served files go with the server
+
+
+def test_cli_names_a_random_bytes_sam2_checkpoint_in_one_line(capsys, app_cache, tmp_path):
+    """Issue 26 item 7: a random-bytes --sam2-ckpt gave torch's unpickling traceback."""
+    from veason_r1.cli import main
+
+    ckpt = tmp_path / "sam2.pt"
+    ckpt.write_bytes(b"\x80" + np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    assert main(["app", "--cache-dir", str(app_cache), "--sam2", "tiny", "--sam2-ckpt", str(ckpt)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert "Traceback" not in err and len(errors) == 1 and str(ckpt) in errors[0] and "does not load" in errors[0]
+
+
+def test_temp_folders_of_killed_servers_are_pruned_at_start(tmp_path):
+    """Issue 26 item 8: the app's temp folder survived a SIGKILL and later starts never pruned it."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from veason_r1.commands.app import PID_FILE, TEMP_PREFIX, prune_stale_temp
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+
+    def folder(name, pid=None, age_s=0.0):
+        f = tmp_path / f"{TEMP_PREFIX}{name}"
+        (f / "gradio").mkdir(parents=True)
+        (f / "gradio" / "upload.mp4").write_bytes(b"x")
+        if pid is not None:
+            (f / PID_FILE).write_text(f"{pid}\n")
+        old = time.time() - age_s
+        os.utime(f, (old, old))
+        return f
+
+    killed = folder("killed", dead.pid)
+    live = folder("live", os.getppid())
+    legacy_old = folder("legacy", age_s=3 * 86400)
+    legacy_new = folder("recent")
+    other = tmp_path / "someone-else"
+    other.mkdir()
+    removed = prune_stale_temp(tmp_path)
+    assert sorted(removed) == sorted([killed, legacy_old])
+    assert live.is_dir() and legacy_new.is_dir() and other.is_dir()
+    assert not killed.exists() and not legacy_old.exists()

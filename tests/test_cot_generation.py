@@ -536,3 +536,127 @@ def test_synthetic_pipeline_from_cli(synth_root, tmp_path, capsys):
                  "synthetic", "--no-progress", "--no-sft"]) == 0
     assert json.loads((out2 / "cot_records.json").read_text()) == records
     assert cot_mod.FINAL_JSON == "cot_records.json"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Issue 26 item 1: no credential in any output, in any encoding
+
+
+class EchoServer:
+    """Answers every request with `code` and a body that quotes the request's headers (as some gateways do)."""
+
+    def __init__(self, code: int):
+        self.requests: list[dict] = []
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                headers = dict(self.headers.items())
+                server.requests.append(headers)
+                auth = self.headers.get("Authorization", "")
+                token = auth.split(" ")[-1]
+                from urllib.parse import quote
+
+                encoded = base64.b64encode(f"x:{token}".encode()).decode()
+                body = json.dumps({"error": {"message": f"{quote(token, safe='')} {encoded} rejected: {auth}; "
+                                                        f"headers {headers}"}}).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def url(self, userinfo: str = "") -> str:
+        return f"http://{userinfo}127.0.0.1:{self.httpd.server_address[1]}/v1"
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+ODD_KEY = "sk-odd/Key+with=Chars%and-0123456789abcdef"
+
+
+def _forms(key: str, user: str = "user") -> list[str]:
+    from urllib.parse import quote, quote_plus
+
+    b64 = base64.b64encode(f"{user}:{key}".encode()).decode()
+    return [key, quote(key, safe=""), quote_plus(key), b64, b64[4:30], base64.b64encode(key.encode()).decode()[:-4]]
+
+
+def test_redact_removes_every_encoding_of_the_key():
+    from veason_r1.redact import redact_urls
+
+    user = "alice"
+    for form in _forms(ODD_KEY, user):
+        text = f"header was Authorization: Basic {form} and raw {form}!"
+        assert form not in redact_urls(text, ODD_KEY), form
+    b64 = base64.b64encode(f"{user}:{ODD_KEY}".encode()).decode()
+    assert b64[8:40] not in redact_urls(f"echo: {b64}", ODD_KEY)  # the key's part, at any alignment
+
+
+@pytest.mark.parametrize("code", [400, 401])
+def test_echoed_credential_never_written_or_printed(tmp_path, monkeypatch, capsys, code):
+    from veason_r1.cli import main
+
+    root = build_revos(tmp_path / "revos", {"vidA": ["a"], "nested/vidB": ["b"]})
+    monkeypatch.setenv("OPENAI_API_KEY", ODD_KEY)
+    with EchoServer(code) as server:
+        rc = main(["cot", "--root", str(root), "--out-dir", str(tmp_path / "cot"), "--base-url", server.url(),
+                   "--model", "m", "--no-progress", "--max-attempts", "1", "--no-sft"])
+    assert server.requests and rc != 0
+    out = capsys.readouterr()
+    texts = [out.out, out.err] + [p.read_text() for p in (tmp_path / "cot").rglob("*") if p.is_file()]
+    for form in _forms(ODD_KEY, "x"):
+        for t in texts:
+            assert form not in t, (form, t[:300])
+
+
+@pytest.mark.parametrize("where", ["flag", "env"])
+def test_url_user_info_is_refused_and_never_sent(tmp_path, monkeypatch, capsys, where):
+    from veason_r1.cli import main
+
+    root = build_revos(tmp_path / "revos", {"vidA": ["a"], "nested/vidB": ["b"]})
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-other-0123456789")
+    with EchoServer(401) as server:
+        url = server.url(f"user:{ODD_KEY.replace('%', '%25').replace('/', '%2F')}@")
+        args = ["cot", "--root", str(root), "--out-dir", str(tmp_path / "cot"), "--model", "m", "--no-progress"]
+        if where == "flag":
+            args += ["--base-url", url]
+            monkeypatch.delenv("OPENAI_BASE_URL", raising=False)
+        else:
+            monkeypatch.setenv("OPENAI_BASE_URL", url)
+            from veason_r1.cli import build_parser  # the default is read when the parser is built
+            assert build_parser().parse_args(args).base_url == url
+        rc = main(args)
+    assert rc == 2 and not server.requests
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 2 and "credentials" in err  # error + hint
+    assert "sk-odd" not in err and "sk-other" not in err and "127.0.0.1" not in err
+
+
+def test_symlinked_sft_folder_is_refused(synth_root, tmp_path, capsys):
+    """Issue 26 item 4: a link inside --out-dir must not make cot write outside it."""
+    from veason_r1.cli import main
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "cot"
+    out.mkdir()
+    (out / "sft").symlink_to(outside, target_is_directory=True)
+    code = main(["cot", "--root", str(synth_root), "--out-dir", str(out), "--teacher", "synthetic", "--limit", "2",
+                 "--no-progress", "--image-size", "56"])
+    err = capsys.readouterr().err
+    assert code == 2 and "outside" in err and not any(outside.iterdir())

@@ -227,3 +227,26 @@ def test_demo_overrides_share_the_config_grammar(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path / "x"), "--set", "synth.num_videos=2", "--no-progress"]) == 2
     assert "synth.num_videos = 2: needs >= 4" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def test_force_keeps_the_users_files_and_refuses_a_symlink(tmp_path, capsys):
+    """Issue 26 items 3 and 7: --force deleted files the user added in the demo folder, a symlinked --out gave a
+    traceback, a corrupt state file gave a traceback."""
+    from veason_r1.cli import main
+    from veason_r1.demo import STATE_FILE, Paths
+
+    out = tmp_path / "demo"
+    out.mkdir()
+    (out / STATE_FILE).write_text('{"config": {"seed": 1}, "stages": {}, "written": ["data"]}')
+    (out / "data").mkdir()
+    (out / "notes.md").write_text("mine")
+    assert {"data", "pred", "report.md", "results.json", "models"} <= set(Paths(out).top_level())
+    link = tmp_path / "link"
+    link.symlink_to(out, target_is_directory=True)
+    assert main(["demo", "--out", str(link), "--force", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "symbolic link" in err and "Traceback" not in err and (out / "notes.md").is_file()
+    (out / STATE_FILE).write_text("{not json")
+    assert main(["demo", "--out", str(out), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "demo_state.json" in err and "cannot be read" in err and len(err.strip().splitlines()) == 2

@@ -623,3 +623,60 @@ def test_multi_gpu_eval_honours_an_inherited_cuda_visible_devices(tmp_path):
     assert proc.returncode == 1 and "CUDA_VISIBLE_DEVICES is set but empty" in proc.stderr
     proc, _ = _eval_script_devices(tmp_path / "e", {"CUDA_VISIBLE_DEVICES": "3", "NUM_GPUS": "2"})
     assert proc.returncode == 2 and "lists 1" in proc.stderr
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Issue 26 item 2: the resume fingerprint covers every byte of the weights, and is cached
+
+
+def _rewrite_keeping_mtime(path: Path, offset: int) -> None:
+    import os
+
+    st = path.stat()
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        byte = f.read(1)
+        f.seek(offset)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_fingerprint_sees_a_change_between_sampled_windows(tmp_path, monkeypatch):
+    monkeypatch.setenv("VEASON_R1_CACHE", str(tmp_path / "cache"))
+    model, ckpt = tmp_path / "model", tmp_path / "sam2.pt"
+    model.mkdir()
+    weights = model / "model.safetensors"
+    rng = np.random.default_rng(0)
+    weights.write_bytes(rng.integers(0, 256, 5 << 20, dtype=np.uint8).tobytes())
+    (model / "config.json").write_text("{}")
+    ckpt.write_bytes(rng.integers(0, 256, 5 << 20, dtype=np.uint8).tobytes())
+    config = PredictConfig("revos", model=str(model), sam2_ckpt=str(ckpt), data=str(tmp_path))
+    before = config.fingerprint()
+    _rewrite_keeping_mtime(weights, (3 << 19))  # 1.5 MiB: outside the first, middle and last MiB
+    _rewrite_keeping_mtime(ckpt, (3 << 19))
+    after = config.fingerprint()
+    assert before["stage1"]["model_files"] != after["stage1"]["model_files"]
+    assert before["stage2"]["sam2_ckpt_file"] != after["stage2"]["sam2_ckpt_file"]
+
+
+def test_file_digest_is_cached_by_stat(tmp_path, monkeypatch):
+    import hashlib
+
+    from veason_r1 import io_utils
+
+    monkeypatch.setenv("VEASON_R1_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"x" * 1000)
+    first = io_utils.file_identity(f)
+    assert (tmp_path / "cache" / io_utils.DIGEST_CACHE_FILE).is_file()
+    monkeypatch.setattr(io_utils, "_DIGESTS", {})  # a new process: only the disk cache remains
+
+    def boom(*a, **k):
+        raise AssertionError("hashed again")
+
+    monkeypatch.setattr(hashlib, "sha256", boom)
+    assert io_utils.file_identity(f) == first
+    monkeypatch.undo()
+    monkeypatch.setenv("VEASON_R1_CACHE", str(tmp_path / "cache"))
+    f.write_bytes(b"y" * 1000)  # same size, new content
+    assert io_utils.file_identity(f)["sha256"] == hashlib.sha256(b"y" * 1000).hexdigest()

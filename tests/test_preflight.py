@@ -8,6 +8,7 @@ import os
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 pytest.importorskip("verl")
@@ -257,3 +258,45 @@ def test_sam2_extension_fills_holes_on_gpu():  # pragma: no cover - needs CUDA a
     scores[0, 0, 10:12, 10:12] = -5.0  # a 4-pixel hole (< fill_hole_area 8)
     filled = fill_holes_in_mask_scores(scores, 8)
     assert bool((filled > 0).all())
+
+
+# ------------------------------------------------------------------------------ issue 26 item 6: one code path
+
+
+def test_preflight_sft_refuses_the_optim_that_sft_would_crash_on(synth_root, tmp_path, capsys):
+    from veason_r1.cli import main
+
+    args = ["--config", str(ROOT / "training_scripts/sft_qwen2_5vl_3b_lora.yaml"), "--data", str(tmp_path / "d"),
+            "--out", str(tmp_path / "o"), "--set", "optim=adamw_bogus"]
+    assert main(["preflight", "sft", *args, "--cpu-ok"]) == 2
+    err = capsys.readouterr().err
+    assert "optim" in err and "adamw_bogus" in err and "Traceback" not in err
+    assert main(["sft", *args]) == 2
+    assert "adamw_bogus" in capsys.readouterr().err
+
+
+def test_preflight_eval_checks_out_and_a_random_bytes_checkpoint(synth_root, tiny_dir, tmp_path, capsys):
+    from veason_r1.cli import main
+
+    (tmp_path / "pred").write_text("a file")
+    ckpt = tmp_path / "sam2.pt"
+    ckpt.write_bytes(b"\x80" + np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes())
+    rc = main(["preflight", "eval", "revos", "--data", str(synth_root), "--model", str(tiny_dir), "--sam2", "tiny",
+               "--sam2-ckpt", str(ckpt), "--out", str(tmp_path / "pred"), "--cpu-ok"])
+    text = capsys.readouterr().out
+    rows = _rows(text)
+    assert rc == 1 and rows["out"][0] == "FAIL" and "not a folder" in rows["out"][1]
+    assert rows["sam2"][0] == "FAIL" and "does not load" in rows["sam2"][1]
+    assert "Weights only load failed" not in text and "Traceback" not in text
+
+
+def test_preflight_sft_and_sft_refuse_an_out_that_is_a_file(tmp_path, capsys):
+    from veason_r1.cli import main
+
+    (tmp_path / "o").write_text("a file")
+    args = ["--config", str(ROOT / "training_scripts/sft_qwen2_5vl_3b_lora.yaml"), "--data", str(tmp_path / "d"),
+            "--out", str(tmp_path / "o")]
+    main(["preflight", "sft", *args, "--cpu-ok"])
+    rows = _rows(capsys.readouterr().out)
+    assert rows["out"][0] == "FAIL" and "not a folder" in rows["out"][1]
+    assert main(["sft", *args]) == 2 and "exists and is not a folder" in capsys.readouterr().err

@@ -58,3 +58,58 @@ def test_other_settings_and_foreign_folders_are_refused(tmp_path):
     assert (tmp_path / "mine" / "thesis.tex").read_text() == "keep"
     fresh = StageRunner(tmp_path / "run", STAGES, {"sft.max_steps": 5}, force=True, verbose=False).open()
     assert json.loads(fresh.state.read_text())["config"] == {"sft.max_steps": 5}
+
+
+def _write(name):
+    def fn(out):
+        (out / name).mkdir(exist_ok=True)
+        (out / name / "f.txt").write_text(name)
+        return f"{name} done", {}
+    return fn
+
+
+def test_force_deletes_only_what_the_run_wrote(tmp_path):
+    """Issue 26 item 3: --force deleted files the user had added inside the run's folder."""
+    out = tmp_path / "run"
+    r = StageRunner(out, STAGES, {"x": 1}, verbose=False, outputs=["report.md"]).open()
+    r.run("a", lambda: _write("a")(out), lambda: True)
+    (out / "report.md").write_text("the run's report")
+    (out / "notes.txt").write_text("the user's notes")
+    (out / "mine").mkdir()
+    (out / "mine" / "data.csv").write_text("1,2")
+    again = StageRunner(out, STAGES, {"x": 2}, force=True, verbose=False, outputs=["report.md"]).open()
+    assert not (out / "a").exists() and not (out / "report.md").exists()
+    assert (out / "notes.txt").read_text() == "the user's notes" and (out / "mine" / "data.csv").is_file()
+    assert json.loads(again.state.read_text())["config"] == {"x": 2}
+
+
+def test_force_on_a_symlink_and_a_corrupt_state_are_one_line(tmp_path):
+    real = tmp_path / "real"
+    StageRunner(real, STAGES, {}, verbose=False).open()
+    link = tmp_path / "link"
+    link.symlink_to(real, target_is_directory=True)
+    with pytest.raises(BadInput, match="symbolic link"):
+        StageRunner(link, STAGES, {}, force=True, verbose=False).open()
+    assert (real / "state.json").is_file()
+    (real / "state.json").write_text('{"config": {}, "stages": ')  # torn by a full disk, say
+    with pytest.raises(BadInput, match="cannot be read as a run state file"):
+        StageRunner(real, STAGES, {}, verbose=False).open()
+    (real / "state.json").write_text("[]")
+    with pytest.raises(BadInput, match="is not a run state file"):
+        StageRunner(real, STAGES, {}, verbose=False).open()
+    StageRunner(real, STAGES, {}, force=True, verbose=False).open()  # --force starts over
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(BadInput, match="is a file, not a folder"):
+        StageRunner(tmp_path / "file", STAGES, {}, verbose=False).open()
+
+
+def test_a_link_inside_the_run_folder_leading_outside_is_refused(tmp_path):
+    """Issue 26 item 4: one rule for every folder a command writes into (paths.output_dir)."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = tmp_path / "run"
+    StageRunner(out, STAGES, {}, verbose=False, outputs=["pred"]).open()
+    (out / "pred").symlink_to(outside, target_is_directory=True)
+    with pytest.raises(BadInput, match="outside"):
+        StageRunner(out, STAGES, {}, verbose=False, outputs=["pred"]).open()
+    assert not any(outside.iterdir())

@@ -207,3 +207,25 @@ def test_cli_synth(tmp_path, capsys):
     meta = json.loads((tmp_path / "c" / "meta_expressions_train_.json").read_text())["videos"]
     assert all((v["height"], v["width"]) == (96, 128) for v in meta.values())
     assert main(["synth", "--out", str(tmp_path / "d"), "--videos", "1", "--no-progress"]) == 2
+
+
+def test_synth_refuses_a_folder_it_did_not_make(tmp_path, capsys):
+    """Issue 26 item 3: `synth --out` on an existing dataset overwrote its meta, masks and frames."""
+    from veason_r1.cli import main
+
+    other = tmp_path / "dataset"
+    (other / "JPEGImages").mkdir(parents=True)
+    (other / "meta_expressions_train.json").write_text('{"videos": {}}')
+    args = ["synth", "--videos", "4", "--max-frames", "8", "--no-progress"]
+    assert main([*args, "--out", str(other)]) == 2
+    err = capsys.readouterr().err
+    assert "not empty" in err and len(err.strip().splitlines()) == 2
+    assert (other / "meta_expressions_train.json").read_text() == '{"videos": {}}'
+    assert sorted(p.name for p in other.iterdir()) == ["JPEGImages", "meta_expressions_train.json"]
+    mine = tmp_path / "mine"
+    assert main([*args, "--out", str(mine)]) == 0 and main([*args, "--out", str(mine)]) == 0  # its own: reused
+    assert main([*args, "--out", str(mine), "--seed", "3"]) == 2  # other settings would mix two datasets
+    assert "other settings" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main([*args, "--out", str(tmp_path / "file")]) == 2
+    assert "is a file" in capsys.readouterr().err

@@ -161,6 +161,18 @@ def test_symlink_inside_out_pointing_outside_is_refused(data, tmp_path, sentinel
     assert tree_digest(sentinel) == before
 
 
+@pytest.mark.parametrize("link", [".stage1", ".partial"])
+def test_symlinked_cache_folder_is_refused(data, tmp_path, sentinel, capsys, link):
+    """Probe (issue 26 item 4): a symlinked PRED/.stage1 made predict write its cache outside --out."""
+    out = tmp_path / "pred"
+    out.mkdir()
+    (out / link).symlink_to(sentinel, target_is_directory=True)
+    before = tree_digest(sentinel)
+    code, err = run_cli(oracle_predict(data, out), capsys)
+    assert code == 2 and "outside" in err and "symbolic link" in err and "Traceback" not in err
+    assert tree_digest(sentinel) == before
+
+
 def test_a_folder_predict_did_not_create_is_never_replaced(data, tmp_path, capsys):
     out = tmp_path / "pred"
     mine = out / "v0" / "0"
@@ -298,6 +310,27 @@ def test_reused_infer_out_keeps_no_stale_masks_and_refuses_foreign_folders(tmp_p
     with pytest.raises(UserError, match="not written by `veason-r1 infer`"):
         write_result(*result(["b0"]), other, overlay=False, progress=False)
     assert (other / "masks" / "mine.png").read_bytes() == b"x"
+
+
+def test_infer_no_overlay_into_a_reused_out_removes_the_previous_overlay(tmp_path):
+    """Issue 26 item 8: `infer --no-overlay` into a reused --out left the previous video's overlay.mp4."""
+    from veason_r1.data.video import ArraySource
+    from veason_r1.inference.pipeline import Answer, VideoResult, write_result
+
+    names = [f"f{i}" for i in range(4)]
+    masks = np.zeros((4, 16, 16), bool)
+    res = VideoResult("q", names, 16, 16, Answer("", [0], "", 0, [], [], []), masks, {})
+    src = ArraySource(np.zeros((4, 16, 16, 3), np.uint8))
+    out = tmp_path / "infer"
+    write_result(res, src, out, overlay=True, progress=False)
+    assert (out / "overlay.mp4").is_file()
+    write_result(res, src, out, overlay=False, progress=False)
+    assert not (out / "overlay.mp4").exists()
+    mine = tmp_path / "mine"  # a folder infer did not write before: nothing of the user's is removed
+    mine.mkdir()
+    (mine / "overlay.mp4").write_bytes(b"the user's video")
+    write_result(res, src, mine, overlay=False, progress=False)
+    assert (mine / "overlay.mp4").read_bytes() == b"the user's video"
 
 
 def test_corrupt_finished_png_is_not_complete_and_is_redone(data, tmp_path, capsys):
@@ -544,7 +577,10 @@ def test_url_credentials_are_never_written_or_printed(data, tmp_path, capsys):
 
     assert redact_urls("http://u:SECRET@h/v1?api_key=K2&x=1") == "http://***@h/v1?api_key=***&x=1"
     out = tmp_path / "cot"
-    base = "http://alice:URLSECRET@127.0.0.1:9/v1?api_key=QUERYSECRET"
+    assert main(["cot", "--root", str(data), "--split", "valid", "--out-dir", str(out), "--base-url",
+                 "http://alice:URLSECRET@127.0.0.1:9/v1", "--model", "m", "--api-key", "FLAGSECRET"]) == 2
+    assert "URLSECRET" not in capsys.readouterr().err  # user info is refused (issue 26: sent as Basic auth)
+    base = "http://127.0.0.1:9/v1?api_key=QUERYSECRET"
     code = main(["cot", "--root", str(data), "--split", "valid", "--out-dir", str(out), "--base-url", base,
                  "--model", "m", "--api-key", "FLAGSECRET", "--max-attempts", "1", "--limit", "1", "--timeout", "2",
                  "--no-sft", "--no-progress"])
@@ -562,3 +598,141 @@ def test_unknown_anno_id_is_one_line(data, tmp_path, capsys):
     _save(data / "meta_expressions_valid_.json", meta)
     code, err = run_cli(oracle_predict(data, tmp_path / "pred"), capsys)
     assert code == 2 and "mask_dict.json: unknown anno_id '99'" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Issue 26 item 7: one line, not a traceback
+
+
+@pytest.mark.parametrize("code, words", [(28, "No space left"), (30, "Read-only file system")])
+def test_full_or_read_only_output_is_one_line(tmp_path, monkeypatch, capsys, code, words):
+    import tempfile
+
+    def refuse(*a, dir=None, **k):
+        raise OSError(code, os.strerror(code), str(dir))
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)  # every atomic write goes through it
+    rc, err = run_cli(["synth", "--out", str(tmp_path / "s"), "--videos", "4", "--max-frames", "8", "--no-progress"],
+                      capsys)
+    assert rc == 2 and words in err and "Traceback" not in err and len(err.strip().splitlines()) == 2
+    with pytest.raises(OSError):
+        main(["--debug", "synth", "--out", str(tmp_path / "t"), "--videos", "4", "--max-frames", "8",
+              "--no-progress"])
+
+
+def test_sam2_checkpoint_of_another_size_is_one_line(data, tmp_path, capsys):
+    import torch
+
+    from veason_r1.models.sam2 import build_sam2_model
+
+    state = build_sam2_model("tiny").state_dict()
+    key = next(k for k, v in state.items() if v.ndim >= 1 and v.shape[0] > 1)
+    state[key] = torch.zeros(state[key].shape[0] + 1, *state[key].shape[1:])
+    ckpt = tmp_path / "other.pt"
+    torch.save({"model": state}, ckpt)
+    code, err = run_cli(oracle_predict(data, tmp_path / "pred", "--sam2-ckpt", str(ckpt)), capsys)
+    assert code == 2 and "does not fit SAM2 config 'tiny'" in err and key in err
+    assert len(err.strip().splitlines()) == 2
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "unknown SAM2 config"),  # a missing yaml
+    ("model: [unclosed", "not a readable YAML file"),
+    ("foo: 1\n", "not a SAM2 config (no model._target_)"),
+    ("model:\n  _target_: no.such.Module\n", "does not build a SAM2 model"),
+])
+def test_sam2_yaml_missing_broken_or_wrong_is_one_line(data, tmp_path, capsys, content, message):
+    yaml_file = tmp_path / "my_sam2.yaml"
+    if content is not None:
+        yaml_file.write_text(content)
+    argv = [a if a != "tiny" else str(yaml_file) for a in oracle_predict(data, tmp_path / "pred")]
+    code, err = run_cli(argv, capsys)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+    if content is not None and "_target_: no" not in content:
+        assert not (tmp_path / "pred").exists()  # refused before stage 1
+
+
+def test_empty_or_missing_rl_yaml_is_one_line(tmp_path, capsys):
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    for argv, message in [(["rl", "--config", str(empty), "--backend", "local"], "is empty"),
+                          (["demo", "--out", str(tmp_path / "d"), "--rl-config", str(empty)], "is empty"),
+                          (["demo", "--out", str(tmp_path / "d"), "--rl-config", str(tmp_path / "no.yaml")],
+                           "config file not found")]:
+        code, err = run_cli(argv, capsys)
+        assert code == 2 and message in err and "Traceback" not in err, (argv, err)
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_300_character_video_name_is_a_doctor_finding_not_a_crash(data, tmp_path, capsys):
+    long = "v" * 300
+    meta = _meta(data)
+    meta["videos"][long] = meta["videos"].pop("v1")
+    _save(data / "meta_expressions_valid_.json", meta)
+    fg = json.loads((data / "mask_dict_foreground.json").read_text())
+    fg[long] = fg.pop("v1")
+    _save(data / "mask_dict_foreground.json", fg)
+    code = main(["doctor", str(data), "--no-progress"])
+    out = capsys.readouterr()
+    assert code == 1 and "longer than file systems allow" in out.out + out.err and "Traceback" not in out.err
+    code, err = run_cli(oracle_predict(data, tmp_path / "pred"), capsys)
+    assert code == 2 and "longer than file systems allow" in err and not (tmp_path / "pred").exists()
+
+
+@pytest.mark.parametrize("rle, message", [
+    (dict(encode_rle(np.ones((H, W), bool)), size=[10, 10]), "anno_id '1', frame 2: RLE is 10x10, the video's frames"),
+    (dict(encode_rle(np.ones((10, 10), bool)), size=[H, W]), f"anno_id '1', frame 2: RLE runs cover 100 pixels, the "
+                                                             f"frame has {H * W}"),
+])
+def test_oracle_path_says_the_rle_size_is_wrong_as_eval_does(data, tmp_path, rle, message, capsys):
+    """Issue 26 item 7: predict's oracle path said "invalid RLE" (or nothing at all) where eval names the size."""
+    _break_rle(data, "1", 2, rle)
+    code, err = run_cli(oracle_predict(data, tmp_path / "pred"), capsys)
+    assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_rle_counts_match_pycocotools():
+    from veason_r1.data.masks import rle_counts
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        m = rng.random((int(rng.integers(1, 40)), int(rng.integers(1, 40)))) < rng.random()
+        counts = rle_counts(encode_rle(m))
+        flat = m.T.reshape(-1)  # column-major, runs start with zeros
+        runs, value, n = [], False, 0
+        for v in flat:
+            if v != value:
+                runs.append(n)
+                value, n = v, 0
+            n += 1
+        runs.append(n)
+        assert counts == runs
+
+
+def test_a_video_without_frames_is_one_line_on_predict(data, tmp_path, capsys):
+    meta = _meta(data)
+    meta["videos"]["v1"]["frames"] = []
+    _save(data / "meta_expressions_valid_.json", meta)
+    masks = json.loads((data / "mask_dict.json").read_text())
+    masks["1"] = []
+    _save(data / "mask_dict.json", masks)
+    fg = json.loads((data / "mask_dict_foreground.json").read_text())
+    fg["v1"]["masks_rle"] = []
+    _save(data / "mask_dict_foreground.json", fg)
+    code, err = run_cli(oracle_predict(data, tmp_path / "pred"), capsys)
+    assert code == 2 and "video 'v1' has no frames" in err and "Traceback" not in err
+    assert not (tmp_path / "pred").exists()
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o002, 0o664)])
+def test_model_weights_honour_the_umask(tmp_path, umask, mode):
+    """Issue 26 item 8: weights were written 0600 (safetensors' default) while results were 0644."""
+    from veason_r1.models.tiny import make_tiny_qwen
+
+    old = os.umask(umask)
+    try:
+        out = make_tiny_qwen(tmp_path / "tiny", seed=0)
+    finally:
+        os.umask(old)
+    weights = list(out.glob("*.safetensors"))
+    assert weights and all(stat.S_IMODE(w.stat().st_mode) == mode for w in weights)

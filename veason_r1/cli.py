@@ -2,7 +2,9 @@
 `add_arguments(parser)` and `run(args) -> int`; those modules import heavy libraries only inside `run`.
 
 User errors (`veason_r1.errors.UserError`) print `error: <file or flag>: <what is wrong>` and a hint on stderr and
-exit 2; `--debug` shows their traceback. Any other exception is a bug and keeps its traceback."""
+exit 2; `--debug` shows their traceback. So does an output the system cannot store (a read-only or full file
+system, no permission, a name too long: `errors.storage_error`). Any other exception is a bug and keeps its
+traceback."""
 
 from __future__ import annotations
 
@@ -55,14 +57,15 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "_run", None):
         parser.print_help()
         return 2
-    from veason_r1.errors import UserError, format_user_error
+    from veason_r1.errors import UserError, format_user_error, storage_error
 
     try:
         return int(args._run(args) or 0)
-    except UserError as e:
-        if getattr(args, "debug", False):
+    except (UserError, OSError) as e:
+        err = e if isinstance(e, UserError) else storage_error(e)
+        if err is None or getattr(args, "debug", False):
             raise
-        print(format_user_error(e), file=sys.stderr)
+        print(format_user_error(err), file=sys.stderr)
         return 2
 
 

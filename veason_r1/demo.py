@@ -70,7 +70,9 @@ def demo_rl_yaml() -> Path:
     """configs/grpo_demo.yaml of the checkout this package is installed from (editable install)."""
     path = Path(__file__).resolve().parents[1] / "configs" / "grpo_demo.yaml"
     if not path.is_file():
-        raise FileNotFoundError(f"the demo's GRPO config {path} is missing; pass --rl-config")
+        from veason_r1.errors import MissingInput
+
+        raise MissingInput(path, "the demo's GRPO config is missing", hint="pass --rl-config")
     return path
 
 
@@ -206,6 +208,11 @@ class Paths:
         self.gif = self.out / "overlay.gif"
         self.results = self.out / "results.json"
 
+    def top_level(self) -> list[str]:
+        """The names directly inside `out` the demo writes: what `--force` may delete (and nothing else)."""
+        return sorted({p.relative_to(self.out).parts[0] for p in vars(self).values()
+                       if isinstance(p, Path) and p != self.out})
+
 
 class Demo:
     """The demo's stages, in order, through one `StageRunner`."""
@@ -215,7 +222,8 @@ class Demo:
         self.cfg = cfg
         self.paths = Paths(cfg.out)
         self.runner = StageRunner(cfg.out, STAGES, cfg.fingerprint(), state_file=STATE_FILE, what="demo",
-                                  force=cfg.force, verbose=cfg.verbose, error=DemoSetupError)
+                                  force=cfg.force, verbose=cfg.verbose, error=DemoSetupError,
+                                  outputs=self.paths.top_level())
         self._propagator = None
 
     def run(self) -> dict[str, Any]:
@@ -341,6 +349,9 @@ def scale_output_layer(model_dir: str | os.PathLike, factor: float) -> None:
     state["lm_head.weight"] = state["lm_head.weight"] * factor
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp), metadata={"format": "pt"})
+    from veason_r1.io_utils import honour_umask
+
+    honour_umask(tmp)  # safetensors writes 0600
     os.replace(tmp, path)
 
 

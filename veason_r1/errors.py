@@ -9,6 +9,7 @@ prints them.
 
 from __future__ import annotations
 
+import errno
 import os
 
 
@@ -40,6 +41,26 @@ class MissingKey(UserError, KeyError):
     """A key (anno_id, video) that a file refers to is not in the file that should hold it."""
 
 
+STORAGE_ERRNOS = {  # errno -> hint: the disk or the folder is the problem, not the program
+    errno.EROFS: "the output folder is on a read-only file system; choose a writable --out",
+    errno.ENOSPC: "the file system is full; free space or choose another --out (a rerun continues)",
+    errno.EDQUOT: "the disk quota is exceeded; free space or choose another --out (a rerun continues)",
+    errno.EACCES: "no permission to read or write it; fix its permissions or choose another folder",
+    errno.EPERM: "no permission to read or write it; fix its permissions or choose another folder",
+    errno.ENAMETOOLONG: "a file name is longer than the file system allows; shorten it",
+}
+
+
+def storage_error(exc: OSError) -> UserError | None:
+    """The user error for an OSError caused by the storage (read-only, full, no permission, name too long), naming
+    the file; None for any other OSError (a bug keeps its traceback)."""
+    hint = STORAGE_ERRNOS.get(exc.errno) if isinstance(exc, OSError) else None
+    if hint is None:
+        return None
+    where = exc.filename if exc.filename is not None else "output"
+    return UserError(where, exc.strerror or os.strerror(exc.errno), hint=hint)
+
+
 def format_user_error(err: UserError) -> str:
     """The lines `veason-r1` prints on stderr for a user error."""
     text = f"error: {err}"
@@ -48,4 +69,4 @@ def format_user_error(err: UserError) -> str:
     return text
 
 
-__all__ = ["BadInput", "MissingInput", "MissingKey", "UserError", "format_user_error"]
+__all__ = ["BadInput", "MissingInput", "MissingKey", "UserError", "format_user_error", "storage_error"]

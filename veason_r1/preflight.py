@@ -255,8 +255,12 @@ def model_params(folder: str | Path) -> float:
 
 
 def sam2_check(name: str | None, checkpoint: str | None, cpu_ok: bool) -> Check:
+    """The run's own checks (`check_sam2`, then `load_sam2`, as `predict` and the reward do), each failure one
+    line."""
     import torch
 
+    from veason_r1.errors import UserError
+    from veason_r1.inference.pipeline import check_sam2
     from veason_r1.models.sam2 import load_sam2
 
     if not name:
@@ -268,7 +272,11 @@ def sam2_check(name: str | None, checkpoint: str | None, cpu_ok: bool) -> Check:
     device = "cuda" if torch.cuda.is_available() else None
     if device is None and not cpu_ok:
         return Check("sam2", FAIL, f"{name} ({checkpoint}): no GPU to load it on", "run on the GPU node")
-    load_sam2(name, checkpoint, device or "cpu")
+    try:
+        check_sam2(name, checkpoint)
+        load_sam2(name, checkpoint, device or "cpu")
+    except UserError as e:
+        return Check("sam2", FAIL, str(e), e.hint or "fix --sam2 / --sam2-ckpt")
     where = device or "cpu (--cpu-ok)"
     return Check("sam2", PASS, f"{name} loads from {checkpoint or '(no checkpoint: random weights, asked by name)'} "
                                 f"on {where}")
@@ -313,6 +321,18 @@ def _existing_parent(path: Path) -> Path:
     while not path.exists():
         path = path.parent
     return path
+
+
+def out_check(out_dir: str | Path, flag: str = "--out") -> Check:
+    """The run's own check of its output folder (`paths.check_output_folder`)."""
+    from veason_r1.errors import UserError
+    from veason_r1.paths import check_output_folder
+
+    try:
+        check_output_folder(out_dir, flag)
+    except UserError as e:
+        return Check("out", FAIL, str(e), e.hint or "choose another output folder")
+    return Check("out", PASS, f"{out_dir} can be created or continued")
 
 
 def disk_check(out_dir: str | Path, need_bytes: float, what: str) -> Check:
@@ -470,6 +490,7 @@ def sft_checks(config, world_size: int, cpu_ok: bool = False, check_images: bool
     env = "cpu" if cpu_ok else "gpu"
     out = [gpu_check("sft", max(1, world_size), cpu_ok), driver_check(cpu_ok), *packages_checks("sft", env, cpu_ok)]
     out += _safe("model folder", lambda: model_check(config.model_name_or_path))
+    out += _safe("out", lambda: out_check(Path(config.output_dir).parent))
 
     def data() -> Check:
         s = check_dataset(config.dataset_dir, config.dataset, config.image_size, check_images=check_images)
@@ -501,6 +522,7 @@ def eval_checks(model: str, data: str, split: str | None, sam2: str | None, sam2
     out += _safe("sam2", lambda: sam2_check(sam2, sam2_ckpt, cpu_ok))
     out += _safe("sam2 extension", lambda: sam2_extension_check(cpu_ok))
     out += _safe(f"data {split}", lambda: doctor_check(data, split))
+    out += _safe("out", lambda: out_check(out_dir))
     out += _safe("disk", lambda: disk_check(out_dir, 5e9, "the predicted masks (a few GB per benchmark)"))
     return out
 

@@ -4,13 +4,16 @@ Each stage is a function returning (one-line summary, info dict). The runner kee
 the run's fingerprint (every setting that changes outputs) and each stage's status, time and summary. A rerun with
 the same fingerprint skips a stage that finished before and whose outputs still exist; a rerun with other settings
 is refused, naming what changed. A stage that raises is recorded as failed (and rerun next time); nothing finished
-is lost. `force` deletes the folder first, and only when it holds this runner's state file (or nothing).
+is lost. `force` starts over, deleting only what this runner wrote: the top-level entries its stages created
+(recorded in the state file as they appear) and the names the caller declares (`outputs`); a file the user added
+inside the folder stays, and a folder without this runner's state file (or a symbolic link) is refused.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import time
@@ -39,29 +42,90 @@ class StageRunner:
 
     def __init__(self, out: str | Path, stages: Sequence[tuple[str, str]], fingerprint: dict[str, Any], *,
                  state_file: str = "state.json", what: str = "run", force: bool = False, verbose: bool = True,
-                 error: type[BadInput] = BadInput):
+                 error: type[BadInput] = BadInput, outputs: Sequence[str] = ()):
         self.out, self.state = Path(out), Path(out) / state_file
         self.fingerprint, self.what, self.force, self.verbose, self.error = fingerprint, what, force, verbose, error
         self.records: dict[str, StageRecord] = {n: StageRecord(n, d) for n, d in stages}
+        self.outputs = tuple(outputs)  # top-level names the run always writes (deleted by --force)
+        self.written: set[str] = set()  # top-level names the stages created, recorded in the state file
         self.start = time.perf_counter()
 
     # ------------------------------------------------------------------------------------------------- state
+    def _read_state(self) -> dict:
+        try:
+            state = json.loads(self.state.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise self.error(self.state, f"cannot be read as a {self.what} state file ({type(e).__name__}: {e})",
+                             hint="--force starts over (it deletes only what this command wrote)") from None
+        if not isinstance(state, dict) or not isinstance(state.get("config", {}), dict) \
+                or not isinstance(state.get("stages") or {}, dict):
+            raise self.error(self.state, f"is not a {self.what} state file (no config/stages mappings)",
+                             hint="--force starts over (it deletes only what this command wrote)")
+        return state
+
+    def _start_over(self) -> None:
+        """--force: delete what this runner wrote (recorded entries, declared outputs, the state file), nothing
+        else; refuse a folder that is not this kind of run, a symbolic link, or a file."""
+        from veason_r1.paths import name_problem
+
+        out, name = self.out, self.state.name
+        if out.is_symlink():
+            raise self.error("--force", f"{out} is a symbolic link; --force deletes only inside a real folder",
+                             hint="pass the folder it points to as --out")
+        if not out.exists():
+            return
+        if not out.is_dir():
+            raise self.error(out, "is a file, not a folder", hint="choose another --out")
+        if not self.state.is_file():
+            if any(out.iterdir()):
+                raise self.error("--force", f"would delete {out}, which is not a {self.what} output folder "
+                                            f"(no {name})", hint="choose another --out")
+            return
+        try:
+            recorded = json.loads(self.state.read_text()).get("written") or []
+        except (OSError, ValueError, AttributeError):
+            recorded = []  # a corrupt state file: the declared outputs are still ours
+        for entry in sorted({*self.outputs, *(n for n in recorded if isinstance(n, str))}):
+            if entry == name or name_problem(entry):
+                continue
+            path = out / entry
+            if path.is_symlink() or path.is_file():
+                path.unlink()
+            elif path.is_dir():
+                shutil.rmtree(path)
+        self.state.unlink()
+
+    def _check_links(self) -> None:
+        """Every folder the run writes into stays inside `out` (`paths.output_dir`: a symbolic link that leads
+        outside is refused before any stage runs)."""
+        from veason_r1.paths import name_problem, output_dir
+
+        for entry in sorted({*self.outputs, *self.written}):
+            if not name_problem(entry):
+                try:
+                    output_dir(self.out, entry, key=f"{self.what} output")
+                except BadInput as e:
+                    raise self.error(e.where, e.what, hint="remove the link; the run writes only inside --out") \
+                        from None
+
     def open(self) -> StageRunner:
         """Create or continue the folder; refuse a folder of other settings or one that is not this kind of run."""
         out, name = self.out, self.state.name
-        if self.force and out.exists():
-            if self.state.is_file() or not any(out.iterdir()):
-                shutil.rmtree(out)
-            else:
-                raise self.error("--force", f"would delete {out}, which is not a {self.what} output folder (no {name})")
+        if self.force:
+            self._start_over()
+        if out.exists() and not out.is_dir():
+            raise self.error(out, "is a file, not a folder", hint="choose another --out")
         if not self.state.is_file():
-            if out.exists() and any(out.iterdir()):
+            if not self.force and out.exists() and any(out.iterdir()):
                 raise self.error(out, f"exists and is not a {self.what} output folder (no {name})",
                                  hint="choose another --out")
             out.mkdir(parents=True, exist_ok=True)
+            self._check_links()
             self.save()
             return self
-        state = json.loads(self.state.read_text())
+        state = self._read_state()
+        self.written = {n for n in state.get("written") or [] if isinstance(n, str)}
+        self._check_links()
         have, want = state.get("config", {}), self.fingerprint
         diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         if diff:
@@ -70,7 +134,7 @@ class StageRunner:
                              hint="rerun with the same settings to continue, or use another --out, or --force "
                                   "to start over")
         for stage, rec in (state.get("stages") or {}).items():
-            if stage in self.records and rec.get("status") in ("ran", "reused"):
+            if stage in self.records and isinstance(rec, dict) and rec.get("status") in ("ran", "reused"):
                 r = self.records[stage]
                 r.status, r.first_seconds = "done_before", rec.get("first_seconds")
                 r.summary, r.info = rec.get("summary", ""), rec.get("info", {})
@@ -83,7 +147,8 @@ class StageRunner:
             if r.status == "done_before":
                 d["status"] = "reused"
             stages[n] = d
-        atomic_write_json(self.state, {"config": self.fingerprint, "stages": stages}, indent=2)
+        atomic_write_json(self.state, {"config": self.fingerprint, "stages": stages,
+                                       "written": sorted(self.written)}, indent=2)
 
     # ------------------------------------------------------------------------------------------------ running
     def log(self, text: str) -> None:
@@ -106,12 +171,15 @@ class StageRunner:
             return rec
         self.log(f"{tag}: {rec.description} ...")
         t0 = time.perf_counter()
+        before = set(os.listdir(self.out))
         try:
             summary, info = fn()
         except BaseException:
             rec.status, rec.seconds = "failed", time.perf_counter() - t0
+            self.written |= set(os.listdir(self.out)) - before
             self.save()
             raise
+        self.written |= set(os.listdir(self.out)) - before
         rec.status, rec.seconds = "ran", time.perf_counter() - t0
         rec.first_seconds, rec.summary, rec.info = rec.seconds, summary, info
         self.save()

@@ -60,9 +60,11 @@ def read_yaml(path: str | Path) -> dict:
     import yaml
     from omegaconf import OmegaConf
 
+    from veason_r1.errors import MissingInput
+
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: config file not found")
+        raise MissingInput(path, "config file not found", hint="check the path (--config / --rl-config)")
     try:
         loaded = OmegaConf.load(path)
     except yaml.YAMLError as e:
@@ -74,6 +76,8 @@ def read_yaml(path: str | Path) -> dict:
         raise ConfigError(f"{path}: cannot be read as YAML: {str(e).splitlines()[0]}") from None
     if not OmegaConf.is_dict(loaded):
         raise ConfigError(f"{path}: expected a mapping of keys to values, got a list")
+    if len(loaded) == 0:  # an empty file would silently mean "all defaults" (and a run on no data)
+        raise ConfigError(f"{path}: is empty: expected a mapping of keys to values")
     return OmegaConf.to_container(loaded, resolve=False)  # type: ignore[return-value]
 
 

@@ -112,6 +112,10 @@ def resolve_models(
     from veason_r1.inference.pipeline import build_engine
     from veason_r1.models.sam2 import load_sam2
 
+    if sam2_ckpt is not None and Path(sam2_ckpt).is_file():  # before the policy loads (minutes on a GPU node)
+        from veason_r1.inference.pipeline import check_sam2
+
+        check_sam2(sam2, sam2_ckpt)  # the run's own check: known config, a PyTorch checkpoint (one line if not)
     named = NAMED_POLICIES.get(model)
     if named is not None:
         folder = named.build(Path(cache_dir))

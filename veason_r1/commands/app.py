@@ -129,7 +129,9 @@ def _run(args: argparse.Namespace) -> int:
 
     # Everything a request writes (Gradio's uploads and served files, our per-request folders) lives here and is
     # removed when the server stops.
-    server_tmp = Path(tempfile.mkdtemp(prefix="veason-r1-app-"))
+    prune_stale_temp(Path(tempfile.gettempdir()))
+    server_tmp = Path(tempfile.mkdtemp(prefix=TEMP_PREFIX))
+    (server_tmp / PID_FILE).write_text(f"{os.getpid()}\n")
     try:
         os.environ["GRADIO_TEMP_DIR"] = str(server_tmp / "gradio")
         from veason_r1.app.ui import build_page, serve
@@ -144,6 +146,49 @@ def _run(args: argparse.Namespace) -> int:
         shutil.rmtree(server_tmp, ignore_errors=True)
     _exit_now()
     return 0
+
+
+TEMP_PREFIX = "veason-r1-app-"
+PID_FILE = "app.pid"
+STALE_WITHOUT_PID_S = 24 * 3600
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+def prune_stale_temp(tmp_root: Path) -> list[Path]:
+    """Delete the temp folders of app servers that are gone (SIGKILL, a crash, a power cut skip the `finally`).
+
+    A folder is ours if it is named `veason-r1-app-*`, is a real folder owned by this user, and either holds the
+    pid file of a process that no longer runs, or has no pid file (an older version) and is a day old. A live
+    server's folder is never touched. Returns what was removed."""
+    import shutil
+    import time
+
+    removed = []
+    for folder in tmp_root.glob(f"{TEMP_PREFIX}*"):
+        try:
+            st = folder.lstat()
+            if folder.is_symlink() or not folder.is_dir() or st.st_uid != os.getuid():
+                continue
+            try:
+                pid = int((folder / PID_FILE).read_text().strip())
+                stale = pid != os.getpid() and not _alive(pid)
+            except (OSError, ValueError):
+                stale = time.time() - st.st_mtime > STALE_WITHOUT_PID_S
+            if stale:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        except OSError:
+            continue
+    return removed
 
 
 def _exit_now() -> None:

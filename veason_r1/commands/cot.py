@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", choices=("openai", "synthetic"), default="openai")
     g = parser.add_argument_group("OpenAI-compatible endpoint")
     g.add_argument("--base-url", default=os.environ.get("OPENAI_BASE_URL"),
-                   help="endpoint base URL, e.g. https://host/v1 (default: $OPENAI_BASE_URL)")
+                   help="endpoint base URL, e.g. https://host/v1 (default: $OPENAI_BASE_URL); a URL with "
+                        "user:password@ is refused (it would be sent as HTTP Basic auth)")
     g.add_argument("--model", default=os.environ.get("OPENAI_MODEL"), help="model name (default: $OPENAI_MODEL)")
     g.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     g.add_argument("--api-key", default=None,
@@ -114,13 +115,16 @@ def run(args: argparse.Namespace) -> int:
     """User errors (flags, dataset, folder) are `UserError`s: `veason-r1` prints one line and exits 2."""
     from veason_r1.data.revos import ReVOSDataset
     from veason_r1.datacon.cot import CotConfig, run_cot
+    from veason_r1.paths import output_dir
     from veason_r1.sft.dataset import export_llamafactory_dataset
 
+    sft_dir = output_dir(args.out_dir, "sft", key="SFT dataset folder")  # refused if a link leads outside
+    boxed = output_dir(args.out_dir, "boxed_frames", key="boxed frames folder") if args.save_boxed_frames else None
     teacher = _teacher(args)
     ds = ReVOSDataset(args.root, args.split, meta_file=_meta_file(args), load_foreground=False)
     config = CotConfig(num_frames=args.frames, seed=args.seed, concurrency=args.concurrency, limit=args.limit,
                        max_per_video=args.max_per_video,
-                       boxed_frames_dir=str(args.out_dir / "boxed_frames") if args.save_boxed_frames else None)
+                       boxed_frames_dir=str(boxed) if boxed is not None else None)
     print(f"cot: {len(ds.expressions)} expressions in {ds.meta_file}; teacher {teacher!r}", file=sys.stderr)
     summary = run_cot(ds, teacher, args.out_dir, config, progress=not args.no_progress)
     print(summary.format())
@@ -129,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         from veason_r1.sft.dataset import load_cot_records
 
         records = load_cot_records(args.out_dir / FINAL_JSON)
-        info = export_llamafactory_dataset(records, args.out_dir / "sft", name=args.sft_name,
+        info = export_llamafactory_dataset(records, sft_dir, name=args.sft_name,
                                            image_size=args.image_size, progress=not args.no_progress)
         print(f"SFT dataset: {len(records)} rows, {info} (entry {args.sft_name!r})")
     if summary.aborted:

@@ -70,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         run_stage2,
     )
     from veason_r1.models.policy import check_model_dir
+    from veason_r1.paths import check_output_folder
 
     shard = args.shard or Shard()
     stages = [] if args.merge_only else [s for s, n in (("stage1", "1"), ("stage2", "2")) if args.stage in (n, "all")]
@@ -91,8 +92,7 @@ def run(args: argparse.Namespace) -> int:
     )
     if not Path(args.data).is_dir():
         raise MissingInput(f"--data {args.data}", "no such folder")
-    if Path(args.out).exists() and not Path(args.out).is_dir():
-        raise BadInput(f"--out {args.out}", "exists and is not a folder")
+    check_output_folder(args.out)
     if "stage1" in stages and config.needs_policy:
         if not args.model:
             raise BadInput("--model", "required unless both --oracle-keyframe and --oracle-boxes are given")

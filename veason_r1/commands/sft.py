@@ -61,11 +61,13 @@ def run(args: argparse.Namespace) -> int:
     import torch
 
     from veason_r1.models.policy import check_model_dir
+    from veason_r1.paths import check_output_folder
     from veason_r1.sft.config import launch_world_size
     from veason_r1.sft.train import check_dataset, run_sft
 
     # user errors (config file, flags, data, base model) are `UserError`s: one line, exit 2, before any training
     config = _build_config(args)
+    check_output_folder(args.out)  # the same check `preflight sft` makes
     world = launch_world_size(args.launcher) if torch.cuda.is_available() else 1
     _, batch_line = config.for_world_size(world)  # the recipe's effective batch, whatever the GPU count
     config, notes = config.for_device(torch.cuda.is_available(), world)

@@ -49,6 +49,48 @@ def rle_size(rle: dict) -> tuple[int, int]:
     return int(rle["size"][0]), int(rle["size"][1])
 
 
+def rle_counts(rle: dict) -> list[int]:
+    """The run lengths of a COCO RLE (list counts, or the compressed string decoded as pycocotools' rleFrString
+    does); ValueError when the string is cut short."""
+    counts = rle["counts"]
+    if not isinstance(counts, (str, bytes)):
+        return [int(c) for c in counts]
+    s = counts.encode("ascii") if isinstance(counts, str) else counts
+    out: list[int] = []
+    p = 0
+    while p < len(s):
+        x, k, more = 0, 0, True
+        while more:
+            if p >= len(s):
+                raise ValueError("RLE counts string cut short")
+            c = s[p] - 48
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            p, k = p + 1, k + 1
+            if not more and c & 0x10:
+                x |= -1 << (5 * k)
+        if len(out) > 2:
+            x += out[-2]
+        out.append(x)
+    return out
+
+
+def rle_problem(rle: dict, shape: tuple[int, int]) -> str | None:
+    """Why `rle` cannot be a mask of `shape` (its declared size, or runs that do not cover the frame), or None.
+    Checked before decoding: pycocotools reports a size mismatch as "Invalid RLE mask representation" and pads
+    short runs silently. Malformed RLEs return None here and fail in `decode_rle`."""
+    try:
+        h, w = rle_size(rle)
+        covered = sum(rle_counts(rle))
+    except (TypeError, KeyError, ValueError, IndexError):
+        return None
+    if (h, w) != tuple(shape):
+        return f"RLE is {h}x{w}, the video's frames are {shape[0]}x{shape[1]}"
+    if covered != h * w:
+        return f"RLE runs cover {covered} pixels, the frame has {h * w}"
+    return None
+
+
 def union_masks(masks: Iterable[np.ndarray | None], shape: tuple[int, int]) -> np.ndarray:
     """OR of several masks; absent ones (`None`) contribute nothing."""
     out = np.zeros(shape, dtype=bool)

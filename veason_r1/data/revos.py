@@ -22,7 +22,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from veason_r1.benchmarks import DEFAULT_SPLITS
-from veason_r1.data.masks import coco_rle, decode_rle, rle_area, rle_size, union_masks
+from veason_r1.data.masks import coco_rle, decode_rle, rle_area, rle_counts, rle_problem, rle_size, union_masks
 from veason_r1.data.video import JpegFolderSource
 from veason_r1.errors import BadInput, MissingInput, MissingKey
 from veason_r1.paths import check_name, safe_join
@@ -232,6 +232,9 @@ class ReVOSDataset:
         of another size than `size`, is a `BadInput` naming the anno_id and the frame."""
         rle = self._rle(anno_id, t)
         where = f"anno_id {anno_id!r}, frame {t}"
+        problem = rle_problem(rle, size) if rle is not None and size is not None else None
+        if problem:  # the size is wrong, not the RLE (eval says the same)
+            raise BadInput(self.mask_dict_file, f"{where}: {problem}")
         try:
             mask = decode_rle(rle)
         except (ValueError, TypeError, KeyError, IndexError) as e:  # pycocotools: "Invalid RLE mask representation"
@@ -258,13 +261,17 @@ class ReVOSDataset:
         for t in range(n):
             rles = [(a, self._rle(a, t)) for a in expr.anno_ids]
             rles = [(a, r) for a, r in rles if r is not None]
-            for a, r in rles:  # header checks only: a full decode of every frame would be slow
+            checked = self.__dict__.setdefault("_rles_checked", set())  # (anno_id, t): run lengths summed once
+            for a, r in rles:  # header and run-length checks only: a full decode of every frame would be slow
+                if (a, t) in checked:
+                    continue
                 try:
-                    ok = rle_size(r) == (h, w)
+                    ok = rle_size(r) == (h, w) and sum(rle_counts(r)) == h * w
                 except (TypeError, KeyError, ValueError, IndexError):
                     ok = False
                 if not ok:
                     self.object_mask(a, t, (h, w))  # raises the precise error (bad RLE or wrong size)
+                checked.add((a, t))
             try:
                 if not rles:
                     areas.append(0)

@@ -607,8 +607,11 @@ def write_benchmark(out: Path, cfg: SynthConfig, fmt: str = "revos", progress: b
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; choose one of {', '.join(FORMATS)}")
     cfg.validate()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from dataclasses import asdict
+
+    from veason_r1.paths import claim_output_dir
+
+    out = claim_output_dir(out, "synth", {"format": fmt, **asdict(cfg)})  # never into a folder it did not make
     frame_names_cache: dict[int, list[str]] = {}
     metas: dict[str, dict] = {"train": {}, "valid": {}}
     mask_dicts: dict[str, dict] = {"train": {}, "valid": {}}

@@ -77,7 +77,10 @@ class Teacher(Protocol):
 
 
 def redact(text: str, secret: str | None) -> str:
-    return text.replace(secret, "***") if secret else text
+    """`text` without `secret` in any encoding an echo may carry (`veason_r1.redact`)."""
+    from veason_r1.redact import redact_urls
+
+    return redact_urls(text, secret)
 
 
 def backoff_delay(attempt: int, base: float, cap: float, rng: random.Random) -> float:
@@ -115,12 +118,24 @@ class OpenAITeacher:
 
     def __init__(self, config: EndpointConfig, api_key: str, on_retry: Callable[[str], None] | None = None,
                  seed: int | None = None):
+        import os
+
         import openai
+
+        from veason_r1.errors import BadInput
+        from veason_r1.redact import register_secret, url_has_credentials
 
         if not api_key:
             raise ValueError("no API key: set the environment variable named by --api-key-env or pass --api-key")
         if config.max_attempts < 1:
             raise ValueError(f"max_attempts must be >= 1, got {config.max_attempts}")
+        register_secret(api_key)  # from now on every redact_urls removes it, in every encoding
+        base_url = config.base_url or os.environ.get("OPENAI_BASE_URL")  # the openai client reads the variable too
+        if url_has_credentials(base_url):
+            raise BadInput("--base-url" if config.base_url else "$OPENAI_BASE_URL",
+                           "holds credentials (user:password@host), which would be sent as HTTP Basic auth and may "
+                           "be echoed back; the URL is not shown",
+                           hint="remove user:password@ from the URL and pass the key in $OPENAI_API_KEY")
         self.config = config
         self._key = api_key
         self._openai = openai

@@ -304,8 +304,9 @@ def write_result(
     """Write `masks/<frame>.png` (0/255, original size), `result.json`, and `overlay.mp4`; returns out_dir.
 
     The masks go to a private folder that then replaces `masks/` whole, so a reused OUT never keeps another
-    video's frames beside the new ones. An existing `masks/` is replaced only if an earlier `infer` made it (it
-    holds the ownership marker); anything else there is refused before writing."""
+    video's frames beside the new ones, and without an overlay an earlier run's `overlay.mp4` is removed. An
+    existing `masks/` is replaced only if an earlier `infer` made it (it holds the ownership marker); anything else
+    there is refused before writing."""
     from veason_r1.inference.overlay import OverlayStyle, overlay_frames, write_mp4
     from veason_r1.io_utils import atomic_write_json
 
@@ -318,9 +319,12 @@ def write_result(
     t0 = time.perf_counter()
     for name, mask in _progress(zip(result.frame_names, result.masks), progress, len(result.masks), "masks"):
         (tmp_dir / f"{name}.png").write_bytes(mask_png_bytes(mask))
+    reused = is_owned(masks_dir)  # an earlier `infer` wrote this OUT: its overlay.mp4 is ours too
     remove_owned_tree(masks_dir, out)
     os.replace(tmp_dir, masks_dir)
     result.timings["write_masks_s"] = time.perf_counter() - t0
+    if not overlay and reused:  # --no-overlay must not leave the previous video's overlay beside the new masks
+        (out / "overlay.mp4").unlink(missing_ok=True)
     if overlay:
         t0 = time.perf_counter()
         frames = iter_frames(source)
@@ -426,14 +430,10 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
 
 def check_sam2(name: str, checkpoint: str | None) -> None:
     """Resolve `--sam2` and check `--sam2-ckpt` before any expensive stage (the policy pass can take hours):
-    the config must be known, the checkpoint a complete PyTorch zip archive. `UserError` naming the flag/file."""
-    from veason_r1.models.sam2 import SAM2_CONFIGS, _config_path
+    the config must be known (a yaml must parse and name a model), the checkpoint a complete PyTorch zip archive. `UserError` naming the flag/file."""
+    from veason_r1.models.sam2 import sam2_config
 
-    try:
-        _config_path(name)
-    except ValueError:
-        raise BadInput("--sam2", f"unknown SAM2 config {name!r}",
-                       hint=f"use tiny, one of {', '.join(sorted(SAM2_CONFIGS))}, or a yaml path") from None
+    sam2_config(name)  # known name, or a yaml that parses and names a model
     if checkpoint is None:
         return
     check_torch_checkpoint(checkpoint, "--sam2-ckpt")

@@ -16,7 +16,7 @@ records in dataset order into `PRED/predictions.jsonl` and checks every mask fol
 
 Untrusted datasets and resumes (docs/inference.md, "What predict refuses"): before anything is written, every
 output path built from a video name, expression id or frame name must stay inside PRED (`veason_r1.paths`), and the
-run's fingerprint (`PredictConfig.fingerprint`: data, both models and checkpoints by sampled content hash, sizes,
+run's fingerprint (`PredictConfig.fingerprint`: data, both models and checkpoints by whole-content hash, sizes,
 frames, decoding) must equal the one cached in `.stage1/config.json`, else the run stops naming the differing keys.
 Each mask folder holds a manifest (`MASK_MANIFEST`: byte size and CRC-32 of every PNG, and the digest of the
 settings that made it): it is the folder's ownership marker (a folder without one is never deleted or replaced)
@@ -52,7 +52,7 @@ from veason_r1.inference.pipeline import (
 )
 from veason_r1.benchmarks import BENCHMARKS, DEFAULT_SPLITS, benchmark  # noqa: F401 - BENCHMARKS re-exported
 from veason_r1.io_utils import append_jsonl, atomic_write_json, atomic_write_text, file_identity, read_jsonl
-from veason_r1.paths import mark_owned, name_problem, remove_owned_tree, safe_join
+from veason_r1.paths import mark_owned, name_problem, output_dir, remove_owned_tree, safe_join
 
 STAGE1_DIR = ".stage1"
 PARTIAL_DIR = ".partial"
@@ -179,7 +179,7 @@ class PredictConfig:
 
     def fingerprint(self) -> dict[str, dict]:
         """The settings that change outputs, by stage: `common` (what is predicted and how it is batched), `stage1`
-        (policy, its files by sampled content hash, frames, sizes, decoding, oracles), `stage2` (SAM2 config and
+        (policy, its files by whole-content hash, frames, sizes, decoding, oracles), `stage2` (SAM2 config and
         checkpoint by content hash)."""
         common = {"benchmark": self.benchmark, "split": self.split, "limit": self.limit,
                   "batch_size": self.batch_size, "data": _resolved(self.data)}
@@ -206,7 +206,7 @@ MODEL_FILE_PATTERNS = ("config.json", "generation_config.json", "*.safetensors",
 
 
 def model_files_identity(model_dir: str | None) -> dict[str, dict] | None:
-    """Sampled content identity of every file of a policy folder that can change its outputs."""
+    """Content identity (whole-file sha256) of every file of a policy folder that can change its outputs."""
     if not model_dir or not Path(model_dir).is_dir():
         return None
     root = Path(model_dir)
@@ -215,7 +215,8 @@ def model_files_identity(model_dir: str | None) -> dict[str, dict] | None:
 
 
 def stage1_dir(pred: str | os.PathLike) -> Path:
-    return Path(pred) / STAGE1_DIR
+    """PRED/.stage1, refused when it leads outside PRED (a symbolic link): `veason_r1.paths.output_dir`."""
+    return output_dir(pred, STAGE1_DIR, key="stage-1 cache folder")
 
 
 def _short(value: Any) -> str:
@@ -267,14 +268,19 @@ def masks_digest(cached: dict) -> str | None:
 
 def check_output_paths(dataset: Any, pred: str | os.PathLike, expressions: Sequence[Any],
                        config: PredictConfig | None = None) -> None:
-    """Every mask folder and PNG name of `expressions` lies inside PRED; raises (before any write) naming the key."""
+    """Every mask folder and PNG name of `expressions` lies inside PRED, and every video has frames; raises (before
+    any write) naming the key."""
     seen_videos: set[str] = set()
     for e in expressions:
         expression_dir(pred, *(prediction_parts(dataset, e, config) if config else (e.video, e.exp_id)))
         if e.video in seen_videos:
             continue
         seen_videos.add(e.video)
-        for t, name in enumerate(dataset.frames(e.video).names):
+        names = dataset.frames(e.video).names
+        if not len(names):  # nothing to sample, segment or score
+            raise BadInput(getattr(dataset, "meta_file", None) or pred, f"video {e.video!r} has no frames",
+                           hint="add its frames or remove the video (`veason-r1 doctor` lists such videos)")
+        for t, name in enumerate(names):
             problem = name_problem(name)
             if problem:
                 raise BadInput(pred, f"video {e.video!r}, frame {t}: unsafe frame name: {problem}")
@@ -557,7 +563,7 @@ def run_stage2(
     digest = masks_digest(cached)
     records = load_stage1(pred)
     blocks = make_blocks(select_expressions(dataset, config), config.batch_size)
-    partial_root = Path(pred) / PARTIAL_DIR / shard.tag
+    partial_root = output_dir(pred, PARTIAL_DIR, shard.tag, key="temporary mask folder")
     remove_owned_tree(partial_root, pred)  # leftovers of this shard's killed run (refused if not ours)
     stats = {"written": 0, "skipped": 0, "missing_stage1": 0, "sam2_s": 0.0, "write_s": 0.0, "write_wait_s": 0.0}
     owner: dict[tuple[str, str], str] = {}  # a folder shared by several expressions (ReasonVOS obj_id layout): first

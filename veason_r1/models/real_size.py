@@ -74,6 +74,9 @@ def save_real_size_policy(out_dir: str | Path, size: str = "3b", device: str = "
     model, processor = build_real_size_model(size, device, dtype, seed)
     model.save_pretrained(out)
     processor.save_pretrained(out)
+    from veason_r1.io_utils import honour_umask
+
+    honour_umask(out)  # safetensors writes 0600
     del model
     if str(device).startswith("cuda"):
         torch.cuda.empty_cache()

@@ -126,6 +126,33 @@ def _config_path(name: str) -> tuple[Path, dict[str, Any]]:
     raise ValueError(f"unknown SAM2 config {name!r}: use 'tiny', one of {sorted(SAM2_CONFIGS)} or a yaml path")
 
 
+def sam2_config(name: str):
+    """(OmegaConf config with our overrides, yaml path) for `--sam2 name`; a missing, unparsable or non-SAM2 yaml
+    is a `BadInput` naming the file (checked before any stage by `check_sam2`, and again when the model is built)."""
+    from omegaconf import OmegaConf
+
+    from veason_r1.errors import BadInput
+
+    try:
+        path, overrides = _config_path(name)
+    except ValueError:
+        raise BadInput("--sam2", f"unknown SAM2 config {name!r}",
+                       hint=f"use tiny, one of {', '.join(sorted(SAM2_CONFIGS))}, or a yaml path") from None
+    try:
+        cfg = OmegaConf.load(path)
+    except Exception as e:  # noqa: BLE001 - yaml.YAMLError, OmegaConf's own, a folder, unreadable bytes
+        raise BadInput(path, f"--sam2 {name}: not a readable YAML file ({type(e).__name__}: "
+                             f"{(str(e).strip().splitlines() or [''])[0][:200]})") from None
+    model = cfg.get("model") if OmegaConf.is_dict(cfg) else None
+    if not OmegaConf.is_dict(model) or "_target_" not in model:
+        raise BadInput(path, f"--sam2 {name}: not a SAM2 config (no model._target_)",
+                       hint="use one of SAM2's own configs (e.g. sam2.1_hiera_l) or a copy of one")
+    for key, value in {**overrides, **VIDEO_PREDICTOR_OVERRIDES}.items():
+        OmegaConf.update(cfg, key, value, force_add=True)
+    OmegaConf.resolve(cfg)
+    return cfg, path
+
+
 def build_sam2_model(name: str, checkpoint: str | None = None, device: str = "cpu", seed: int = 0):
     """A `SAM2VideoPredictor` from a config (Hydra-style overrides applied with OmegaConf, no global Hydra state).
 
@@ -135,20 +162,22 @@ def build_sam2_model(name: str, checkpoint: str | None = None, device: str = "cp
     """
     import torch
     from hydra.utils import instantiate
-    from omegaconf import OmegaConf
 
     from veason_r1.models.toy import is_toy, toy_sam2_checkpoint
 
     if is_toy(name) and checkpoint is None:
         checkpoint = str(toy_sam2_checkpoint())  # the shipped toy weights (`veason-r1 make-toy sam2`)
-    path, overrides = _config_path(name)
-    cfg = OmegaConf.load(path)
-    for key, value in {**overrides, **VIDEO_PREDICTOR_OVERRIDES}.items():
-        OmegaConf.update(cfg, key, value, force_add=True)
-    OmegaConf.resolve(cfg)
+    cfg, path = sam2_config(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        model = instantiate(cfg.model, _recursive_=True)
+        try:
+            model = instantiate(cfg.model, _recursive_=True)
+        except Exception as e:  # noqa: BLE001 - Hydra wraps a wrong _target_ or argument in its own error types
+            from veason_r1.errors import BadInput
+
+            raise BadInput(path, f"--sam2 {name}: the config does not build a SAM2 model "
+                                 f"({type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]})",
+                           hint="use one of SAM2's own configs (e.g. sam2.1_hiera_l) or a copy of one") from None
     if checkpoint is None:
         _log.warning("SAM2 %r runs WITHOUT A CHECKPOINT: random weights (seed %d); its masks and the consistency "
                      "reward are noise. Give the checkpoint (e.g. --sam2-ckpt / reward.sam2_checkpoint) for real runs.",
@@ -157,19 +186,36 @@ def build_sam2_model(name: str, checkpoint: str | None = None, device: str = "cp
         ckpt = Path(checkpoint)
         if not ckpt.is_file():
             raise FileNotFoundError(f"SAM2 checkpoint not found: {ckpt}")
-        try:
-            state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
-        except (RuntimeError, EOFError, OSError, ValueError) as e:  # truncated zip, bad pickle, ...
-            from veason_r1.errors import BadInput
+        import pickle
+        import warnings
 
-            raise BadInput(ckpt, f"SAM2 checkpoint does not load ({str(e).splitlines()[0][:200]})",
-                           hint="download it again") from None
+        from veason_r1.errors import BadInput
+
+        try:
+            with warnings.catch_warnings():  # torch warns about the "pickle protocol" of random bytes
+                warnings.simplefilter("ignore", UserWarning)
+                state = torch.load(str(ckpt), map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001 - truncated zip, random bytes (UnpicklingError), another format
+            first = ("its pickle does not parse (random bytes or another format)" if isinstance(e, pickle.UnpicklingError)
+                     else f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}")
+            raise BadInput(ckpt, f"SAM2 checkpoint does not load ({first})",
+                           hint="download it again (e.g. sam2.1_hiera_large.pt from the SAM2 release)") from None
         state = state.get("model", state) if isinstance(state, dict) else state
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ValueError(
-                f"checkpoint {ckpt} does not fit config {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}"
-            )
+        if not isinstance(state, dict):
+            raise BadInput(ckpt, f"SAM2 checkpoint holds a {type(state).__name__}, not a state dict")
+        own = model.state_dict()
+        wrong = [f"{k} {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in state.items()
+                 if k in own and hasattr(v, "shape") and tuple(v.shape) != tuple(own[k].shape)]
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        if wrong or missing or unexpected:  # e.g. a Hiera-L .pt for a Hiera-T config: torch's 264-line paragraph
+            parts = [f"{len(wrong)} tensors of another size (first: {wrong[0]})" if wrong else "",
+                     f"missing {missing[:3]}" if missing else "", f"unexpected {unexpected[:3]}" if unexpected else ""]
+            raise BadInput(ckpt, f"checkpoint does not fit SAM2 config {name!r}: "
+                                 + "; ".join(p for p in parts if p),
+                           hint="pass the --sam2 config this checkpoint was trained with (e.g. sam2.1_hiera_l for "
+                                "sam2.1_hiera_large.pt)")
+        model.load_state_dict(state, strict=True)
     return model.to(device).eval()
 
 

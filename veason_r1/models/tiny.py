@@ -424,6 +424,9 @@ def make_tiny_qwen(out_dir, seed: int = 0, config: TinyQwenConfig | None = None,
     processor.save_pretrained(tmp)
     _write_legacy_files(tmp, processor.tokenizer, processor, model.config)
     (tmp / "tiny_config.json").write_text(json.dumps({"seed": seed, "dtype": dtype, **asdict(cfg)}, indent=2))
+    from veason_r1.io_utils import honour_umask
+
+    honour_umask(tmp)  # safetensors writes 0600
     for f in tmp.iterdir():
         f.replace(out / f.name)
     tmp.rmdir()

@@ -13,7 +13,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from veason_r1.io_utils import atomic_write_json, atomic_write_text
+from veason_r1.io_utils import atomic_write_json, atomic_write_text, honour_umask
 
 TRACKER = "latest_checkpointed_iteration.txt"
 BEST = "best_checkpoint.json"
@@ -51,6 +51,7 @@ def save(root: str | Path, step: int, model, processor, optimizer, state: dict[s
         processor.save_pretrained(str(tmp / "model"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     atomic_write_json(tmp / "trainer_state.json", state, indent=2)
+    honour_umask(tmp)  # safetensors' files are written 0600
     if out.exists():
         shutil.rmtree(out)
     tmp.rename(out)

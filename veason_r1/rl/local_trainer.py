@@ -121,7 +121,9 @@ class LocalGRPOTrainer:
 
         pixel_bounds(cfg.data.image_size)
         if not cfg.data.train_root:
-            raise ValueError("data.train_root is empty: give a ReVOS-format root")
+            from veason_r1.errors import BadInput
+
+            raise BadInput("data.train_root", "is empty", hint="give a ReVOS-format root (--set data.train_root=DIR)")
         d = cfg.data
         train = ReVOSDataset(d.train_root, d.train_split, load_foreground=False)
         builder = RLSampleBuilder(train, d.num_frames, d.image_size, d.keyframe_top_k)

@@ -41,6 +41,16 @@ PATH_FIELDS = ("model_name_or_path", "dataset_dir", "output_dir", "export_dir")
 EXPORT_FIELDS = ("export_dir", "export_size", "infer_dtype")
 
 
+
+def optimizer_names() -> list[str]:
+    """The `optim` values transformers accepts (its `OptimizerNames`); a value outside them crashed `sft` only after
+    the data checks, and `preflight sft` passed it. Validated here, so both go through the one check."""
+    try:
+        from transformers.training_args import OptimizerNames
+    except ImportError:  # transformers absent: the recipe's own choices only
+        return ["adamw_torch", "adamw_torch_fused", "adafactor", "sgd"]
+    return [o.value for o in OptimizerNames]
+
 @dataclass
 class SFTConfig:
     """LoRA CoT SFT. Defaults are the 3B recipe on one 80 GB GPU (effective batch 16)."""
@@ -146,6 +156,8 @@ class SFTConfig:
         need(self.seed >= 0, "seed", "must be >= 0")
         need(self.lr_scheduler_type in LR_SCHEDULERS, "lr_scheduler_type",
              f"must be one of {', '.join(LR_SCHEDULERS)}")
+        optims = optimizer_names()
+        need(self.optim in optims, "optim", f"must be an optimizer transformers knows (e.g. {', '.join(optims[:4])})")
         need(self.flash_attn in FLASH_ATTN, "flash_attn", f"must be one of {', '.join(FLASH_ATTN)}")
         need(self.infer_dtype in ("auto", "float16", "bfloat16", "float32"), "infer_dtype",
              "must be auto, float16, bfloat16 or float32")

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from veason_r1.errors import BadInput, MissingInput, UserError
-from veason_r1.io_utils import atomic_write_json, atomic_write_text
+from veason_r1.io_utils import atomic_write_json, atomic_write_text, honour_umask
 from veason_r1.paths import is_owned, mark_owned, remove_owned_tree
 from veason_r1.prompting import IMAGE_PLACEHOLDER
 from veason_r1.sft.config import SFTConfig
@@ -253,6 +253,7 @@ def train_lora(config: SFTConfig, launcher: str = "inprocess", force: bool = Fal
         run_exp(dict(args))
     if not (out / "adapter_model.safetensors").is_file() and not (out / "adapter_model.bin").is_file():
         raise RuntimeError(f"LLaMA-Factory finished but wrote no adapter weights in {out}")
+    honour_umask(out)  # PEFT's safetensors are written 0600
     metrics = json.loads((out / "train_results.json").read_text()) if (out / "train_results.json").is_file() else {}
     atomic_write_json(
         out / TRAIN_DONE,
@@ -314,6 +315,7 @@ def merge_lora(
         missing.append("processor config")
     if missing:
         raise RuntimeError(f"LLaMA-Factory export left an incomplete model in {tmp}: missing {missing}")
+    honour_umask(tmp)  # safetensors' shards are written 0600
     atomic_write_json(tmp / MERGE_DONE, {"base": config.model_name_or_path, "adapter": str(adapter)}, indent=2)
     remove_owned_tree(target, target.parent, marker=MERGE_DONE)  # an earlier merge (--force): ours, checked above
     tmp.rename(target)
