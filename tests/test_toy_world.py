@@ -246,6 +246,32 @@ def test_make_toy_refuses_bad_flags(tmp_path, capsys):
     assert "--train-videos" in err and "Traceback" not in err and not (tmp_path / "x").exists()
 
 
+def test_make_toy_owns_only_what_it_made(tmp_path, capsys):
+    """Issue 26 items 3 and 7: a folder make-toy did not make is refused before any write (it used to delete any
+    `_work` there and overwrite config.json), an --out that is a file or an unknown --device is one line; the
+    shipped toy folders carry make-toy's marker, so rebuilding into them stays possible."""
+    from veason_r1.cli import main
+    from veason_r1.models.toy import TOY_POLICY_DIR, TOY_SAM2_CHECKPOINT
+    from veason_r1.paths import OWNER_MARKER
+
+    user = tmp_path / "mine"
+    (user / "_work").mkdir(parents=True)
+    (user / "_work" / "notes.txt").write_text("keep me")
+    (user / "config.json").write_text("{}")
+    assert main(["make-toy", "policy", "--out", str(user), "--steps", "1"]) == 2
+    assert "was not made by veason-r1 make-toy" in capsys.readouterr().err
+    assert (user / "_work" / "notes.txt").read_text() == "keep me" and (user / "config.json").read_text() == "{}"
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["make-toy", "sam2", "--out", str(a_file)]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err and a_file.read_text() == "x"
+    assert main(["make-toy", "sam2", "--out", str(tmp_path / "t"), "--device", "tpu"]) == 2
+    err = capsys.readouterr().err
+    assert "--device" in err and "Traceback" not in err and not (tmp_path / "t").exists()
+    for folder in (TOY_POLICY_DIR, TOY_SAM2_CHECKPOINT.parent):
+        assert "make-toy" in (folder / OWNER_MARKER).read_text()
+
+
 def test_toy_training_resumes_and_refuses_other_settings(tmp_path):
     """A stopped run continues from its train state (same steps, its loss history kept); a run with other settings
     in the same work folder is refused, naming the differing setting."""
@@ -262,3 +288,58 @@ def test_toy_training_resumes_and_refuses_other_settings(tmp_path):
     assert again["steps"] == 25 and again["history"] == first["history"]
     with pytest.raises(BadInput, match=r"lr: 0.002 -> 0.01"):
         train(tmp_path, dataclasses.replace(cfg, lr=0.01), progress=False)
+
+
+def _interrupted_then_resumed(monkeypatch, train, work, cfg, stop_at: int):
+    """Run `train` until the checkpoint at `stop_at` is written, die there (as a SIGKILL after a save would), then
+    re-run the same call: the resume."""
+    from veason_r1.toy.schedule import TrainState
+
+    save = TrainState.save
+
+    def save_then_die(self, *args, **kwargs):
+        save(self, *args, **kwargs)
+        if self.step == stop_at:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(TrainState, "save", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            train(work, cfg, progress=False)
+    return train(work, cfg, progress=False)
+
+
+def _weights(work):
+    import torch
+
+    return torch.load(work / "train_state.pt", map_location="cpu", weights_only=False)["model"]
+
+
+@pytest.mark.parametrize("which", ["sam2", "policy"])
+def test_a_resumed_build_equals_an_uninterrupted_one_and_refuses_new_steps(tmp_path, monkeypatch, which):
+    """Issue 26 item 5: each step's batch is a function of (seed, step), so a build killed after a checkpoint and
+    re-run ends with exactly the weights of one that ran through, whatever the number of loader processes; a resume
+    with another step count is refused, naming it."""
+    import dataclasses
+
+    import torch
+
+    from veason_r1.errors import BadInput
+
+    torch.set_num_threads(1)
+    if which == "sam2":
+        from veason_r1.toy.sam2_train import ToySAM2TrainConfig as Config, train
+
+        cfg = Config(train_videos=3, batch_size=2, num_frames=2, workers=0, steps=4, checkpoint_every=2,
+                     warmup_steps=1)
+    else:
+        from veason_r1.toy.policy_train import ToyPolicyTrainConfig as Config, train
+
+        cfg = Config(batch_size=2, workers=0, steps=4, checkpoint_every=2, warmup_steps=1)
+    resumed = _interrupted_then_resumed(monkeypatch, train, tmp_path / "a", cfg, stop_at=2)
+    through = train(tmp_path / "b", dataclasses.replace(cfg, workers=1), progress=False)
+    assert resumed["steps"] == through["steps"] == 4
+    a, b = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(BadInput, match=r"steps: 4 -> 6"):
+        train(tmp_path / "a", dataclasses.replace(cfg, steps=6), progress=False)

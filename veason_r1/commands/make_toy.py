@@ -36,20 +36,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import os
+    import re
     import shutil
-    from pathlib import Path
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
 
     from veason_r1.errors import BadInput
     from veason_r1.io_utils import atomic_write_json
+    from veason_r1.paths import check_output_folder, claim_output_dir, mark_owned, output_dir, remove_owned_tree
 
     if args.which == "policy" and args.train_videos is not None:
         raise BadInput("--train-videos", "only for `make-toy sam2`", hint="the policy draws fresh videos")
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    out = Path(args.out)
-    work = out / "_work"
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", device):
+        raise BadInput("--device", f"{args.device!r} is not a device here", hint="auto, cpu, cuda or cuda:N")
+    out = check_output_folder(args.out)
     overrides = {k: v for k, v in (("steps", args.steps), ("batch_size", args.batch_size),
                                    ("workers", args.workers), ("seed", args.seed)) if v is not None}
     if args.which == "sam2":
@@ -62,7 +64,11 @@ def run(args: argparse.Namespace) -> int:
 
         extra = {"heldout_samples": args.heldout} if args.heldout else {}
         cfg = _config(toy.ToyPolicyTrainConfig, {**overrides, **extra}, args.set)
-    work.mkdir(parents=True, exist_ok=True)  # only once the settings are known to be good
+    # only once the settings are known to be good: the folder must be new, empty or an earlier make-toy's (its
+    # marker); _work is make-toy's own, deleted only through the ownership rule
+    claim_output_dir(out, "make-toy")
+    work = output_dir(out, "_work")
+    mark_owned(work, "make-toy")
     if args.which == "sam2":
         from veason_r1.models.sam2 import load_sam2
 
@@ -85,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     # the learning curve (loss every 25 steps; the policy's held-out scores every `eval_every` steps), for plots
     atomic_write_json(out / "curve.json", summary["history"])
     if not args.keep_work:
-        shutil.rmtree(work)
+        remove_owned_tree(work, out)
     return 0
 
 

@@ -49,6 +49,9 @@ class ToyPolicyTrainConfig:
     coord_sigma: float = 1.0
     # the RoPE base of the model built (None: models.toy.TOY_POLICY_CONFIG's); for ablations of the position signal
     rope_theta: float | None = None
+    # start from this toy policy folder's weights instead of random init (same shapes; the config, e.g. the RoPE
+    # base, is this build's): continuing a build with new settings, or from weights carried back from a GPU
+    init_from: str | None = None
     # fewer absent-target samples (their "0" token was where greedy coordinates collapsed) and more samples per
     # rendered video (rendering was two thirds of the loader's time)
     tasks: GroundingConfig = field(default_factory=lambda: GroundingConfig(absent_keep=0.35, samples_per_video=24))
@@ -168,11 +171,26 @@ def _stream_class():
     return Stream
 
 
-class _Stream:
-    """torch IterableDataset over fresh samples; each worker draws its own disjoint slice of the video indices."""
+VIDEOS_PER_BATCH_SLOT = 64  # video indices reserved for one batch (a batch of 128 at 24 samples per video uses ~7)
 
-    def __init__(self, model_dir: str, cfg: ToyPolicyTrainConfig):
-        self.model_dir, self.cfg = model_dir, cfg
+
+def batch_samples(cfg: ToyPolicyTrainConfig, step: int) -> list[ToySample]:
+    """The samples of optimizer step `step`: a function of (data_seed, step) alone.
+
+    Why: the build must give the same weights whether it ran through, resumed after a crash, or used another number
+    of loader processes. Step k's batch comes from its own seeded stream over its own slot of video indices, so a
+    resumed run simply starts at the step it had reached."""
+    stream = SampleStream(cfg.tasks, seed=cfg.data_seed, first_index=step * VIDEOS_PER_BATCH_SLOT)
+    stream.rng.seed(cfg.data_seed * 10_000_019 + step)
+    return [next(stream) for _ in range(cfg.batch_size)]
+
+
+class _Stream:
+    """torch IterableDataset of collated batches from `start_step` on: worker w of n builds batches start + w,
+    start + w + n, ... and the DataLoader hands them out in step order."""
+
+    def __init__(self, model_dir: str, cfg: ToyPolicyTrainConfig, start_step: int = 0):
+        self.model_dir, self.cfg, self.start_step = model_dir, cfg, start_step
 
     def __iter__(self):
         import torch
@@ -183,12 +201,13 @@ class _Stream:
         wid, nw = (info.id, info.num_workers) if info else (0, 1)
         torch.set_num_threads(1)
         processor = load_processor(self.model_dir)
-        stream = SampleStream(self.cfg.tasks, seed=self.cfg.data_seed, first_index=wid, stride=nw)
-        stream.rng.seed(self.cfg.data_seed * 1000 + wid)
-        for sample in stream:
-            yield encode(processor, sample, self.cfg.tasks.image_size, pixels=False)
-
-
+        pad_id = processor.tokenizer.pad_token_id
+        step = self.start_step + wid
+        while True:
+            items = [encode(processor, s, self.cfg.tasks.image_size, pixels=False)
+                     for s in batch_samples(self.cfg, step)]
+            yield collate(items, pad_id)
+            step += nw
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -207,7 +226,6 @@ def init_model_dir(out: Path, seed: int, rope_theta: float | None = None) -> Pat
 def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: bool = True,
           time_budget_s: float | None = None) -> dict[str, Any]:
     """Train from `work/init` (made on first call), resuming from `work/train_state.pt`; returns a summary."""
-    import functools
 
     import torch
     from tqdm import tqdm
@@ -220,9 +238,12 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
     init = work / "init"
     if not (init / "config.json").is_file():
         init_model_dir(init, cfg.seed, cfg.rope_theta)
+        if cfg.init_from:
+            _take_weights(init, cfg.init_from)
     processor = load_processor(init)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(init, dtype=torch.float32,
                                                                attn_implementation="sdpa").to(device)
+    init_sha256 = _weights_sha256(init) if cfg.init_from else None
     if device.startswith("cuda"):
         fast_vision_attention(model)
     model.train()
@@ -233,11 +254,9 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
     state = TrainState(work / "train_state.pt", config=json.loads(json.dumps(asdict(cfg))))
     if state.load(model, opt, device) and state.total:
         cfg = dataclasses.replace(cfg, steps=int(state.total))
-    pad_id = processor.tokenizer.pad_token_id
     loader = torch.utils.data.DataLoader(
-        _stream_class()(str(init), cfg), batch_size=cfg.batch_size, num_workers=cfg.workers,
-        collate_fn=functools.partial(collate, pad_id=pad_id), persistent_workers=cfg.workers > 0,
-        prefetch_factor=4 if cfg.workers > 0 else None,
+        _stream_class()(str(init), cfg, start_step=state.step), batch_size=None, num_workers=cfg.workers,
+        persistent_workers=cfg.workers > 0, prefetch_factor=4 if cfg.workers > 0 else None,
     )
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
     loss_of = _loss_function(processor, cfg)
@@ -279,8 +298,31 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
     out = work / "model"
     export_model(model, init, out)
     return {"steps": state.step, "requested_steps": cfg.steps, "seconds": round(time.time() - t0, 1),
-            "history": state.history,
+            "history": state.history, "init_sha256": init_sha256,
             "params": sum(p.numel() for p in model.parameters())}
+
+
+def _take_weights(init: Path, folder: str) -> None:
+    """Replace the fresh folder's random weights by `folder`'s safetensors (same architecture; transformers maps the
+    keys when the folder is loaded)."""
+    files = sorted(Path(folder).glob("*.safetensors"))
+    if not files:
+        from veason_r1.errors import MissingInput
+
+        raise MissingInput(f"init_from {folder}", "no *.safetensors weights in this folder")
+    for f in init.glob("*.safetensors"):
+        f.unlink()
+    for f in files:
+        shutil.copyfile(f, init / f.name)
+
+
+def _weights_sha256(folder: Path) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    for f in sorted(Path(folder).glob("*.safetensors")):
+        digest.update(f.read_bytes())
+    return digest.hexdigest()
 
 
 def _curve_point(model, processor, samples, device: str, image_size: int) -> dict[str, float]:

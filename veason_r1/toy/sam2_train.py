@@ -59,6 +59,9 @@ class ToySAM2TrainConfig:
     seed: int = 0
     workers: int = 8
     checkpoint_every: int = 500
+    # start from these weights (a toy SAM2 `.pt`, e.g. the shipped one) instead of random init: continuing a build
+    # with new settings (the CPU colour fine-tune) or from a checkpoint carried back from a GPU
+    init_from: str | None = None
     colour_aug: bool = True  # per-clip channel permutation + hue/saturation jitter + negatives (module docstring)
     negative_prob: float = 0.2  # P(a clip is shown as its negative), with colour_aug
     synth: SynthConfig = field(default_factory=lambda: SynthConfig(min_frames=8, max_frames=24))
@@ -216,7 +219,7 @@ def colour_transforms(cfg: ToySAM2TrainConfig) -> list:
             ChannelShuffle(cfg.negative_prob)]
 
 
-def _loader(vos_root: Path, cfg: ToySAM2TrainConfig, image_size: int):
+def _loader(vos_root: Path, cfg: ToySAM2TrainConfig, image_size: int, start_step: int = 0):
     import functools
 
     import torch
@@ -240,10 +243,61 @@ def _loader(vos_root: Path, cfg: ToySAM2TrainConfig, image_size: int):
                                    reverse_time_prob=cfg.reverse_time_prob)
     dataset = VOSDataset(transforms=transforms, training=True, video_dataset=raw, sampler=sampler, multiplier=1)
     return torch.utils.data.DataLoader(
-        dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.workers,
-        collate_fn=functools.partial(collate_fn, dict_key="all"), persistent_workers=cfg.workers > 0,
-        generator=torch.Generator().manual_seed(cfg.seed),
+        SeededItems(dataset, cfg.seed), batch_sampler=StepBatches(len(dataset), cfg.batch_size, cfg.seed, start_step),
+        num_workers=cfg.workers, collate_fn=functools.partial(collate_fn, dict_key="all"),
+        persistent_workers=cfg.workers > 0,
     )
+
+
+def seed_everything(*key: int) -> None:
+    """Seed python's, numpy's and torch's global generators from `key` (SAM2's sampler, transforms and prompt
+    noise draw from them)."""
+    import random
+
+    import torch
+
+    seed = int(np.random.SeedSequence(list(key)).generate_state(1)[0])
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+class StepBatches:
+    """Batch sampler: step k's clips are positions k * B .. k * B + B - 1 of an endless sequence of seeded
+    permutations of the videos (one per pass), as (step, slot, video) triples.
+
+    Why: a resumed build must equal an uninterrupted one whatever the number of loader processes; with the batch a
+    function of (seed, step) a resume starts at the step it reached."""
+
+    def __init__(self, num_videos: int, batch_size: int, seed: int, start_step: int = 0):
+        self.n, self.batch_size, self.seed, self.start_step = num_videos, batch_size, seed, start_step
+
+    def _video(self, position: int) -> int:
+        epoch, offset = divmod(position, self.n)
+        return int(np.random.default_rng([self.seed, epoch]).permutation(self.n)[offset])
+
+    def __iter__(self):
+        step = self.start_step
+        while True:
+            yield [(step, i, self._video(step * self.batch_size + i)) for i in range(self.batch_size)]
+            step += 1
+
+
+class SeededItems:
+    """Map-style wrapper: item (step, slot, video) is the dataset's clip of `video`, drawn with the global
+    generators seeded from (seed, step, slot), so its frames, objects, flips and colours do not depend on which
+    loader process made it or when."""
+
+    def __init__(self, dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        step, slot, video = key
+        seed_everything(self.seed, step, slot)
+        return self.dataset[video]
 
 
 
@@ -262,13 +316,21 @@ def train(work: Path, cfg: ToySAM2TrainConfig, device: str = "cpu", progress: bo
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     model = build_train_model(device, cfg.seed).train()
+    init_sha256 = None
+    if cfg.init_from:
+        import hashlib
+
+        import torch
+
+        init_sha256 = hashlib.sha256(Path(cfg.init_from).read_bytes()).hexdigest()
+        model.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True)["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = TrainState(work / "train_state.pt", config=json.loads(json.dumps(asdict(cfg))))
     if state.load(model, opt, device) and state.total:
         cfg = dataclasses.replace(cfg, steps=int(state.total))
     loss_fn = _loss_fn()
     amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.startswith("cuda") else None
-    loader = _loader(vos, cfg, int(model.image_size))
+    loader = _loader(vos, cfg, int(model.image_size), start_step=state.step)
     t0 = time.time()
     budget = StepBudget(cfg.steps, time_budget_s, start_step=state.step)
     bar = tqdm(total=cfg.steps, initial=state.step, desc="toy SAM2", disable=not progress)
@@ -276,6 +338,7 @@ def train(work: Path, cfg: ToySAM2TrainConfig, device: str = "cpu", progress: bo
         for batch in loader:
             if state.step >= budget.total:
                 break
+            seed_everything(cfg.seed, state.step, 1 << 20)  # SAM2Train's prompt sampling: a function of the step
             lr = cosine_lr(state.step, budget.update(state.step), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
             bar.total = budget.total
             for group in opt.param_groups:
@@ -303,7 +366,7 @@ def train(work: Path, cfg: ToySAM2TrainConfig, device: str = "cpu", progress: bo
     torch.save({"model": weights}, buf)
     atomic_write_bytes(work / "sam2_toy.pt", buf.getvalue())
     return {"steps": state.step, "requested_steps": cfg.steps, "seconds": round(time.time() - t0, 1),
-            "history": state.history,
+            "history": state.history, "init_sha256": init_sha256,
             "params": sum(v.numel() for v in weights.values())}
 
 

@@ -39,7 +39,7 @@ class TrainState:
             return False
         state = torch.load(self.path, map_location=device, weights_only=False)
         have, want = state.get("config", {}), self._fingerprint()
-        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k) and k != "steps")
+        diff = sorted(k for k in set(have) | set(want) if have.get(k) != want.get(k))
         if diff:
             raise BadInput(self.path, "a run with other settings was stopped here ("
                            + ", ".join(f"{k}: {have.get(k)!r} -> {want.get(k)!r}" for k in diff) + ")",
