@@ -680,3 +680,30 @@ def test_file_digest_is_cached_by_stat(tmp_path, monkeypatch):
     monkeypatch.setenv("VEASON_R1_CACHE", str(tmp_path / "cache"))
     f.write_bytes(b"y" * 1000)  # same size, new content
     assert io_utils.file_identity(f)["sha256"] == hashlib.sha256(b"y" * 1000).hexdigest()
+
+
+def test_the_toy_models_by_name_in_predict_and_infer(synth_root, tmp_path):
+    """Issue 28: `--model toy --sam2 toy` work in predict and infer (they answered "toy: policy folder not found")."""
+    from PIL import Image
+
+    from veason_r1.cli import main
+    from veason_r1.models.toy import toy_policy_dir
+
+    pred = tmp_path / "pred"
+    assert main(["predict", "revos", "--data", str(synth_root), "--model", "toy", "--sam2", "toy", "--image-size",
+                 "112", "--max-new-tokens", "48", "--limit", "2", "--device", "cpu", "--no-progress", "--out",
+                 str(pred), "--merge"]) == 0
+    records = _records(pred)
+    assert len(records) == 2 and all(r.get("response") for r in records)  # the toy policy answered
+    assert toy_policy_dir().is_dir()
+    ds = ReVOSDataset(synth_root, "valid")
+    video = ds.expressions[0].video
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for i, name in enumerate(ds.videos[video].frames[:8]):
+        Image.fromarray(ds.frames(video).get(i)).save(frames / f"{i:03d}.jpg")
+    out = tmp_path / "infer"
+    assert main(["infer", "--video", str(frames), "--query", ds.expressions[0].text, "--model", "toy", "--sam2",
+                 "toy", "--image-size", "112", "--max-new-tokens", "48", "--device", "cpu", "--no-progress",
+                 "--no-overlay", "--out", str(out)]) == 0
+    assert len(list((out / "masks").glob("*.png"))) == 8
