@@ -303,8 +303,10 @@ def test_pipeline_direction_hook():
 
     source = ArraySource([np.full((8, 8, 3), i, np.uint8) for i in range(6)])
 
-    class Recorder:
-        def propagate(self, frames, keyframe, boxes):
+    from veason_r1.models.propagator import PropagatorBase
+
+    class Recorder(PropagatorBase):
+        def propagate(self, frames, keyframe, boxes, *, progress=False):
             self.seen = (list(frames.names), keyframe)
             return np.ones((len(frames), 8, 8), bool)
 

@@ -51,10 +51,14 @@ def nonnegative_float(text: str) -> float:
 
 
 def policy_image_size(text: str) -> int:
-    """The policy's square frame side: a positive multiple of 28 (Qwen2.5-VL patch 14 x spatial merge 2)."""
+    """The policy's square frame side: a positive multiple of the family's patch x merge (the family table)."""
+    from veason_r1.models.families import DEFAULT_FAMILY
+
     value = positive_int(text)
-    if value % 28:
-        raise argparse.ArgumentTypeError(f"expected a positive multiple of 28 (e.g. 560, 112), got {text!r}")
+    problem = DEFAULT_FAMILY.image_size_problem(value)
+    if problem:
+        raise argparse.ArgumentTypeError(f"expected a positive multiple of {DEFAULT_FAMILY.factor} (e.g. 560, 112), "
+                                         f"got {text!r}")
     return value
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from veason_r1.models.toy import sam2_needs_checkpoint
+from veason_r1.models.registry import propagator_needs_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PASS, WARN, SKIP, FAIL = "PASS", "WARN", "SKIP", "FAIL"
@@ -257,18 +257,18 @@ def model_params(folder: str | Path) -> float:
 def sam2_check(name: str | None, checkpoint: str | None, cpu_ok: bool) -> Check:
     import torch
 
-    from veason_r1.models.sam2 import load_sam2
+    from veason_r1.models.registry import load_propagator
 
     if not name:
         return Check("sam2", FAIL, "no SAM2 configured", "set reward.sam2 / --sam2 and its checkpoint")
-    if checkpoint is None and sam2_needs_checkpoint(name):
+    if checkpoint is None and propagator_needs_checkpoint(name):
         return Check("sam2", FAIL, f"SAM2 {name!r} without a checkpoint (random weights)", "give its checkpoint")
     if checkpoint is not None and not Path(checkpoint).is_file():
         return Check("sam2", FAIL, f"checkpoint {checkpoint} not found", "download it (docs/reproduce.md, 'What to download')")
     device = "cuda" if torch.cuda.is_available() else None
     if device is None and not cpu_ok:
         return Check("sam2", FAIL, f"{name} ({checkpoint}): no GPU to load it on", "run on the GPU node")
-    load_sam2(name, checkpoint, device or "cpu")
+    load_propagator(name, checkpoint, device or "cpu")
     where = device or "cpu (--cpu-ok)"
     return Check("sam2", PASS, f"{name} loads from {checkpoint or '(no checkpoint: random weights, asked by name)'} "
                                 f"on {where}")

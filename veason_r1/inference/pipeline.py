@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from veason_r1.config import FRAMES, IMAGE_SIZE
+from veason_r1.config import FRAMES, IMAGE_SIZE, RESPONSE_BUDGET
 from veason_r1.data.masks import box_from_square
 from veason_r1.data.sampling import eval_frames
 from veason_r1.data.video import FrameSource, open_video, resize_frame
 from veason_r1.errors import BadInput, MissingInput, UserError
 from veason_r1.flags import policy_image_size, positive_int
+from veason_r1.models.families import DEFAULT_FAMILY
 from veason_r1.paths import OWNER_MARKER, is_owned, mark_owned, name_problem, remove_owned_tree
 from veason_r1.prompting import parse_prediction
 
@@ -38,7 +39,7 @@ class InferenceConfig:
 
     image_size: int = IMAGE_SIZE
     num_frames: int = FRAMES.eval_frames
-    max_new_tokens: int = 1024
+    max_new_tokens: int = RESPONSE_BUDGET
 
 
 @dataclass
@@ -155,8 +156,7 @@ def propagate(
         masks[start:stop] = part
         return masks
     box_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    kwargs = {"progress": progress} if progress and _accepts(propagator.propagate, "progress") else {}
-    masks = propagator.propagate(source if encoded is None else encoded, int(keyframe), box_array, **kwargs)
+    masks = propagator.propagate(source if encoded is None else encoded, int(keyframe), box_array, progress=progress)
     masks = np.asarray(masks).astype(bool, copy=False)
     if masks.shape != (len(source), height, width):
         raise ValueError(f"SAM2 returned masks of shape {masks.shape}, expected {(len(source), height, width)}")
@@ -177,16 +177,6 @@ def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
     from veason_r1.io_utils import atomic_write_bytes
 
     atomic_write_bytes(path, mask_png_bytes(mask))
-
-
-def _accepts(fn: Any, name: str) -> bool:
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def generate_responses(engine: Any, requests: list, config: InferenceConfig, sampling: Any = None) -> list[str]:
@@ -413,7 +403,7 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
                              "auto = on CUDA")
     defaults = InferenceConfig()  # the defaults live in the dataclass
     parser.add_argument("--image-size", type=policy_image_size, default=defaults.image_size,
-                        help=f"policy square frame side, a multiple of 28 (default: {defaults.image_size})")
+                        help=f"policy square frame side, a multiple of {DEFAULT_FAMILY.factor} (default: {defaults.image_size})")
     parser.add_argument("--num-frames", type=positive_int, default=defaults.num_frames,
                         help=f"frames shown to the policy (linspace; default: {defaults.num_frames})")
     parser.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
@@ -463,7 +453,7 @@ def check_torch_checkpoint(path: str | os.PathLike, flag: str) -> None:
 
 
 def build_propagator(args: Any) -> Any:
-    from veason_r1.models.sam2 import load_sam2
+    from veason_r1.models.registry import load_propagator
 
     check_sam2(args.sam2, args.sam2_ckpt)
-    return load_sam2(args.sam2, checkpoint=args.sam2_ckpt, device=args.device, offload=args.offload)
+    return load_propagator(args.sam2, checkpoint=args.sam2_ckpt, device=args.device, offload=args.offload)

@@ -47,7 +47,6 @@ from veason_r1.inference.pipeline import (
     make_answer,
     mask_png_bytes,
     policy_images,
-    propagate,
     sample_frame_ids,
 )
 from veason_r1.benchmarks import BENCHMARKS, DEFAULT_SPLITS, benchmark  # noqa: F401 - BENCHMARKS re-exported
@@ -516,23 +515,19 @@ def video_groups(dataset: Any, blocks: Sequence[list[Any]], shard: Shard,
 
 def propagate_group(propagator: Any, source: Any, records: Sequence[dict]) -> list[np.ndarray]:
     """Union masks (L, H, W) for several expressions of one video: one SAM2 pass over the video for all their
-    objects (`propagate_many`) when the propagator offers it; empty masks for expressions without boxes."""
+    objects (`Propagator.propagate_many`); empty masks for expressions without boxes."""
     height, width = source.size
     with_boxes = [i for i, r in enumerate(records) if r["boxes"]]
     out = [np.zeros((len(source), height, width), dtype=bool) for _ in records]
     if not with_boxes:
         return out
-    if hasattr(propagator, "propagate_many") and hasattr(propagator, "encode"):
-        # keep every frame's features (up to FEATURE_CACHE_FRAMES): groups with several keyframes walk the video
-        # once per keyframe and should not re-encode it
-        encoded = propagator.encode(source, cache_frames=min(len(source), FEATURE_CACHE_FRAMES))
-        prompts = [(int(records[i]["keyframe"]), np.asarray(records[i]["boxes"], np.float32).reshape(-1, 4))
-                   for i in with_boxes]
-        for i, masks in zip(with_boxes, propagator.propagate_many(encoded, prompts)):
-            out[i] = np.asarray(masks).astype(bool, copy=False)
-    else:
-        for i in with_boxes:
-            out[i] = propagate(propagator, source, records[i]["keyframe"], records[i]["boxes"])
+    # keep every frame's features (up to FEATURE_CACHE_FRAMES): groups with several keyframes walk the video
+    # once per keyframe and should not re-encode it
+    encoded = propagator.encode(source, cache_frames=min(len(source), FEATURE_CACHE_FRAMES))
+    prompts = [(int(records[i]["keyframe"]), np.asarray(records[i]["boxes"], np.float32).reshape(-1, 4))
+               for i in with_boxes]
+    for i, masks in zip(with_boxes, propagator.propagate_many(encoded, prompts)):
+        out[i] = np.asarray(masks).astype(bool, copy=False)
     for i, m in enumerate(out):
         if m.shape != (len(source), height, width):
             raise ValueError(f"SAM2 returned masks of shape {m.shape}, expected {(len(source), height, width)}")

@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from veason_r1.config import IMAGE_SIZE
+from veason_r1.config import IMAGE_SIZE, RESPONSE_BUDGET
+from veason_r1.models.families import DEFAULT_FAMILY
 from veason_r1.prompting import build_messages
 
-PATCH_FACTOR = 28  # Qwen2.5-VL: patch 14 x spatial merge 2; a side must be a multiple of it to stay unresized
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
@@ -57,7 +57,7 @@ class GenerationRequest:
 class SamplingConfig:
     """Decoding settings. temperature 0 means greedy (then the n completions are identical copies)."""
 
-    max_new_tokens: int = 1024
+    max_new_tokens: int = RESPONSE_BUDGET
     temperature: float = 0.0
     top_p: float = 1.0
     n: int = 1
@@ -90,9 +90,9 @@ def check_model_dir(model_dir: str | Path) -> Path:
     missing or wrong: config, weights (a truncated safetensors file is caught from its header, in milliseconds),
     tokenizer, processor, and the model type (the policy is a Qwen2.5-VL: `model_type: qwen2_5_vl`)."""
     from veason_r1.errors import BadInput, MissingInput
-    from veason_r1.models.toy import resolve_policy
+    from veason_r1.models.registry import resolve_policy
 
-    path = resolve_policy(Path(model_dir).expanduser())  # the name `toy` -> the shipped toy policy folder
+    path = resolve_policy(model_dir if isinstance(model_dir, str) else Path(model_dir))  # names -> their folders
     if not path.is_dir():
         raise MissingInput(path, "policy folder not found",
                            hint="give a local Qwen2.5-VL folder, e.g. a downloaded Qwen/Qwen2.5-VL-3B-Instruct, a "
@@ -210,17 +210,12 @@ def load_policy(model_dir: str | Path, device: str = "cpu", dtype: str = "auto",
 
 def pixel_bounds(image_size: int) -> dict[str, int]:
     """min_pixels = max_pixels = S*S: the processor's smart_resize then keeps an S x S frame exactly as it is."""
-    if image_size <= 0 or image_size % PATCH_FACTOR:
-        raise ValueError(
-            f"image_size must be a positive multiple of {PATCH_FACTOR} (patch 14 x merge 2), got {image_size}"
-        )
-    return {"min_pixels": image_size * image_size, "max_pixels": image_size * image_size}
+    return DEFAULT_FAMILY.pixel_bounds(image_size)
 
 
 def visual_tokens_per_frame(image_size: int) -> int:
-    """Tokens one S x S frame becomes after 2x2 merging: (S/28)^2 (560 -> 400, 112 -> 16)."""
-    pixel_bounds(image_size)
-    return (image_size // PATCH_FACTOR) ** 2
+    """Tokens one S x S frame becomes after merging (Qwen2.5-VL: 560 -> 400, 112 -> 16): the family row's rule."""
+    return DEFAULT_FAMILY.visual_tokens_per_frame(image_size)
 
 
 def _to_pil(image: np.ndarray, image_size: int, where: str):
@@ -270,7 +265,7 @@ def build_inputs(processor, requests: Sequence[GenerationRequest], image_size: i
         text = prompt_text(processor, req)
         texts.append(text if responses is None else text + responses[i])
     batch = processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt", **bounds)
-    side = image_size // 14
+    side = DEFAULT_FAMILY.grid_side(image_size)
     grid = batch["image_grid_thw"]
     if grid.shape[0] != len(images) or not bool((grid == torch.tensor([1, side, side])).all()):
         raise RuntimeError(

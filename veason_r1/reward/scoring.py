@@ -190,9 +190,8 @@ def score_groups(
 ) -> list[list[dict]]:
     """Several prompts' rollouts at once: SAM2 tracking is batched across prompts too (one GRPO step).
 
-    With a propagator that has `frame_ious_groups` (SAM2Propagator) the masks stay on its device and only the
-    per-frame IoUs come back (same values as `terms.consistency_reward` on the masks); otherwise
-    `propagate_groups` masks are scored here."""
+    The propagator (`models.propagator.Propagator`) returns per-frame IoUs (`frame_ious_groups`; SAM2 keeps the
+    masks on its device), the same values as `terms.consistency_reward` on the masks."""
     profile = getattr(propagator, "profile", None)
     timer = _Timer(profile)
     with timer("reward_terms"):
@@ -209,13 +208,9 @@ def score_groups(
     error = ""
     if jobs:
         try:
-            if hasattr(propagator, "frame_ious_groups"):
-                gts = [groups[g][1].gt_masks for g in owners]
-                for g, ious in zip(owners, propagator.frame_ious_groups(jobs, gts)):
-                    ious_by_group[g] = list(ious)
-            else:
-                for g, masks in zip(owners, propagator.propagate_groups(jobs)):
-                    masks_by_group[g] = list(masks)
+            gts = [groups[g][1].gt_masks for g in owners]
+            for g, ious in zip(owners, propagator.frame_ious_groups(jobs, gts)):
+                ious_by_group[g] = list(ious)
         except Exception as e:  # noqa: BLE001
             error = _sam2_error(e)
     out = []

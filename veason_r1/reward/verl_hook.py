@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from veason_r1.models.toy import sam2_needs_checkpoint
+from veason_r1.models.registry import propagator_needs_checkpoint
 from veason_r1.reward.scoring import TERMS, RewardConfig, RewardSample, score_groups, score_response
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class RewardOptions:
         if self.use_consistency and not self.sam2_model:
             raise ValueError("reward_kwargs.sam2_model is required with use_consistency (e.g. sam2_hiera_l, with "
                              "sam2_checkpoint); set use_consistency: false to drop the SAM2 term")
-        if self.use_consistency and sam2_needs_checkpoint(self.sam2_model) and not self.sam2_checkpoint:
+        if self.use_consistency and propagator_needs_checkpoint(self.sam2_model) and not self.sam2_checkpoint:
             raise ValueError(f"reward_kwargs.sam2_checkpoint is required for sam2_model={self.sam2_model!r}: a real "
                              "SAM2 never scores with random weights")
         RewardConfig(variant=self.variant)  # checks the variant name
@@ -174,12 +174,12 @@ def reward_options(**kwargs) -> RewardOptions:
 def get_propagator(name: str, checkpoint: str | None = None, device: str | None = None):
     """This process's SAM2 propagator for one configuration (created once; thread safe). A failed load is not
     cached: the next batch tries again."""
-    from veason_r1.models.sam2 import load_sam2
+    from veason_r1.models.registry import load_propagator
 
     key = (name, checkpoint, device)
     with _LOCK:
         if key not in _PROPAGATORS:
-            _PROPAGATORS[key] = load_sam2(name, checkpoint, device)
+            _PROPAGATORS[key] = load_propagator(name, checkpoint, device)
         return _PROPAGATORS[key]
 
 

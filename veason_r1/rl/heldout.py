@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from veason_r1.config import FRAMES, IMAGE_SIZE
+from veason_r1.config import FRAMES, IMAGE_SIZE, RESPONSE_BUDGET
 from veason_r1.reward.scoring import TERMS
 
 
@@ -21,7 +21,7 @@ class HeldoutConfig:
     split: str = "valid"
     num_frames: int = FRAMES.rl_frames  # the RL grid, so the numbers read like the training reward
     image_size: int = IMAGE_SIZE
-    max_new_tokens: int = 1024
+    max_new_tokens: int = RESPONSE_BUDGET
     seed: int = 0  # keyframe draws of the grids
     batch_size: int = 8
 

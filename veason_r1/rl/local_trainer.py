@@ -185,9 +185,9 @@ class LocalGRPOTrainer:
                                           use_keyframe=cfg.reward.use_keyframe, image_size=cfg.data.image_size)
         self.propagator = propagator
         if self.propagator is None and cfg.reward.use_consistency:
-            from veason_r1.models.sam2 import load_sam2
+            from veason_r1.models.registry import load_propagator
 
-            self.propagator = load_sam2(cfg.reward.sam2, cfg.reward.sam2_checkpoint,
+            self.propagator = load_propagator(cfg.reward.sam2, cfg.reward.sam2_checkpoint,
                                         cfg.reward.sam2_device or self.device)  # "tiny" only when named
         bs = cfg.data.train_batch_size
         self.steps_per_epoch = max(1, len(self.train_pool) // bs)

@@ -24,6 +24,7 @@ from typing import Any
 
 from veason_r1.config import IMAGE_SIZE
 from veason_r1.errors import BadInput, MissingInput
+from veason_r1.models.families import DEFAULT_FAMILY
 
 # Keys every run sets the same way: the stage is LoRA SFT, nothing else. They are written to the YAML so it runs
 # under `llamafactory-cli train`, and a YAML that sets them differently is refused.
@@ -124,8 +125,8 @@ class SFTConfig:
             if not cond:
                 raise BadInput(field_name, f"{why}, got {getattr(self, field_name)!r}")
 
-        need(self.image_size > 0 and self.image_size % 28 == 0, "image_size",
-             "must be a positive multiple of 28 (Qwen2.5-VL patch 14 x merge 2)")
+        need(DEFAULT_FAMILY.image_size_problem(self.image_size) is None, "image_size",
+             DEFAULT_FAMILY.image_size_problem(self.image_size) or "")
         need(self.cutoff_len > 0, "cutoff_len", "must be positive")
         need(self.max_samples is None or self.max_samples > 0, "max_samples", "must be positive (or null: all)")
         need(self.preprocessing_num_workers is None or self.preprocessing_num_workers > 0,
