@@ -224,19 +224,22 @@ def _pinned_exact(dist: str) -> str:
 
 
 def model_check(path: str | Path) -> Check:
-    """The folder is a complete Qwen2.5-VL folder whose config and processor load (weights are not read)."""
+    """The folder is a complete folder of a policy family (models/families.py) whose config and processor load
+    (weights are not read)."""
     from transformers import AutoConfig
 
+    from veason_r1.models.families import FAMILIES
     from veason_r1.models.policy import check_model_dir, load_processor
 
     folder = check_model_dir(path)
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    if getattr(config, "model_type", "") not in ("qwen2_5_vl",):
-        return Check("model folder", FAIL, f"{folder}: model_type {config.model_type!r}, expected 'qwen2_5_vl'",
-                     "give a Qwen2.5-VL folder")
+    model_type = getattr(config, "model_type", "")
+    if model_type not in FAMILIES:
+        return Check("model folder", FAIL, f"{folder}: model_type {model_type!r}, expected one of {', '.join(FAMILIES)}",
+                     "give a folder of a policy family in models/families.py")
     load_processor(folder)
     size = model_bytes(folder)
-    return Check("model folder", PASS, f"{folder}: qwen2_5_vl config and processor load ({size / 1e9:.1f} GB of weights)")
+    return Check("model folder", PASS, f"{folder}: {model_type} config and processor load ({size / 1e9:.1f} GB of weights)")
 
 
 def model_bytes(folder: str | Path) -> int:

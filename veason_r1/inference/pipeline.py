@@ -28,7 +28,7 @@ from veason_r1.data.sampling import eval_frames
 from veason_r1.data.video import FrameSource, open_video, resize_frame
 from veason_r1.errors import BadInput, MissingInput, UserError
 from veason_r1.flags import policy_image_size, positive_int
-from veason_r1.models.families import DEFAULT_FAMILY
+from veason_r1.models.families import DEFAULT_FAMILY, PolicyFamily
 from veason_r1.paths import OWNER_MARKER, is_owned, mark_owned, name_problem, remove_owned_tree
 from veason_r1.prompting import parse_prediction
 
@@ -82,12 +82,13 @@ def boxes_to_original(boxes: Sequence[Sequence[float]], height: int, width: int,
     return out
 
 
-def make_answer(response: str, frame_ids: Sequence[int], height: int, width: int, size: int) -> Answer:
-    """Parse a response robustly and map its boxes to original pixels.
+def make_answer(response: str, frame_ids: Sequence[int], height: int, width: int, size: int,
+                family: PolicyFamily = DEFAULT_FAMILY) -> Answer:
+    """Parse a response robustly (in the policy family's box convention) and map its boxes to original pixels.
 
     The shared parser clips boxes to [0, 560]; for another policy size the boxes are clipped to [0, size] here.
     """
-    parsed = parse_prediction(response, frame_ids)
+    parsed = parse_prediction(response, frame_ids, family, size)
     boxes_policy = [[min(max(float(v), 0.0), float(size)) for v in b] for b in parsed.boxes]
     keyframe = parsed.keyframe if parsed.keyframe is not None else int(frame_ids[len(frame_ids) // 2])
     return Answer(
@@ -253,7 +254,7 @@ def answer_query(
     t0 = time.perf_counter()
     (response,) = generate_responses(engine, [GenerationRequest(query, frame_ids, images)], config, sampling)
     timings["generate_s"] = time.perf_counter() - t0
-    return make_answer(response, frame_ids, height, width, config.image_size), timings
+    return make_answer(response, frame_ids, height, width, config.image_size, engine.family), timings
 
 
 def segment_video(

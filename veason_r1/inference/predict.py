@@ -51,6 +51,8 @@ from veason_r1.inference.pipeline import (
 )
 from veason_r1.benchmarks import BENCHMARKS, DEFAULT_SPLITS, benchmark  # noqa: F401 - BENCHMARKS re-exported
 from veason_r1.io_utils import append_jsonl, atomic_write_json, atomic_write_text, file_identity, read_jsonl
+from veason_r1.models.families import DEFAULT_FAMILY, family_of_folder
+from veason_r1.models.registry import resolve_policy
 from veason_r1.paths import mark_owned, name_problem, remove_owned_tree, safe_join
 
 STAGE1_DIR = ".stage1"
@@ -359,6 +361,8 @@ def run_stage1(
     stats["skipped"] = sum(len(blk) for _, blk in owned_blocks(blocks, shard)) - sum(
         sum(e.key not in done for e in blk) for _, blk in todo)
     size = config.inference.image_size
+    # the policy folder's family reads its answers (its box convention); no folder (oracles) -> the paper's
+    row = (family_of_folder(resolve_policy(config.model)) if config.model else None) or DEFAULT_FAMILY
     for b, block in _bar(todo, progress, "stage 1 (policy)"):
         t0 = time.perf_counter()
         frame_ids, requests, sizes = [], [], []
@@ -377,7 +381,7 @@ def run_stage1(
         for e, ids, (h, w), response in zip(block, frame_ids, sizes, responses):
             if e.key in done:
                 continue
-            answer = make_answer(response, ids, h, w, size)
+            answer = make_answer(response, ids, h, w, size, row)
             if not config.needs_policy:
                 answer.notes = []  # no policy ran: the parser's "no JSON" notes would only be noise
             answer = apply_oracles(answer, dataset, e, config)

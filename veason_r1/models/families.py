@@ -92,6 +92,7 @@ QWEN2_5_VL = PolicyFamily(
 QWEN3_VL = PolicyFamily(
     name="qwen3_vl", model_type="qwen3_vl", hf_class="Qwen3VLForConditionalGeneration",
     patch_size=16, merge_size=2, default_image_size=640, sft_template="qwen3_vl_nothink", box_grid=1000,
+    tiny_builder="veason_r1.models.tiny_qwen3:make_tiny_qwen3_vl",
     notes="640 x 640 keeps 400 visual tokens per frame (the paper's 560 for Qwen2.5-VL); Instruct checkpoints use "
           "the nothink template (the recipe writes its own <think>); verl 0.9.1 patches it, vLLM 0.24 serves it; no "
           "HF fast paths here (transformers' own code runs)",
@@ -99,6 +100,7 @@ QWEN3_VL = PolicyFamily(
 QWEN3_5 = PolicyFamily(
     name="qwen3_5", model_type="qwen3_5", hf_class="Qwen3_5ForConditionalGeneration",
     patch_size=16, merge_size=2, default_image_size=640, sft_template="qwen3_5_nothink", box_grid=1000,
+    tiny_builder="veason_r1.models.tiny_qwen3:make_tiny_qwen3_5",
     notes="natively multimodal, hybrid linear attention (Gated DeltaNet): without flash-linear-attention and "
           "causal-conv1d transformers runs its slow torch path; verl 0.9.1 patches it, vLLM 0.24 serves it",
 )
@@ -125,6 +127,16 @@ def make_tiny(row: PolicyFamily, out_dir, seed: int = 0):
     return getattr(importlib.import_module(module), function)(out_dir, seed=seed)
 
 
+def family_of_processor(processor) -> PolicyFamily:
+    """The row whose input conventions (patch, merge, box grid) a loaded processor follows: by its class and patch
+    size (Qwen3.5 folders use Qwen3-VL's processor and share its conventions)."""
+    patch = getattr(getattr(processor, "image_processor", None), "patch_size", DEFAULT_FAMILY.patch_size)
+    for row in FAMILIES.values():
+        if row.patch_size == patch:
+            return row
+    raise ValueError(f"no policy family has patch size {patch} ({type(processor).__name__})")
+
+
 def family_of_folder(path) -> PolicyFamily | None:
     """The family of a local model folder, from its config.json's model_type (None when unknown or unreadable)."""
     import json
@@ -146,5 +158,6 @@ __all__ = [
     "PolicyFamily",
     "family",
     "family_of_folder",
+    "family_of_processor",
     "make_tiny",
 ]
