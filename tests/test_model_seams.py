@@ -42,7 +42,7 @@ def test_family_rows_read_from_the_pinned_sources():
 def test_box_convention_round_trips_and_is_identity_for_qwen2_5_vl():
     boxes = [[0, 56, 320, 640]]
     assert QWEN2_5_VL.to_answer_boxes(boxes, 560) == boxes == QWEN2_5_VL.from_answer_boxes(boxes, 560)
-    assert QWEN3_VL.to_answer_boxes(boxes, 640) == [[0, 88, 500, 1000]]
+    assert QWEN3_VL.to_answer_boxes(boxes, 640) == [[0, 87.5, 500, 1000]]  # rounded only when written
     assert QWEN3_VL.from_answer_boxes([[0, 88, 500, 1000]], 640) == [[0.0, 56.32, 320.0, 640.0]]
 
 

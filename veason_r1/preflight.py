@@ -235,11 +235,13 @@ def model_check(path: str | Path) -> Check:
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
     model_type = getattr(config, "model_type", "")
     if model_type not in FAMILIES:
-        return Check("model folder", FAIL, f"{folder}: model_type {model_type!r}, expected one of {', '.join(FAMILIES)}",
+        return Check("model folder", FAIL,
+                     f"{folder}: model_type {model_type!r}, expected one of {', '.join(FAMILIES)}",
                      "give a folder of a policy family in models/families.py")
     load_processor(folder)
     size = model_bytes(folder)
-    return Check("model folder", PASS, f"{folder}: {model_type} config and processor load ({size / 1e9:.1f} GB of weights)")
+    return Check("model folder", PASS,
+                 f"{folder}: {model_type} config and processor load ({size / 1e9:.1f} GB of weights)")
 
 
 def model_bytes(folder: str | Path) -> int:

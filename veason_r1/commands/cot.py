@@ -26,6 +26,7 @@ from veason_r1.flags import (
     positive_float,
     positive_int,
 )
+from veason_r1.models.families import DEFAULT_FAMILY, FAMILIES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--save-boxed-frames", action="store_true", help="also save the boxed frames sent to the teacher")
     e = parser.add_argument_group("SFT export")
     e.add_argument("--sft-name", default="veason_cot", help="dataset name in sft/dataset_info.json")
+    e.add_argument("--family", choices=list(FAMILIES), default=DEFAULT_FAMILY.name,
+                   help="policy family the SFT set is for: its prompt text and box convention (models/families.py); "
+                        "give its frame side with --image-size (e.g. 640 for qwen3_vl / qwen3_5)")
     e.add_argument("--image-size", type=policy_image_size, default=IMAGE_SIZE,
                    help=f"SFT frame size (default: {IMAGE_SIZE})")
     e.add_argument("--no-sft", action="store_true", help="do not write the LLaMA-Factory dataset")
@@ -130,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
 
         records = load_cot_records(args.out_dir / FINAL_JSON)
         info = export_llamafactory_dataset(records, args.out_dir / "sft", name=args.sft_name,
-                                           image_size=args.image_size, progress=not args.no_progress)
+                                           image_size=args.image_size, progress=not args.no_progress,
+                                           family=args.family)
         print(f"SFT dataset: {len(records)} rows, {info} (entry {args.sft_name!r})")
     if summary.aborted:
         return 1

@@ -404,7 +404,8 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
                              "auto = on CUDA")
     defaults = InferenceConfig()  # the defaults live in the dataclass
     parser.add_argument("--image-size", type=policy_image_size, default=defaults.image_size,
-                        help=f"policy square frame side, a multiple of {DEFAULT_FAMILY.factor} (default: {defaults.image_size})")
+                        help=f"policy square frame side, a multiple of the family's patch x merge "
+                             f"({DEFAULT_FAMILY.factor} for Qwen2.5-VL, default: {defaults.image_size})")
     parser.add_argument("--num-frames", type=positive_int, default=defaults.num_frames,
                         help=f"frames shown to the policy (linspace; default: {defaults.num_frames})")
     parser.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
@@ -418,13 +419,11 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
 def check_sam2(name: str, checkpoint: str | None) -> None:
     """Resolve `--sam2` and check `--sam2-ckpt` before any expensive stage (the policy pass can take hours):
     the config must be known, the checkpoint a complete PyTorch zip archive. `UserError` naming the flag/file."""
-    from veason_r1.models.sam2 import SAM2_CONFIGS, _config_path
+    from veason_r1.models.registry import propagator_name_problem
 
-    try:
-        _config_path(name)
-    except ValueError:
-        raise BadInput("--sam2", f"unknown SAM2 config {name!r}",
-                       hint=f"use tiny, one of {', '.join(sorted(SAM2_CONFIGS))}, or a yaml path") from None
+    problem = propagator_name_problem(name)
+    if problem:
+        raise BadInput("--sam2", problem[0], hint=problem[1])
     if checkpoint is None:
         return
     check_torch_checkpoint(checkpoint, "--sam2-ckpt")

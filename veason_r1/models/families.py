@@ -28,6 +28,10 @@ class PolicyFamily:
     default_image_size: int  # the recipe's frame side for this family (~400 visual tokens per frame)
     sft_template: str  # LLaMA-Factory template for SFT export / training
     box_grid: int | None  # None: boxes in absolute pixels of the shown frame; N: relative 0..N grid
+    # The local trainer's log-prob forward passes the processor's `mm_token_type_ids` (Qwen3-VL / Qwen3.5 raise
+    # without them). Off for Qwen2.5-VL to keep today's numbers byte-identical, although transformers 5.5.4 then
+    # falls back to 1-D positions in that forward while generation uses M-RoPE (reported in issue 24's note).
+    forward_token_types: bool = True
     tiny_builder: str = ""  # "module:function(out_dir, seed) -> Path" of its random-weight tiny folder ("" = none)
     notes: str = ""  # verl / vLLM support, what the pinned set lacks
 
@@ -69,7 +73,7 @@ class PolicyFamily:
         if self.box_grid is None:
             return [list(b) for b in boxes]
         scale = self.box_grid / float(image_size)
-        return [[round(float(v) * scale) for v in b] for b in boxes]
+        return [[float(v) * scale for v in b] for b in boxes]
 
     def from_answer_boxes(self, boxes: Sequence[Sequence[float]], image_size: int) -> list[list[float]]:
         """The family's answer convention -> pixels of the S x S frame (identity for absolute pixels)."""
@@ -86,6 +90,7 @@ class PolicyFamily:
 QWEN2_5_VL = PolicyFamily(
     name="qwen2_5_vl", model_type="qwen2_5_vl", hf_class="Qwen2_5_VLForConditionalGeneration",
     patch_size=14, merge_size=2, default_image_size=560, sft_template="qwen2_vl", box_grid=None,
+    forward_token_types=False,
     tiny_builder="veason_r1.models.tiny:make_tiny_qwen",
     notes="the paper's family; verl 0.9.1 and vLLM 0.24 support it; HF fast paths in models/fast_qwen.py",
 )

@@ -128,6 +128,18 @@ def propagator_random_weights(name: str, checkpoint: str | Path | None) -> bool:
     return propagator_checkpoint(name, checkpoint) is None
 
 
+def propagator_name_problem(name: str) -> tuple[str, str] | None:
+    """(what is wrong, hint) when no propagator answers to `name`; None when one does."""
+    from veason_r1.models.sam2 import SAM2_CONFIGS, _config_path
+
+    try:
+        _config_path(name)
+    except ValueError:
+        return (f"unknown SAM2 config {name!r}",
+                f"use tiny, toy, one of {', '.join(sorted(SAM2_CONFIGS))}, or a yaml path")
+    return None
+
+
 def load_propagator(name: str, checkpoint: str | Path | None = None, device: str | None = None, **options):
     """A ready `Propagator` by name (today every name is a SAM2/SAM2.1 config; a new propagator adds a branch)."""
     from veason_r1.models.sam2 import load_sam2
