@@ -294,3 +294,12 @@ def test_sft_export_tokenizes_with_the_family_template_as_the_policy_inputs(name
         assert ds[i]["input_ids"] == ref["input_ids"][0].tolist() + end, name
         pad = tok.convert_tokens_to_ids("<|image_pad|>")
         assert ds[i]["input_ids"].count(pad) == len(frame_ids) * row.visual_tokens_per_frame(size)
+
+
+def test_the_paper_frame_side_with_another_family_is_a_one_line_error(cached, synth_root, tmp_path, capsys):
+    from veason_r1.cli import main
+
+    rc = main(["predict", "revos", "--data", str(synth_root), "--model", "tiny-qwen3_vl", "--sam2", "tiny",
+               "--device", "cpu", "--no-progress", "--limit", "1", "--out", str(tmp_path / "pred")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--image-size: 560 must be a positive multiple of 32" in err and "--image-size 640" in err

@@ -102,3 +102,29 @@ def test_no_caller_probes_a_propagator():
     for rel in ("reward/scoring.py", "inference/predict.py", "inference/pipeline.py", "app/models.py"):
         text = (root / rel).read_text()
         assert "hasattr(propagator" not in text and "_accepts(" not in text, rel
+
+
+def test_qwen2_5_vl_ground_truth_is_written_as_before():
+    from veason_r1.reward.verl_hook import make_ground_truth, parse_ground_truth
+
+    masks = np.zeros((2, 4, 4), bool)
+    gt = make_ground_truth([0, 5], {"0": [[0, 0, 0, 0]], "1": [[0, 0, 1, 1]]}, masks)
+    assert set(gt) == {"frame_ids", "gt_boxes", "gt_masks_rle"}  # no new key for the paper's family
+    assert parse_ground_truth(gt).family == "qwen2_5_vl"
+    gt3 = make_ground_truth([0, 5], {"0": [[0, 0, 0, 0]], "1": [[0, 0, 250, 250]]}, masks, family="qwen3_vl")
+    assert parse_ground_truth(gt3).family == "qwen3_vl"
+
+
+@pytest.mark.slow
+def test_toy_names_work_in_infer_and_predict(synth_root, tmp_path):
+    """`--model toy` / `--sam2 toy` resolve in every command that takes a model (the registry)."""
+    from veason_r1.cli import main
+
+    video = synth_root / "JPEGImages" / "v00000"
+    assert main(["infer", "--video", str(video), "--query", "the red ball", "--model", "toy", "--sam2", "toy",
+                 "--image-size", "112", "--max-new-tokens", "16", "--device", "cpu", "--no-progress", "--no-overlay",
+                 "--out", str(tmp_path / "infer")]) == 0
+    assert json.loads((tmp_path / "infer" / "result.json").read_text())["keyframe_index"] >= 0
+    assert main(["predict", "revos", "--data", str(synth_root), "--model", "toy", "--sam2", "toy", "--image-size",
+                 "112", "--max-new-tokens", "16", "--device", "cpu", "--no-progress", "--limit", "2",
+                 "--out", str(tmp_path / "pred")]) == 0

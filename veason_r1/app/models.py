@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from veason_r1.config import IMAGE_SIZE, RESPONSE_BUDGET
+from veason_r1.config import RESPONSE_BUDGET
+from veason_r1.models.families import DEFAULT_FAMILY, family_of_folder
 from veason_r1.models.registry import POLICIES, PROPAGATORS, TINY, TINY_IMAGE_SIZE  # noqa: F401 - re-exported
 
 DEFAULT_MODEL = TINY  # the policy `veason-r1 app` loads without --model
@@ -75,8 +76,9 @@ def resolve_models(
                 f"--model: {model!r} is neither a known name ({', '.join(sorted(NAMED_POLICIES))}) "
                 "nor a local Qwen2.5-VL folder"
             )
-        size = image_size or IMAGE_SIZE
-        policy_label, policy_random = f"Qwen2.5-VL from {folder}", False
+        row = family_of_folder(folder) or DEFAULT_FAMILY  # the folder's own frame side (560 for Qwen2.5-VL)
+        size = image_size or row.default_image_size
+        policy_label, policy_random = f"{row.name} from {folder}", False
     if sam2_ckpt is not None and not Path(sam2_ckpt).is_file():
         raise FileNotFoundError(f"--sam2-ckpt: no SAM2 checkpoint at {sam2_ckpt}")
     named_sam2 = NAMED_SAM2.get(sam2) if sam2_ckpt is None else None

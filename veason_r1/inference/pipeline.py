@@ -376,6 +376,13 @@ def build_engine(
     from veason_r1.models import policy as policy_lib
 
     model_dir = policy_lib.check_model_dir(model_dir)
+    from veason_r1.models.families import family_of_folder
+
+    row = family_of_folder(model_dir) or DEFAULT_FAMILY
+    problem = row.image_size_problem(image_size)
+    if problem:  # e.g. the paper's 560 default with a Qwen3-VL folder
+        raise BadInput("--image-size", f"{image_size} {problem}",
+                       hint=f"{model_dir} is a {row.name} policy: give --image-size {row.default_image_size}")
     if kind == "hf":
         if device is None:
             import torch
