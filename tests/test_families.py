@@ -303,3 +303,25 @@ def test_the_paper_frame_side_with_another_family_is_a_one_line_error(cached, sy
                "--device", "cpu", "--no-progress", "--limit", "1", "--out", str(tmp_path / "pred")])
     err = capsys.readouterr().err
     assert rc == 2 and "--image-size: 560 must be a positive multiple of 32" in err and "--image-size 640" in err
+
+
+def test_cot_refuses_a_frame_side_the_family_cannot_take(synth_root, tmp_path, capsys):
+    from veason_r1.cli import main
+
+    rc = main(["cot", "--root", str(synth_root), "--split", "train", "--teacher", "synthetic", "--family", "qwen3_vl",
+               "--out-dir", str(tmp_path / "cot"), "--no-progress"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--image-size: 560 must be a positive multiple of 32" in err and "640" in err
+
+
+def test_cot_exports_sft_rows_in_the_family_convention(synth_root, tmp_path):
+    from veason_r1.cli import main
+
+    out = tmp_path / "cot"
+    assert main(["cot", "--root", str(synth_root), "--split", "train", "--teacher", "synthetic", "--family",
+                 "qwen3_vl", "--image-size", "640", "--limit", "2", "--out-dir", str(out), "--no-progress"]) == 0
+    rows = json.loads((out / "sft" / "veason_cot.json").read_text())
+    assert rows and all("0 to 1000" in r["messages"][1]["content"] for r in rows)
+    for r in rows:
+        answer = json.loads(r["messages"][2]["content"].split("<answer>")[1].split("</answer>")[0])
+        assert all(0 <= v <= 1000 for b in answer["bbox_2d_list"] for v in b)

@@ -118,8 +118,13 @@ def run(args: argparse.Namespace) -> int:
     """User errors (flags, dataset, folder) are `UserError`s: `veason-r1` prints one line and exits 2."""
     from veason_r1.data.revos import ReVOSDataset
     from veason_r1.datacon.cot import CotConfig, run_cot
+    from veason_r1.errors import BadInput
     from veason_r1.sft.dataset import export_llamafactory_dataset
 
+    row = FAMILIES[args.family]
+    if not args.no_sft and row.image_size_problem(args.image_size):  # before hours of teacher calls
+        raise BadInput("--image-size", f"{args.image_size} {row.image_size_problem(args.image_size)}",
+                       hint=f"--family {row.name} exports frames of --image-size {row.default_image_size}")
     teacher = _teacher(args)
     ds = ReVOSDataset(args.root, args.split, meta_file=_meta_file(args), load_foreground=False)
     config = CotConfig(num_frames=args.frames, seed=args.seed, concurrency=args.concurrency, limit=args.limit,
