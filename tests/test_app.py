@@ -29,6 +29,7 @@ from veason_r1.app.inputs import Limits, UserInputError, check_query, decode_upl
 from veason_r1.app.models import Models
 from veason_r1.inference.overlay import KEYFRAME_COLOR, read_video_frames, write_mp4
 from veason_r1.inference.pipeline import FrameRange, propagate, sample_frame_ids
+from veason_r1.models.families import DEFAULT_FAMILY
 
 ROOT = Path(__file__).resolve().parents[1]
 ANSWER = ("<think>the red circle moves right</think><answer>{'keyframe_timestamp': 12, "
@@ -62,6 +63,8 @@ def tiny_sam2():
 
 class ScriptedEngine:
     """A policy that always gives `text` (greedy or sampled), recording the sampling it was asked for."""
+
+    family = DEFAULT_FAMILY  # an engine declares its policy family (its box convention)
 
     def __init__(self, text: str = ANSWER, delay_s: float = 0.0, error: Exception | None = None):
         self.text, self.delay_s, self.error = text, delay_s, error
@@ -303,8 +306,10 @@ def test_pipeline_direction_hook():
 
     source = ArraySource([np.full((8, 8, 3), i, np.uint8) for i in range(6)])
 
-    class Recorder:
-        def propagate(self, frames, keyframe, boxes):
+    from veason_r1.models.propagator import PropagatorBase
+
+    class Recorder(PropagatorBase):
+        def propagate(self, frames, keyframe, boxes, *, progress=False):
             self.seen = (list(frames.names), keyframe)
             return np.ones((len(frames), 8, 8), bool)
 
@@ -349,7 +354,7 @@ def test_resolve_models_builds_the_tiny_policy_once_and_names_bad_paths(app_cach
     assert models.random_weights and models.image_size == 112 and "random weights" in models.description
     assert type(models.engine).__name__ == "HFEngine" and type(models.propagator).__name__ == "SAM2Propagator"
     assert resolve_models(cache_dir=app_cache, device="cpu").image_size == 112 and config.stat().st_mtime_ns == stamp
-    with pytest.raises(FileNotFoundError, match=r"--model: '/no/such/model' is neither a known name \(tiny, toy\)"):
+    with pytest.raises(FileNotFoundError, match=r"--model: '/no/such/model' is neither a known name \(tiny, tiny-qwen3_5, tiny-qwen3_vl, toy\)"):
         resolve_models("/no/such/model", cache_dir=app_cache)
     with pytest.raises(FileNotFoundError, match="--sam2-ckpt: no SAM2 checkpoint at /no/sam2.pt"):
         resolve_models(sam2="tiny", sam2_ckpt="/no/sam2.pt", cache_dir=app_cache)

@@ -27,6 +27,7 @@ from veason_r1.inference.pipeline import (
     segment_video,
     write_result,
 )
+from veason_r1.models.families import DEFAULT_FAMILY
 
 
 @pytest.fixture(scope="module")
@@ -118,6 +119,8 @@ def test_write_mp4_and_gif(tmp_path):
 
 class ScriptedEngine:
     """Answers like a trained policy would, with single quotes and a keyframe that is not a shown frame."""
+
+    family = DEFAULT_FAMILY  # an engine declares its policy family (its box convention)
 
     def __init__(self):
         self.requests = []

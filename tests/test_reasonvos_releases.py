@@ -18,6 +18,7 @@ from veason_r1.data.reasonvos import RELEASE_DICT, RELEASE_LIST, ReasonVOSDatase
 from veason_r1.data.synthetic import SynthConfig, write_benchmark
 from veason_r1.eval.evaluators import EvalConfig, evaluate_reasonvos
 from veason_r1.eval.metrics import boundary_f, jaccard
+from veason_r1.models.propagator import PropagatorBase
 
 H, W = 6, 8
 
@@ -209,10 +210,10 @@ def test_doctor_list_release_problems(list_release):
     assert not report.ok and "2024-12-27" in report.summary()
 
 
-class BoxFill:
+class BoxFill(PropagatorBase):
     """A stand-in propagator: every frame's mask is the prompt boxes filled (enough to test where PNGs go)."""
 
-    def propagate(self, source, keyframe, boxes):
+    def propagate(self, source, keyframe, boxes, *, progress=False):
         h, w = source.size
         m = np.zeros((h, w), bool)
         for x0, y0, x1, y1 in np.asarray(boxes).reshape(-1, 4):

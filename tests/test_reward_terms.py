@@ -126,8 +126,10 @@ def test_strict_variant_drops_dummy_gt_and_clips():
 def test_score_group_matches_score_response_and_bad_gt_raises():
     fids, boxes, masks, frames = _sample()
 
-    class Fake:
-        def propagate(self, fr, pos, b):
+    from veason_r1.models.propagator import PropagatorBase
+
+    class Fake(PropagatorBase):
+        def propagate(self, fr, pos, b, *, progress=False):
             out = np.zeros((3, 4, 4), bool)
             out[pos] = True
             return out

@@ -140,3 +140,92 @@ def test_no_two_public_classes_share_a_name():
             if isinstance(node, ast.ClassDef) and not node.name.startswith("_"):
                 seen.setdefault(node.name, []).append(path.relative_to(ROOT).as_posix())
     assert {name: where for name, where in seen.items() if len(where) > 1} == {}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The patch rule and the response budget (issue 24): the family table and config.RESPONSE_BUDGET are their homes.
+
+PATCH_NUMBERS = {14, 16, 28, 32}  # Qwen2.5-VL patch 14 x merge 2 = 28; Qwen3-VL / Qwen3.5 patch 16 x merge 2 = 32
+BUDGET_NAMES = {"max_new_tokens", "max_response_length", "max_tokens", "response_length"}
+SEAM_HOMES = {"veason_r1/models/families.py", "veason_r1/config.py"}
+SKIP_DIRS = ("veason_r1/toy/",)  # the toy world is rebuilt elsewhere (its trainer reads its own frozen numbers)
+
+
+def _patch_and_budget_literals(path: Path) -> list[str]:
+    """`x % 28`, `x // 14` (any patch number), `patch_size=14`/`"patch_size": 14`, and a 1024 default for a
+    response-budget name (function defaults, fields, `setting(1024, ...)`, add_argument defaults, keywords)."""
+    tree = ast.parse(path.read_text())
+    found = []
+
+    def patch_const(node) -> bool:
+        return isinstance(node, ast.Constant) and type(node.value) is int and node.value in PATCH_NUMBERS
+
+    def budget(node) -> bool:
+        if isinstance(node, ast.Call) and getattr(node.func, "id", "") == "setting" and node.args:
+            node = node.args[0]
+        return isinstance(node, ast.Constant) and type(node.value) is int and node.value == 1024
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Mod, ast.FloorDiv)) and patch_const(node.right):
+            found.append(f"patch rule {ast.unparse(node)} (line {node.lineno})")
+        elif isinstance(node, ast.keyword) and node.arg in ("patch_size", "merge_size", "spatial_merge_size") \
+                and patch_const(node.value):
+            found.append(f"patch rule {node.arg}={node.value.value} (line {node.value.lineno})")
+        elif isinstance(node, ast.Dict):
+            for k, v in zip(node.keys, node.values):
+                if isinstance(k, ast.Constant) and k.value in ("patch_size", "merge_size") and patch_const(v):
+                    found.append(f"patch rule {k.value!r}: {v.value} (line {v.lineno})")
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            args = node.args.posonlyargs + node.args.args
+            pairs = list(zip(args[len(args) - len(node.args.defaults):], node.args.defaults))
+            pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+            found += [f"budget {a.arg}=1024 (line {d.lineno})" for a, d in pairs if a.arg in BUDGET_NAMES and budget(d)]
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            if node.target.id in BUDGET_NAMES and node.value is not None and budget(node.value):
+                found.append(f"budget {node.target.id}=1024 (line {node.lineno})")
+        elif isinstance(node, ast.Call):
+            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
+            if name == "add_argument":
+                flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+                dest = flags[0].lstrip("-").replace("-", "_") if flags else ""
+                found += [f"budget --{dest}=1024 (line {kw.lineno})" for kw in node.keywords
+                          if kw.arg == "default" and dest in BUDGET_NAMES and budget(kw.value)]
+            found += [f"budget {kw.arg}=1024 (line {kw.lineno})" for kw in node.keywords
+                      if kw.arg in BUDGET_NAMES and budget(kw.value)]
+    return found
+
+
+def test_the_patch_rule_and_the_response_budget_have_one_home():
+    problems = []
+    for path in sorted([*(ROOT / "veason_r1").rglob("*.py"), *(ROOT / "bench").glob("*.py"),
+                        *(ROOT / "grpo_reward").rglob("*.py")]):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in SEAM_HOMES or rel.startswith(SKIP_DIRS) or rel.startswith("bench/toy_"):
+            continue
+        problems += [f"{rel}: {hit}" for hit in _patch_and_budget_literals(path)]
+    assert not problems, ("read the patch rule from veason_r1.models.families and the response budget from "
+                          "veason_r1.config.RESPONSE_BUDGET: " + "; ".join(problems))
+
+
+def test_the_seam_scanner_sees_retyped_rules(tmp_path):
+    src = tmp_path / "x.py"
+    src.write_text("ok = size % 28\nside = size // 14\nd = {'patch_size': 16}\nf(patch_size=14)\n"
+                   "def g(max_new_tokens=1024):\n    pass\nclass C:\n    max_response_length: int = setting(1024, ge=1)\n"
+                   "p.add_argument('--max-new-tokens', type=int, default=1024)\nh(max_tokens=1024)\n"
+                   "fine = size % 7\nalso_fine = 1024 * 1024\n")
+    assert len(_patch_and_budget_literals(src)) == 8
+
+
+def test_family_rows_are_the_rules():
+    from veason_r1.config import RESPONSE_BUDGET
+    from veason_r1.models.families import DEFAULT_FAMILY, FAMILIES
+    from veason_r1.models.policy import SamplingConfig, pixel_bounds, visual_tokens_per_frame
+    from veason_r1.rl.config import GRPOConfig
+
+    assert DEFAULT_FAMILY.name == "qwen2_5_vl" and DEFAULT_FAMILY.default_image_size == IMAGE_SIZE
+    assert (DEFAULT_FAMILY.patch_size, DEFAULT_FAMILY.merge_size, DEFAULT_FAMILY.factor) == (14, 2, 28)
+    assert visual_tokens_per_frame(560) == 400 and visual_tokens_per_frame(112) == 16
+    assert pixel_bounds(560) == {"min_pixels": 560 * 560, "max_pixels": 560 * 560}
+    for row in FAMILIES.values():  # every family's recipe frame keeps the paper's ~400 visual tokens
+        assert row.visual_tokens_per_frame(row.default_image_size) == 400
+    assert RESPONSE_BUDGET == 1024 == SamplingConfig().max_new_tokens == GRPOConfig().data.max_response_length

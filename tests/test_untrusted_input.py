@@ -513,7 +513,7 @@ def test_truncated_safetensors_and_wrong_model_type_name_the_file(data, tmp_path
     assert code == 2 and f"error: {weights}: truncated safetensors file" in err
     bert = fake_policy(tmp_path / "bert", model_type="bert")
     code, err = run_cli(_predict_with_model(data, tmp_path, bert), capsys)
-    assert code == 2 and "config.json: model_type is 'bert', expected 'qwen2_5_vl'" in err
+    assert code == 2 and "config.json: model_type is 'bert', expected one of 'qwen2_5_vl', 'qwen3_vl', 'qwen3_5'" in err
     assert not (tmp_path / "pred").exists()
 
 

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-IMAGE_SIZE = 560  # every frame shown to the policy is resized to 560x560 (bilinear, aspect not kept)
+from veason_r1.models.families import DEFAULT_FAMILY
+
+# every frame shown to the policy is resized to 560x560 (bilinear, aspect not kept): the paper's family's frame side
+IMAGE_SIZE = DEFAULT_FAMILY.default_image_size
+RESPONSE_BUDGET = 1024  # new tokens per response (generation, rollouts, the teacher's CoT): the one home
 MAX_BOXES = 120  # the reward considers at most this many boxes per side
 
 

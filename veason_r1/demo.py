@@ -35,6 +35,7 @@ from veason_r1 import stages
 from veason_r1.data.synthetic import SynthConfig
 from veason_r1.datacon.cot import CotConfig
 from veason_r1.errors import BadInput
+from veason_r1.models.families import DEFAULT_FAMILY
 from veason_r1.rl.config import GRPOConfig
 from veason_r1.runner import StageRecord, StageRunner
 from veason_r1.sft.config import SFTConfig
@@ -140,7 +141,8 @@ class DemoConfig:
                 raise DemoSetupError(source, f"{name} = {value!r}: {why}")
 
         need(self.synth.num_videos >= 4, "synth.num_videos", "needs >= 4 (train and valid both need videos)")
-        need(self.image_size > 0 and self.image_size % 28 == 0, "image_size", "must be a positive multiple of 28")
+        need(DEFAULT_FAMILY.image_size_problem(self.image_size) is None, "image_size",
+             DEFAULT_FAMILY.image_size_problem(self.image_size) or "")
         need(self.pool_size >= 1, "pool_size", "must be >= 1")
         need(self.sft.max_steps >= 1, "sft.max_steps", "must be >= 1 (the demo trains by steps)")
         need((self.rl.trainer.total_training_steps or 0) >= 1, "rl.trainer.total_training_steps", "must be >= 1")
@@ -290,9 +292,9 @@ class Demo:
         """The demo's SAM2 (CPU): the shipped toy checkpoint or a random-init tiny one, loaded once for the reward,
         both evaluations and the held-out reward."""
         if self._propagator is None:
-            from veason_r1.models.sam2 import load_sam2
+            from veason_r1.models.registry import load_propagator
 
-            self._propagator = load_sam2(self.cfg.sam2, device="cpu", seed=self.cfg.seed)
+            self._propagator = load_propagator(self.cfg.sam2, device="cpu", seed=self.cfg.seed)
         return self._propagator
 
     @property

@@ -51,10 +51,16 @@ def nonnegative_float(text: str) -> float:
 
 
 def policy_image_size(text: str) -> int:
-    """The policy's square frame side: a positive multiple of 28 (Qwen2.5-VL patch 14 x spatial merge 2)."""
+    """The policy's square frame side: a positive multiple of some family's patch x merge (the family table; the
+    loaded policy's own family checks it exactly)."""
+    from veason_r1.models.families import FAMILIES
+
     value = positive_int(text)
-    if value % 28:
-        raise argparse.ArgumentTypeError(f"expected a positive multiple of 28 (e.g. 560, 112), got {text!r}")
+    if all(row.image_size_problem(value) for row in FAMILIES.values()):
+        factors = sorted({row.factor for row in FAMILIES.values()})
+        raise argparse.ArgumentTypeError(
+            f"expected a positive multiple of {' or '.join(map(str, factors))} (the policy family's patch x merge, "
+            f"e.g. 560 or 112 for Qwen2.5-VL, 640 for Qwen3-VL), got {text!r}")
     return value
 
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from veason_r1.models.toy import sam2_needs_checkpoint
+from veason_r1.models.registry import propagator_needs_checkpoint
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PASS, WARN, SKIP, FAIL = "PASS", "WARN", "SKIP", "FAIL"
@@ -224,19 +224,24 @@ def _pinned_exact(dist: str) -> str:
 
 
 def model_check(path: str | Path) -> Check:
-    """The folder is a complete Qwen2.5-VL folder whose config and processor load (weights are not read)."""
+    """The folder is a complete folder of a policy family (models/families.py) whose config and processor load
+    (weights are not read)."""
     from transformers import AutoConfig
 
+    from veason_r1.models.families import FAMILIES
     from veason_r1.models.policy import check_model_dir, load_processor
 
     folder = check_model_dir(path)
     config = AutoConfig.from_pretrained(str(folder), local_files_only=True)
-    if getattr(config, "model_type", "") not in ("qwen2_5_vl",):
-        return Check("model folder", FAIL, f"{folder}: model_type {config.model_type!r}, expected 'qwen2_5_vl'",
-                     "give a Qwen2.5-VL folder")
+    model_type = getattr(config, "model_type", "")
+    if model_type not in FAMILIES:
+        return Check("model folder", FAIL,
+                     f"{folder}: model_type {model_type!r}, expected one of {', '.join(FAMILIES)}",
+                     "give a folder of a policy family in models/families.py")
     load_processor(folder)
     size = model_bytes(folder)
-    return Check("model folder", PASS, f"{folder}: qwen2_5_vl config and processor load ({size / 1e9:.1f} GB of weights)")
+    return Check("model folder", PASS,
+                 f"{folder}: {model_type} config and processor load ({size / 1e9:.1f} GB of weights)")
 
 
 def model_bytes(folder: str | Path) -> int:
@@ -261,11 +266,11 @@ def sam2_check(name: str | None, checkpoint: str | None, cpu_ok: bool) -> Check:
 
     from veason_r1.errors import UserError
     from veason_r1.inference.pipeline import check_sam2
-    from veason_r1.models.sam2 import load_sam2
+    from veason_r1.models.registry import load_propagator
 
     if not name:
         return Check("sam2", FAIL, "no SAM2 configured", "set reward.sam2 / --sam2 and its checkpoint")
-    if checkpoint is None and sam2_needs_checkpoint(name):
+    if checkpoint is None and propagator_needs_checkpoint(name):
         return Check("sam2", FAIL, f"SAM2 {name!r} without a checkpoint (random weights)", "give its checkpoint")
     if checkpoint is not None and not Path(checkpoint).is_file():
         return Check("sam2", FAIL, f"checkpoint {checkpoint} not found", "download it (docs/reproduce.md, 'What to download')")
@@ -274,7 +279,7 @@ def sam2_check(name: str | None, checkpoint: str | None, cpu_ok: bool) -> Check:
         return Check("sam2", FAIL, f"{name} ({checkpoint}): no GPU to load it on", "run on the GPU node")
     try:
         check_sam2(name, checkpoint)
-        load_sam2(name, checkpoint, device or "cpu")
+        load_propagator(name, checkpoint, device or "cpu")
     except UserError as e:
         return Check("sam2", FAIL, str(e), e.hint or "fix --sam2 / --sam2-ckpt")
     where = device or "cpu (--cpu-ok)"

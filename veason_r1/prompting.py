@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from veason_r1.config import IMAGE_SIZE, PromptConfig
+from veason_r1.models.families import DEFAULT_FAMILY, PolicyFamily
 
 IMAGE_PLACEHOLDER = "<image>"
 SCHEMA_EXAMPLE = '{"keyframe_timestamp": 12, "bbox_2d_list": [[x1, y1, x2, y2]]}'
@@ -42,10 +43,22 @@ def normalize_expression(expression: str) -> str:
     return expression.strip().lower().rstrip(". ")
 
 
-def question_text(expression: str, num_frames: int, config: PromptConfig = PromptConfig()) -> str:
+def coordinate_text(family: PolicyFamily) -> str:
+    """The sentence that states a relative-grid family's box convention ("" for absolute pixels: the paper's prompt,
+    byte for byte)."""
+    if family.box_grid is None:
+        return ""
+    return (f"Box coordinates are relative to the frame: 0 to {family.box_grid} from left to right and from top to "
+            "bottom.")
+
+
+def question_text(expression: str, num_frames: int, config: PromptConfig = PromptConfig(),
+                  family: PolicyFamily = DEFAULT_FAMILY) -> str:
     text = QUESTION_TEMPLATE.format(num_frames=num_frames, expression=normalize_expression(expression))
     if config.schema_example:
         text += " " + SCHEMA_EXAMPLE
+    if family.box_grid is not None:
+        text += " " + coordinate_text(family)
     return text
 
 
@@ -58,9 +71,10 @@ def frame_listing(frame_ids: Sequence[int]) -> str:
     return ", ".join(f"{timestamp_label(t)}{IMAGE_PLACEHOLDER}" for t in frame_ids)
 
 
-def build_prompt(expression: str, frame_ids: Sequence[int], config: PromptConfig = PromptConfig()) -> str:
+def build_prompt(expression: str, frame_ids: Sequence[int], config: PromptConfig = PromptConfig(),
+                 family: PolicyFamily = DEFAULT_FAMILY) -> str:
     """User turn as one string: '(0s)<image>, (5s)<image>, ...' then a newline and the question."""
-    return f"{frame_listing(frame_ids)}\n{question_text(expression, len(frame_ids), config)}"
+    return f"{frame_listing(frame_ids)}\n{question_text(expression, len(frame_ids), config, family)}"
 
 
 def build_messages(
@@ -68,6 +82,7 @@ def build_messages(
     frame_ids: Sequence[int],
     images: Sequence[Any] | None = None,
     config: PromptConfig = PromptConfig(),
+    family: PolicyFamily = DEFAULT_FAMILY,
 ) -> list[dict]:
     """Qwen2.5-VL chat messages (system + user with interleaved text and images) from the canonical prompt.
 
@@ -75,7 +90,7 @@ def build_messages(
     """
     if images is not None and len(images) != len(frame_ids):
         raise ValueError(f"build_messages: {len(images)} images for {len(frame_ids)} frame ids")
-    return chat_messages(build_prompt(expression, frame_ids, config), images, config.system)
+    return chat_messages(build_prompt(expression, frame_ids, config, family), images, config.system)
 
 
 def chat_messages(prompt: str, images: Sequence[Any] | None = None, system: str = PromptConfig().system) -> list[dict]:
@@ -94,16 +109,20 @@ def chat_messages(prompt: str, images: Sequence[Any] | None = None, system: str 
     ]
 
 
-def answer_json(keyframe: int, boxes: Sequence[Sequence[float]]) -> str:
-    """The answer payload: {"keyframe_timestamp": int, "bbox_2d_list": [[x1,y1,x2,y2], ...]} (560-space ints)."""
+def answer_json(keyframe: int, boxes: Sequence[Sequence[float]], family: PolicyFamily = DEFAULT_FAMILY,
+                image_size: int = IMAGE_SIZE) -> str:
+    """The answer payload: {"keyframe_timestamp": int, "bbox_2d_list": [[x1,y1,x2,y2], ...]}; `boxes` are in pixels
+    of the image_size frame, written in the family's convention (Qwen2.5-VL: those pixels, as ints)."""
+    boxes = family.to_answer_boxes(boxes, image_size)
     return json.dumps(
         {"keyframe_timestamp": int(keyframe), "bbox_2d_list": [[int(round(float(v))) for v in b] for b in boxes]}
     )
 
 
-def format_response(reasoning: str, keyframe: int, boxes: Sequence[Sequence[float]]) -> str:
+def format_response(reasoning: str, keyframe: int, boxes: Sequence[Sequence[float]],
+                    family: PolicyFamily = DEFAULT_FAMILY, image_size: int = IMAGE_SIZE) -> str:
     """A complete assistant turn: <think>...</think> then <answer>{json}</answer>."""
-    return f"<think>{reasoning.strip()}</think>\n<answer>{answer_json(keyframe, boxes)}</answer>"
+    return f"<think>{reasoning.strip()}</think>\n<answer>{answer_json(keyframe, boxes, family, image_size)}</answer>"
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -195,13 +214,15 @@ def _loads_lenient(text: str) -> Any:
     return None
 
 
-def parse_prediction(response: str, frame_ids: Sequence[int]) -> ParsedPrediction:
+def parse_prediction(response: str, frame_ids: Sequence[int], family: PolicyFamily = DEFAULT_FAMILY,
+                     image_size: int = IMAGE_SIZE) -> ParsedPrediction:
     """Parse a model answer for inference.
 
     Documented behaviour: accepts single-quoted (Python-literal) JSON, text after the JSON, a missing </answer>,
     and keys found anywhere in the text. A keyframe that is not one of the shown frames snaps to the nearest shown
     frame (noted); no keyframe at all falls back to the middle shown frame (noted). Boxes that are not 4 finite
-    numbers are dropped (noted); coordinates are clipped to [0, IMAGE_SIZE].
+    numbers are dropped (noted); coordinates are clipped to [0, IMAGE_SIZE]. A relative-grid family's boxes are
+    clipped to its grid and returned in pixels of the image_size frame, so `boxes` always mean that frame's pixels.
     """
     out = ParsedPrediction()
     think = THINK_PATTERN.search(response)
@@ -253,8 +274,10 @@ def parse_prediction(response: str, frame_ids: Sequence[int]) -> ParsedPredictio
             and len(b) == 4
             and all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in b)
         ):
-            x1, y1, x2, y2 = (min(max(float(v), 0.0), float(IMAGE_SIZE)) for v in b)
-            out.boxes.append([min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)])
+            extent = float(IMAGE_SIZE if family.box_grid is None else family.box_grid)
+            x1, y1, x2, y2 = (min(max(float(v), 0.0), extent) for v in b)
+            box = [min(x1, x2), min(y1, y2), max(x1, x2), max(y1, y2)]
+            out.boxes.append(box if family.box_grid is None else family.from_answer_boxes([box], image_size)[0])
         else:
             out.notes.append(f"dropped malformed box {str(b)[:40]}")
     if not out.boxes:

@@ -16,7 +16,7 @@ import os
 import sys
 from pathlib import Path
 
-from veason_r1.config import FRAMES
+from veason_r1.config import FRAMES, RESPONSE_BUDGET
 
 
 def default_cache_dir() -> Path:
@@ -43,7 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--fast-paths", choices=("auto", "on", "off"), default="auto")
     m.add_argument("--image-size", type=int, default=None,
                    help="policy square frame side (default: 112 for the tiny policy, 560 otherwise)")
-    m.add_argument("--max-new-tokens", type=int, default=1024, help="response budget (default: 1024)")
+    m.add_argument("--max-new-tokens", type=int, default=RESPONSE_BUDGET,
+                   help=f"response budget (default: {RESPONSE_BUDGET})")
     m.add_argument("--offload", action="store_true", help="SAM2 frames and memories in CPU memory (long videos)")
     m.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s = parser.add_argument_group("server")

@@ -26,6 +26,7 @@ from veason_r1.flags import (
     positive_float,
     positive_int,
 )
+from veason_r1.models.families import DEFAULT_FAMILY, FAMILIES
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -73,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--save-boxed-frames", action="store_true", help="also save the boxed frames sent to the teacher")
     e = parser.add_argument_group("SFT export")
     e.add_argument("--sft-name", default="veason_cot", help="dataset name in sft/dataset_info.json")
+    e.add_argument("--family", choices=list(FAMILIES), default=DEFAULT_FAMILY.name,
+                   help="policy family the SFT set is for: its prompt text and box convention (models/families.py); "
+                        "give its frame side with --image-size (e.g. 640 for qwen3_vl / qwen3_5)")
     e.add_argument("--image-size", type=policy_image_size, default=IMAGE_SIZE,
                    help=f"SFT frame size (default: {IMAGE_SIZE})")
     e.add_argument("--no-sft", action="store_true", help="do not write the LLaMA-Factory dataset")
@@ -115,9 +119,14 @@ def run(args: argparse.Namespace) -> int:
     """User errors (flags, dataset, folder) are `UserError`s: `veason-r1` prints one line and exits 2."""
     from veason_r1.data.revos import ReVOSDataset
     from veason_r1.datacon.cot import CotConfig, run_cot
+    from veason_r1.errors import BadInput
     from veason_r1.paths import output_dir
     from veason_r1.sft.dataset import export_llamafactory_dataset
 
+    row = FAMILIES[args.family]
+    if not args.no_sft and row.image_size_problem(args.image_size):  # before hours of teacher calls
+        raise BadInput("--image-size", f"{args.image_size} {row.image_size_problem(args.image_size)}",
+                       hint=f"--family {row.name} exports frames of --image-size {row.default_image_size}")
     sft_dir = output_dir(args.out_dir, "sft", key="SFT dataset folder")  # refused if a link leads outside
     boxed = output_dir(args.out_dir, "boxed_frames", key="boxed frames folder") if args.save_boxed_frames else None
     teacher = _teacher(args)
@@ -134,7 +143,8 @@ def run(args: argparse.Namespace) -> int:
 
         records = load_cot_records(args.out_dir / FINAL_JSON)
         info = export_llamafactory_dataset(records, sft_dir, name=args.sft_name,
-                                           image_size=args.image_size, progress=not args.no_progress)
+                                           image_size=args.image_size, progress=not args.no_progress,
+                                           family=args.family)
         print(f"SFT dataset: {len(records)} rows, {info} (entry {args.sft_name!r})")
     if summary.aborted:
         return 1

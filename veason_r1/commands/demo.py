@@ -16,6 +16,7 @@ import argparse
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from veason_r1.demo import DemoConfig
+    from veason_r1.models.families import DEFAULT_FAMILY
 
     d = DemoConfig()  # every default below is read from it
     rl = d.rl
@@ -26,7 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--pool-size", type=int, default=None,
                         help=f"stratified training pool size, capped at what exists (default: {d.pool_size})")
     parser.add_argument("--image-size", type=int, default=None,
-                        help=f"policy frame side, a multiple of 28 (default: {d.image_size} = 16 tokens/frame)")
+                        help=f"policy frame side, a multiple of {DEFAULT_FAMILY.factor} "
+                             f"(default: {d.image_size} = {DEFAULT_FAMILY.visual_tokens_per_frame(d.image_size)} tokens/frame)")
     parser.add_argument("--max-frames", type=int, default=None,
                         help=f"longest synthetic video in frames (synth.max_frames, default: {d.synth.max_frames})")
     parser.add_argument("--sft-steps", type=int, default=None,

@@ -48,7 +48,9 @@ def _build_config(args: argparse.Namespace):
     if args.data is not None:
         paths["dataset_dir"] = str(args.data)
     if args.model is not None:
-        paths["model_name_or_path"] = str(args.model)
+        from veason_r1.models.registry import resolve_policy
+
+        paths["model_name_or_path"] = str(resolve_policy(args.model))  # a name (`toy`, `tiny`, ...) -> its folder
     if args.data is None and args.config is None:
         from veason_r1.errors import BadInput
 

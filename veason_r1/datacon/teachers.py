@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from veason_r1.config import RESPONSE_BUDGET
 from veason_r1.datacon.cot_request import CotSample, TeacherRequest
 
 RED_BOX_PATTERN = re.compile(
@@ -43,7 +44,7 @@ class EndpointConfig:
     max_attempts: int = 6
     backoff_base: float = 2.0  # seconds before the 2nd attempt; doubles each attempt
     backoff_max: float = 60.0
-    max_tokens: int | None = 1024
+    max_tokens: int | None = RESPONSE_BUDGET
     temperature: float | None = None
 
 

@@ -22,12 +22,13 @@ from typing import Any
 
 import numpy as np
 
-from veason_r1.config import FRAMES, IMAGE_SIZE
+from veason_r1.config import FRAMES, IMAGE_SIZE, RESPONSE_BUDGET
 from veason_r1.data.masks import box_from_square
 from veason_r1.data.sampling import eval_frames
 from veason_r1.data.video import FrameSource, open_video, resize_frame
 from veason_r1.errors import BadInput, MissingInput, UserError
 from veason_r1.flags import policy_image_size, positive_int
+from veason_r1.models.families import DEFAULT_FAMILY, PolicyFamily
 from veason_r1.paths import OWNER_MARKER, is_owned, mark_owned, name_problem, remove_owned_tree
 from veason_r1.prompting import parse_prediction
 
@@ -38,7 +39,7 @@ class InferenceConfig:
 
     image_size: int = IMAGE_SIZE
     num_frames: int = FRAMES.eval_frames
-    max_new_tokens: int = 1024
+    max_new_tokens: int = RESPONSE_BUDGET
 
 
 @dataclass
@@ -81,12 +82,13 @@ def boxes_to_original(boxes: Sequence[Sequence[float]], height: int, width: int,
     return out
 
 
-def make_answer(response: str, frame_ids: Sequence[int], height: int, width: int, size: int) -> Answer:
-    """Parse a response robustly and map its boxes to original pixels.
+def make_answer(response: str, frame_ids: Sequence[int], height: int, width: int, size: int,
+                family: PolicyFamily = DEFAULT_FAMILY) -> Answer:
+    """Parse a response robustly (in the policy family's box convention) and map its boxes to original pixels.
 
     The shared parser clips boxes to [0, 560]; for another policy size the boxes are clipped to [0, size] here.
     """
-    parsed = parse_prediction(response, frame_ids)
+    parsed = parse_prediction(response, frame_ids, family, size)
     boxes_policy = [[min(max(float(v), 0.0), float(size)) for v in b] for b in parsed.boxes]
     keyframe = parsed.keyframe if parsed.keyframe is not None else int(frame_ids[len(frame_ids) // 2])
     return Answer(
@@ -155,8 +157,7 @@ def propagate(
         masks[start:stop] = part
         return masks
     box_array = np.asarray(boxes, dtype=np.float32).reshape(-1, 4)
-    kwargs = {"progress": progress} if progress and _accepts(propagator.propagate, "progress") else {}
-    masks = propagator.propagate(source if encoded is None else encoded, int(keyframe), box_array, **kwargs)
+    masks = propagator.propagate(source if encoded is None else encoded, int(keyframe), box_array, progress=progress)
     masks = np.asarray(masks).astype(bool, copy=False)
     if masks.shape != (len(source), height, width):
         raise ValueError(f"SAM2 returned masks of shape {masks.shape}, expected {(len(source), height, width)}")
@@ -177,16 +178,6 @@ def write_mask_png(path: str | os.PathLike, mask: np.ndarray) -> None:
     from veason_r1.io_utils import atomic_write_bytes
 
     atomic_write_bytes(path, mask_png_bytes(mask))
-
-
-def _accepts(fn: Any, name: str) -> bool:
-    import inspect
-
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return False
-    return name in params or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
 
 
 def generate_responses(engine: Any, requests: list, config: InferenceConfig, sampling: Any = None) -> list[str]:
@@ -263,7 +254,7 @@ def answer_query(
     t0 = time.perf_counter()
     (response,) = generate_responses(engine, [GenerationRequest(query, frame_ids, images)], config, sampling)
     timings["generate_s"] = time.perf_counter() - t0
-    return make_answer(response, frame_ids, height, width, config.image_size), timings
+    return make_answer(response, frame_ids, height, width, config.image_size, engine.family), timings
 
 
 def segment_video(
@@ -389,6 +380,13 @@ def build_engine(
     from veason_r1.models import policy as policy_lib
 
     model_dir = policy_lib.check_model_dir(model_dir)
+    from veason_r1.models.families import family_of_folder
+
+    row = family_of_folder(model_dir) or DEFAULT_FAMILY
+    problem = row.image_size_problem(image_size)
+    if problem:  # e.g. the paper's 560 default with a Qwen3-VL folder
+        raise BadInput("--image-size", f"{image_size} {problem}",
+                       hint=f"{model_dir} is a {row.name} policy: give --image-size {row.default_image_size}")
     if kind == "hf":
         if device is None:
             import torch
@@ -417,7 +415,8 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
                              "auto = on CUDA")
     defaults = InferenceConfig()  # the defaults live in the dataclass
     parser.add_argument("--image-size", type=policy_image_size, default=defaults.image_size,
-                        help=f"policy square frame side, a multiple of 28 (default: {defaults.image_size})")
+                        help=f"policy square frame side, a multiple of the family's patch x merge "
+                             f"({DEFAULT_FAMILY.factor} for Qwen2.5-VL, default: {defaults.image_size})")
     parser.add_argument("--num-frames", type=positive_int, default=defaults.num_frames,
                         help=f"frames shown to the policy (linspace; default: {defaults.num_frames})")
     parser.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
@@ -430,10 +429,15 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
 
 def check_sam2(name: str, checkpoint: str | None) -> None:
     """Resolve `--sam2` and check `--sam2-ckpt` before any expensive stage (the policy pass can take hours):
-    the config must be known (a yaml must parse and name a model), the checkpoint a complete PyTorch zip archive. `UserError` naming the flag/file."""
+    the config must be known (a yaml must parse and name a model), the checkpoint a complete PyTorch zip archive.
+    `UserError` naming the flag/file."""
+    from veason_r1.models.registry import propagator_name_problem
     from veason_r1.models.sam2 import sam2_config
 
-    sam2_config(name)  # known name, or a yaml that parses and names a model
+    problem = propagator_name_problem(name)
+    if problem:
+        raise BadInput("--sam2", problem[0], hint=problem[1])
+    sam2_config(name)  # a yaml that parses and names a model
     if checkpoint is None:
         return
     check_torch_checkpoint(checkpoint, "--sam2-ckpt")
@@ -463,7 +467,7 @@ def check_torch_checkpoint(path: str | os.PathLike, flag: str) -> None:
 
 
 def build_propagator(args: Any) -> Any:
-    from veason_r1.models.sam2 import load_sam2
+    from veason_r1.models.registry import load_propagator
 
     check_sam2(args.sam2, args.sam2_ckpt)
-    return load_sam2(args.sam2, checkpoint=args.sam2_ckpt, device=args.device, offload=args.offload)
+    return load_propagator(args.sam2, checkpoint=args.sam2_ckpt, device=args.device, offload=args.offload)

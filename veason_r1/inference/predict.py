@@ -47,11 +47,12 @@ from veason_r1.inference.pipeline import (
     make_answer,
     mask_png_bytes,
     policy_images,
-    propagate,
     sample_frame_ids,
 )
 from veason_r1.benchmarks import BENCHMARKS, DEFAULT_SPLITS, benchmark  # noqa: F401 - BENCHMARKS re-exported
 from veason_r1.io_utils import append_jsonl, atomic_write_json, atomic_write_text, file_identity, read_jsonl
+from veason_r1.models.families import DEFAULT_FAMILY, family_of_folder
+from veason_r1.models.registry import resolve_policy
 from veason_r1.paths import mark_owned, name_problem, output_dir, remove_owned_tree, safe_join
 
 STAGE1_DIR = ".stage1"
@@ -366,6 +367,8 @@ def run_stage1(
     stats["skipped"] = sum(len(blk) for _, blk in owned_blocks(blocks, shard)) - sum(
         sum(e.key not in done for e in blk) for _, blk in todo)
     size = config.inference.image_size
+    # the policy folder's family reads its answers (its box convention); no folder (oracles) -> the paper's
+    row = (family_of_folder(resolve_policy(config.model)) if config.model else None) or DEFAULT_FAMILY
     for b, block in _bar(todo, progress, "stage 1 (policy)"):
         t0 = time.perf_counter()
         frame_ids, requests, sizes = [], [], []
@@ -384,7 +387,7 @@ def run_stage1(
         for e, ids, (h, w), response in zip(block, frame_ids, sizes, responses):
             if e.key in done:
                 continue
-            answer = make_answer(response, ids, h, w, size)
+            answer = make_answer(response, ids, h, w, size, row)
             if not config.needs_policy:
                 answer.notes = []  # no policy ran: the parser's "no JSON" notes would only be noise
             answer = apply_oracles(answer, dataset, e, config)
@@ -522,23 +525,19 @@ def video_groups(dataset: Any, blocks: Sequence[list[Any]], shard: Shard,
 
 def propagate_group(propagator: Any, source: Any, records: Sequence[dict]) -> list[np.ndarray]:
     """Union masks (L, H, W) for several expressions of one video: one SAM2 pass over the video for all their
-    objects (`propagate_many`) when the propagator offers it; empty masks for expressions without boxes."""
+    objects (`Propagator.propagate_many`); empty masks for expressions without boxes."""
     height, width = source.size
     with_boxes = [i for i, r in enumerate(records) if r["boxes"]]
     out = [np.zeros((len(source), height, width), dtype=bool) for _ in records]
     if not with_boxes:
         return out
-    if hasattr(propagator, "propagate_many") and hasattr(propagator, "encode"):
-        # keep every frame's features (up to FEATURE_CACHE_FRAMES): groups with several keyframes walk the video
-        # once per keyframe and should not re-encode it
-        encoded = propagator.encode(source, cache_frames=min(len(source), FEATURE_CACHE_FRAMES))
-        prompts = [(int(records[i]["keyframe"]), np.asarray(records[i]["boxes"], np.float32).reshape(-1, 4))
-                   for i in with_boxes]
-        for i, masks in zip(with_boxes, propagator.propagate_many(encoded, prompts)):
-            out[i] = np.asarray(masks).astype(bool, copy=False)
-    else:
-        for i in with_boxes:
-            out[i] = propagate(propagator, source, records[i]["keyframe"], records[i]["boxes"])
+    # keep every frame's features (up to FEATURE_CACHE_FRAMES): groups with several keyframes walk the video
+    # once per keyframe and should not re-encode it
+    encoded = propagator.encode(source, cache_frames=min(len(source), FEATURE_CACHE_FRAMES))
+    prompts = [(int(records[i]["keyframe"]), np.asarray(records[i]["boxes"], np.float32).reshape(-1, 4))
+               for i in with_boxes]
+    for i, masks in zip(with_boxes, propagator.propagate_many(encoded, prompts)):
+        out[i] = np.asarray(masks).astype(bool, copy=False)
     for i, m in enumerate(out):
         if m.shape != (len(source), height, width):
             raise ValueError(f"SAM2 returned masks of shape {m.shape}, expected {(len(source), height, width)}")

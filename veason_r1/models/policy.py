@@ -23,10 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from veason_r1.config import IMAGE_SIZE
+from veason_r1.config import IMAGE_SIZE, RESPONSE_BUDGET
+from veason_r1.models.families import DEFAULT_FAMILY, FAMILIES, PolicyFamily, family, family_of_processor
 from veason_r1.prompting import build_messages
 
-PATCH_FACTOR = 28  # Qwen2.5-VL: patch 14 x spatial merge 2; a side must be a multiple of it to stay unresized
 STOP_TOKENS = ("<|im_end|>", "<|endoftext|>")
 
 
@@ -38,6 +38,7 @@ class Policy:
     processor: Any
     device: str = "cpu"
     model_dir: Path | None = None
+    family: PolicyFamily = DEFAULT_FAMILY
 
     @property
     def tokenizer(self):
@@ -57,7 +58,7 @@ class GenerationRequest:
 class SamplingConfig:
     """Decoding settings. temperature 0 means greedy (then the n completions are identical copies)."""
 
-    max_new_tokens: int = 1024
+    max_new_tokens: int = RESPONSE_BUDGET
     temperature: float = 0.0
     top_p: float = 1.0
     n: int = 1
@@ -82,7 +83,7 @@ class SamplingConfig:
 # Loading
 
 
-EXPECTED_MODEL_TYPE = "qwen2_5_vl"
+EXPECTED_MODEL_TYPE = DEFAULT_FAMILY.model_type  # the paper's; every row of models/families.py is accepted
 
 
 def check_model_dir(model_dir: str | Path) -> Path:
@@ -90,9 +91,9 @@ def check_model_dir(model_dir: str | Path) -> Path:
     missing or wrong: config, weights (a truncated safetensors file is caught from its header, in milliseconds),
     tokenizer, processor, and the model type (the policy is a Qwen2.5-VL: `model_type: qwen2_5_vl`)."""
     from veason_r1.errors import BadInput, MissingInput
-    from veason_r1.models.toy import resolve_policy
+    from veason_r1.models.registry import resolve_policy
 
-    path = resolve_policy(Path(model_dir).expanduser())  # the name `toy` -> the shipped toy policy folder
+    path = resolve_policy(model_dir if isinstance(model_dir, str) else Path(model_dir))  # names -> their folders
     if not path.is_dir():
         raise MissingInput(path, "policy folder not found",
                            hint="give a local Qwen2.5-VL folder, e.g. a downloaded Qwen/Qwen2.5-VL-3B-Instruct, a "
@@ -114,9 +115,11 @@ def check_model_dir(model_dir: str | Path) -> Path:
     except (ValueError, UnicodeDecodeError) as e:
         raise BadInput(path / "config.json", f"not valid JSON ({e})") from None
     model_type = config.get("model_type") if isinstance(config, dict) else None
-    if model_type != EXPECTED_MODEL_TYPE:
-        raise BadInput(path / "config.json", f"model_type is {model_type!r}, expected {EXPECTED_MODEL_TYPE!r}",
-                       hint="--model must be a Qwen2.5-VL folder (base Instruct, merged SFT or RL checkpoint)")
+    if model_type not in FAMILIES:
+        raise BadInput(path / "config.json", f"model_type is {model_type!r}, expected one of "
+                       f"{', '.join(repr(t) for t in FAMILIES)}",
+                       hint="--model must be a folder of a policy family in models/families.py (base Instruct, "
+                            "merged SFT or RL checkpoint)")
     for w in weights:
         problem = safetensors_problem(w)
         if problem:
@@ -187,40 +190,36 @@ def load_policy(model_dir: str | Path, device: str = "cpu", dtype: str = "auto",
     `fast_paths`: the exact rewrites of `veason_r1.models.fast_qwen` (batched vision windows, grouped decode
     attention): "auto" = on CUDA, "on", "off" (transformers' own code, e.g. to rule them out when debugging).
     """
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    import importlib
 
     if fast_paths not in FAST_PATHS:
         raise ValueError(f"fast_paths must be one of {FAST_PATHS}, got {fast_paths!r}")
     path = check_model_dir(model_dir)
+    row = family(json.loads((path / "config.json").read_text())["model_type"])
+    model_class = getattr(importlib.import_module("transformers"), row.hf_class)
     torch_dtype = resolve_dtype(dtype, device)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        str(path), dtype=torch_dtype, attn_implementation=attn, local_files_only=True
-    )
+    model = model_class.from_pretrained(str(path), dtype=torch_dtype, attn_implementation=attn, local_files_only=True)
     model.to(device).eval()
-    if fast_paths == "on" or (fast_paths == "auto" and str(device).startswith("cuda")):
+    # the exact rewrites exist for Qwen2.5-VL only (the family row's notes say which families have fast paths)
+    if row is DEFAULT_FAMILY and (fast_paths == "on" or (fast_paths == "auto" and str(device).startswith("cuda"))):
         from veason_r1.models.fast_qwen import apply_fast_paths
 
         apply_fast_paths(model)
-    return Policy(model=model, processor=load_processor(path), device=str(device), model_dir=path)
+    return Policy(model=model, processor=load_processor(path), device=str(device), model_dir=path, family=row)
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Inputs
 
 
-def pixel_bounds(image_size: int) -> dict[str, int]:
+def pixel_bounds(image_size: int, row: PolicyFamily = DEFAULT_FAMILY) -> dict[str, int]:
     """min_pixels = max_pixels = S*S: the processor's smart_resize then keeps an S x S frame exactly as it is."""
-    if image_size <= 0 or image_size % PATCH_FACTOR:
-        raise ValueError(
-            f"image_size must be a positive multiple of {PATCH_FACTOR} (patch 14 x merge 2), got {image_size}"
-        )
-    return {"min_pixels": image_size * image_size, "max_pixels": image_size * image_size}
+    return row.pixel_bounds(image_size)
 
 
-def visual_tokens_per_frame(image_size: int) -> int:
-    """Tokens one S x S frame becomes after 2x2 merging: (S/28)^2 (560 -> 400, 112 -> 16)."""
-    pixel_bounds(image_size)
-    return (image_size // PATCH_FACTOR) ** 2
+def visual_tokens_per_frame(image_size: int, row: PolicyFamily = DEFAULT_FAMILY) -> int:
+    """Tokens one S x S frame becomes after merging (Qwen2.5-VL: 560 -> 400, 112 -> 16): the family row's rule."""
+    return row.visual_tokens_per_frame(image_size)
 
 
 def _to_pil(image: np.ndarray, image_size: int, where: str):
@@ -237,8 +236,9 @@ def _to_pil(image: np.ndarray, image_size: int, where: str):
 
 
 def prompt_text(processor, request: GenerationRequest) -> str:
-    """The chat-templated prompt (system + user turn with one vision block per frame + the assistant header)."""
-    messages = build_messages(request.expression, request.frame_ids)
+    """The chat-templated prompt (system + user turn with one vision block per frame + the assistant header), in the
+    processor's family's box convention."""
+    messages = build_messages(request.expression, request.frame_ids, family=family_of_processor(processor))
     return processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -259,7 +259,8 @@ def build_inputs(processor, requests: Sequence[GenerationRequest], image_size: i
     """
     import torch
 
-    bounds = pixel_bounds(image_size)
+    row = family_of_processor(processor)
+    bounds = pixel_bounds(image_size, row)
     if not requests:
         raise ValueError("build_inputs: no requests")
     if responses is not None and len(responses) != len(requests):
@@ -270,7 +271,7 @@ def build_inputs(processor, requests: Sequence[GenerationRequest], image_size: i
         text = prompt_text(processor, req)
         texts.append(text if responses is None else text + responses[i])
     batch = processor(text=texts, images=images, padding=True, padding_side="left", return_tensors="pt", **bounds)
-    side = image_size // 14
+    side = row.grid_side(image_size)
     grid = batch["image_grid_thw"]
     if grid.shape[0] != len(images) or not bool((grid == torch.tensor([1, side, side])).all()):
         raise RuntimeError(
@@ -334,10 +335,11 @@ class HFEngine:
     """
 
     def __init__(self, policy: Policy, image_size: int = IMAGE_SIZE, batch_size: int = 16):
-        pixel_bounds(image_size)
+        pixel_bounds(image_size, policy.family)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.policy = policy
+        self.family = policy.family
         self.image_size = image_size
         self.batch_size = batch_size
         self.batch_stats: list[dict] = []  # one entry per generate batch: where its time went
@@ -419,7 +421,7 @@ class StepClock:
 def build_vllm_requests(processor, requests: Sequence[GenerationRequest], image_size: int = IMAGE_SIZE) -> list[dict]:
     """vLLM prompt dicts: {"prompt": chat-templated text, "multi_modal_data": {"image": [PIL...]},
     "mm_processor_kwargs": {min_pixels, max_pixels}} with one `<|image_pad|>` per frame (vLLM expands it)."""
-    bounds = pixel_bounds(image_size)
+    bounds = pixel_bounds(image_size, family_of_processor(processor))
     out = []
     for i, req in enumerate(requests):
         images = _check_request(req, i, image_size)
@@ -463,8 +465,9 @@ class VLLMEngine:
     llm_kwargs: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        bounds = pixel_bounds(self.image_size)
         self.model_dir = check_model_dir(self.model_dir)
+        self.family = family(json.loads((Path(self.model_dir) / "config.json").read_text())["model_type"])
+        bounds = pixel_bounds(self.image_size, self.family)
         vllm = _import_vllm()
         self._vllm = vllm
         self.processor = load_processor(self.model_dir)

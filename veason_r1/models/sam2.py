@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import logging
 import threading
 import warnings
@@ -46,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from veason_r1.models.propagator import PropagatorBase
 from veason_r1.models.sam2_frames import (  # noqa: F401 - EncodedVideo is re-exported (the cached type)
     EncodedVideo,
     as_frame_list,
@@ -163,10 +163,10 @@ def build_sam2_model(name: str, checkpoint: str | None = None, device: str = "cp
     import torch
     from hydra.utils import instantiate
 
-    from veason_r1.models.toy import is_toy, toy_sam2_checkpoint
+    from veason_r1.models.registry import propagator_checkpoint
 
-    if is_toy(name) and checkpoint is None:
-        checkpoint = str(toy_sam2_checkpoint())  # the shipped toy weights (`veason-r1 make-toy sam2`)
+    ckpt = propagator_checkpoint(name, checkpoint)  # a named propagator's own weights (the shipped `toy`), if any
+    checkpoint = None if ckpt is None else str(ckpt)
     cfg, path = sam2_config(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -264,7 +264,7 @@ def _fill_holes(model, masks):
         return fill_holes_in_mask_scores(masks, model.fill_hole_area)
 
 
-class SAM2Propagator:
+class SAM2Propagator(PropagatorBase):
     """Box prompts on a keyframe -> masks on every frame (forward then backward), batched over objects.
 
     Thread safe: one lock guards the model (verl runs reward functions in a thread pool).

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from veason_r1.assets import asset_text
+from veason_r1.models.families import QWEN2_5_VL
 
 # Qwen2.5-VL added tokens in their real order (ids 151643.. in the real vocab; here right after the BPE vocab).
 # (token, special): the real tokenizer marks <tool_call>, fim and repo tokens as non-special.
@@ -217,9 +218,9 @@ def build_processor(tokenizer, min_pixels: int = 3136, max_pixels: int = 1284505
     from transformers.models.qwen2_vl.video_processing_qwen2_vl import Qwen2VLVideoProcessor
 
     common = {
-        "patch_size": 14,
+        "patch_size": QWEN2_5_VL.patch_size,
         "temporal_patch_size": 2,
-        "merge_size": 2,
+        "merge_size": QWEN2_5_VL.merge_size,
         "image_mean": CLIP_MEAN,
         "image_std": CLIP_STD,
         "do_rescale": True,
@@ -272,8 +273,8 @@ def build_config(tokenizer, cfg: TinyQwenConfig):
         "num_heads": cfg.vision_num_heads,
         "hidden_act": "silu",
         "in_channels": 3,
-        "patch_size": 14,
-        "spatial_merge_size": 2,
+        "patch_size": QWEN2_5_VL.patch_size,
+        "spatial_merge_size": QWEN2_5_VL.merge_size,
         "temporal_patch_size": 2,
         "tokens_per_second": 2,
         "window_size": 112,

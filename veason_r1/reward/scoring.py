@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 
 from veason_r1.config import IMAGE_SIZE, MAX_BOXES
+from veason_r1.models.families import DEFAULT_FAMILY
+from veason_r1.models.families import family as policy_family
 from veason_r1.reward import terms
 
 logger = logging.getLogger(__name__)
@@ -39,8 +41,10 @@ class RewardSample:
     gt_boxes: dict[str, list[list[float]]]
     gt_masks: np.ndarray
     frames: np.ndarray | None = None
+    family: str = DEFAULT_FAMILY.name  # the policy family: its answers and `gt_boxes` follow its box convention
 
     def __post_init__(self) -> None:
+        policy_family(self.family)  # a known family (ValueError naming the choices)
         self.frame_ids = [int(t) for t in self.frame_ids]
         masks = np.asarray(self.gt_masks)
         if masks.ndim != 3 or len(masks) != len(self.frame_ids):
@@ -109,8 +113,9 @@ def _score_without_sam2(response: Any, sample: RewardSample, config: RewardConfi
             gt = terms.gt_boxes_at(sample.gt_boxes, parsed.position, MAX_BOXES)
             pred = parsed.boxes
             plus_one = True
+            row = policy_family(sample.family)
             if config.variant == "strict":
-                pred = terms.strict_boxes(pred, config.image_size)
+                pred = terms.strict_boxes(pred, row.answer_extent(config.image_size))
                 gt = terms.drop_dummy_gt(gt) if gt is not None else None
                 plus_one = False
             if gt is None or len(gt) == 0:
@@ -119,7 +124,11 @@ def _score_without_sam2(response: Any, sample: RewardSample, config: RewardConfi
                 spatial = terms.spatial_reward(pred, gt, plus_one)
                 result["spatial"] = spatial.reward
                 if spatial.matched_pred:
-                    prompt = (parsed.position, pred[spatial.matched_pred])
+                    matched = pred[spatial.matched_pred]
+                    if row.box_grid is not None:  # SAM2 takes pixels of the shown S x S frames
+                        size = sample.gt_masks.shape[-1]
+                        matched = np.asarray(row.from_answer_boxes(matched.tolist(), size), dtype=np.float64)
+                    prompt = (parsed.position, matched)
     except Exception as e:  # noqa: BLE001
         failures.append(f"parse: {type(e).__name__}: {e}"[:200])
     result["failure"] = "; ".join(failures)
@@ -190,9 +199,8 @@ def score_groups(
 ) -> list[list[dict]]:
     """Several prompts' rollouts at once: SAM2 tracking is batched across prompts too (one GRPO step).
 
-    With a propagator that has `frame_ious_groups` (SAM2Propagator) the masks stay on its device and only the
-    per-frame IoUs come back (same values as `terms.consistency_reward` on the masks); otherwise
-    `propagate_groups` masks are scored here."""
+    The propagator (`models.propagator.Propagator`) returns per-frame IoUs (`frame_ious_groups`; SAM2 keeps the
+    masks on its device), the same values as `terms.consistency_reward` on the masks."""
     profile = getattr(propagator, "profile", None)
     timer = _Timer(profile)
     with timer("reward_terms"):
@@ -209,13 +217,9 @@ def score_groups(
     error = ""
     if jobs:
         try:
-            if hasattr(propagator, "frame_ious_groups"):
-                gts = [groups[g][1].gt_masks for g in owners]
-                for g, ious in zip(owners, propagator.frame_ious_groups(jobs, gts)):
-                    ious_by_group[g] = list(ious)
-            else:
-                for g, masks in zip(owners, propagator.propagate_groups(jobs)):
-                    masks_by_group[g] = list(masks)
+            gts = [groups[g][1].gt_masks for g in owners]
+            for g, ious in zip(owners, propagator.frame_ious_groups(jobs, gts)):
+                ious_by_group[g] = list(ious)
         except Exception as e:  # noqa: BLE001
             error = _sam2_error(e)
     out = []

@@ -35,7 +35,8 @@ from typing import Any
 
 import numpy as np
 
-from veason_r1.models.toy import sam2_needs_checkpoint
+from veason_r1.models.families import DEFAULT_FAMILY
+from veason_r1.models.registry import propagator_needs_checkpoint
 from veason_r1.reward.scoring import TERMS, RewardConfig, RewardSample, score_groups, score_response
 
 logger = logging.getLogger(__name__)
@@ -55,7 +56,8 @@ SAMPLE_CACHE = 256
 VIDEO_CACHE = 32
 
 
-def make_ground_truth(frame_ids, gt_boxes, gt_masks, frames=None, jpeg_quality: int = 95) -> dict:
+def make_ground_truth(frame_ids, gt_boxes, gt_masks, frames=None, jpeg_quality: int = 95,
+                      family: str | None = None) -> dict:
     """The JSON-ready ground truth of one RL prompt. `frames`: a path to a (K, H, W, 3) uint8 .npy/.npz (stored as
     is: preferred, keeps the parquet small), an array (embedded as base64 JPEG), or None (no consistency term)."""
     from veason_r1.data.masks import encode_rle
@@ -72,6 +74,8 @@ def make_ground_truth(frame_ids, gt_boxes, gt_masks, frames=None, jpeg_quality: 
         "gt_boxes": boxes,
         "gt_masks_rle": [encode_rle(m) for m in masks],
     }
+    if family and family != DEFAULT_FAMILY.name:  # the paper's family writes today's ground truth, byte for byte
+        gt["family"] = family
     if isinstance(frames, (str, os.PathLike)):
         gt["frames_path"] = str(Path(frames).resolve())
     elif frames is not None:
@@ -118,7 +122,8 @@ def parse_ground_truth(ground_truth: Any, extra_info: dict | None = None) -> Rew
         frames = load_frames(path)
     elif gt.get("frames_jpeg"):
         frames = np.stack([np.asarray(Image.open(io.BytesIO(base64.b64decode(s))).convert("RGB")) for s in gt["frames_jpeg"]])
-    return RewardSample(list(gt["frame_ids"]), dict(gt["gt_boxes"]), masks, frames)
+    return RewardSample(list(gt["frame_ids"]), dict(gt["gt_boxes"]), masks, frames,
+                        family=str(gt.get("family") or DEFAULT_FAMILY.name))
 
 
 @dataclass(frozen=True)
@@ -151,7 +156,7 @@ class RewardOptions:
         if self.use_consistency and not self.sam2_model:
             raise ValueError("reward_kwargs.sam2_model is required with use_consistency (e.g. sam2_hiera_l, with "
                              "sam2_checkpoint); set use_consistency: false to drop the SAM2 term")
-        if self.use_consistency and sam2_needs_checkpoint(self.sam2_model) and not self.sam2_checkpoint:
+        if self.use_consistency and propagator_needs_checkpoint(self.sam2_model) and not self.sam2_checkpoint:
             raise ValueError(f"reward_kwargs.sam2_checkpoint is required for sam2_model={self.sam2_model!r}: a real "
                              "SAM2 never scores with random weights")
         RewardConfig(variant=self.variant)  # checks the variant name
@@ -174,12 +179,12 @@ def reward_options(**kwargs) -> RewardOptions:
 def get_propagator(name: str, checkpoint: str | None = None, device: str | None = None):
     """This process's SAM2 propagator for one configuration (created once; thread safe). A failed load is not
     cached: the next batch tries again."""
-    from veason_r1.models.sam2 import load_sam2
+    from veason_r1.models.registry import load_propagator
 
     key = (name, checkpoint, device)
     with _LOCK:
         if key not in _PROPAGATORS:
-            _PROPAGATORS[key] = load_sam2(name, checkpoint, device)
+            _PROPAGATORS[key] = load_propagator(name, checkpoint, device)
         return _PROPAGATORS[key]
 
 

@@ -19,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from veason_r1.config import FRAMES
-from veason_r1.models.toy import sam2_needs_checkpoint
+from veason_r1.config import FRAMES, RESPONSE_BUDGET
+from veason_r1.models.families import DEFAULT_FAMILY, FAMILIES, family_of_folder
+from veason_r1.models.families import family as policy_family
+from veason_r1.models.registry import propagator_needs_checkpoint
 from veason_r1.structured_config import ConfigError, as_dict, flatten, load_structured, setting
 
 ARR = "actor_rollout_ref"
@@ -49,9 +51,11 @@ class DataConfig:
     num_frames: int = setting(FRAMES.rl_frames, ge=1)
     keyframe_top_k: int = setting(FRAMES.keyframe_top_k, ge=1)
     image_size: int = setting(FRAMES.image_size, gt=0)
+    family: str = setting(DEFAULT_FAMILY.name, choices=tuple(FAMILIES),
+                          doc="the policy family of model.path (models/families.py): prompt text and box convention")
     train_batch_size: int = setting(16, ge=1, key="data.train_batch_size", doc="prompts per step")
     max_prompt_length: int = setting(7100, ge=1, key="data.max_prompt_length")
-    max_response_length: int = setting(1024, ge=1, key="data.max_response_length")
+    max_response_length: int = setting(RESPONSE_BUDGET, ge=1, key="data.max_response_length")
     shuffle: bool = setting(True, key="data.shuffle")
     seed: int = setting(0, key="data.seed")
     skip_no_target: bool = True  # type_id 2 has no GT: RL drops it (docs/method.md §3)
@@ -191,7 +195,12 @@ class GRPOConfig:
                 raise ConfigError(f"{source}: {key} = {get_field(self, key)!r}: {why}")
 
         d, a, t, r = self.data, self.actor, self.trainer, self.reward
-        need(d.image_size % 28 == 0, "data.image_size", "must be a multiple of 28 (Qwen2.5-VL patch 14 x merge 2)")
+        row = policy_family(d.family)
+        need(row.image_size_problem(d.image_size) is None, "data.image_size",
+             row.image_size_problem(d.image_size) or "")
+        folder = family_of_folder(self.model.path)  # None until the folder exists (a config may be written first)
+        need(folder is None or folder is row, "data.family",
+             f"model.path is a {folder.name if folder else ''} folder: set data.family={folder.name if folder else ''}")
         need(a.ppo_mini_batch_size <= d.train_batch_size and d.train_batch_size % a.ppo_mini_batch_size == 0,
              "actor.ppo_mini_batch_size", f"must divide data.train_batch_size ({d.train_batch_size})")
         need(t.save_freq != 0, "trainer.save_freq", "use -1 for never, or a positive step count")
@@ -202,7 +211,7 @@ class GRPOConfig:
         if r.use_consistency:
             need(r.sam2 is not None, "reward.sam2", "the SAM2 consistency term needs a SAM2 config name (the "
                  "release's is sam2_hiera_l, with reward.sam2_checkpoint); set reward.use_consistency=false to drop it")
-        if r.sam2 is not None and sam2_needs_checkpoint(r.sam2):
+        if r.sam2 is not None and propagator_needs_checkpoint(r.sam2):
             need(r.sam2_checkpoint is not None, "reward.sam2_checkpoint",
                  f"reward.sam2={r.sam2!r} needs its checkpoint: a real SAM2 never runs with random weights")
         owned = {k for keys in verl_key_map().values() for k in keys}

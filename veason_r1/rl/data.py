@@ -28,6 +28,8 @@ from veason_r1.data.masks import gt_boxes_in_square, resize_mask, union_masks
 from veason_r1.data.revos import Expression, ReVOSDataset
 from veason_r1.data.sampling import training_frames
 from veason_r1.data.video import resize_frame
+from veason_r1.models.families import DEFAULT_FAMILY
+from veason_r1.models.families import family as policy_family
 from veason_r1.prompting import build_prompt
 
 DATA_SOURCE = "revos"
@@ -44,8 +46,10 @@ class RLSample:
     keyframe: int
     frames: np.ndarray  # (K, S, S, 3) uint8, S = image_size
     gt_masks: np.ndarray  # (K, S, S) bool, GT union per sampled frame
-    gt_boxes: dict[str, list[list[float]]]  # str(position 0..K-1) -> boxes in S space ([[0,0,0,0]] when empty)
+    gt_boxes: dict[str, list[list[float]]]  # str(position 0..K-1) -> boxes in S space ([[0,0,0,0]] when empty),
+    # written in the policy family's box convention (a relative-grid family: on its grid)
     prompt: str  # user turn with one <image> per frame
+    family: str = DEFAULT_FAMILY.name
 
     def images(self):
         from PIL import Image
@@ -56,7 +60,7 @@ class RLSample:
         from veason_r1.reward import RewardSample
 
         return RewardSample(frame_ids=list(self.frame_ids), gt_boxes=self.gt_boxes, gt_masks=self.gt_masks,
-                            frames=self.frames)
+                            frames=self.frames, family=self.family)
 
     def messages(self, system: str = PromptConfig().system) -> list[dict]:
         """Chat rows as verl's parquet `prompt` column holds them (content strings with <image>)."""
@@ -67,7 +71,10 @@ class RLSampleBuilder:
     """Draws RL samples from one ReVOS-format split; keeps per-expression GT areas (computed from RLEs once)."""
 
     def __init__(self, dataset: ReVOSDataset, num_frames: int = FRAMES.rl_frames, image_size: int = IMAGE_SIZE,
-                 keyframe_top_k: int = FRAMES.keyframe_top_k, prompt_config: PromptConfig = PromptConfig()):
+                 keyframe_top_k: int = FRAMES.keyframe_top_k, prompt_config: PromptConfig = PromptConfig(),
+                 family: str = DEFAULT_FAMILY.name):
+        self.family = policy_family(family)  # the prompt's and the GT boxes' convention
+        self.family.check_image_size(image_size)
         self.dataset = dataset
         self.num_frames = num_frames
         self.image_size = image_size
@@ -93,7 +100,7 @@ class RLSampleBuilder:
             frames.append(resize_frame(source.get(int(t)), size))
             objects = self.dataset.object_masks(expr, int(t))
             masks.append(resize_mask(union_masks(objects, (h, w)), size, size))
-            boxes[str(pos)] = gt_boxes_in_square(objects, h, w, size)
+            boxes[str(pos)] = self.family.to_answer_boxes(gt_boxes_in_square(objects, h, w, size), size)
         return RLSample(
             key=expr.key,
             expression=expr.text,
@@ -102,7 +109,8 @@ class RLSampleBuilder:
             frames=np.stack(frames).astype(np.uint8),
             gt_masks=np.stack(masks).astype(bool),
             gt_boxes=boxes,
-            prompt=build_prompt(expr.text, frame_ids, self.prompt_config),
+            prompt=build_prompt(expr.text, frame_ids, self.prompt_config, self.family),
+            family=self.family.name,
         )
 
 
@@ -248,7 +256,8 @@ class RLPool:
 
 def reference_rows(expressions: Sequence[Expression], root: str | Path, split: str, *, redraw: bool,
                    num_frames: int, image_size: int, keyframe_top_k: int = FRAMES.keyframe_top_k,
-                   seed: int = 0, mask_cache: str | Path | None = None) -> list[dict]:
+                   seed: int = 0, mask_cache: str | Path | None = None, family: str = DEFAULT_FAMILY.name
+                   ) -> list[dict]:
     """Parquet rows for `VeasonRLDataset`: verl's columns, the expression's reference in `extra_info`.
     `mask_cache`: the folder of the shared mask_dict index the workers open (`veason_r1.data.mask_index`)."""
     rows = []
@@ -263,6 +272,7 @@ def reference_rows(expressions: Sequence[Expression], root: str | Path, split: s
                 "exp_id": e.exp_id, "redraw": bool(redraw), "num_frames": int(num_frames),
                 "image_size": int(image_size), "keyframe_top_k": int(keyframe_top_k), "seed": int(seed),
                 "mask_cache": str(Path(mask_cache).resolve()) if mask_cache else "",
+                **({} if family == DEFAULT_FAMILY.name else {"family": family}),
             },
         })
     return rows
@@ -285,7 +295,7 @@ def ground_truth_for(sample: RLSample):
     """What `reward_model.ground_truth` holds for the verl reward hook (the reward engineer's encoding)."""
     from veason_r1.reward.verl_hook import make_ground_truth
 
-    return make_ground_truth(sample.frame_ids, sample.gt_boxes, sample.gt_masks, sample.frames)
+    return make_ground_truth(sample.frame_ids, sample.gt_boxes, sample.gt_masks, sample.frames, family=sample.family)
 
 
 def export_static_parquet(builder: RLSampleBuilder, expressions: Sequence[Expression], path: str | Path,
@@ -337,10 +347,12 @@ class VeasonRLDataset(_verl_base()):
         if dkey not in self._datasets:  # per worker; the masks are one shared memory-mapped index when given
             self._datasets[dkey] = ReVOSDataset(info["root"], info["split"], load_foreground=False,
                                                 mask_cache=info.get("mask_cache") or None)
-        bkey = (*dkey, int(info["num_frames"]), int(info["image_size"]), int(info["keyframe_top_k"]))
+        family = info.get("family") or DEFAULT_FAMILY.name
+        bkey = (*dkey, int(info["num_frames"]), int(info["image_size"]), int(info["keyframe_top_k"]), family)
         if bkey not in self._builders:
             self._builders[bkey] = RLSampleBuilder(self._datasets[dkey], int(info["num_frames"]),
-                                                   int(info["image_size"]), int(info["keyframe_top_k"]))
+                                                   int(info["image_size"]), int(info["keyframe_top_k"]),
+                                                   family=family)
         return self._builders[bkey]
 
     def draw(self, item: int) -> tuple[dict, RLSample]:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from veason_r1.config import FRAMES, IMAGE_SIZE
+from veason_r1.config import FRAMES, IMAGE_SIZE, RESPONSE_BUDGET
+from veason_r1.models.families import DEFAULT_FAMILY
 from veason_r1.reward.scoring import TERMS
 
 
@@ -21,9 +22,10 @@ class HeldoutConfig:
     split: str = "valid"
     num_frames: int = FRAMES.rl_frames  # the RL grid, so the numbers read like the training reward
     image_size: int = IMAGE_SIZE
-    max_new_tokens: int = 1024
+    max_new_tokens: int = RESPONSE_BUDGET
     seed: int = 0  # keyframe draws of the grids
     batch_size: int = 8
+    family: str = DEFAULT_FAMILY.name  # the compared models' policy family: the prompts' and GT boxes' convention
 
 
 def heldout_samples(root: str | Path, cfg: HeldoutConfig):
@@ -32,7 +34,7 @@ def heldout_samples(root: str | Path, cfg: HeldoutConfig):
     from veason_r1.rl.data import RLPool, RLSampleBuilder, select_expressions
 
     dataset = ReVOSDataset(root, cfg.split)
-    pool = RLPool(RLSampleBuilder(dataset, num_frames=cfg.num_frames, image_size=cfg.image_size),
+    pool = RLPool(RLSampleBuilder(dataset, num_frames=cfg.num_frames, image_size=cfg.image_size, family=cfg.family),
                   select_expressions(dataset))
     return [pool.draw(i, seed=f"heldout-{cfg.seed}") for i in range(len(pool))]
 
@@ -44,6 +46,9 @@ def heldout_rewards(model_dir: str | Path, samples, propagator, cfg: HeldoutConf
     from veason_r1.reward import RewardConfig, score_groups
 
     policy = load_policy(model_dir, device=device, dtype="float32")
+    if any(s.family != policy.family.name for s in samples):
+        raise ValueError(f"{model_dir} is a {policy.family.name} policy; the samples were drawn for "
+                         f"{samples[0].family} (HeldoutConfig.family)")
     engine = HFEngine(policy, cfg.image_size, cfg.batch_size)
     requests = [GenerationRequest(s.expression, list(s.frame_ids), list(s.frames)) for s in samples]
     texts = engine.generate(requests, SamplingConfig(max_new_tokens=cfg.max_new_tokens))

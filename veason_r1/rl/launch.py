@@ -39,6 +39,13 @@ def _abs(path: str | None, base: Path) -> str | None:
     return str(p if p.is_absolute() else (base / p).resolve())
 
 
+def _named_policy_folder(path: str) -> str:
+    """A registry name (`toy`, `tiny`, ...) as its folder, so verl's workers get a path; any other value unchanged."""
+    from veason_r1.models.registry import is_named_policy, resolve_policy
+
+    return str(resolve_policy(path)) if is_named_policy(path) else path
+
+
 def absolute(cfg: GRPOConfig, base: str | Path | None = None) -> GRPOConfig:
     """A copy with every path of the config absolute (relative ones are taken from `base`, default the cwd)."""
     base = Path(base or os.getcwd()).resolve()
@@ -47,7 +54,7 @@ def absolute(cfg: GRPOConfig, base: str | Path | None = None) -> GRPOConfig:
         cfg,
         data=dataclasses.replace(d, train_root=_abs(d.train_root, base), train_pool=_abs(d.train_pool, base),
                                  val_root=_abs(d.val_root, base)),
-        model=dataclasses.replace(m, path=_abs(m.path, base)),
+        model=dataclasses.replace(m, path=_abs(_named_policy_folder(m.path), base)),
         reward=dataclasses.replace(r, sam2_checkpoint=_abs(r.sam2_checkpoint, base)),
         trainer=dataclasses.replace(t, default_local_dir=_abs(t.default_local_dir, base)),
     )
@@ -64,12 +71,11 @@ def missing_inputs(cfg: GRPOConfig) -> list[str]:
     except FileNotFoundError as e:
         problems.append(f"model.path: {e} (the SFT-merged model: training_scripts/run_sft.sh writes it)")
     if cfg.reward.use_consistency and cfg.reward.sam2:
-        try:
-            from veason_r1.models.sam2 import _config_path
+        from veason_r1.models.registry import propagator_name_problem
 
-            _config_path(cfg.reward.sam2)
-        except ValueError as e:
-            problems.append(f"reward.sam2: {e}")
+        problem = propagator_name_problem(cfg.reward.sam2)
+        if problem:
+            problems.append(f"reward.sam2: {problem[0]}: {problem[1]}")
     if cfg.reward.use_consistency and cfg.reward.sam2_checkpoint and not Path(cfg.reward.sam2_checkpoint).is_file():
         problems.append(f"reward.sam2_checkpoint: {cfg.reward.sam2_checkpoint} not found (docs/reproduce.md, 'What to download' "
                         "says where to download it)")
@@ -113,13 +119,13 @@ def write_data(cfg: GRPOConfig, out_dir: str | Path) -> DataFiles:
     # mask_dict.json parsed once here into a memory-mapped index that every data-loader worker shares
     cache = out / "mask_index"
     train = ReVOSDataset(d.train_root, d.train_split, load_foreground=False, mask_cache=cache)
-    builder = RLSampleBuilder(train, d.num_frames, d.image_size, d.keyframe_top_k)
+    builder = RLSampleBuilder(train, d.num_frames, d.image_size, d.keyframe_top_k, family=d.family)
     val_ds = (ReVOSDataset(d.val_root or d.train_root, d.val_split, load_foreground=False, mask_cache=cache)
               if d.val_split else None)
     pools = training_pools(train, d.train_pool, val_size=d.val_max_samples if validation_enabled(cfg) else 0,
                            seed=d.seed, skip_no_target=d.skip_no_target, val_dataset=val_ds, builder=builder)
     draw = {"num_frames": d.num_frames, "image_size": d.image_size, "keyframe_top_k": d.keyframe_top_k, "seed": d.seed,
-            "mask_cache": cache}
+            "mask_cache": cache, "family": d.family}
     train_file = write_parquet(reference_rows(pools.train, d.train_root, d.train_split, redraw=True, **draw),
                                out / "train.parquet")
     val_file = None

@@ -117,16 +117,17 @@ class LocalGRPOTrainer:
         torch.manual_seed(cfg.trainer.seed)
 
         from veason_r1.data.revos import ReVOSDataset
-        from veason_r1.models.policy import load_policy, pixel_bounds
+        from veason_r1.models.families import family as policy_family
+        from veason_r1.models.policy import load_policy
 
-        pixel_bounds(cfg.data.image_size)
+        policy_family(cfg.data.family).check_image_size(cfg.data.image_size)
         if not cfg.data.train_root:
             from veason_r1.errors import BadInput
 
             raise BadInput("data.train_root", "is empty", hint="give a ReVOS-format root (--set data.train_root=DIR)")
         d = cfg.data
         train = ReVOSDataset(d.train_root, d.train_split, load_foreground=False)
-        builder = RLSampleBuilder(train, d.num_frames, d.image_size, d.keyframe_top_k)
+        builder = RLSampleBuilder(train, d.num_frames, d.image_size, d.keyframe_top_k, family=d.family)
         val_ds = None
         if d.val_split is not None:
             val_ds = ReVOSDataset(d.val_root or d.train_root, d.val_split, load_foreground=False)
@@ -135,7 +136,8 @@ class LocalGRPOTrainer:
         self.train_pool = RLPool(builder, self.pools.train)
         self.val_pool = None
         if self.pools.val:
-            vb = builder if val_ds is None else RLSampleBuilder(val_ds, d.num_frames, d.image_size, d.keyframe_top_k)
+            vb = builder if val_ds is None else RLSampleBuilder(val_ds, d.num_frames, d.image_size, d.keyframe_top_k,
+                                                                family=d.family)
             self.val_pool = RLPool(vb, self.pools.val)
 
         attn = "sdpa" if cfg.model.attn_implementation == "auto" else cfg.model.attn_implementation
@@ -187,9 +189,9 @@ class LocalGRPOTrainer:
                                           use_keyframe=cfg.reward.use_keyframe, image_size=cfg.data.image_size)
         self.propagator = propagator
         if self.propagator is None and cfg.reward.use_consistency:
-            from veason_r1.models.sam2 import load_sam2
+            from veason_r1.models.registry import load_propagator
 
-            self.propagator = load_sam2(cfg.reward.sam2, cfg.reward.sam2_checkpoint,
+            self.propagator = load_propagator(cfg.reward.sam2, cfg.reward.sam2_checkpoint,
                                         cfg.reward.sam2_device or self.device)  # "tiny" only when named
         bs = cfg.data.train_batch_size
         self.steps_per_epoch = max(1, len(self.train_pool) // bs)
@@ -253,7 +255,10 @@ class LocalGRPOTrainer:
 
         req = GenerationRequest(sample.expression, sample.frame_ids, list(sample.frames))
         batch = build_inputs(self.processor, [req], self.cfg.data.image_size)
-        return {k: batch[k] for k in ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")}
+        # mm_token_type_ids (which tokens are image slots, for M-RoPE): per the family row (families.py)
+        keys = ("input_ids", "attention_mask", "pixel_values", "image_grid_thw")
+        keys += ("mm_token_type_ids",) if self.policy.family.forward_token_types else ()
+        return {k: batch[k] for k in keys}
 
     def _stop_ids(self) -> list[int]:
         from veason_r1.models.policy import _stop_ids
@@ -350,18 +355,25 @@ class LocalGRPOTrainer:
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         prompts = [ro.prompt_inputs[int(ro.group[i])] for i in idx]
         plen = max(p["input_ids"].shape[1] for p in prompts)
-        ids, att = [], []
+        ids, att, types = [], [], []
         for i, p in zip(idx, prompts):
             pid, pm = p["input_ids"][0], p["attention_mask"][0]
             lpad = plen - len(pid)
             ids.append(torch.cat([torch.full((lpad,), pad, dtype=torch.long), pid, ro.responses[i]]))
             att.append(torch.cat([torch.zeros(lpad, dtype=pm.dtype), pm, ro.response_mask[i].to(pm.dtype)]))
-        return {
+            if "mm_token_type_ids" in p:  # the response and the padding are text (type 0)
+                pt = p["mm_token_type_ids"][0]
+                types.append(torch.cat([torch.zeros(lpad, dtype=pt.dtype), pt,
+                                        torch.zeros(len(ro.responses[i]), dtype=pt.dtype)]))
+        batch = {
             "input_ids": torch.stack(ids).to(self.device),
             "attention_mask": torch.stack(att).to(self.device),
             "pixel_values": torch.cat([p["pixel_values"] for p in prompts]).to(self.device),
             "image_grid_thw": torch.cat([p["image_grid_thw"] for p in prompts]).to(self.device),
         }
+        if types:
+            batch["mm_token_type_ids"] = torch.stack(types).to(self.device)
+        return batch
 
     def _forward(self, model, batch: dict, response_len: int, with_entropy: bool, autocast: bool = True):
         """Per-token log-probs (and entropy) of the response positions, in fp32 (`autocast` False: the whole forward

@@ -71,10 +71,11 @@ def rollout_bounds(cfg: GRPOConfig) -> dict[str, Any]:
     gpu_memory_utilization = 0.25 of an 80 GB GPU, that leaves the 7B replicas no KV cache. The real prompts are
     at most `data.num_frames` frames of `data.image_size`^2 pixels, prompt + response <= max_prompt_length +
     max_response_length, and never a video: the same bounds the project's vLLM evaluation engine uses."""
+    from veason_r1.models.families import family as policy_family
     from veason_r1.models.policy import pixel_bounds
 
     d = cfg.data
-    pixels = pixel_bounds(d.image_size)
+    pixels = pixel_bounds(d.image_size, policy_family(d.family))
     return {
         f"{ARR}.rollout.max_model_len": d.max_prompt_length + d.max_response_length,
         f"{VLLM_ARGS}.limit_mm_per_prompt": {"image": d.num_frames, "video": 0},

@@ -24,6 +24,7 @@ from typing import Any
 
 from veason_r1.config import IMAGE_SIZE
 from veason_r1.errors import BadInput, MissingInput
+from veason_r1.models.families import DEFAULT_FAMILY, FAMILIES
 
 # Keys every run sets the same way: the stage is LoRA SFT, nothing else. They are written to the YAML so it runs
 # under `llamafactory-cli train`, and a YAML that sets them differently is refused.
@@ -61,7 +62,9 @@ class SFTConfig:
     dataset_dir: str = "data/sft"  # folder holding dataset_info.json (image paths are relative to it)
     output_dir: str = "outputs/sft_3b/adapter"  # LoRA adapter + checkpoints
     export_dir: str | None = "outputs/sft_3b/merged"  # full HF model after merging (None: do not merge)
-    template: str = "qwen2_vl"  # LLaMA-Factory's Qwen2-VL chat template == Qwen2.5-VL's chat_template
+    # LLaMA-Factory's template of the policy family (models/families.py): qwen2_vl == Qwen2.5-VL's chat_template;
+    # the family (its patch rule, its box convention) is the row whose template this is
+    template: str = DEFAULT_FAMILY.sft_template
     # Frames are image_size x image_size: 560 -> 400 visual tokens each, as in RL and evaluation (docs/method.md §5).
     image_size: int = IMAGE_SIZE
     # 8 frames x 400 tokens + ~200 prompt tokens + a CoT of a few hundred tokens is ~3.7k; 8192 covers RL's largest
@@ -134,8 +137,11 @@ class SFTConfig:
             if not cond:
                 raise BadInput(field_name, f"{why}, got {getattr(self, field_name)!r}")
 
-        need(self.image_size > 0 and self.image_size % 28 == 0, "image_size",
-             "must be a positive multiple of 28 (Qwen2.5-VL patch 14 x merge 2)")
+        rows = [r for r in FAMILIES.values() if r.sft_template == self.template]
+        need(bool(rows), "template",
+             f"must be a policy family's template ({', '.join(r.sft_template for r in FAMILIES.values())})")
+        need(rows[0].image_size_problem(self.image_size) is None, "image_size",
+             rows[0].image_size_problem(self.image_size) or "")
         need(self.cutoff_len > 0, "cutoff_len", "must be positive")
         need(self.max_samples is None or self.max_samples > 0, "max_samples", "must be positive (or null: all)")
         need(self.preprocessing_num_workers is None or self.preprocessing_num_workers > 0,

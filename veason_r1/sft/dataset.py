@@ -1,4 +1,4 @@
-"""CoT records -> an SFT dataset LLaMA-Factory loads (sharegpt formatting, `qwen2_vl` template).
+"""CoT records -> an SFT dataset LLaMA-Factory loads (sharegpt formatting, the policy family's template).
 
 Each row is the RL/eval prompt layout (docs/method.md §5 decision): system message, the user turn
 `build_prompt(expression, frame_ids)` with one `<image>` placeholder per frame, and the assistant turn
@@ -19,6 +19,8 @@ from typing import Any
 
 from veason_r1.config import IMAGE_SIZE, PromptConfig
 from veason_r1.io_utils import atomic_write_bytes, atomic_write_json
+from veason_r1.models.families import DEFAULT_FAMILY
+from veason_r1.models.families import family as policy_family
 from veason_r1.prompting import IMAGE_PLACEHOLDER, answer_payload, build_prompt, format_response
 
 DATASET_INFO = "dataset_info.json"
@@ -78,14 +80,20 @@ def _save_frame(src: Path, dst: Path, image_size: int) -> None:
 
 def export_llamafactory_dataset(records: Iterable[Mapping[str, Any]], out_dir: str | os.PathLike,
                                 name: str = "veason_cot", image_size: int = IMAGE_SIZE,
-                                prompt_config: PromptConfig = PromptConfig(), progress: bool = False) -> Path:
+                                prompt_config: PromptConfig = PromptConfig(), progress: bool = False,
+                                family: str = DEFAULT_FAMILY.name) -> Path:
     """Write `out_dir/<name>.json`, the resized frames and the dataset_info.json entry; return dataset_info's path.
+
+    `family`: the policy family trained on it (models/families.py): the prompt's text and the targets' box
+    convention follow its row (train with its `sft_template`).
 
     Frames already exported (same video and frame) are reused, so a rerun after adding records is cheap.
     """
     from tqdm import tqdm
 
     out_dir = Path(out_dir)
+    row = policy_family(family)
+    row.check_image_size(image_size)
     rows = []
     for record in tqdm(records, desc="sft export", unit="row", disable=not progress):
         where = record.get("key", record.get("video"))
@@ -104,14 +112,15 @@ def export_llamafactory_dataset(records: Iterable[Mapping[str, Any]], out_dir: s
             rel = Path("images") / str(record["video"]) / f"{t:05d}_{src.stem}.jpg"
             _save_frame(src, out_dir / rel, image_size)
             images.append(rel.as_posix())
-        user = build_prompt(str(record["exp"]), frame_ids, prompt_config)
+        user = build_prompt(str(record["exp"]), frame_ids, prompt_config, row)
         assert user.count(IMAGE_PLACEHOLDER) == len(images)
         rows.append({
             "messages": [
                 {"role": "system", "content": prompt_config.system},
                 {"role": "user", "content": user},
                 {"role": "assistant",
-                 "content": format_response(str(record["CoT"]), keyframe, record_boxes(record, image_size))},
+                 "content": format_response(str(record["CoT"]), keyframe, record_boxes(record, image_size), row,
+                                            image_size)},
             ],
             "images": images,
         })

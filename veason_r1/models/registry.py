@@ -1,0 +1,168 @@
+"""One name registry (lerobot-style): a name on any command line -> a model, for every command.
+
+Policies: `toy` (the shipped toy base, models/toy.py), `tiny` (a random-weight tiny Qwen2.5-VL built into a cache
+folder on first use), `tiny-<family>` (the same for another family of models/families.py), or a local folder.
+Propagators: `toy` (shipped checkpoint), `tiny` (random weights), the SAM2/SAM2.1 config names (their checkpoint is
+required), or a yaml path. Each entry answers "needs a checkpoint?" and "random weights?"; commands, configs and the
+app ask here instead of comparing names themselves.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from veason_r1.models.families import DEFAULT_FAMILY, FAMILIES
+
+TOY = "toy"
+TINY = "tiny"
+
+
+def default_cache_dir() -> Path:
+    """Where named models that are built on first use go: $VEASON_R1_CACHE, else ~/.cache/veason-r1."""
+    return Path(os.environ.get("VEASON_R1_CACHE") or Path.home() / ".cache" / "veason-r1").expanduser()
+
+
+@dataclass(frozen=True)
+class NamedPolicy:
+    """A policy known by name: how to find (or build) its folder, its frame side, what the page says about it."""
+
+    folder: Callable[[Path], Path]  # cache folder -> model folder (built there on first use)
+    image_size: int
+    random_weights: bool
+    label: str
+
+
+def _tiny_policy(family_name: str) -> Callable[[Path], Path]:
+    def build(cache_dir: Path) -> Path:
+        from veason_r1.models.families import family, make_tiny
+
+        suffix = "" if family_name == DEFAULT_FAMILY.name else f"_{family_name}"
+        folder = cache_dir / "models" / f"tiny_qwen{suffix}_seed0"
+        if not (folder / "config.json").is_file():  # the builder moves a finished folder in, never half of one
+            make_tiny(family(family_name), folder, seed=0)
+        return folder
+
+    return build
+
+
+def _toy_policy(cache_dir: Path) -> Path:
+    from veason_r1.models.toy import toy_policy_dir
+
+    return toy_policy_dir()  # shipped in the package (veason_r1/assets/toy/policy)
+
+
+TINY_IMAGE_SIZE = 112  # the tiny/toy Qwen2.5-VL frame side: 16 visual tokens per frame (as in `veason-r1 demo`)
+
+POLICIES: dict[str, NamedPolicy] = {
+    TINY: NamedPolicy(_tiny_policy(DEFAULT_FAMILY.name), TINY_IMAGE_SIZE, True, "tiny Qwen2.5-VL (random weights)"),
+    TOY: NamedPolicy(_toy_policy, TINY_IMAGE_SIZE, False,
+                     "toy base Qwen2.5-VL (trained on synthetic shapes only, not Veason-trained)"),
+    # `tiny-<family>`: every other family with a tiny builder
+    **{f"{TINY}-{row.name}": NamedPolicy(_tiny_policy(row.name), row.factor * 4, True,
+                                          f"tiny {row.name} (random weights)")
+       for row in FAMILIES.values() if row.tiny_builder and row is not DEFAULT_FAMILY},
+}
+
+
+def is_named_policy(name: str | Path | None) -> bool:
+    return isinstance(name, str) and name in POLICIES
+
+
+def resolve_policy(name: str | Path, cache_dir: str | Path | None = None) -> Path:
+    """The policy folder for `name`: a named policy's folder (built into `cache_dir` when it must be), or the
+    path itself (checked by `models.policy.check_model_dir`)."""
+    named = POLICIES.get(name) if isinstance(name, str) else None
+    if named is not None:
+        return named.folder(Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    return Path(name).expanduser()
+
+
+def policy_random_weights(name: str | Path) -> bool:
+    named = POLICIES.get(name) if isinstance(name, str) else None
+    return bool(named and named.random_weights)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Propagators
+
+
+@dataclass(frozen=True)
+class NamedPropagator:
+    """A propagator known by name: its config (a `load_sam2` name) and its shipped checkpoint, if any."""
+
+    config: str
+    checkpoint: Callable[[], Path | None]  # None: random weights
+    label: str
+
+
+def _toy_sam2_checkpoint() -> Path:
+    from veason_r1.models.toy import toy_sam2_checkpoint
+
+    return toy_sam2_checkpoint()
+
+
+PROPAGATORS: dict[str, NamedPropagator] = {
+    TINY: NamedPropagator(TINY, lambda: None, "tiny SAM2.1 (random weights)"),
+    TOY: NamedPropagator(TOY, _toy_sam2_checkpoint, "toy SAM2.1 (trained on synthetic shapes only)"),
+}
+
+
+def propagator_needs_checkpoint(name: str | None) -> bool:
+    """A propagator by this name must be given its checkpoint: every name but the named ones (`tiny` has random
+    weights and is asked for by name in tests and the demo; `toy` ships its checkpoint)."""
+    return name not in PROPAGATORS
+
+
+def propagator_checkpoint(name: str, checkpoint: str | Path | None) -> Path | None:
+    """The checkpoint to load for `name`: the one given, else a named propagator's own (None: random weights)."""
+    if checkpoint is not None:
+        return Path(checkpoint)
+    named = PROPAGATORS.get(name)
+    return named.checkpoint() if named is not None else None
+
+
+def propagator_random_weights(name: str, checkpoint: str | Path | None) -> bool:
+    return propagator_checkpoint(name, checkpoint) is None
+
+
+def propagator_name_problem(name: str) -> tuple[str, str] | None:
+    """(what is wrong, hint) when no propagator answers to `name`; None when one does."""
+    from veason_r1.models.sam2 import SAM2_CONFIGS, _config_path
+
+    try:
+        _config_path(name)
+    except ValueError:
+        return (f"unknown SAM2 config {name!r}",
+                f"use tiny, toy, one of {', '.join(sorted(SAM2_CONFIGS))}, or a yaml path")
+    return None
+
+
+def load_propagator(name: str, checkpoint: str | Path | None = None, device: str | None = None, **options):
+    """A ready `Propagator` by name (today every name is a SAM2/SAM2.1 config; a new propagator adds a branch)."""
+    from veason_r1.models.sam2 import load_sam2
+
+    ckpt = propagator_checkpoint(name, checkpoint)
+    return load_sam2(name, None if ckpt is None else str(ckpt), device, **options)
+
+
+__all__ = [
+    "FAMILIES",
+    "POLICIES",
+    "PROPAGATORS",
+    "TINY",
+    "TINY_IMAGE_SIZE",
+    "TOY",
+    "NamedPolicy",
+    "NamedPropagator",
+    "default_cache_dir",
+    "is_named_policy",
+    "load_propagator",
+    "policy_random_weights",
+    "propagator_checkpoint",
+    "propagator_needs_checkpoint",
+    "propagator_random_weights",
+    "resolve_policy",
+]
