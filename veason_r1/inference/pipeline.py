@@ -417,13 +417,19 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
 def check_sam2(name: str, checkpoint: str | None) -> None:
     """Resolve `--sam2` and check `--sam2-ckpt` before any expensive stage (the policy pass can take hours):
     the config must be known, the checkpoint a complete PyTorch zip archive. `UserError` naming the flag/file."""
+    from veason_r1.models.registry import HF_TRACKERS, tracker_of
     from veason_r1.models.sam2 import SAM2_CONFIGS, _config_path
 
+    if tracker_of(name) is not None:  # a transformers tracker: its checkpoint is a weights folder
+        if checkpoint is not None and not (Path(checkpoint) / "config.json").is_file():
+            raise MissingInput(checkpoint, f"--sam2-ckpt: {name} takes its weights folder (config.json + "
+                               "model.safetensors)", hint="see docs/models.md for what to download")
+        return
     try:
         _config_path(name)
     except ValueError:
         raise BadInput("--sam2", f"unknown SAM2 config {name!r}",
-                       hint=f"use tiny, one of {', '.join(sorted(SAM2_CONFIGS))}, or a yaml path") from None
+                       hint=f"use tiny, one of {', '.join(sorted(SAM2_CONFIGS) + list(HF_TRACKERS))}, or a yaml path") from None
     if checkpoint is None:
         return
     check_torch_checkpoint(checkpoint, "--sam2-ckpt")

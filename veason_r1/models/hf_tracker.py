@@ -64,6 +64,33 @@ def _cls(name: str):
     return getattr(transformers, name)
 
 
+@contextlib.contextmanager
+def offline_config(tracker_name: str):
+    """EdgeTAM configs build and save offline. In transformers 5.5.4 a default `EdgeTamVisionConfig()` fetches its
+    backbone config from the Hub (timm/repvit_m1.dist_in1k), and defaults are built behind the scenes: for the
+    repr in a type-validation message when `vision_config` is set, and as the baseline of `save_pretrained`'s diff.
+    For the duration, a default gets the same backbone described locally (timm's repvit_m1, feature maps only)."""
+    if tracker_name != "edgetam":
+        yield
+        return
+    from transformers import TimmWrapperConfig
+    from transformers.models.edgetam.configuration_edgetam import EdgeTamVisionConfig
+
+    saved = EdgeTamVisionConfig.__post_init__
+
+    def post_init(self, **kwargs):
+        if self.backbone_config is None:
+            self.backbone_config = TimmWrapperConfig(architecture="repvit_m1.dist_in1k", do_pooling=False, model_args={
+                "in_chans": 3, "features_only": True, "out_indices": [0, 1, 2, 3]})
+        saved(self, **kwargs)
+
+    EdgeTamVisionConfig.__post_init__ = post_init
+    try:
+        yield
+    finally:
+        EdgeTamVisionConfig.__post_init__ = saved
+
+
 def load_tracker_model(tracker: Tracker, folder: str | Path):
     """The model in `folder` (a local HF folder; nothing is downloaded). One-line errors for a wrong folder."""
     from veason_r1.errors import BadInput, MissingInput
@@ -83,7 +110,8 @@ def load_tracker_model(tracker: Tracker, folder: str | Path):
         model.load_state_dict(load_file(str(folder / "model.safetensors")), strict=True)
         return model.eval()
     try:
-        return _cls(tracker.model_class).from_pretrained(str(folder), local_files_only=True).eval()
+        with offline_config(tracker.name):
+            return _cls(tracker.model_class).from_pretrained(str(folder), local_files_only=True).eval()
     except (OSError, ValueError, KeyError) as e:
         raise BadInput(folder, f"{tracker.name}: the folder does not load ({str(e).splitlines()[0][:200]})") from None
 
