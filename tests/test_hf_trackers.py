@@ -131,3 +131,34 @@ def test_tiny_tracker_through_predict_stage2_on_the_synthetic_benchmark(props, n
     saved = np.stack([np.asarray(Image.open(tmp_path / video / exp_id / f"{n}.png")) > 0 for n in names])
     direct = props[name].propagate(ds.frames(video), rec["keyframe"], np.asarray(rec["boxes"], np.float32))
     assert np.array_equal(direct, saved)
+
+
+def test_the_toy_sam2_converts_for_hf_sam2_and_gives_the_same_masks():
+    """The shipped toy (trained; 32-channel memory, which transformers hard-codes to 64 and we resize) loads as
+    `toy-hf-sam2` and gives the toy's masks (issue 25 item 4)."""
+    from veason_r1.data.synthetic import SynthConfig, make_video
+    from veason_r1.models.registry import TOY_HF_SAM2
+    from veason_r1.models.sam2 import load_sam2
+
+    ref, hf = load_sam2("toy", device="cpu"), load_propagator(TOY_HF_SAM2, device="cpu")
+    assert not propagator_random_weights(TOY_HF_SAM2, None)
+    v = make_video(1, SynthConfig(min_frames=6, max_frames=8))
+    frames, keyframe = np.stack(v.frames), 2
+    boxes = _oracle_prompts(v, keyframe)
+    a = ref.propagate(frames, keyframe, boxes, per_object=True)
+    b = np.stack([hf.propagate(frames, keyframe, box[None]) for box in boxes])
+    assert min(mask_iou(x, y) for pa, pb in zip(a, b) for x, y in zip(pa, pb)) >= 0.99
+    assert np.array_equal(a, b)
+
+
+def test_predict_flag_check_takes_a_weights_folder(tmp_path):
+    from veason_r1.errors import BadInput, MissingInput
+    from veason_r1.inference.pipeline import check_sam2
+
+    check_sam2("sam3", None)  # the folder is asked for when the propagator loads
+    with pytest.raises(MissingInput, match="weights folder"):
+        check_sam2("edgetam", str(tmp_path))
+    (tmp_path / "config.json").write_text("{}")
+    check_sam2("hf-sam2", str(tmp_path))
+    with pytest.raises(BadInput, match="unknown SAM2 config"):
+        check_sam2("sam4", None)

@@ -222,5 +222,44 @@ def convert_sam2_folder(name: str, checkpoint: str | Path | None, out_dir: str |
     return out
 
 
-__all__ = ["MEMORY_KV_KEY", "convert_sam2_folder", "convert_state_dict", "fit_memory_dim", "hf_config_from_sam2",
+def cached_conversion(name: str, cache_dir: str | Path) -> Path:
+    """`hf-sam2` folder of a named sam2 propagator with its own weights (the shipped `toy`), converted into the cache
+    on first use (written to a temporary folder, then moved in whole)."""
+    import shutil
+    import tempfile
+
+    out = Path(cache_dir) / "models" / f"{name}_hf_sam2"
+    if (out / "config.json").is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    try:
+        convert_sam2_folder(name, None, tmp)
+        if not (out / "config.json").is_file():
+            shutil.rmtree(out, ignore_errors=True)
+            tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m veason_r1.models.hf_sam2_convert NAME CHECKPOINT OUT: a sam2 checkpoint -> an `hf-sam2` folder."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m veason_r1.models.hf_sam2_convert", description=main.__doc__)
+    parser.add_argument("name", help="the sam2 config: sam2.1_hiera_{t,s,b+,l}, sam2_hiera_*, tiny, toy or a yaml")
+    parser.add_argument("checkpoint", help="its sam2 checkpoint (.pt); '-' for the named propagator's own / random")
+    parser.add_argument("out", help="the folder to write (config.json + model.safetensors)")
+    args = parser.parse_args(argv)
+    out = convert_sam2_folder(args.name, None if args.checkpoint == "-" else args.checkpoint, args.out)
+    print(f"hf-sam2 folder written: {out} (use --sam2 hf-sam2 --sam2-ckpt {out})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
+
+
+__all__ = ["MEMORY_KV_KEY", "cached_conversion", "convert_sam2_folder", "convert_state_dict", "fit_memory_dim", "hf_config_from_sam2",
            "sam2_model_config", "sam2_to_hf"]

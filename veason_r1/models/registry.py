@@ -115,6 +115,7 @@ PROPAGATORS: dict[str, NamedPropagator] = {
 # the checkpoint (--sam2-ckpt / reward.sam2_checkpoint); `tiny-<name>` is a random-weight folder built on first use.
 HF_TRACKERS = ("hf-sam2", "sam3", "edgetam")
 TINY_TRACKERS = {f"{TINY}-{n}": n for n in HF_TRACKERS}
+TOY_HF_SAM2 = f"{TOY}-hf-sam2"  # the shipped toy SAM2 converted for `hf-sam2` (models/hf_sam2_convert.py)
 
 
 def _tiny_tracker(name: str) -> Callable[[], Path]:
@@ -126,16 +127,26 @@ def _tiny_tracker(name: str) -> Callable[[], Path]:
     return build
 
 
+def _toy_hf_sam2() -> Path:
+    from veason_r1.models.hf_sam2_convert import cached_conversion
+
+    return cached_conversion(TOY, default_cache_dir())
+
+
 PROPAGATORS.update({
     tiny: NamedPropagator(tiny, _tiny_tracker(n), f"tiny {n} through transformers (random weights)")
     for tiny, n in TINY_TRACKERS.items()
 })
+PROPAGATORS[TOY_HF_SAM2] = NamedPropagator(TOY_HF_SAM2, _toy_hf_sam2,
+                                           "toy SAM2.1 through transformers (hf-sam2; trained on synthetic shapes only)")
 
 
 def tracker_of(name: str | None) -> str | None:
     """The transformers tracker a propagator name runs on (`hf-sam2`, `sam3`, `edgetam`), or None (the sam2 package)."""
     if name in HF_TRACKERS:
         return name
+    if name == TOY_HF_SAM2:
+        return "hf-sam2"
     return TINY_TRACKERS.get(name) if isinstance(name, str) else None
 
 
@@ -186,6 +197,7 @@ __all__ = [
     "TINY",
     "TINY_IMAGE_SIZE",
     "TINY_TRACKERS",
+    "TOY_HF_SAM2",
     "TOY",
     "NamedPolicy",
     "NamedPropagator",
