@@ -162,3 +162,13 @@ def test_predict_flag_check_takes_a_weights_folder(tmp_path):
     check_sam2("hf-sam2", str(tmp_path))
     with pytest.raises(BadInput, match="unknown SAM2 config"):
         check_sam2("sam4", None)
+
+
+def test_the_app_model_picker_serves_a_tiny_tracker(tmp_path):
+    from veason_r1.app.models import NAMED_SAM2, resolve_models
+    from veason_r1.models.hf_tracker import HFTrackerPropagator
+
+    assert set(TINY_NAMES) | {"toy-hf-sam2"} <= set(NAMED_SAM2)
+    models = resolve_models("tiny", "tiny-sam3", cache_dir=tmp_path, device="cpu")
+    assert isinstance(models.propagator, HFTrackerPropagator) and models.random_weights
+    assert models.propagator.tracker.name == "sam3"

@@ -25,7 +25,7 @@ TINY_SIDE = {"hf-sam2": 128, "sam3": 112, "edgetam": 128}
 
 def _sam3_config():
     from transformers import Sam3TrackerVideoConfig
-    from transformers.models.sam3.configuration_sam3 import Sam3ViTConfig, Sam3VisionConfig
+    from transformers.models.sam3.configuration_sam3 import Sam3VisionConfig, Sam3ViTConfig
 
     side = TINY_SIDE["sam3"]
     vit = Sam3ViTConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,

@@ -239,7 +239,7 @@ class HFTrackerPropagator(PropagatorBase):
             out.append(union.numpy())
         return out
 
-    def _track(self, video: "_Video", keyframe: int, boxes: list[tuple]) -> Any:
+    def _track(self, video: _Video, keyframe: int, boxes: list[tuple]) -> Any:
         """(N, K, H, W) bool masks (host) of `boxes` prompted on `keyframe`, forward then backward in one session."""
         import torch
         import torch.nn.functional as F
