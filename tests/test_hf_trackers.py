@@ -31,14 +31,19 @@ def _cache(tmp_path_factory):
     mp.undo()
 
 
+class _Props(dict):
+    """Tiny propagators loaded on first use; `tiny-edgetam` skips where timm (its backbone) is not installed."""
+
+    def __missing__(self, name):
+        if name == "tiny-edgetam":
+            pytest.importorskip("timm")
+        self[name] = load_propagator(name, device="cpu")
+        return self[name]
+
+
 @pytest.fixture(scope="module")
 def props():
-    out = {}
-    for name in TINY_NAMES:
-        if name == "tiny-edgetam":
-            pytest.importorskip("timm")  # EdgeTAM's backbone (RepViT) comes from timm
-        out[name] = load_propagator(name, device="cpu")
-    return out
+    return _Props()
 
 
 def _oracle_prompts(video, keyframe):
