@@ -160,7 +160,9 @@ def test_predict_flag_check_takes_a_weights_folder(tmp_path):
     from veason_r1.errors import BadInput, MissingInput
     from veason_r1.inference.pipeline import check_sam2
 
-    check_sam2("sam3", None)  # the folder is asked for when the propagator loads
+    with pytest.raises(BadInput, match="needs its weights folder"):
+        check_sam2("sam3", None)
+    check_sam2("tiny-sam3", None)
     with pytest.raises(MissingInput, match="weights folder"):
         check_sam2("edgetam", str(tmp_path))
     (tmp_path / "config.json").write_text("{}")
@@ -177,3 +179,17 @@ def test_the_app_model_picker_serves_a_tiny_tracker(tmp_path):
     models = resolve_models("tiny", "tiny-sam3", cache_dir=tmp_path, device="cpu")
     assert isinstance(models.propagator, HFTrackerPropagator) and models.random_weights
     assert models.propagator.tracker.name == "sam3"
+
+
+def test_cli_predict_names_a_tracker_with_oracle_boxes(synth_root, tmp_path, capsys):
+    """`veason-r1 predict --sam2 tiny-sam3` end to end (no policy: both oracles), and `--sam2 sam3` without its folder
+    is one line naming the flag."""
+    from veason_r1.cli import main
+
+    common = ["predict", "revos", "--data", str(synth_root), "--oracle-keyframe", "--oracle-boxes", "--limit", "2",
+              "--image-size", "112"]
+    assert main([*common, "--out", str(tmp_path / "p"), "--sam2", "tiny-sam3"]) == 0
+    assert len([p for p in (tmp_path / "p").rglob("*.png")]) > 0
+    assert main([*common, "--out", str(tmp_path / "q"), "--sam2", "sam3"]) == 2
+    assert "--sam2-ckpt: --sam2 sam3 needs its weights folder" in capsys.readouterr().err
+    assert not (tmp_path / "q").exists()  # refused before stage 1

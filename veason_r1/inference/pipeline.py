@@ -417,10 +417,13 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
 def check_sam2(name: str, checkpoint: str | None) -> None:
     """Resolve `--sam2` and check `--sam2-ckpt` before any expensive stage (the policy pass can take hours):
     the config must be known, the checkpoint a complete PyTorch zip archive. `UserError` naming the flag/file."""
-    from veason_r1.models.registry import HF_TRACKERS, tracker_of
+    from veason_r1.models.registry import HF_TRACKERS, propagator_needs_checkpoint, tracker_of
     from veason_r1.models.sam2 import SAM2_CONFIGS, _config_path
 
     if tracker_of(name) is not None:  # a transformers tracker: its checkpoint is a weights folder
+        if checkpoint is None and propagator_needs_checkpoint(name):
+            raise BadInput("--sam2-ckpt", f"--sam2 {name} needs its weights folder",
+                           hint="download it (docs/models.md), or use tiny-" + name + " for a random-weight test model")
         if checkpoint is not None and not (Path(checkpoint) / "config.json").is_file():
             raise MissingInput(checkpoint, f"--sam2-ckpt: {name} takes its weights folder (config.json + "
                                "model.safetensors)", hint="see docs/models.md for what to download")
