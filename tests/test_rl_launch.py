@@ -171,6 +171,16 @@ def test_verl_launch_refuses_an_unknown_sam2_name(synth_root, tiny_dir, sam2_ckp
         prepare(cfg, "test")
 
 
+def test_verl_launch_takes_a_transformers_tracker_with_its_weights_folder(synth_root, tiny_dir, sam2_ckpt, tmp_path):
+    """issue 25: reward.sam2=sam3 / edgetam / hf-sam2 is a known name whose checkpoint is a folder, not a .pt."""
+    from veason_r1.rl.launch import LaunchError, prepare
+
+    cfg = grpo_cfg(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", "reward.sam2=sam3")
+    with pytest.raises(LaunchError, match="is not a weights folder") as e:
+        prepare(cfg, "test")
+    assert "unknown SAM2 config" not in str(e.value)
+
+
 # ----------------------------------------------------------------------------- item 3: absolute paths
 
 

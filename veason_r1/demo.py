@@ -150,7 +150,8 @@ class DemoConfig:
         need(self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
         need(self.threads is None or self.threads >= 1, "threads", "must be >= 1 or None")
         need(self.policy in ("toy", "tiny"), "policy", "must be 'toy' (the shipped toy base) or 'tiny' (random init)")
-        need(self.sam2 in ("toy", "tiny"), "sam2", "must be 'toy' (the shipped toy SAM2) or 'tiny' (random init)")
+        need(self.sam2 in ("toy", "tiny", "toy-hf-sam2"), "sam2", "must be 'toy' (the shipped toy SAM2), "
+             "'toy-hf-sam2' (the same weights through transformers) or 'tiny' (random init)")
         self.synth.validate()
         self.rl.validate(source)
 

@@ -272,7 +272,7 @@ def sam2_check(name: str | None, checkpoint: str | None, cpu_ok: bool) -> Check:
         return Check("sam2", FAIL, "no SAM2 configured", "set reward.sam2 / --sam2 and its checkpoint")
     if checkpoint is None and propagator_needs_checkpoint(name):
         return Check("sam2", FAIL, f"SAM2 {name!r} without a checkpoint (random weights)", "give its checkpoint")
-    if checkpoint is not None and not Path(checkpoint).is_file():
+    if checkpoint is not None and not Path(checkpoint).exists():  # a file, or a transformers tracker's folder
         return Check("sam2", FAIL, f"checkpoint {checkpoint} not found", "download it (docs/reproduce.md, 'What to download')")
     device = "cuda" if torch.cuda.is_available() else None
     if device is None and not cpu_ok:

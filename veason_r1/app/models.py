@@ -62,7 +62,7 @@ def resolve_models(
     Raises FileNotFoundError / ValueError with a message naming the flag and the value when a model is missing.
     """
     from veason_r1.inference.pipeline import build_engine
-    from veason_r1.models.registry import load_propagator
+    from veason_r1.models.registry import load_propagator, propagator_random_weights
 
     if sam2_ckpt is not None and Path(sam2_ckpt).is_file():  # before the policy loads (minutes on a GPU node)
         from veason_r1.inference.pipeline import check_sam2
@@ -83,7 +83,7 @@ def resolve_models(
         row = family_of_folder(folder) or DEFAULT_FAMILY  # the folder's own frame side (560 for Qwen2.5-VL)
         size = image_size or row.default_image_size
         policy_label, policy_random = f"{row.name} from {folder}", False
-    if sam2_ckpt is not None and not Path(sam2_ckpt).is_file():
+    if sam2_ckpt is not None and not Path(sam2_ckpt).exists():  # a file, or a transformers tracker's folder
         raise FileNotFoundError(f"--sam2-ckpt: no SAM2 checkpoint at {sam2_ckpt}")
     named_sam2 = NAMED_SAM2.get(sam2) if sam2_ckpt is None else None
     if named_sam2 is not None:
@@ -101,6 +101,6 @@ def resolve_models(
         propagator=propagator,
         image_size=size,
         description=f"policy: {policy_label}; {sam2_label}; frames shown at {size}x{size}",
-        random_weights=policy_random or ckpt is None,
+        random_weights=policy_random or propagator_random_weights(sam2_config, sam2_ckpt if named_sam2 is None else None),
         max_new_tokens=max_new_tokens,
     )

@@ -45,8 +45,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"rl.data.max_response_length, default: {d.eval.max_new_tokens})")
     parser.add_argument("--policy", choices=["toy", "tiny"], default=d.policy,
                         help=f"base policy: the shipped toy base or a random-init tiny model (default: {d.policy})")
-    parser.add_argument("--sam2", choices=["toy", "tiny"], default=d.sam2,
-                        help=f"SAM2: the shipped toy checkpoint or a random-init tiny model (default: {d.sam2})")
+    parser.add_argument("--sam2", choices=["toy", "tiny", "toy-hf-sam2"], default=d.sam2,
+                        help=f"SAM2: the shipped toy checkpoint, the same through transformers (toy-hf-sam2) or a "
+                             f"random-init tiny model (default: {d.sam2})")
     parser.add_argument("--rl-config", default=None, help="GRPO YAML replacing configs/grpo_demo.yaml")
     parser.add_argument("--threads", type=int, default=d.threads, help=f"torch threads (default: {d.threads})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -429,11 +429,19 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
 
 def check_sam2(name: str, checkpoint: str | None) -> None:
     """Resolve `--sam2` and check `--sam2-ckpt` before any expensive stage (the policy pass can take hours):
-    the config must be known (a yaml must parse and name a model), the checkpoint a complete PyTorch zip archive.
-    `UserError` naming the flag/file."""
-    from veason_r1.models.registry import propagator_name_problem
+    the config must be known (a yaml must parse and name a model), the checkpoint a complete PyTorch zip archive
+    (a transformers tracker's: its weights folder). `UserError` naming the flag/file."""
+    from veason_r1.models.registry import propagator_name_problem, propagator_needs_checkpoint, tracker_of
     from veason_r1.models.sam2 import sam2_config
 
+    if tracker_of(name) is not None:  # a transformers tracker: its checkpoint is a weights folder
+        if checkpoint is None and propagator_needs_checkpoint(name):
+            raise BadInput("--sam2-ckpt", f"--sam2 {name} needs its weights folder",
+                           hint="download it (docs/models.md), or use tiny-" + name + " for a random-weight test model")
+        if checkpoint is not None and not (Path(checkpoint) / "config.json").is_file():
+            raise MissingInput(checkpoint, f"--sam2-ckpt: {name} takes its weights folder (config.json + "
+                               "model.safetensors)", hint="see docs/models.md for what to download")
+        return
     problem = propagator_name_problem(name)
     if problem:
         raise BadInput("--sam2", problem[0], hint=problem[1])

@@ -3,7 +3,8 @@
 Policies: `toy` (the shipped toy base, models/toy.py), `tiny` (a random-weight tiny Qwen2.5-VL built into a cache
 folder on first use), `tiny-<family>` (the same for another family of models/families.py), or a local folder.
 Propagators: `toy` (shipped checkpoint), `tiny` (random weights), the SAM2/SAM2.1 config names (their checkpoint is
-required), or a yaml path. Each entry answers "needs a checkpoint?" and "random weights?"; commands, configs and the
+required), a yaml path, or a transformers tracker `hf-sam2` / `sam3` / `edgetam` (its weights folder is required;
+`tiny-<name>`: random weights). Each entry answers "needs a checkpoint?" and "random weights?"; commands, configs and the
 app ask here instead of comparing names themselves.
 """
 
@@ -110,6 +111,45 @@ PROPAGATORS: dict[str, NamedPropagator] = {
 }
 
 
+# transformers' video trackers (models/hf_tracker.py): `hf-sam2`, `sam3`, `edgetam` take their weights folder as
+# the checkpoint (--sam2-ckpt / reward.sam2_checkpoint); `tiny-<name>` is a random-weight folder built on first use.
+HF_TRACKERS = ("hf-sam2", "sam3", "edgetam")
+TINY_TRACKERS = {f"{TINY}-{n}": n for n in HF_TRACKERS}
+TOY_HF_SAM2 = f"{TOY}-hf-sam2"  # the shipped toy SAM2 converted for `hf-sam2` (models/hf_sam2_convert.py)
+
+
+def _tiny_tracker(name: str) -> Callable[[], Path]:
+    def build() -> Path:
+        from veason_r1.models.hf_tiny import tiny_tracker_folder
+
+        return tiny_tracker_folder(name, default_cache_dir())
+
+    return build
+
+
+def _toy_hf_sam2() -> Path:
+    from veason_r1.models.hf_sam2_convert import cached_conversion
+
+    return cached_conversion(TOY, default_cache_dir())
+
+
+PROPAGATORS.update({
+    tiny: NamedPropagator(tiny, _tiny_tracker(n), f"tiny {n} through transformers (random weights)")
+    for tiny, n in TINY_TRACKERS.items()
+})
+PROPAGATORS[TOY_HF_SAM2] = NamedPropagator(TOY_HF_SAM2, _toy_hf_sam2,
+                                           "toy SAM2.1 through transformers (hf-sam2; trained on synthetic shapes only)")
+
+
+def tracker_of(name: str | None) -> str | None:
+    """The transformers tracker a propagator name runs on (`hf-sam2`, `sam3`, `edgetam`), or None (the sam2 package)."""
+    if name in HF_TRACKERS:
+        return name
+    if name == TOY_HF_SAM2:
+        return "hf-sam2"
+    return TINY_TRACKERS.get(name) if isinstance(name, str) else None
+
+
 def propagator_needs_checkpoint(name: str | None) -> bool:
     """A propagator by this name must be given its checkpoint: every name but the named ones (`tiny` has random
     weights and is asked for by name in tests and the demo; `toy` ships its checkpoint)."""
@@ -125,6 +165,8 @@ def propagator_checkpoint(name: str, checkpoint: str | Path | None) -> Path | No
 
 
 def propagator_random_weights(name: str, checkpoint: str | Path | None) -> bool:
+    if checkpoint is None and name in TINY_TRACKERS:
+        return True
     return propagator_checkpoint(name, checkpoint) is None
 
 
@@ -132,29 +174,45 @@ def propagator_name_problem(name: str) -> tuple[str, str] | None:
     """(what is wrong, hint) when no propagator answers to `name`; None when one does."""
     from veason_r1.models.sam2 import SAM2_CONFIGS, _config_path
 
+    if tracker_of(name) is not None:
+        return None
     try:
         _config_path(name)
     except ValueError:
         return (f"unknown SAM2 config {name!r}",
-                f"use tiny, toy, one of {', '.join(sorted(SAM2_CONFIGS))}, or a yaml path")
+                f"use tiny, toy, one of {', '.join(sorted(SAM2_CONFIGS) + sorted(HF_TRACKERS))}, or a yaml path")
     return None
 
 
 def load_propagator(name: str, checkpoint: str | Path | None = None, device: str | None = None, **options):
-    """A ready `Propagator` by name (today every name is a SAM2/SAM2.1 config; a new propagator adds a branch)."""
+    """A ready `Propagator` by name: a transformers tracker (`hf-sam2`, `sam3`, `edgetam`, their `tiny-` builds)
+    from its weights folder, else a SAM2/SAM2.1 config of the sam2 package."""
     from veason_r1.models.sam2 import load_sam2
 
+    tracker = tracker_of(name)
+    if tracker is not None:
+        from veason_r1.errors import BadInput
+        from veason_r1.models.hf_tracker import load_hf_tracker
+
+        folder = propagator_checkpoint(name, checkpoint)
+        if folder is None:
+            raise BadInput("--sam2", f"{name} needs its weights folder",
+                           hint="pass it as --sam2-ckpt / reward.sam2_checkpoint (docs/models.md)")
+        return load_hf_tracker(tracker, folder, device, **options)
     ckpt = propagator_checkpoint(name, checkpoint)
     return load_sam2(name, None if ckpt is None else str(ckpt), device, **options)
 
 
 __all__ = [
     "FAMILIES",
+    "HF_TRACKERS",
     "POLICIES",
     "PROPAGATORS",
     "TINY",
     "TINY_IMAGE_SIZE",
+    "TINY_TRACKERS",
     "TOY",
+    "TOY_HF_SAM2",
     "NamedPolicy",
     "NamedPropagator",
     "default_cache_dir",
@@ -165,4 +223,5 @@ __all__ = [
     "propagator_needs_checkpoint",
     "propagator_random_weights",
     "resolve_policy",
+    "tracker_of",
 ]

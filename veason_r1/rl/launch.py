@@ -70,13 +70,18 @@ def missing_inputs(cfg: GRPOConfig) -> list[str]:
         check_model_dir(cfg.model.path)
     except FileNotFoundError as e:
         problems.append(f"model.path: {e} (the SFT-merged model: training_scripts/run_sft.sh writes it)")
-    if cfg.reward.use_consistency and cfg.reward.sam2:
-        from veason_r1.models.registry import propagator_name_problem
+    from veason_r1.models.registry import propagator_name_problem, tracker_of
 
+    tracker = tracker_of(cfg.reward.sam2)  # a transformers tracker: a name, and its checkpoint is a weights folder
+    if cfg.reward.use_consistency and cfg.reward.sam2 and tracker is None:
         problem = propagator_name_problem(cfg.reward.sam2)
         if problem:
             problems.append(f"reward.sam2: {problem[0]}: {problem[1]}")
-    if cfg.reward.use_consistency and cfg.reward.sam2_checkpoint and not Path(cfg.reward.sam2_checkpoint).is_file():
+    ckpt = cfg.reward.sam2_checkpoint
+    if tracker is not None and cfg.reward.use_consistency and ckpt and not (Path(ckpt) / "config.json").is_file():
+        problems.append(f"reward.sam2_checkpoint: {ckpt} is not a weights folder (config.json + model.safetensors) "
+                        f"for reward.sam2={cfg.reward.sam2} (docs/models.md)")
+    elif tracker is None and cfg.reward.use_consistency and ckpt and not Path(ckpt).is_file():
         problems.append(f"reward.sam2_checkpoint: {cfg.reward.sam2_checkpoint} not found (docs/reproduce.md, 'What to download' "
                         "says where to download it)")
     if not REWARD_FILE.is_file():
