@@ -255,3 +255,33 @@ def test_log_probs_are_those_of_the_tempered_sampling_policy(synth_root, tiny_di
         got = trainer.log_probs(trainer.model, ro)
         m = ro.response_mask.bool()
         assert torch.allclose(got[m], want[m], atol=1e-5)
+
+
+def test_rollouts_are_scored_with_the_positions_that_sampled_them(synth_root, tiny_dir, tmp_path):
+    """The trainer's log-prob forward must see the model generation ran: the processor's inputs (with
+    mm_token_type_ids, hence Qwen2.5-VL's 3D M-RoPE positions) followed by the response. Before the fix the
+    Qwen2.5-VL forward dropped mm_token_type_ids and transformers fell back to 1D positions: GRPO optimised
+    another model than the one that sampled."""
+    from veason_r1.models.policy import GenerationRequest, build_inputs
+    from veason_r1.rl.local_trainer import LocalGRPOTrainer
+
+    opts = ("reward.use_consistency=false", "data.train_batch_size=1", "rollout.n=2", "rollout.batch_size=2",
+            "actor.ppo_mini_batch_size=1", "data.max_response_length=6")
+    trainer = LocalGRPOTrainer(make_cfg(synth_root, tiny_dir, tmp_path / "t", *opts), verbose=False)
+    sample = trainer.train_pool.draw(0, seed="positions-test")
+    ro = trainer.generate([sample], 2, 1.0, 1.0, seed=0, max_new_tokens=6)
+    got = trainer.log_probs(trainer.model, ro)
+    prompt = build_inputs(trainer.processor, [GenerationRequest(sample.expression, sample.frame_ids,
+                                                                list(sample.frames))], trainer.cfg.data.image_size)
+    R = ro.responses.shape[1]
+    for i in range(2):
+        ids = torch.cat([prompt["input_ids"][0], ro.responses[i]])[None]
+        types = torch.cat([prompt["mm_token_type_ids"][0], torch.zeros(R, dtype=torch.long)])[None]
+        att = torch.cat([prompt["attention_mask"][0], ro.response_mask[i].long()])[None]
+        with torch.no_grad():
+            logits = trainer.model(input_ids=ids, attention_mask=att, mm_token_type_ids=types,
+                                   pixel_values=prompt["pixel_values"], image_grid_thw=prompt["image_grid_thw"],
+                                   use_cache=False).logits[0, -R - 1:-1].float()
+        want = torch.log_softmax(logits, -1).gather(-1, ro.responses[i][:, None]).squeeze(-1)
+        m = ro.response_mask[i].bool()
+        assert torch.allclose(got[i][m], want[m], atol=1e-4), (got[i][m], want[m])

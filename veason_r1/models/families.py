@@ -28,9 +28,10 @@ class PolicyFamily:
     default_image_size: int  # the recipe's frame side for this family (~400 visual tokens per frame)
     sft_template: str  # LLaMA-Factory template for SFT export / training
     box_grid: int | None  # None: boxes in absolute pixels of the shown frame; N: relative 0..N grid
-    # The local trainer's log-prob forward passes the processor's `mm_token_type_ids` (Qwen3-VL / Qwen3.5 raise
-    # without them). Off for Qwen2.5-VL to keep today's numbers byte-identical, although transformers 5.5.4 then
-    # falls back to 1-D positions in that forward while generation uses M-RoPE (reported in issue 24's note).
+    # The local trainer's log-prob forward passes the processor's `mm_token_type_ids`, so it scores rollouts with
+    # the positions generation used (M-RoPE). Every family needs it: without them Qwen3-VL / Qwen3.5 raise, and
+    # transformers 5.5.4 silently gives Qwen2.5-VL 1-D positions, i.e. GRPO then optimised another model than the
+    # one that sampled (tests/test_rl_local.py). A field so a future family without token types can say so.
     forward_token_types: bool = True
     tiny_builder: str = ""  # "module:function(out_dir, seed) -> Path" of its random-weight tiny folder ("" = none)
     notes: str = ""  # verl / vLLM support, what the pinned set lacks
@@ -90,7 +91,6 @@ class PolicyFamily:
 QWEN2_5_VL = PolicyFamily(
     name="qwen2_5_vl", model_type="qwen2_5_vl", hf_class="Qwen2_5_VLForConditionalGeneration",
     patch_size=14, merge_size=2, default_image_size=560, sft_template="qwen2_vl", box_grid=None,
-    forward_token_types=False,
     tiny_builder="veason_r1.models.tiny:make_tiny_qwen",
     notes="the paper's family; verl 0.9.1 and vLLM 0.24 support it; HF fast paths in models/fast_qwen.py",
 )
