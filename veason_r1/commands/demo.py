@@ -57,6 +57,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no tqdm bars (stage lines only)")
 
 
+# The kernel family every x86 CPU with AVX2 can run, for ATen's vectorised ops, oneDNN and MKL. Why: at toy scale the
+# demo's SFT and GRPO amplify rounding differences, and the kernels a CPU picks by itself (AVX-512 where it has it)
+# change the outcome, not only the last digits: on one machine, AVX-512 kernels gave held-out SFT 2.328 and J&F 36.3,
+# AVX2 kernels 1.907 and 26.9 (docs/demo.md). Pinned, the numbers depend on the code, not on the CPU generation
+# (threads do not matter: 1 and 2 gave bit-identical weights). Set any of these yourself to override.
+CPU_KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+
+
+def pin_cpu_kernels() -> dict[str, str]:
+    """Set `CPU_KERNELS` (unless already set) on x86 Linux CPUs that have AVX2, before torch is imported; returns
+    what is in force."""
+    import os
+    import platform
+
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            has_avx2 = " avx2" in f.read()
+    except OSError:
+        return {}
+    if not has_avx2:
+        return {}
+    for key, value in CPU_KERNELS.items():
+        os.environ.setdefault(key, value)
+    return {key: os.environ[key] for key in CPU_KERNELS}
+
+
 def run(args: argparse.Namespace) -> int:
     import os
 
@@ -64,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     # many small ops; with spinning threads a second busy process on the same cores makes them several times
     # slower (measured: 15 training steps 1.4 s passive vs 6-10 s spinning, 2 threads, one other busy process).
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    pin_cpu_kernels()
     from veason_r1.demo import demo_config, run_demo
 
     flags = {  # only the flags given: the rest come from DemoConfig (and --rl-config)
