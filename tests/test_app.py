@@ -542,6 +542,9 @@ def test_page_in_headless_chromium(app_server, tmp_path, app_cache):
             result["response"]
         assert (NO_MASK_MESSAGE.split(" (")[0] in text) == (not result["boxes"])
         # the shown-frames sheet: loaded in the page, the keyframe's tile framed in gold
+        # the sheet arrives in the update before the last one; when no mask is made the two follow within
+        # milliseconds and the browser may show "Done" before the image element is in the page: wait for it
+        WebDriverWait(driver, 20, 0.2).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#frames img"))
         img = driver.find_element(By.CSS_SELECTOR, "#frames img")
         assert driver.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 0
         sheet = np.asarray(Image.open(io.BytesIO(fetch(img.get_attribute("src")))).convert("RGB"))

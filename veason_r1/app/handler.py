@@ -141,11 +141,12 @@ class RequestHandler:
         if answer.notes:
             lines.append("Parser notes: " + escape_markdown("; ".join(answer.notes)) + ".")
         next_step = "SAM2 is propagating the boxes..." if answer.boxes else "Writing the files..."
+        sheet = shown_frames_sheet(source, answer)
         yield Update(
             status="\n\n".join([*lines, next_step]),
             reasoning=answer.reasoning or "(the answer has no <think> reasoning)",
             response=answer.response,
-            sheet=shown_frames_sheet(source, answer),
+            sheet=sheet,
             timings=_rounded(timings),
         )
 
@@ -165,7 +166,9 @@ class RequestHandler:
                                    progress=self.progress_bars)
         result.timings["total_s"] = time.perf_counter() - t_start
         lines.append(f"**Done** in {result.timings['total_s']:.1f} s.")
-        yield Update(status="\n\n".join(lines), state="done", overlay=files_out.overlay,
+        # the sheet again: when no mask is made this update follows the previous one within milliseconds, and the
+        # page was seen to show only the last of the two (the browser test lost the sheet in about half its runs)
+        yield Update(status="\n\n".join(lines), state="done", sheet=sheet, overlay=files_out.overlay,
                      downloads=files_out.downloads, timings=_rounded(result.timings))
 
     def _sampling(self, settings: Settings):
