@@ -153,25 +153,6 @@ class HFTrackerPropagator(PropagatorBase):
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=torch.bfloat16)
 
-    @contextlib.contextmanager
-    def _stage(self, name: str):
-        if self.profile is None:
-            yield
-            return
-        import time
-
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.profile[name] = self.profile.get(name, 0.0) + time.perf_counter() - start
-
     # -- one video -----------------------------------------------------------------------------------------------
 
     def encode(self, frames: Any, *, cache_frames: int = 64) -> Any:

@@ -7,6 +7,7 @@ for speed as `SAM2Propagator` does; then it gets a name in `models/registry.py` 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -42,6 +43,28 @@ class PropagatorBase:
     """Exact defaults built on `propagate`, so a new propagator needs one method."""
 
     profile: dict | None = None
+
+    @contextlib.contextmanager
+    def _stage(self, name: str):
+        """Adds the stage's wall time (CUDA synchronised on both ends) to `self.profile` when that is a dict;
+        subclasses with a CUDA device set `self.device` (a torch.device)."""
+        if self.profile is None:
+            yield
+            return
+        import time
+
+        import torch
+
+        cuda = getattr(getattr(self, "device", None), "type", None) == "cuda"
+        if cuda:
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            if cuda:
+                torch.cuda.synchronize(self.device)
+            self.profile[name] = self.profile.get(name, 0.0) + time.perf_counter() - start
 
     def encode(self, frames: Any, *, cache_frames: int = 64) -> Any:
         return frames

@@ -441,26 +441,6 @@ class SAM2Propagator(PropagatorBase):
                 unions.append(out)
         return videos, unions
 
-    @contextlib.contextmanager
-    def _stage(self, name: str):
-        """Adds the stage's wall time (CUDA synchronised on both ends) to `self.profile` when that is a dict."""
-        if self.profile is None:
-            yield
-            return
-        import time
-
-        import torch
-
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            self.profile[name] = self.profile.get(name, 0.0) + time.perf_counter() - start
-
     # -- engine --------------------------------------------------------------------------------------------------
 
     def _run(self, objects: list[_Object], progress: bool = False) -> None:
