@@ -10,6 +10,7 @@ repeats), so held-out scores measure grounding, not memory.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import shutil
 import time
@@ -243,7 +244,7 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
     processor = load_processor(init)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(init, dtype=torch.float32,
                                                                attn_implementation="sdpa").to(device)
-    init_sha256 = _weights_sha256(init) if cfg.init_from else None
+    init_weights = _weights_sha256(init) if cfg.init_from else None
     if device.startswith("cuda"):
         fast_vision_attention(model)
     model.train()
@@ -265,8 +266,9 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
     budget = StepBudget(cfg.steps, time_budget_s, start_step=state.step)
     t0, running = time.time(), None
     bar = tqdm(total=cfg.steps, initial=state.step, desc="toy policy", disable=not progress)
-    for batch in loader:
-        if state.step >= budget.total:
+    # the loader is endless (one batch per step from the resumed step on); a finished run draws none
+    for batch in itertools.islice(loader, max(0, budget.total - state.step)):
+        if state.step >= budget.total:  # the budget may shorten the run as it measures the speed
             break
         lr = cosine_lr(state.step, budget.update(state.step), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
         bar.total = budget.total
@@ -298,7 +300,7 @@ def train(work: Path, cfg: ToyPolicyTrainConfig, device: str = "cpu", progress: 
     out = work / "model"
     export_model(model, init, out)
     return {"steps": state.step, "requested_steps": cfg.steps, "seconds": round(time.time() - t0, 1),
-            "history": state.history, "init_sha256": init_sha256,
+            "history": state.history, "init_weights": init_weights,
             "params": sum(p.numel() for p in model.parameters())}
 
 
@@ -316,13 +318,11 @@ def _take_weights(init: Path, folder: str) -> None:
         shutil.copyfile(f, init / f.name)
 
 
-def _weights_sha256(folder: Path) -> str:
-    import hashlib
+def _weights_sha256(folder: Path) -> dict[str, str]:
+    """sha256 of each safetensors file, as the manifest's `weights` records them."""
+    from veason_r1.io_utils import file_identity
 
-    digest = hashlib.sha256()
-    for f in sorted(Path(folder).glob("*.safetensors")):
-        digest.update(f.read_bytes())
-    return digest.hexdigest()
+    return {f.name: file_identity(f)["sha256"] for f in sorted(Path(folder).glob("*.safetensors"))}
 
 
 def _curve_point(model, processor, samples, device: str, image_size: int) -> dict[str, float]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import time
 from dataclasses import asdict, dataclass, field
@@ -307,24 +308,18 @@ class SeededItems:
 def train(work: Path, cfg: ToySAM2TrainConfig, device: str = "cpu", progress: bool = True,
           time_budget_s: float | None = None) -> dict[str, Any]:
     """Train (resuming from `work/train_state.pt`) and return a summary; the weights are in `work/sam2_toy.pt`."""
-    import random
-
     import torch
     from tqdm import tqdm
     from training.trainer import CORE_LOSS_KEY
 
+    from veason_r1.io_utils import file_identity
+
     work = Path(work)
     vos = export_vos(work / "vos", cfg, workers=max(1, cfg.workers), progress=progress)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    model = build_train_model(device, cfg.seed).train()
+    model = build_train_model(device, cfg.seed).train()  # every later random draw is seeded per step (StepBatches)
     init_sha256 = None
     if cfg.init_from:
-        import hashlib
-
-        import torch
-
-        init_sha256 = hashlib.sha256(Path(cfg.init_from).read_bytes()).hexdigest()
+        init_sha256 = file_identity(cfg.init_from)["sha256"]
         model.load_state_dict(torch.load(cfg.init_from, map_location=device, weights_only=True)["model"])
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     state = TrainState(work / "train_state.pt", config=json.loads(json.dumps(asdict(cfg))))
@@ -336,31 +331,31 @@ def train(work: Path, cfg: ToySAM2TrainConfig, device: str = "cpu", progress: bo
     t0 = time.time()
     budget = StepBudget(cfg.steps, time_budget_s, start_step=state.step)
     bar = tqdm(total=cfg.steps, initial=state.step, desc="toy SAM2", disable=not progress)
-    while state.step < budget.total:
-        for batch in loader:
-            if state.step >= budget.total:
-                break
-            seed_everything(cfg.seed, state.step, 1 << 20)  # SAM2Train's prompt sampling: a function of the step
-            lr = cosine_lr(state.step, budget.update(state.step), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
-            bar.total = budget.total
-            for group in opt.param_groups:
-                group["lr"] = lr
-            batch = batch.to(device, non_blocking=True)
-            with amp or torch.autocast("cpu", enabled=False):
-                outputs = model(batch)
-                losses = loss_fn(outputs, batch.masks)
-            loss = losses[CORE_LOSS_KEY]
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            opt.step()
-            state.step += 1
-            bar.update(1)
-            if state.step % 25 == 0:
-                state.log(loss=float(loss.detach()), s=round(time.time() - t0, 1))
-                bar.set_postfix(loss=f"{state.history[-1]['loss']:.3f}")
-            if state.step % cfg.checkpoint_every == 0:
-                state.save(model, opt, budget.total)
+    # the loader is endless (one batch per step from the resumed step on); a finished run draws none
+    for batch in itertools.islice(loader, max(0, budget.total - state.step)):
+        if state.step >= budget.total:  # the budget may shorten the run as it measures the speed
+            break
+        seed_everything(cfg.seed, state.step, 1 << 20)  # SAM2Train's prompt sampling: a function of the step
+        lr = cosine_lr(state.step, budget.update(state.step), cfg.lr, cfg.warmup_steps, cfg.min_lr_ratio)
+        bar.total = budget.total
+        for group in opt.param_groups:
+            group["lr"] = lr
+        batch = batch.to(device, non_blocking=True)
+        with amp or torch.autocast("cpu", enabled=False):
+            outputs = model(batch)
+            losses = loss_fn(outputs, batch.masks)
+        loss = losses[CORE_LOSS_KEY]
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        state.step += 1
+        bar.update(1)
+        if state.step % 25 == 0:
+            state.log(loss=float(loss.detach()), s=round(time.time() - t0, 1))
+            bar.set_postfix(loss=f"{state.history[-1]['loss']:.3f}")
+        if state.step % cfg.checkpoint_every == 0:
+            state.save(model, opt, budget.total)
     bar.close()
     state.save(model, opt, budget.total)
     weights = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
@@ -388,8 +383,7 @@ def oracle_box_j(propagator, videos, progress: bool = False) -> dict[str, float]
     object colour (a colour shortcut shows there)."""
     from tqdm import tqdm
 
-    from veason_r1.data.masks import mask_to_box
-    from veason_r1.data.masks import mask_iou  # J of one frame (numpy: no compiled kernels on the GPU box)
+    from veason_r1.data.masks import mask_iou, mask_to_box  # numpy J per frame: no compiled kernels on the GPU box
 
     js, static, colours = [], [], {}
     for video in tqdm(videos, desc="oracle-box J", disable=not progress):
