@@ -218,7 +218,24 @@ def teacher_text(expression: str) -> str:
     return f"Step 1: frames about {expression}.\nStep 2: the keyframe is best.\nStep 3: it is on the left."
 
 
-class FaultServer:
+class LocalServer:
+    """A threaded HTTP server on a free loopback port, serving `Handler` while used as a context manager."""
+
+    def _serve(self, handler) -> None:
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+class FaultServer(LocalServer):
     """Chat-completions server whose behaviour per request follows a per-expression plan of faults."""
 
     def __init__(self, plans: dict[str, list[str]], default: str = "ok", slow_s: float = 1.2, delay_s: float = 0.0):
@@ -292,9 +309,7 @@ class FaultServer:
                         "usage": REPLY_USAGE}
                 return self._send(200, json.dumps(resp).encode())
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._serve(Handler)
 
     @property
     def base_url(self) -> str:
@@ -303,14 +318,6 @@ class FaultServer:
     def requests_for(self, expression: str) -> list[str]:
         with self.lock:
             return [a for e, a, _ in self.log if e == expression]
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 def endpoint(server: FaultServer, **kw) -> EndpointConfig:
@@ -542,7 +549,7 @@ def test_synthetic_pipeline_from_cli(synth_root, tmp_path, capsys):
 # Issue 26 item 1: no credential in any output, in any encoding
 
 
-class EchoServer:
+class EchoServer(LocalServer):
     """Answers every request with `code` and a body that quotes the request's headers (as some gateways do)."""
 
     def __init__(self, code: int):
@@ -570,20 +577,10 @@ class EchoServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._serve(Handler)
 
     def url(self, userinfo: str = "") -> str:
         return f"http://{userinfo}127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
 
 
 ODD_KEY = "sk-odd/Key+with=Chars%and-0123456789abcdef"
