@@ -64,11 +64,11 @@ def test_toy_sam2_loads_by_name_and_tracks_better_than_random_weights(tmp_path):
 
 
 def test_toy_policy_loads_by_name_and_answers_its_tasks_in_json():
-    from veason_r1.models.toy import resolve_policy
+    from veason_r1.models.toy import toy_policy_dir
     from veason_r1.toy.policy_train import ToyPolicyTrainConfig, evaluate, heldout_samples
 
     samples = heldout_samples(ToyPolicyTrainConfig(heldout_samples=6))
-    metrics = evaluate(resolve_policy("toy"), samples)
+    metrics = evaluate(toy_policy_dir(), samples)
     assert metrics["parse_rate"] >= 0.9  # the manifest: 0.998 on 600 held-out samples
     assert metrics["when"]["n"] == metrics["ground"]["n"] == metrics["ground_at"]["n"] == 6
 

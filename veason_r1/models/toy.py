@@ -38,12 +38,6 @@ def is_toy(name: str | Path | None) -> bool:
     return str(name) == TOY_NAME
 
 
-def sam2_needs_checkpoint(name: str | None) -> bool:
-    """A SAM2 by this name must be given its checkpoint: every name but "tiny" (random weights, asked for by name in
-    tests and `--sam2 tiny`) and "toy" (its checkpoint ships in the package)."""
-    return name not in ("tiny", TOY_NAME)
-
-
 def toy_policy_dir() -> Path:
     """The shipped toy base policy folder (a full Qwen2.5-VL folder: config, safetensors, processor)."""
     if not (TOY_POLICY_DIR / "config.json").is_file():
@@ -59,8 +53,3 @@ def toy_sam2_checkpoint() -> Path:
             f"the toy SAM2 is not in this checkout ({TOY_SAM2_CHECKPOINT}); rebuild it with `veason-r1 make-toy sam2`"
         )
     return TOY_SAM2_CHECKPOINT
-
-
-def resolve_policy(model: str | Path) -> Path:
-    """`toy` -> the shipped folder; anything else is a path, returned as is."""
-    return toy_policy_dir() if is_toy(model) else Path(model)
