@@ -49,7 +49,6 @@ if str(ROOT) not in sys.path:
 
 from veason_r1.config import IMAGE_SIZE  # noqa: E402
 
-
 # ----------------------------------------------------------------------------------------------------------------
 # Arguments
 
@@ -360,7 +359,7 @@ def our_way(ds: BenchDataset, policy, propagator, args, pred: Path) -> dict:
 
     (remove_fast_paths if args.no_fast_paths else apply_fast_paths)(policy.model)
     engine = HFEngine(policy, image_size=args.image_size, batch_size=args.batch_size)
-    config = PredictConfig(benchmark="bench", model=None, batch_size=args.batch_size, oracle_boxes=True,
+    config = PredictConfig(benchmark="bench", batch_size=args.batch_size, oracle_boxes=True,
                            inference=InferenceConfig(image_size=args.image_size, max_new_tokens=args.max_new_tokens))
     reset_peak(args.device)
     sync(args.device)

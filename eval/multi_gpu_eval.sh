@@ -3,7 +3,7 @@
 #
 #   eval/multi_gpu_eval.sh BENCHMARK DATA_ROOT MODEL_DIR PRED_DIR [extra `veason-r1 predict` args...]
 #   e.g. eval/multi_gpu_eval.sh revos data/ReVOS ckpt/veason-r1-3b pred/revos \
-#            --sam2 sam2.1_hiera_l --sam2-ckpt ckpt/sam2.1_hiera_large.pt
+#            --sam2 sam2.1_hiera_l --sam2-checkpoint ckpt/sam2.1_hiera_large.pt
 #
 # One process per GPU (CUDA_VISIBLE_DEVICES=i, --shard i/N): the shards are disjoint blocks of expressions, so
 # the merged predictions equal a single-process run (greedy). Each shard logs to PRED_DIR/logs/shard<i>.log.

@@ -347,17 +347,20 @@ def app_cache(tmp_path_factory) -> Path:
 
 def test_resolve_models_builds_the_tiny_policy_once_and_names_bad_paths(app_cache, tmp_path):
     from veason_r1.app.models import resolve_models
+    from veason_r1.errors import BadInput, MissingInput
+    from veason_r1.models.config import PolicyConfig, PropagatorConfig
 
-    models = resolve_models(cache_dir=app_cache, device="cpu")
+    cpu = PolicyConfig(model="tiny", device="cpu")
+    models = resolve_models(cpu, cache_dir=app_cache)
     config = app_cache / "models" / "tiny_qwen_seed0" / "config.json"
     stamp = config.stat().st_mtime_ns
     assert models.random_weights and models.image_size == 112 and "random weights" in models.description
     assert type(models.engine).__name__ == "HFEngine" and type(models.propagator).__name__ == "SAM2Propagator"
-    assert resolve_models(cache_dir=app_cache, device="cpu").image_size == 112 and config.stat().st_mtime_ns == stamp
-    with pytest.raises(FileNotFoundError, match=r"--model: '/no/such/model' is neither a known name \(tiny, tiny-qwen3_5, tiny-qwen3_vl, toy\)"):
-        resolve_models("/no/such/model", cache_dir=app_cache)
-    with pytest.raises(FileNotFoundError, match="--sam2-ckpt: no SAM2 checkpoint at /no/sam2.pt"):
-        resolve_models(sam2="tiny", sam2_ckpt="/no/sam2.pt", cache_dir=app_cache)
+    assert resolve_models(cpu, cache_dir=app_cache).image_size == 112 and config.stat().st_mtime_ns == stamp
+    with pytest.raises(BadInput, match=r"--model: '/no/such/model' is neither a known name \(tiny, tiny-qwen3_5, tiny-qwen3_vl, toy\)"):
+        resolve_models(PolicyConfig(model="/no/such/model"), cache_dir=app_cache)
+    with pytest.raises(MissingInput, match="--sam2-checkpoint: no checkpoint there"):
+        resolve_models(cpu, PropagatorConfig(name="tiny", checkpoint="/no/sam2.pt"), cache_dir=app_cache)
 
 
 def test_examples_are_written_once_from_local_sources(app_cache):

@@ -123,10 +123,12 @@ def test_tiny_tracker_through_predict_stage2_on_the_synthetic_benchmark(props, n
     from veason_r1.data.revos import ReVOSDataset
     from veason_r1.inference.pipeline import InferenceConfig
     from veason_r1.inference.predict import PredictConfig, load_stage1, run_stage1, run_stage2
+    from veason_r1.models.config import PropagatorConfig
 
     ds = ReVOSDataset(synth_root, "valid")
     cfg = PredictConfig(benchmark="revos", split="valid", inference=InferenceConfig(112, 8, 64), batch_size=4,
-                        oracle_keyframe=True, oracle_boxes=True, limit=3, sam2=name)
+                        oracle_keyframe=True, oracle_boxes=True, limit=3,
+                        propagator=PropagatorConfig(name))
     run_stage1(ds, None, tmp_path, cfg, progress=False)
     stats = run_stage2(ds, props[name], tmp_path, cfg, progress=False)
     assert stats["written"] == 3
@@ -158,17 +160,19 @@ def test_the_toy_sam2_converts_for_hf_sam2_and_gives_the_same_masks():
 
 def test_predict_flag_check_takes_a_weights_folder(tmp_path):
     from veason_r1.errors import BadInput, MissingInput
-    from veason_r1.inference.pipeline import check_sam2
+    from veason_r1.models.config import PropagatorConfig as P
 
-    with pytest.raises(BadInput, match="needs its weights folder"):
-        check_sam2("sam3", None)
-    check_sam2("tiny-sam3", None)
+    with pytest.raises(BadInput, match="--sam2-checkpoint: --sam2 sam3 needs its weights folder"):
+        P("sam3").check()
+    P("tiny-sam3").check()
     with pytest.raises(MissingInput, match="weights folder"):
-        check_sam2("edgetam", str(tmp_path))
+        P("edgetam", str(tmp_path)).check()
     (tmp_path / "config.json").write_text("{}")
-    check_sam2("hf-sam2", str(tmp_path))
+    P("hf-sam2", str(tmp_path)).check()
     with pytest.raises(BadInput, match="unknown SAM2 config"):
-        check_sam2("sam4", None)
+        P("sam4").check()
+    with pytest.raises(BadInput, match="reward.propagator.checkpoint: "):  # a config key is named as such
+        P("sam3").check({"checkpoint": "reward.propagator.checkpoint"})
 
 
 def test_the_app_model_picker_serves_a_tiny_tracker(tmp_path):
@@ -176,7 +180,9 @@ def test_the_app_model_picker_serves_a_tiny_tracker(tmp_path):
     from veason_r1.models.hf_tracker import HFTrackerPropagator
 
     assert set(TINY_NAMES) | {"toy-hf-sam2"} <= set(NAMED_SAM2)
-    models = resolve_models("tiny", "tiny-sam3", cache_dir=tmp_path, device="cpu")
+    from veason_r1.models.config import PolicyConfig, PropagatorConfig
+
+    models = resolve_models(PolicyConfig("tiny", device="cpu"), PropagatorConfig("tiny-sam3"), cache_dir=tmp_path)
     assert isinstance(models.propagator, HFTrackerPropagator) and models.random_weights
     assert models.propagator.tracker.name == "sam3"
 
@@ -191,5 +197,5 @@ def test_cli_predict_names_a_tracker_with_oracle_boxes(synth_root, tmp_path, cap
     assert main([*common, "--out", str(tmp_path / "p"), "--sam2", "tiny-sam3"]) == 0
     assert len([p for p in (tmp_path / "p").rglob("*.png")]) > 0
     assert main([*common, "--out", str(tmp_path / "q"), "--sam2", "sam3"]) == 2
-    assert "--sam2-ckpt: --sam2 sam3 needs its weights folder" in capsys.readouterr().err
+    assert "--sam2-checkpoint: --sam2 sam3 needs its weights folder" in capsys.readouterr().err
     assert not (tmp_path / "q").exists()  # refused before stage 1

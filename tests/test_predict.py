@@ -27,6 +27,7 @@ from veason_r1.inference.predict import (
     run_stage2,
     stage1_dir,
 )
+from veason_r1.models.config import PolicyConfig, PropagatorConfig
 
 SIZE = 112  # policy square side in these tests (a multiple of 28)
 
@@ -108,7 +109,7 @@ class BatchSensitiveEngine:
 
 
 def _config(**kw) -> PredictConfig:
-    base = dict(benchmark="revos", split="valid", model=None, inference=InferenceConfig(SIZE, 8, 64), batch_size=3)
+    base = dict(benchmark="revos", split="valid", inference=InferenceConfig(SIZE, 8, 64), batch_size=3)
     base.update(kw)
     return PredictConfig(**base)
 
@@ -439,7 +440,7 @@ def test_vllm_engine_predict_matches_hf_on_gpu(synth_root, tiny_qwen, tmp_path):
 
     ds = open_benchmark("revos", synth_root)
     cfg = _config(model=str(tiny_qwen), limit=4, batch_size=4)
-    engine = build_engine("vllm", tiny_qwen, SIZE, batch_size=4)
+    engine = build_engine(PolicyConfig(str(tiny_qwen), engine="vllm"), SIZE, batch_size=4)
     stats = run_stage1(ds, engine, tmp_path / "vllm", cfg, progress=False)
     assert stats["written"] == 4
     recs = load_stage1(tmp_path / "vllm")
@@ -650,13 +651,14 @@ def test_fingerprint_sees_a_change_between_sampled_windows(tmp_path, monkeypatch
     weights.write_bytes(rng.integers(0, 256, 5 << 20, dtype=np.uint8).tobytes())
     (model / "config.json").write_text("{}")
     ckpt.write_bytes(rng.integers(0, 256, 5 << 20, dtype=np.uint8).tobytes())
-    config = PredictConfig("revos", model=str(model), sam2_ckpt=str(ckpt), data=str(tmp_path))
+    config = PredictConfig("revos", policy=PolicyConfig(str(model)), propagator=PropagatorConfig(checkpoint=str(ckpt)),
+                           data=str(tmp_path))
     before = config.fingerprint()
     _rewrite_keeping_mtime(weights, (3 << 19))  # 1.5 MiB: outside the first, middle and last MiB
     _rewrite_keeping_mtime(ckpt, (3 << 19))
     after = config.fingerprint()
-    assert before["stage1"]["model_files"] != after["stage1"]["model_files"]
-    assert before["stage2"]["sam2_ckpt_file"] != after["stage2"]["sam2_ckpt_file"]
+    assert before["stage1"]["policy.files"] != after["stage1"]["policy.files"]
+    assert before["stage2"]["propagator.checkpoint_files"] != after["stage2"]["propagator.checkpoint_files"]
 
 
 def test_file_digest_is_cached_by_stat(tmp_path, monkeypatch):

@@ -11,6 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from veason_r1.inference.pipeline import build_engine
+from veason_r1.models.config import PolicyConfig
 from veason_r1.models.policy import (
     GenerationRequest,
     HFEngine,
@@ -247,7 +248,7 @@ def test_vllm_engine_without_vllm_is_a_clear_error(tiny_dir):
         import vllm  # noqa: F401
     except ImportError:
         with pytest.raises(ImportError, match="vLLM"):
-            build_engine("vllm", tiny_dir, image_size=112)
+            build_engine(PolicyConfig(str(tiny_dir), engine="vllm"), image_size=112)
     else:  # pragma: no cover - GPU nodes
         pytest.skip("vllm installed")
 
@@ -259,7 +260,7 @@ def test_missing_or_incomplete_model_folder(tmp_path, tiny_dir):
     with pytest.raises(FileNotFoundError, match=r"missing model weights.*tokenizer.*image processor"):
         load_policy(tmp_path)
     with pytest.raises(ValueError, match="unknown engine 'tgi': choose hf or vllm"):
-        build_engine("tgi", tiny_dir)
+        build_engine(PolicyConfig(str(tiny_dir), engine="tgi"))
 
 
 @pytest.mark.gpu
@@ -288,7 +289,7 @@ def test_vllm_engine_generates_on_gpu(tiny_dir):  # pragma: no cover - needs CUD
 def test_hf_engine_on_cuda_bf16(tiny_dir):  # pragma: no cover - needs CUDA
     if not torch.cuda.is_available():
         pytest.skip("no CUDA")
-    engine = build_engine("hf", tiny_dir, image_size=112, device="cuda", dtype="auto")
+    engine = build_engine(PolicyConfig(str(tiny_dir), device="cuda"), image_size=112)
     assert next(engine.policy.model.parameters()).dtype == torch.bfloat16
     out = engine.generate(requests_112(), SamplingConfig(max_new_tokens=16, temperature=1.0, n=2))
     assert [len(c) for c in out] == [2, 2, 2]
@@ -299,7 +300,7 @@ def test_generation_never_emits_vision_tokens(tmp_path):
     response breaks re-encoding prompt + response for RL log-probs (image tokens != image features)."""
     import torch
 
-    from veason_r1.models.policy import HFEngine, GenerationRequest, SamplingConfig, load_policy, vision_token_ids
+    from veason_r1.models.policy import GenerationRequest, HFEngine, SamplingConfig, load_policy, vision_token_ids
     from veason_r1.models.tiny import make_tiny_qwen
 
     folder = make_tiny_qwen(tmp_path / "tiny", seed=0)

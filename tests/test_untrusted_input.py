@@ -367,7 +367,7 @@ def test_resume_with_another_sam2_checkpoint_is_refused_naming_the_keys(data, tm
     before = tree_digest(out)
     capsys.readouterr()
     code, err = run_cli(oracle_predict(data, out, "--sam2-ckpt", str(b), "--merge"), capsys)
-    assert code == 2 and "stage2.sam2_ckpt: cached" in err and "stage2.sam2_ckpt_file" in err
+    assert code == 2 and "stage2.propagator.checkpoint: cached" in err and "stage2.propagator.checkpoint_files" in err
     assert tree_digest(out) == before  # nothing of the old run was touched, nothing new was mixed in
     code, err = run_cli(oracle_predict(data, out, "--image-size", "56", "--merge"), capsys)
     assert code == 2 and "stage1.inference.image_size: cached 560, now 56" in err
@@ -438,7 +438,7 @@ def test_mistyped_sam2_or_missing_checkpoint_fail_before_stage_1(data, tmp_path,
     code, err = run_cli(argv, capsys)
     assert code == 2 and "--sam2: unknown SAM2 config 'sam2.1_hiera_lx'" in err and "hint: use tiny" in err
     code, err = run_cli(oracle_predict(data, out, "--sam2-ckpt", str(tmp_path / "nope.pt")), capsys)
-    assert code == 2 and "nope.pt: --sam2-ckpt: checkpoint not found" in err
+    assert code == 2 and "nope.pt: --sam2-checkpoint: checkpoint not found" in err
     assert not out.exists()
 
 
@@ -523,7 +523,7 @@ def test_truncated_sam2_checkpoint_names_the_file(data, tmp_path, capsys):
     ckpt = _sam2_checkpoint(tmp_path / "sam2.pt", 0)
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
     code, err = run_cli(oracle_predict(data, tmp_path / "pred", "--sam2-ckpt", str(ckpt)), capsys)
-    assert code == 2 and f"error: {ckpt}: --sam2-ckpt: not a PyTorch checkpoint (truncated" in err
+    assert code == 2 and f"error: {ckpt}: --sam2-checkpoint: not a PyTorch checkpoint (truncated" in err
     with pytest.raises(BadInput, match=r"sam2.pt: SAM2 checkpoint does not load"):
         build_sam2_model("tiny", checkpoint=str(ckpt))  # the loader itself names the file too
 

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from veason_r1.models.registry import propagator_needs_checkpoint
+from veason_r1.models.config import PropagatorConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PASS, WARN, SKIP, FAIL = "PASS", "WARN", "SKIP", "FAIL"
@@ -259,29 +259,28 @@ def model_params(folder: str | Path) -> float:
     return model_bytes(folder) / per
 
 
-def sam2_check(name: str | None, checkpoint: str | None, cpu_ok: bool) -> Check:
-    """The run's own checks (`check_sam2`, then `load_sam2`, as `predict` and the reward do), each failure one
-    line."""
+def sam2_check(propagator: PropagatorConfig, cpu_ok: bool) -> Check:
+    """The run's own checks (`PropagatorConfig.check`, then the load, as `predict` and the reward do), each failure
+    one line."""
     import torch
 
     from veason_r1.errors import UserError
-    from veason_r1.inference.pipeline import check_sam2
-    from veason_r1.models.registry import load_propagator
 
+    name, checkpoint = propagator.name, propagator.checkpoint
     if not name:
-        return Check("sam2", FAIL, "no SAM2 configured", "set reward.sam2 / --sam2 and its checkpoint")
-    if checkpoint is None and propagator_needs_checkpoint(name):
-        return Check("sam2", FAIL, f"SAM2 {name!r} without a checkpoint (random weights)", "give its checkpoint")
+        return Check("sam2", FAIL, "no propagator configured", "set reward.propagator.name / --sam2 and its checkpoint")
+    if checkpoint is None and propagator.needs_checkpoint:
+        return Check("sam2", FAIL, f"{name!r} without a checkpoint (random weights)", "give its checkpoint")
     if checkpoint is not None and not Path(checkpoint).exists():  # a file, or a transformers tracker's folder
         return Check("sam2", FAIL, f"checkpoint {checkpoint} not found", "download it (docs/reproduce.md, 'What to download')")
     device = "cuda" if torch.cuda.is_available() else None
     if device is None and not cpu_ok:
         return Check("sam2", FAIL, f"{name} ({checkpoint}): no GPU to load it on", "run on the GPU node")
     try:
-        check_sam2(name, checkpoint)
-        load_propagator(name, checkpoint, device or "cpu")
+        propagator.check()
+        propagator.load(device or "cpu")
     except UserError as e:
-        return Check("sam2", FAIL, str(e), e.hint or "fix --sam2 / --sam2-ckpt")
+        return Check("sam2", FAIL, str(e), e.hint or "fix --sam2 / --sam2-checkpoint")
     where = device or "cpu (--cpu-ok)"
     return Check("sam2", PASS, f"{name} loads from {checkpoint or '(no checkpoint: random weights, asked by name)'} "
                                 f"on {where}")
@@ -454,7 +453,7 @@ def grpo_checks(cfg, source: str, cpu_ok: bool = False) -> list[Check]:
         out.append(Check("inputs", PASS, "model folder, SAM2 checkpoint, reward file and data files exist"))
         out += _safe("model folder", lambda: model_check(cfg.model.path))
         if cfg.reward.use_consistency:
-            out += _safe("sam2", lambda: sam2_check(cfg.reward.sam2, cfg.reward.sam2_checkpoint, cpu_ok))
+            out += _safe("sam2", lambda: sam2_check(PropagatorConfig(cfg.reward.sam2, cfg.reward.sam2_checkpoint), cpu_ok))
             out += _safe("sam2 extension", lambda: sam2_extension_check(cpu_ok))
         out += _safe(f"data {cfg.data.train_split}", lambda: doctor_check(cfg.data.train_root, cfg.data.train_split))
         if cfg.data.val_split:
@@ -518,13 +517,13 @@ def sft_checks(config, world_size: int, cpu_ok: bool = False, check_images: bool
     return out
 
 
-def eval_checks(model: str, data: str, split: str | None, sam2: str | None, sam2_ckpt: str | None, out_dir: str,
+def eval_checks(model: str, data: str, split: str | None, propagator: PropagatorConfig, out_dir: str,
                 cpu_ok: bool = False) -> list[Check]:
     """Everything `veason-r1 predict` / eval/multi_gpu_eval.sh needs."""
     env = "cpu" if cpu_ok else "gpu"
     out = [gpu_check("eval", 1, cpu_ok), driver_check(cpu_ok), *packages_checks("eval", env, cpu_ok)]
     out += _safe("model folder", lambda: model_check(model))
-    out += _safe("sam2", lambda: sam2_check(sam2, sam2_ckpt, cpu_ok))
+    out += _safe("sam2", lambda: sam2_check(propagator, cpu_ok))
     out += _safe("sam2 extension", lambda: sam2_extension_check(cpu_ok))
     out += _safe(f"data {split}", lambda: doctor_check(data, split))
     out += _safe("out", lambda: out_check(out_dir))

@@ -142,12 +142,14 @@ def predict_and_evaluate(root: Path, model_dir: Path, pred: Path, propagator, im
     from veason_r1.eval.evaluators import EvalConfig, evaluate_revos, per_expression_csv
     from veason_r1.inference.pipeline import InferenceConfig, build_engine
     from veason_r1.inference.predict import PredictConfig, merge_predictions, open_benchmark, run_stage1, run_stage2
+    from veason_r1.models.config import PolicyConfig
 
     dataset = open_benchmark("revos", root, "valid")
-    config = PredictConfig(benchmark="revos", split="valid", model=str(model_dir),
+    policy = PolicyConfig(str(model_dir), device="cpu", dtype="float32")
+    config = PredictConfig(benchmark="revos", split="valid", policy=policy,
                            inference=InferenceConfig(image_size, FRAMES.eval_frames, max_new_tokens),
                            batch_size=batch_size)
-    engine = build_engine("hf", model_dir, image_size, batch_size, device="cpu", dtype="float32")
+    engine = build_engine(policy, image_size, batch_size)
     s1 = run_stage1(dataset, engine, pred, config, progress=progress)
     del engine
     s2 = run_stage2(dataset, propagator, pred, config, progress=progress)

@@ -1,7 +1,7 @@
 """`veason-r1 app`: an interactive web demo (Gradio) of the one-video pipeline. See docs/app.md.
 
 Modules, one idea each:
-- `models`: the ONE place that turns `--model/--sam2/--sam2-ckpt` into a loaded engine and propagator.
+- `models`: the ONE place that turns `--model/--sam2/--sam2-checkpoint` into a loaded engine and propagator.
 - `inputs`: query checks and upload decoding (video file, zip of frames, image files) under the request limits.
 - `handler`: one request as a stream of page updates (answer first, then masks), errors as readable messages.
 - `results`: the files a request returns (overlay video, PNG zip, RLE JSON, result.json) and the shown-frames sheet.

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from veason_r1.config import FRAMES
 from veason_r1.app.inputs import Limits, UserInputError, check_query, decode_upload
 from veason_r1.app.models import Models
 from veason_r1.app.results import package_result, shown_frames_sheet
+from veason_r1.config import FRAMES
 from veason_r1.inference.pipeline import DIRECTIONS, InferenceConfig, VideoResult, answer_query, propagate
 
 log = logging.getLogger("veason_r1.app")

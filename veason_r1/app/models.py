@@ -1,9 +1,10 @@
 """Model resolution for the app: ONE function, `resolve_models`, turns the command-line names into loaded models.
 
 A policy is a name from `NAMED_POLICIES` (built or found in the cache folder, so a fresh CPU machine needs no
-download) or a local Qwen2.5-VL folder (a merged SFT/RL checkpoint on a GPU node). SAM2 is a name from `NAMED_SAM2`
-(its config and, when it has one, its checkpoint) or a SAM2 config name / yaml with `--sam2-ckpt` (without it the
-weights are random). Changing the default models is the one line `DEFAULT_MODEL = ...` (a named policy and the named
+download) or a local Qwen2.5-VL folder (a merged SFT/RL checkpoint on a GPU node). The propagator is a name from `NAMED_SAM2`
+(its config and, when it has one, its checkpoint) or a SAM2 config name / yaml / tracker with `--sam2-checkpoint`
+(a SAM2 config without it has random weights). Both come as the `PolicyConfig` / `PropagatorConfig` of
+models/config.py. Changing the default models is the one line `DEFAULT_MODEL = ...` (a named policy and the named
 SAM2 of the same name go together).
 The models are loaded once per process; `Models.lock` makes every request use them one at a time.
 """
@@ -11,11 +12,12 @@ The models are loaded once per process; `Models.lock` makes every request use th
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from veason_r1.config import RESPONSE_BUDGET
+from veason_r1.models.config import POLICY_FLAGS, PROPAGATOR_FLAGS, PolicyConfig, PropagatorConfig
 from veason_r1.models.families import DEFAULT_FAMILY, family_of_folder
 from veason_r1.models.registry import POLICIES, PROPAGATORS, TINY, TINY_IMAGE_SIZE  # noqa: F401 - re-exported
 
@@ -42,65 +44,47 @@ class Models:
 
 
 def resolve_models(
-    model: str = DEFAULT_MODEL,
-    sam2: str = DEFAULT_SAM2,
-    sam2_ckpt: str | None = None,
+    policy: PolicyConfig | None = None,
+    propagator: PropagatorConfig | None = None,
     *,
     cache_dir: str | Path,
-    engine: str = "hf",
-    device: str | None = None,
-    dtype: str = "auto",
     image_size: int | None = None,
     max_new_tokens: int = RESPONSE_BUDGET,
-    fast_paths: str = "auto",
-    offload: bool = False,
     max_shown_frames: int = 16,
 ) -> Models:
-    """Load the policy and SAM2 the app serves. `model`: a name in `NAMED_POLICIES` or a local folder.
+    """Load the policy and propagator the app serves (default: the named `DEFAULT_MODEL` pair). `policy.model`: a
+    name in `NAMED_POLICIES` (built in `cache_dir`) or a local folder.
 
     `max_shown_frames` bounds the frames per prompt a request may ask for (vLLM reserves room for them).
-    Raises FileNotFoundError / ValueError with a message naming the flag and the value when a model is missing.
+    Raises a `UserError` naming the flag and the value when a model is missing or wrong.
     """
+    from veason_r1.errors import BadInput, MissingInput
     from veason_r1.inference.pipeline import build_engine
-    from veason_r1.models.registry import load_propagator, propagator_random_weights
 
-    if sam2_ckpt is not None and Path(sam2_ckpt).is_file():  # before the policy loads (minutes on a GPU node)
-        from veason_r1.inference.pipeline import check_sam2
-
-        check_sam2(sam2, sam2_ckpt)  # the run's own check: known config, a PyTorch checkpoint (one line if not)
-    named = NAMED_POLICIES.get(model)
+    policy = policy or PolicyConfig(model=DEFAULT_MODEL)
+    propagator = propagator or PropagatorConfig(name=DEFAULT_SAM2)
+    if propagator.checkpoint is not None and not Path(propagator.checkpoint).exists():  # a file or a tracker folder
+        raise MissingInput(propagator.checkpoint, f"{PROPAGATOR_FLAGS['checkpoint']}: no checkpoint there")
+    propagator.check()  # before the policy loads (minutes on a GPU node): a known name, a complete checkpoint
+    named = NAMED_POLICIES.get(policy.model)
     if named is not None:
         folder = named.folder(Path(cache_dir))
         size = image_size or named.image_size
         policy_label, policy_random = f"{named.label}, {folder}", named.random_weights
     else:
-        folder = Path(model).expanduser()
-        if not folder.is_dir():
-            raise FileNotFoundError(
-                f"--model: {model!r} is neither a known name ({', '.join(sorted(NAMED_POLICIES))}) "
-                "nor a local Qwen2.5-VL folder"
-            )
+        folder = Path(policy.model or "").expanduser()
+        if not policy.model or not folder.is_dir():
+            raise BadInput(POLICY_FLAGS["model"], f"{policy.model!r} is neither a known name "
+                           f"({', '.join(sorted(NAMED_POLICIES))}) nor a local policy folder")
         row = family_of_folder(folder) or DEFAULT_FAMILY  # the folder's own frame side (560 for Qwen2.5-VL)
         size = image_size or row.default_image_size
         policy_label, policy_random = f"{row.name} from {folder}", False
-    if sam2_ckpt is not None and not Path(sam2_ckpt).exists():  # a file, or a transformers tracker's folder
-        raise FileNotFoundError(f"--sam2-ckpt: no SAM2 checkpoint at {sam2_ckpt}")
-    named_sam2 = NAMED_SAM2.get(sam2) if sam2_ckpt is None else None
-    if named_sam2 is not None:
-        sam2_config, ckpt = named_sam2.config, named_sam2.checkpoint()
-        sam2_label = named_sam2.label
-    else:
-        sam2_config, ckpt = sam2, sam2_ckpt
-        sam2_label = f"SAM2 {sam2}, " + (f"checkpoint {sam2_ckpt}" if sam2_ckpt else "random weights")
-    policy_engine = build_engine(engine, folder, size, batch_size=1, device=device, dtype=dtype,
-                                 num_frames=max_shown_frames, fast_paths=fast_paths)
-    propagator = load_propagator(sam2_config, checkpoint=None if ckpt is None else str(ckpt), device=device,
-                           offload=offload)
+    policy_engine = build_engine(replace(policy, model=str(folder)), size, batch_size=1, num_frames=max_shown_frames)
     return Models(
         engine=policy_engine,
-        propagator=propagator,
+        propagator=propagator.load(policy.device),
         image_size=size,
-        description=f"policy: {policy_label}; {sam2_label}; frames shown at {size}x{size}",
-        random_weights=policy_random or propagator_random_weights(sam2_config, sam2_ckpt if named_sam2 is None else None),
+        description=f"policy: {policy_label}; {propagator.describe()}; frames shown at {size}x{size}",
+        random_weights=policy_random or propagator.random_weights,
         max_new_tokens=max_new_tokens,
     )

@@ -23,7 +23,7 @@ TITLE = "veason-r1: video reasoning segmentation"
 RANDOM_WEIGHTS_NOTE = (
     "**These models have random weights** (the project's tiny offline test models): the reasoning is noise and the "
     "answer rarely holds a box, so masks are usually empty. The page shows the pipeline at work, not the method. "
-    "Start it with `--model PATH --sam2 NAME --sam2-ckpt PATH` for trained checkpoints (docs/app.md)."
+    "Start it with `--model PATH --sam2 NAME --sam2-checkpoint PATH` for trained checkpoints (docs/app.md)."
 )
 OUTPUT_NAMES = ("status", "reasoning", "sheet", "overlay", "downloads", "response", "timings")
 

@@ -2,11 +2,11 @@
 keyframe and boxes, then SAM2's mask overlay arrive; download the masks (PNG zip, RLE JSON) and result.json.
 
 Default models: the project's tiny offline models (random weights, built into --cache-dir at first run), so it
-works on a fresh CPU machine; give --model PATH --sam2 NAME --sam2-ckpt PATH for trained checkpoints on a GPU.
+works on a fresh CPU machine; give --model PATH --sam2 NAME --sam2-checkpoint PATH for trained checkpoints on a GPU.
 Listens on 127.0.0.1 only unless --host says otherwise; --share (a public Gradio link) is never on by default.
 
 Example: veason-r1 app                                  (then open http://127.0.0.1:7860)
-         veason-r1 app --model ckpt/veason-r1-3b --sam2 sam2.1_hiera_l --sam2-ckpt sam2.1_hiera_large.pt
+         veason-r1 app --model ckpt/veason-r1-3b --sam2 sam2.1_hiera_l --sam2-checkpoint sam2.1_hiera_large.pt
 """
 
 from __future__ import annotations
@@ -25,27 +25,20 @@ def default_cache_dir() -> Path:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from veason_r1.app.inputs import Limits
-    from veason_r1.app.models import DEFAULT_MODEL, DEFAULT_SAM2, NAMED_POLICIES, NAMED_SAM2
+    from veason_r1.app.models import DEFAULT_MODEL, DEFAULT_SAM2, NAMED_POLICIES
+    from veason_r1.models.config import PolicyConfig, PropagatorConfig, add_policy_flags, add_propagator_flags
 
     lim = Limits()
     names = ", ".join(sorted(NAMED_POLICIES))
     m = parser.add_argument_group("models (loaded once per process)")
-    m.add_argument("--model", default=DEFAULT_MODEL,
-                   help=f"policy: a name ({names}: built offline in --cache-dir) or a local Qwen2.5-VL folder "
-                        f"(default: {DEFAULT_MODEL})")
-    m.add_argument("--sam2", default=DEFAULT_SAM2,
-                   help=f"SAM2: a name ({', '.join(sorted(NAMED_SAM2))}), or a config (sam2.1_hiera_{{t,s,b+,l}}, "
-                        f"sam2_hiera_*, a yaml) with --sam2-ckpt (default: {DEFAULT_SAM2})")
-    m.add_argument("--sam2-ckpt", default=None, help="SAM2 checkpoint (.pt); omitted: random weights")
-    m.add_argument("--engine", choices=("hf", "vllm"), default="hf")
-    m.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    m.add_argument("--dtype", default="auto", help="policy dtype: auto, bfloat16, float32")
-    m.add_argument("--fast-paths", choices=("auto", "on", "off"), default="auto")
+    add_policy_flags(m, PolicyConfig(model=DEFAULT_MODEL),
+                     model_help=f"policy: a name ({names}: built offline in --cache-dir) or a local policy folder "
+                                f"(default: {DEFAULT_MODEL})")
+    add_propagator_flags(m, PropagatorConfig(name=DEFAULT_SAM2))
     m.add_argument("--image-size", type=int, default=None,
                    help="policy square frame side (default: 112 for the tiny policy, 560 otherwise)")
     m.add_argument("--max-new-tokens", type=int, default=RESPONSE_BUDGET,
                    help=f"response budget (default: {RESPONSE_BUDGET})")
-    m.add_argument("--offload", action="store_true", help="SAM2 frames and memories in CPU memory (long videos)")
     m.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     s = parser.add_argument_group("server")
     s.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
@@ -108,6 +101,7 @@ def _run(args: argparse.Namespace) -> int:
     from veason_r1.app.handler import RequestHandler
     from veason_r1.app.inputs import Limits
     from veason_r1.app.models import resolve_models
+    from veason_r1.models.config import policy_from_args, propagator_from_args
 
     _check(args)
     limits = Limits(max_frames=args.max_frames, max_side=args.max_side, max_upload_mb=args.max_upload_mb,
@@ -119,9 +113,8 @@ def _run(args: argparse.Namespace) -> int:
     cache_dir = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     t0 = time.perf_counter()
     examples = ensure_examples(cache_dir)
-    models = resolve_models(args.model, args.sam2, args.sam2_ckpt, cache_dir=cache_dir, engine=args.engine,
-                            device=args.device, dtype=args.dtype, image_size=args.image_size,
-                            max_new_tokens=args.max_new_tokens, fast_paths=args.fast_paths, offload=args.offload,
+    models = resolve_models(policy_from_args(args), propagator_from_args(args), cache_dir=cache_dir,
+                            image_size=args.image_size, max_new_tokens=args.max_new_tokens,
                             max_shown_frames=limits.max_shown_frames)
     print(f"app: models loaded in {time.perf_counter() - t0:.1f} s ({models.description})", file=sys.stderr)
     if args.prepare:

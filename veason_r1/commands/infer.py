@@ -3,7 +3,7 @@ them over every frame. Writes OUT/masks/<frame>.png (0/255, original size), OUT/
 keyframe, boxes in original pixels, timings) and OUT/overlay.mp4 (masks and boxes drawn, keyframe marked).
 
 Example: veason-r1 infer --video clip.mp4 --query "the dog that jumps first" --model ckpt/veason-r1-3b
-         --sam2 sam2.1_hiera_l --sam2-ckpt sam2.1_hiera_large.pt --out out/clip
+         --sam2 sam2.1_hiera_l --sam2-checkpoint sam2.1_hiera_large.pt --out out/clip
 """
 
 from __future__ import annotations
@@ -38,13 +38,11 @@ def run(args: argparse.Namespace) -> int:
     from veason_r1.inference.pipeline import (
         InferenceConfig,
         build_engine,
-        build_propagator,
         check_infer_out,
-        check_sam2,
         segment_video,
         write_result,
     )
-    from veason_r1.models.policy import check_model_dir
+    from veason_r1.models.config import policy_from_args, propagator_from_args
 
     t0 = time.perf_counter()
     if not args.query.strip():
@@ -54,14 +52,13 @@ def run(args: argparse.Namespace) -> int:
         raise BadInput(f"--out {out}", "exists and is not a folder")
     source = open_video(args.video)
     check_infer_out(out, source.names)
-    args.model = str(check_model_dir(args.model))  # `toy` -> its folder
-    check_sam2(args.sam2, args.sam2_ckpt)
+    policy, propagator_config = policy_from_args(args), propagator_from_args(args)
+    policy.model = str(policy.folder())  # `toy` -> its folder; an incomplete folder refused
+    propagator_config.check()
     config = InferenceConfig(image_size=args.image_size, num_frames=args.num_frames,
                              max_new_tokens=args.max_new_tokens)
-    engine = build_engine(args.engine, args.model, args.image_size, batch_size=1, device=args.device,
-                          dtype=args.dtype, tensor_parallel_size=args.tensor_parallel_size,
-                          num_frames=args.num_frames, fast_paths=args.fast_paths)
-    propagator = build_propagator(args)
+    engine = build_engine(policy, args.image_size, batch_size=1, num_frames=args.num_frames)
+    propagator = propagator_config.load(policy.device)
     load_s = time.perf_counter() - t0
     progress = not args.no_progress
     result = segment_video(source, args.query, engine, propagator, config, progress=progress)

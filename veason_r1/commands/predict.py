@@ -5,7 +5,7 @@ skips finished expressions (a killed run resumes with identical results); --shar
 shards; --merge joins the shards into PRED/predictions.jsonl.
 
 Example (one GPU): veason-r1 predict revos --data data/ReVOS --model ckpt/veason-r1-3b --sam2 sam2.1_hiera_l
-                   --sam2-ckpt sam2.1_hiera_large.pt --out pred/revos
+                   --sam2-checkpoint sam2.1_hiera_large.pt --out pred/revos
 Several GPUs: eval/multi_gpu_eval.sh (one process per GPU, then merge and evaluate).
 """
 
@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from veason_r1.errors import BadInput, MissingInput
-    from veason_r1.inference.pipeline import InferenceConfig, build_engine, build_propagator, check_sam2
+    from veason_r1.inference.pipeline import InferenceConfig, build_engine
     from veason_r1.inference.predict import (
         PredictConfig,
         Shard,
@@ -69,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         run_stage1,
         run_stage2,
     )
-    from veason_r1.models.policy import check_model_dir
+    from veason_r1.models.config import policy_from_args, propagator_from_args
     from veason_r1.paths import check_output_folder
 
     shard = args.shard or Shard()
@@ -77,28 +77,25 @@ def run(args: argparse.Namespace) -> int:
     config = PredictConfig(
         benchmark=args.benchmark,
         split=args.split,
-        model=args.model,
+        policy=policy_from_args(args),
+        propagator=propagator_from_args(args),
         inference=InferenceConfig(args.image_size, args.num_frames, args.max_new_tokens),
         batch_size=args.batch_size,
         oracle_keyframe=args.oracle_keyframe,
         oracle_boxes=args.oracle_boxes,
         limit=args.limit,
         data=args.data,
-        engine=args.engine,
-        dtype=args.dtype,
-        sam2=args.sam2,
-        sam2_ckpt=args.sam2_ckpt,
         pred_layout=args.pred_layout,
     )
     if not Path(args.data).is_dir():
         raise MissingInput(f"--data {args.data}", "no such folder")
     check_output_folder(args.out)
     if "stage1" in stages and config.needs_policy:
-        if not args.model:
+        if not config.policy.model:
             raise BadInput("--model", "required unless both --oracle-keyframe and --oracle-boxes are given")
-        args.model = str(check_model_dir(args.model))  # `toy` -> its folder
+        config.policy.model = str(config.policy.folder())  # `toy` -> its folder; an incomplete folder refused
     if "stage2" in stages:
-        check_sam2(args.sam2, args.sam2_ckpt)
+        config.propagator.check()
     dataset = open_benchmark(args.benchmark, args.data, args.split)
     if args.benchmark == "reasonvos":
         print(f"ReasonVOS release: {dataset.release_note}; masks in the {args.pred_layout} layout")
@@ -107,13 +104,12 @@ def run(args: argparse.Namespace) -> int:
     if "stage1" in stages:
         engine = None
         if config.needs_policy:
-            engine = build_engine(args.engine, args.model, args.image_size, args.batch_size, args.device,
-                                  args.dtype, args.tensor_parallel_size, args.num_frames, args.fast_paths)
+            engine = build_engine(config.policy, args.image_size, args.batch_size, args.num_frames)
         stats = run_stage1(dataset, engine, args.out, config, shard, progress=progress)
         print(json.dumps({"stage": 1, "shard": shard.tag, **_rounded(stats)}))
         del engine
     if "stage2" in stages:
-        stats = run_stage2(dataset, build_propagator(args), args.out, config, shard, progress=progress)
+        stats = run_stage2(dataset, config.propagator.load(config.policy.device), args.out, config, shard, progress=progress)
         print(json.dumps({"stage": 2, "shard": shard.tag, **_rounded(stats)}))
     if args.merge or args.merge_only:
         report = merge_predictions(dataset, args.out, config)

@@ -5,7 +5,7 @@ fix of every FAIL) and exits 1 on any FAIL (2 for a bad config or flag).
 
   veason-r1 preflight grpo --config training_scripts/grpo_qwen2_5vl_3b.yaml [--set key=value ...]
   veason-r1 preflight sft  --config training_scripts/sft_qwen2_5vl_3b_lora.yaml --data data/sft --model DIR --out DIR
-  veason-r1 preflight eval revos --data data/ReVOS --model DIR --sam2 sam2.1_hiera_l --sam2-ckpt FILE --out PRED
+  veason-r1 preflight eval revos --data data/ReVOS --model DIR --sam2 sam2.1_hiera_l --sam2-checkpoint FILE --out PRED
 The stage's arguments are those of `veason-r1 rl --backend verl`, `veason-r1 sft` and `veason-r1 predict`. The run
 scripts call this first (SKIP_PREFLIGHT=1 skips it). --cpu-ok turns the GPU checks into SKIP (tests, CPU dry runs).
 """
@@ -50,9 +50,11 @@ def _checks(args):
         return preflight.sft_checks(_build_config(args), world, cpu_ok=args.cpu_ok,
                                     check_images=not args.skip_image_check)
     from veason_r1.inference.predict import DEFAULT_SPLITS
+    from veason_r1.models.config import propagator_from_args
 
     split = args.split or DEFAULT_SPLITS.get(args.benchmark)
-    return preflight.eval_checks(args.model, args.data, split, args.sam2, args.sam2_ckpt, args.out, cpu_ok=args.cpu_ok)
+    return preflight.eval_checks(args.policy_model, args.data, split, propagator_from_args(args), args.out,
+                                 cpu_ok=args.cpu_ok)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -26,8 +26,9 @@ from veason_r1.config import FRAMES, IMAGE_SIZE, RESPONSE_BUDGET
 from veason_r1.data.masks import box_from_square
 from veason_r1.data.sampling import eval_frames
 from veason_r1.data.video import FrameSource, open_video, resize_frame
-from veason_r1.errors import BadInput, MissingInput, UserError
+from veason_r1.errors import BadInput, UserError
 from veason_r1.flags import policy_image_size, positive_int
+from veason_r1.models.config import PolicyConfig, add_policy_flags, add_propagator_flags
 from veason_r1.models.families import DEFAULT_FAMILY, PolicyFamily
 from veason_r1.paths import OWNER_MARKER, is_owned, mark_owned, name_problem, remove_owned_tree
 from veason_r1.prompting import parse_prediction
@@ -365,54 +366,38 @@ def _progress(it, enabled: bool, total: int, desc: str):
     return tqdm(it, total=total, desc=desc, unit="frame")
 
 
-def build_engine(
-    kind: str,
-    model_dir: str | os.PathLike,
-    image_size: int = IMAGE_SIZE,
-    batch_size: int = 16,
-    device: str | None = None,
-    dtype: str = "auto",
-    tensor_parallel_size: int = 1,
-    num_frames: int = FRAMES.eval_frames,
-    fast_paths: str = "auto",
-) -> Any:
-    """A generation engine: "hf" (batched `generate`, left padding; CPU or GPU) or "vllm" (GPU nodes only)."""
+def build_engine(policy: PolicyConfig, image_size: int = IMAGE_SIZE, batch_size: int = 16,
+                 num_frames: int = FRAMES.eval_frames) -> Any:
+    """A generation engine for `policy` (models/config.py): "hf" (batched `generate`, left padding; CPU or GPU) or
+    "vllm" (GPU nodes only). `num_frames`: the most frames one prompt shows (vLLM reserves room for them)."""
     from veason_r1.models import policy as policy_lib
-
-    model_dir = policy_lib.check_model_dir(model_dir)
     from veason_r1.models.families import family_of_folder
 
+    model_dir = policy_lib.check_model_dir(policy.model)  # a name (`toy`) -> its folder; an incomplete one refused
     row = family_of_folder(model_dir) or DEFAULT_FAMILY
     problem = row.image_size_problem(image_size)
     if problem:  # e.g. the paper's 560 default with a Qwen3-VL folder
         raise BadInput("--image-size", f"{image_size} {problem}",
                        hint=f"{model_dir} is a {row.name} policy: give --image-size {row.default_image_size}")
-    if kind == "hf":
+    if policy.engine == "hf":
+        device = policy.device
         if device is None:
             import torch
 
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        policy = policy_lib.load_policy(str(model_dir), device=device, dtype=dtype, fast_paths=fast_paths)
-        return policy_lib.HFEngine(policy, image_size=image_size, batch_size=batch_size)
-    if kind == "vllm":
-        return policy_lib.VLLMEngine(str(model_dir), image_size=image_size, tensor_parallel_size=tensor_parallel_size,
+        model = policy_lib.load_policy(str(model_dir), device=device, dtype=policy.dtype, fast_paths=policy.fast_paths)
+        return policy_lib.HFEngine(model, image_size=image_size, batch_size=batch_size)
+    if policy.engine == "vllm":
+        return policy_lib.VLLMEngine(str(model_dir), image_size=image_size,
+                                     tensor_parallel_size=policy.tensor_parallel_size,
                                      max_images=max(FRAMES.eval_frames, num_frames))
-    raise ValueError(f"unknown engine {kind!r}: choose hf or vllm")
+    raise ValueError(f"unknown engine {policy.engine!r}: choose hf or vllm")
 
 
 def add_model_arguments(parser: Any, model_required: bool = True) -> None:
-    """Arguments shared by `infer` and `predict`: policy, engine, SAM2, sizes."""
-    parser.add_argument("--model", required=model_required, help="policy folder (Qwen2.5-VL format)")
-    parser.add_argument("--sam2", default="sam2.1_hiera_l",
-                        help="SAM2 config: tiny, sam2.1_hiera_{t,s,b+,l}, sam2_hiera_*, or a yaml path")
-    parser.add_argument("--sam2-ckpt", default=None, help="SAM2 checkpoint (.pt); omitted: random weights (tests)")
-    parser.add_argument("--engine", choices=("hf", "vllm"), default="hf")
-    parser.add_argument("--device", default=None, help="cuda / cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default="auto", choices=("auto", "bfloat16", "float16", "float32"),
-                        help="policy dtype (default auto: bfloat16 on CUDA, float32 on CPU)")
-    parser.add_argument("--fast-paths", choices=("auto", "on", "off"), default="auto",
-                        help="exact HF speed-ups for Qwen2.5-VL (batched vision windows, grouped decode attention); "
-                             "auto = on CUDA")
+    """Arguments shared by `infer` and `predict`: the policy and propagator flag groups (models/config.py), sizes."""
+    add_policy_flags(parser, model_required=model_required)
+    add_propagator_flags(parser)
     defaults = InferenceConfig()  # the defaults live in the dataclass
     parser.add_argument("--image-size", type=policy_image_size, default=defaults.image_size,
                         help=f"policy square frame side, a multiple of the family's patch x merge "
@@ -421,61 +406,5 @@ def add_model_arguments(parser: Any, model_required: bool = True) -> None:
                         help=f"frames shown to the policy (linspace; default: {defaults.num_frames})")
     parser.add_argument("--max-new-tokens", type=positive_int, default=defaults.max_new_tokens,
                         help=f"completion token limit (default: {defaults.max_new_tokens})")
-    parser.add_argument("--tensor-parallel-size", type=positive_int, default=1, help="vLLM only")
-    parser.add_argument("--offload", action="store_true",
-                        help="keep SAM2 frames and memories in CPU memory (long videos: bounded GPU memory)")
     parser.add_argument("--no-progress", action="store_true")
 
-
-def check_sam2(name: str, checkpoint: str | None) -> None:
-    """Resolve `--sam2` and check `--sam2-ckpt` before any expensive stage (the policy pass can take hours):
-    the config must be known (a yaml must parse and name a model), the checkpoint a complete PyTorch zip archive
-    (a transformers tracker's: its weights folder). `UserError` naming the flag/file."""
-    from veason_r1.models.registry import propagator_name_problem, propagator_needs_checkpoint, tracker_of
-    from veason_r1.models.sam2 import sam2_config
-
-    if tracker_of(name) is not None:  # a transformers tracker: its checkpoint is a weights folder
-        if checkpoint is None and propagator_needs_checkpoint(name):
-            raise BadInput("--sam2-ckpt", f"--sam2 {name} needs its weights folder",
-                           hint="download it (docs/models.md), or use tiny-" + name + " for a random-weight test model")
-        if checkpoint is not None and not (Path(checkpoint) / "config.json").is_file():
-            raise MissingInput(checkpoint, f"--sam2-ckpt: {name} takes its weights folder (config.json + "
-                               "model.safetensors)", hint="see docs/models.md for what to download")
-        return
-    problem = propagator_name_problem(name)
-    if problem:
-        raise BadInput("--sam2", problem[0], hint=problem[1])
-    sam2_config(name)  # a yaml that parses and names a model
-    if checkpoint is None:
-        return
-    check_torch_checkpoint(checkpoint, "--sam2-ckpt")
-
-
-def check_torch_checkpoint(path: str | os.PathLike, flag: str) -> None:
-    """A `torch.save` file that can be opened: it exists, and its zip central directory (at the end of the file)
-    is there, so a truncated download is caught now, in a second, rather than after the first stage."""
-    import zipfile
-
-    p = Path(path)
-    if not p.is_file():
-        raise MissingInput(p, f"{flag}: checkpoint not found")
-    if zipfile.is_zipfile(p):
-        try:
-            with zipfile.ZipFile(p) as z:
-                if not any(n.endswith("data.pkl") for n in z.namelist()):
-                    raise BadInput(p, f"{flag}: a zip file, but not a PyTorch checkpoint (no data.pkl)")
-        except zipfile.BadZipFile as e:
-            raise BadInput(p, f"{flag}: corrupt checkpoint ({e})", hint="download it again") from None
-        return
-    with open(p, "rb") as f:
-        head = f.read(2)
-    if head[:1] != b"\x80":  # neither the zip format nor the legacy pickle format
-        raise BadInput(p, f"{flag}: not a PyTorch checkpoint (truncated or another format)",
-                       hint="download it again (e.g. sam2.1_hiera_large.pt from the SAM2 release)")
-
-
-def build_propagator(args: Any) -> Any:
-    from veason_r1.models.registry import load_propagator
-
-    check_sam2(args.sam2, args.sam2_ckpt)
-    return load_propagator(args.sam2, checkpoint=args.sam2_ckpt, device=args.device, offload=args.offload)

@@ -38,6 +38,7 @@ from typing import Any
 
 import numpy as np
 
+from veason_r1.benchmarks import BENCHMARKS, DEFAULT_SPLITS, benchmark  # noqa: F401 - BENCHMARKS re-exported
 from veason_r1.errors import BadInput
 from veason_r1.inference.pipeline import (
     Answer,
@@ -49,8 +50,8 @@ from veason_r1.inference.pipeline import (
     policy_images,
     sample_frame_ids,
 )
-from veason_r1.benchmarks import BENCHMARKS, DEFAULT_SPLITS, benchmark  # noqa: F401 - BENCHMARKS re-exported
 from veason_r1.io_utils import append_jsonl, atomic_write_json, atomic_write_text, file_identity, read_jsonl
+from veason_r1.models.config import PolicyConfig, PropagatorConfig
 from veason_r1.models.families import DEFAULT_FAMILY, family_of_folder
 from veason_r1.models.registry import resolve_policy
 from veason_r1.paths import mark_owned, name_problem, output_dir, remove_owned_tree, safe_join
@@ -155,17 +156,16 @@ class PredictConfig:
 
     benchmark: str
     split: str | None = None
-    model: str | None = None  # None only with both oracles (no policy needed)
+    # the policy (None model only with both oracles: no policy needed) and the mask propagator (models/config.py)
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    # name None: not named here (a caller that passes its own loaded propagator to `run_stage2`, e.g. the demo)
+    propagator: PropagatorConfig = field(default_factory=lambda: PropagatorConfig(name=None))
     inference: InferenceConfig = field(default_factory=InferenceConfig)
     batch_size: int = 16
     oracle_keyframe: bool = False
     oracle_boxes: bool = False
     limit: int | None = None  # first N expressions in dataset order (smoke runs)
     data: str | None = None  # the benchmark root (--data)
-    engine: str = "hf"  # decoding: hf or vllm
-    dtype: str = "auto"  # policy dtype flag
-    sam2: str | None = None  # SAM2 config name or yaml (--sam2)
-    sam2_ckpt: str | None = None  # SAM2 checkpoint (--sam2-ckpt); None: random weights (tests)
     pred_layout: str = "current"  # ReasonVOS mask folders (veason_r1.data.reasonvos.PRED_LAYOUTS); stage 2 only
 
     def __post_init__(self) -> None:
@@ -187,18 +187,30 @@ class PredictConfig:
         stage1 = {"oracle_keyframe": self.oracle_keyframe, "oracle_boxes": self.oracle_boxes,
                   **{f"inference.{k}": v for k, v in asdict(self.inference).items()}}
         if self.needs_policy:
-            stage1.update(model=_resolved(self.model), model_files=model_files_identity(self.model),
-                          engine=self.engine, dtype=self.dtype)
-        sam2_yaml = self.sam2 if self.sam2 and Path(self.sam2).is_file() else None
-        stage2 = {"sam2": self.sam2, "sam2_yaml": file_identity(sam2_yaml) if sam2_yaml else None,
-                  "sam2_ckpt": _resolved(self.sam2_ckpt),
-                  "sam2_ckpt_file": file_identity(self.sam2_ckpt) if self.sam2_ckpt else None,
+            p = self.policy
+            stage1.update({"policy.model": _resolved(p.model), "policy.files": model_files_identity(p.model),
+                           "policy.engine": p.engine, "policy.dtype": p.dtype})
+        prop = self.propagator
+        yaml = prop.name if prop.name and Path(prop.name).is_file() else None
+        stage2 = {"propagator.name": prop.name, "propagator.yaml": file_identity(yaml) if yaml else None,
+                  "propagator.checkpoint": _resolved(prop.checkpoint),
+                  "propagator.checkpoint_files": _checkpoint_identity(prop.checkpoint),
                   "pred_layout": self.pred_layout}  # where stage 2 writes (ReasonVOS), not what stage 1 generates
         return {"common": common, "stage1": stage1, "stage2": stage2}
 
 
 def _resolved(path: str | None) -> str | None:
     return str(Path(path).resolve()) if path else None
+
+
+def _checkpoint_identity(path: str | None) -> dict | None:
+    """Content identity of a propagator checkpoint: the `.pt` file, or every file of a tracker's weights folder."""
+    if not path:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        return {f.name: file_identity(f) for f in sorted(p.iterdir()) if f.is_file()}
+    return {p.name: file_identity(p)}
 
 
 MODEL_FILE_PATTERNS = ("config.json", "generation_config.json", "*.safetensors", "pytorch_model*.bin",
@@ -368,7 +380,7 @@ def run_stage1(
         sum(e.key not in done for e in blk) for _, blk in todo)
     size = config.inference.image_size
     # the policy folder's family reads its answers (its box convention); no folder (oracles) -> the paper's
-    row = (family_of_folder(resolve_policy(config.model)) if config.model else None) or DEFAULT_FAMILY
+    row = (family_of_folder(resolve_policy(config.policy.model)) if config.policy.model else None) or DEFAULT_FAMILY
     for b, block in _bar(todo, progress, "stage 1 (policy)"):
         t0 = time.perf_counter()
         frame_ids, requests, sizes = [], [], []

@@ -253,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("out", help="the folder to write (config.json + model.safetensors)")
     args = parser.parse_args(argv)
     out = convert_sam2_folder(args.name, None if args.checkpoint == "-" else args.checkpoint, args.out)
-    print(f"hf-sam2 folder written: {out} (use --sam2 hf-sam2 --sam2-ckpt {out})")
+    print(f"hf-sam2 folder written: {out} (use --sam2 hf-sam2 --sam2-checkpoint {out})")
     return 0
 
 
