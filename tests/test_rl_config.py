@@ -4,6 +4,7 @@ wrong types and out-of-range values stop before anything runs, naming the file o
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -122,6 +123,30 @@ def test_real_sam2_needs_a_checkpoint_tiny_only_by_name():
         load_config(None, ["reward.sam2=null"])
     assert load_config(None, ["reward.sam2=tiny", "reward.sam2_checkpoint=null"]).reward.sam2 == "tiny"
     assert load_config(None, ["reward.use_consistency=false", "reward.sam2=null"]).reward.sam2 is None
+
+
+@dataclasses.dataclass
+class _Inner:
+    name: str | None = "plain"
+    size: int = 1
+
+
+@dataclasses.dataclass
+class _Outer:  # a nested field whose default differs from its class's own defaults
+    inner: _Inner = dataclasses.field(default_factory=lambda: _Inner(name="special", size=5))
+    flag: bool = False
+
+
+def test_a_partial_nested_mapping_keeps_the_enclosing_default():
+    """A layer that sets some keys of a nested dataclass overrides those; the rest keep the enclosing field's
+    default (not the nested class's own)."""
+    from veason_r1.structured_config import load_structured
+
+    assert load_structured(_Outer, None, ["inner.size=7"]).inner == _Inner("special", 7)
+    assert load_structured(_Outer, None, ["inner.name=x", "inner.size=2"]).inner == _Inner("x", 2)
+    assert load_structured(_Outer, None, ["flag=true"]).inner == _Inner("special", 5)
+    with pytest.raises(ConfigError, match="inner: expected a mapping of _Inner keys, got 3"):
+        load_structured(_Outer, None, ["inner=3"])
 
 
 # ------------------------------------------------------------------------------------------------- SFT
