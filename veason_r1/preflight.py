@@ -17,10 +17,10 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from veason_r1.models.registry import propagator_needs_checkpoint
+from veason_r1.models.config import PropagatorConfig
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PASS, WARN, SKIP, FAIL = "PASS", "WARN", "SKIP", "FAIL"
@@ -259,30 +259,34 @@ def model_params(folder: str | Path) -> float:
     return model_bytes(folder) / per
 
 
-def sam2_check(name: str | None, checkpoint: str | None, cpu_ok: bool) -> Check:
-    """The run's own checks (`check_sam2`, then `load_sam2`, as `predict` and the reward do), each failure one
-    line."""
+def sam2_check(propagator: PropagatorConfig, cpu_ok: bool, names: dict[str, str] | None = None) -> Check:
+    """The run's own checks (`PropagatorConfig.check`, then `load`, as `predict` and the reward do), each failure
+    one line. `names`: how the failures call the propagator's keys (default the command-line flags; GRPO passes
+    `reward.propagator.<key>`)."""
     import torch
 
     from veason_r1.errors import UserError
-    from veason_r1.inference.pipeline import check_sam2
-    from veason_r1.models.registry import load_propagator
+    from veason_r1.models.config import PROPAGATOR_FLAGS
 
+    flag = {**PROPAGATOR_FLAGS, **(names or {})}
+    name, checkpoint = propagator.name, propagator.checkpoint
     if not name:
-        return Check("sam2", FAIL, "no SAM2 configured", "set reward.sam2 / --sam2 and its checkpoint")
-    if checkpoint is None and propagator_needs_checkpoint(name):
-        return Check("sam2", FAIL, f"SAM2 {name!r} without a checkpoint (random weights)", "give its checkpoint")
+        return Check("sam2", FAIL, "no SAM2 configured", f"set {flag['name']} and its checkpoint")
+    if checkpoint is None and propagator.needs_checkpoint:
+        return Check("sam2", FAIL, f"SAM2 {name!r} without a checkpoint (random weights)",
+                     f"give its checkpoint ({flag['checkpoint']})")
     if checkpoint is not None and not Path(checkpoint).exists():  # a file, or a transformers tracker's folder
         return Check("sam2", FAIL, f"checkpoint {checkpoint} not found", "download it (docs/reproduce.md, 'What to download')")
     device = "cuda" if torch.cuda.is_available() else None
     if device is None and not cpu_ok:
         return Check("sam2", FAIL, f"{name} ({checkpoint}): no GPU to load it on", "run on the GPU node")
+    target = propagator if device else replace(propagator, device="cpu")  # no GPU (--cpu-ok): the CPU
     try:
-        check_sam2(name, checkpoint)
-        load_propagator(name, checkpoint, device or "cpu")
+        propagator.check(names)
+        target.load(device)
     except UserError as e:
-        return Check("sam2", FAIL, str(e), e.hint or "fix --sam2 / --sam2-ckpt")
-    where = device or "cpu (--cpu-ok)"
+        return Check("sam2", FAIL, str(e), e.hint or f"fix {flag['name']} / {flag['checkpoint']}")
+    where = (target.device or device) if device else "cpu (--cpu-ok)"
     return Check("sam2", PASS, f"{name} loads from {checkpoint or '(no checkpoint: random weights, asked by name)'} "
                                 f"on {where}")
 
@@ -454,7 +458,8 @@ def grpo_checks(cfg, source: str, cpu_ok: bool = False) -> list[Check]:
         out.append(Check("inputs", PASS, "model folder, SAM2 checkpoint, reward file and data files exist"))
         out += _safe("model folder", lambda: model_check(cfg.model.path))
         if cfg.reward.use_consistency:
-            out += _safe("sam2", lambda: sam2_check(cfg.reward.sam2, cfg.reward.sam2_checkpoint, cpu_ok))
+            names = {k: f"reward.propagator.{k}" for k in ("name", "checkpoint", "device", "offload")}
+            out += _safe("sam2", lambda: sam2_check(cfg.reward.propagator, cpu_ok, names))
             out += _safe("sam2 extension", lambda: sam2_extension_check(cpu_ok))
         out += _safe(f"data {cfg.data.train_split}", lambda: doctor_check(cfg.data.train_root, cfg.data.train_split))
         if cfg.data.val_split:
@@ -524,7 +529,7 @@ def eval_checks(model: str, data: str, split: str | None, sam2: str | None, sam2
     env = "cpu" if cpu_ok else "gpu"
     out = [gpu_check("eval", 1, cpu_ok), driver_check(cpu_ok), *packages_checks("eval", env, cpu_ok)]
     out += _safe("model folder", lambda: model_check(model))
-    out += _safe("sam2", lambda: sam2_check(sam2, sam2_ckpt, cpu_ok))
+    out += _safe("sam2", lambda: sam2_check(PropagatorConfig(name=sam2, checkpoint=sam2_ckpt), cpu_ok))
     out += _safe("sam2 extension", lambda: sam2_extension_check(cpu_ok))
     out += _safe(f"data {split}", lambda: doctor_check(data, split))
     out += _safe("out", lambda: out_check(out_dir))
