@@ -5,7 +5,9 @@ local trainer's knobs. The verl back-end never reads a second copy: each field t
 key in its metadata (`setting(..., key="actor_rollout_ref.actor.optim.lr")`), and `veason-r1 rl --backend verl`
 writes the verl config from this dataclass (`verl_overrides`, `veason_r1.rl.verl_config`). What verl needs beyond
 the method (GPU layout, vLLM memory, offloading: engine settings, not hyper-parameters) sits in the `verl` section,
-which may not set a key that a field here owns.
+which may not set a key that a field here owns. The `reward` section is the reward's own `RewardConfig`
+(reward/config.py), written whole as verl's `reward_kwargs` (one nested mapping, `propagator` nested, `image_size`
+from `data.image_size`): its key sits on the section and every field below it inherits it.
 
 One grammar for every change: a YAML file (`training_scripts/grpo_qwen2_5vl_3b.yaml`, `configs/grpo_local_tiny.yaml`)
 then `--set section.key=value` dotlists, checked strictly against these types and ranges before anything runs
