@@ -116,7 +116,7 @@ def test_verl_config_per_family_validates_through_verl(name, cached, synth_root,
     ckpt.write_bytes(b"not loaded here")
     size = small_size(row)
     cfg = load_config(GRPO_YAML[name], [f"data.train_root={synth_root}", "data.train_pool=null",
-                                        f"model.path={resolve_policy(NAMES[name])}", f"reward.sam2_checkpoint={ckpt}",
+                                        f"model.path={resolve_policy(NAMES[name])}", f"reward.propagator.checkpoint={ckpt}",
                                         f"trainer.default_local_dir={tmp_path / 'run'}", "data.val_max_samples=2",
                                         f"data.image_size={size}", f"data.family={name}"])
     plan = prepare(cfg, GRPO_YAML[name], has_flash_attn=False)  # runs verl's validate_config on the composed tree

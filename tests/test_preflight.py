@@ -25,7 +25,7 @@ def tiny_dir(tmp_path_factory):
 
 def _grpo(synth_root, tiny_dir, out, *extra):
     return ["preflight", "grpo", "--set", f"data.train_root={synth_root}", "--set", "data.train_pool=null",
-            "--set", f"model.path={tiny_dir}", "--set", "reward.sam2=tiny", "--set", "reward.sam2_checkpoint=null",
+            "--set", f"model.path={tiny_dir}", "--set", "reward.propagator.name=tiny", "--set", "reward.propagator.checkpoint=null",
             "--set", f"trainer.default_local_dir={out}", "--set", "data.val_max_samples=4",
             "--set", "data.image_size=112", *extra]
 
@@ -62,13 +62,13 @@ def test_grpo_preflight_on_a_healthy_cpu_setup(synth_root, tiny_dir, tmp_path, c
 def test_grpo_preflight_fails_without_gpu_and_names_each_fix(synth_root, tiny_dir, tmp_path, capsys):
     from veason_r1.cli import main
 
-    rc = main(_grpo(synth_root, tiny_dir, tmp_path / "run", "--set", f"reward.sam2_checkpoint={tmp_path / 'no.pt'}",
-                    "--set", "reward.sam2=sam2_hiera_l"))
+    rc = main(_grpo(synth_root, tiny_dir, tmp_path / "run", "--set", f"reward.propagator.checkpoint={tmp_path / 'no.pt'}",
+                    "--set", "reward.propagator.name=sam2_hiera_l"))
     text = capsys.readouterr().out
     rows = _rows(text)
     assert rc == 1 and "NOT READY" in text
     assert rows["gpus"] == ("FAIL", rows["gpus"][1]) and rows["gpus"][1].startswith("no GPU:")
-    assert rows["inputs"][0] == "FAIL" and f"reward.sam2_checkpoint: {tmp_path / 'no.pt'} not found" in rows["inputs"][1]
+    assert rows["inputs"][0] == "FAIL" and f"reward.propagator.checkpoint: {tmp_path / 'no.pt'} not found" in rows["inputs"][1]
     assert "FAIL gpus: fix: run on a node with 2 GPU(s) of >= 75 GiB" in text
     assert "FAIL import vllm: fix: make ENV=gpu-vllm venv (installs vllm==0.24.0 with the pinned set)" in text
 
@@ -223,7 +223,7 @@ def test_installed_but_broken_flash_attn_fails_preflight_and_the_launch(broken_f
 
     rc = main(["rl", "--backend", "verl", "--config", str(ROOT / "training_scripts/grpo_qwen2_5vl_3b.yaml"),
                "--set", f"data.train_root={synth_root}", "--set", "data.train_pool=null", "--set", f"model.path={tiny_dir}",
-               "--set", "reward.sam2=tiny", "--set", "reward.sam2_checkpoint=null",
+               "--set", "reward.propagator.name=tiny", "--set", "reward.propagator.checkpoint=null",
                "--set", f"trainer.default_local_dir={tmp_path / 'launch'}", "--set", "data.image_size=112",
                "--set", "data.val_max_samples=4", "--dry-run"])
     err = capsys.readouterr().err
@@ -300,3 +300,24 @@ def test_preflight_sft_and_sft_refuse_an_out_that_is_a_file(tmp_path, capsys):
     rows = _rows(capsys.readouterr().out)
     assert rows["out"][0] == "FAIL" and "not a folder" in rows["out"][1]
     assert main(["sft", *args]) == 2 and "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_sam2_check_takes_the_propagator_config_and_names_its_keys(tmp_path):
+    """`sam2_check(PropagatorConfig, cpu_ok, names)` serves both callers: GRPO names `reward.propagator.<key>`,
+    eval the flags. Without a GPU (--cpu-ok) it loads on the CPU even when the config says cuda (the GRPO YAMLs)."""
+    from veason_r1.models.config import PropagatorConfig
+    from veason_r1.preflight import FAIL, PASS, sam2_check
+
+    names = {k: f"reward.propagator.{k}" for k in ("name", "checkpoint", "device", "offload")}
+    check = sam2_check(PropagatorConfig("sam2.1_hiera_l", checkpoint=None), True, names)
+    assert check.status == FAIL and "random weights" in check.detail and "reward.propagator.checkpoint" in check.fix
+    assert "--sam2-checkpoint" in sam2_check(PropagatorConfig("sam2.1_hiera_l", checkpoint=None), True).fix
+    check = sam2_check(PropagatorConfig(None), True, names)
+    assert check.status == FAIL and "reward.propagator.name" in check.fix
+    check = sam2_check(PropagatorConfig("sam2_hiera_xl", checkpoint=str(tmp_path)), True, names)
+    assert check.status == FAIL and check.detail.startswith("reward.propagator.name: unknown SAM2 config")
+    import torch
+
+    if not torch.cuda.is_available():
+        check = sam2_check(PropagatorConfig("tiny", device="cuda"), True, names)
+        assert check.status == PASS and "cpu (--cpu-ok)" in check.detail

@@ -82,9 +82,11 @@ def test_score_response_never_raises(response):
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.lists(responses, min_size=1, max_size=4))
 def test_score_group_with_tiny_sam2_never_raises(group):
+    from veason_r1.models.config import PropagatorConfig
     from veason_r1.reward.verl_hook import get_propagator
 
-    for result in score_group(group, RewardSample(FIDS, BOXES, MASKS, FRAMES), get_propagator("tiny", device="cpu")):
+    propagator = get_propagator(PropagatorConfig("tiny", device="cpu"))
+    for result in score_group(group, RewardSample(FIDS, BOXES, MASKS, FRAMES), propagator):
         _check(result)
 
 

@@ -10,7 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from veason_r1.models.config import PropagatorConfig
+
 ROOT = Path(__file__).resolve().parents[1]
+TINY_CPU = PropagatorConfig("tiny", device="cpu")  # the random-weight SAM2, asked for by name (no checkpoint)
 
 
 def _sample(rng, k=4, size=64):
@@ -50,9 +53,9 @@ def test_compute_score_and_ground_truth_roundtrip(tmp_path):
     sample = parse_ground_truth(json.dumps(gt))
     assert (sample.gt_masks == masks).all() and (sample.frames == frames).all() and sample.frame_ids == fids
     resp = '<think>t</think><answer>{"keyframe_timestamp": 2, "bbox_2d_list": [[20,10,39,29]]}</answer>'
-    out = compute_score("revos", resp, json.dumps(gt), {}, sam2_model="tiny", sam2_device="cpu")
-    prop = get_propagator("tiny", None, "cpu")
-    assert get_propagator("tiny", None, "cpu") is prop  # one predictor per process
+    out = compute_score("revos", resp, json.dumps(gt), {}, propagator=TINY_CPU)
+    prop = get_propagator(TINY_CPU)
+    assert get_propagator(PropagatorConfig("tiny", device="cpu")) is prop  # one predictor per process
     direct = score_response(resp, fids, boxes, masks, frames, prop.propagate)
     assert out["score"] == pytest.approx(direct["overall"]) and out["consistency"] == pytest.approx(direct["consistency"])
     assert out["format"] == 2.0 and out["keyframe"] == 1.0 and out["spatial"] == 1.0
@@ -62,7 +65,8 @@ def test_compute_score_and_ground_truth_roundtrip(tmp_path):
     assert emb.frames.shape == frames.shape
     with pytest.raises(ValueError, match="gt_masks_rle"):
         parse_ground_truth({"frame_ids": fids, "gt_boxes": boxes})
-    assert compute_score("revos", "garbage", json.dumps(gt), {}, sam2_model="tiny")["score"] == 0.0
+    assert compute_score("revos", "garbage", json.dumps(gt), {}, propagator={"name": "tiny", "checkpoint": None}
+                         )["score"] == 0.0
 
 
 def _dataproto(tok, responses, gts, uids):
@@ -128,7 +132,8 @@ def _config(tmp_path, manager: dict, workers: int):
             "reward_model": {"enable": False, "enable_resource_pool": False},
             "reward_manager": manager,
             "custom_reward_function": {"path": str(ROOT / "grpo_reward" / "reward_score.py"), "name": "compute_score",
-                                       "reward_kwargs": {"sam2_model": "tiny", "sam2_device": "cpu",
+                                       "reward_kwargs": {"propagator": {"name": "tiny", "checkpoint": None,
+                                                                        "device": "cpu"},
                                                          "group_window_s": 0.05}},
             "sandbox_fusion": None,
         },
@@ -169,7 +174,7 @@ def test_group_manager_batches_a_step_in_one_call(tmp_path):
     finally:
         verl_hook.score_groups = original
     assert manager.batch_sizes == [len(responses)] and calls == [[len(RESPONSES)] * 2]  # one call, grouped by uid
-    kwargs = {"sam2_model": "tiny", "sam2_device": "cpu"}
+    kwargs = {"propagator": TINY_CPU}
     for out, r, gt in zip(outputs, responses, gts):
         expected = compute_score("revos", r, gt, {}, **kwargs)
         assert out["reward_score"] == pytest.approx(expected["score"], abs=1e-6)
@@ -195,7 +200,7 @@ def test_verl_reward_loop_with_ray_on_cpu(tmp_path):
         out = manager.compute_rm_score(data)
     finally:
         ray.shutdown()
-    expected = [compute_score("revos", r, gt, {}, sam2_model="tiny", sam2_device="cpu") for r, gt in zip(responses, gts)]
+    expected = [compute_score("revos", r, gt, {}, propagator=TINY_CPU) for r, gt in zip(responses, gts)]
     scores = out.batch["rm_scores"].sum(dim=1).tolist()
     assert scores == pytest.approx([e["score"] for e in expected], abs=1e-5)
     assert list(out.non_tensor_batch["consistency"]) == pytest.approx([e["consistency"] for e in expected], abs=1e-5)
@@ -210,21 +215,63 @@ def test_verl_reward_loop_with_ray_on_cpu(tmp_path):
 
 def test_reward_kwargs_typos_raise_and_real_sam2_needs_a_checkpoint(tmp_path):
     from grpo_reward.reward_score import compute_score, make_ground_truth
-    from veason_r1.reward.verl_hook import RewardOptions, reward_options
+    from veason_r1.reward.config import reward_config
 
     fids, boxes, masks, frames = _sample(np.random.default_rng(0))
     gt = json.dumps(make_ground_truth(fids, boxes, masks, frames))
-    with pytest.raises(TypeError, match="sam2_chekpoint"):
-        compute_score("revos", "x", gt, {}, sam2_model="tiny", sam2_chekpoint="/ckpt.pt")
-    with pytest.raises(TypeError, match=r"unknown key\(s\) \['use_consistancy'\]"):
-        reward_options(sam2_model="tiny", use_consistancy=False)
-    with pytest.raises(ValueError, match="sam2_checkpoint is required for sam2_model='sam2_hiera_l'"):
-        RewardOptions(sam2_model="sam2_hiera_l")
-    with pytest.raises(ValueError, match="sam2_model is required"):
-        RewardOptions()
-    with pytest.raises(ValueError, match="use_consistency: expected true/false, got 'no'"):
-        RewardOptions(sam2_model="tiny", use_consistency="no")
-    assert RewardOptions(use_consistency=False).sam2_model is None  # no SAM2 term: no SAM2 needed
+    with pytest.raises(TypeError, match="sam2_checkpoint"):  # the old flat keys are gone, not silently ignored
+        compute_score("revos", "x", gt, {}, sam2_checkpoint="/ckpt.pt")
+    with pytest.raises(ValueError, match=r"unknown key 'reward_kwargs.use_consistancy' \(known in reward_kwargs: "
+                                         r"group_window_s, image_size, .*use_consistency, use_keyframe, variant\)"):
+        reward_config(propagator=TINY_CPU, use_consistancy=False)
+    with pytest.raises(ValueError, match=r"unknown key 'reward_kwargs.propagator.chekpoint' \(known in "
+                                         r"reward_kwargs.propagator: checkpoint, device, name, offload\)"):
+        compute_score("revos", "x", gt, {}, propagator={"name": "tiny", "chekpoint": "/ckpt.pt"})
+    with pytest.raises(ValueError, match="reward_kwargs.propagator.checkpoint: reward_kwargs.propagator.name="
+                                         "'sam2_hiera_l' needs its checkpoint"):
+        reward_config(propagator={"name": "sam2_hiera_l", "checkpoint": None})
+    with pytest.raises(ValueError, match="reward_kwargs.propagator.name: the SAM2 consistency term needs a propagator"):
+        reward_config(propagator={"name": None})
+    with pytest.raises(ValueError, match="reward_kwargs.use_consistency: expected bool, got 'no'"):
+        reward_config(propagator=TINY_CPU, use_consistency="no")
+    with pytest.raises(ValueError, match="reward_kwargs.variant: expected one of 'faithful', 'strict', got 'lenient'"):
+        compute_score("revos", "x", gt, {}, propagator=TINY_CPU, variant="lenient")
+    with pytest.raises(ValueError, match="reward_kwargs.max_sam2_load_failures = 0: must be >= 1"):
+        reward_config(propagator=TINY_CPU, max_sam2_load_failures=0)
+    assert reward_config(use_consistency=False, propagator={"name": None}).propagator.name is None  # no SAM2 term
+    # a partial propagator mapping overrides the default (the release's SAM2) key by key, as a YAML layer does
+    assert reward_config(propagator={"checkpoint": "/c.pt"}).propagator == PropagatorConfig("sam2_hiera_l", "/c.pt")
+
+
+def test_compute_score_options_are_the_reward_config_fields():
+    """The explicit keyword parameters of compute_score / compute_score_batch are the RewardConfig fields, with
+    the same defaults: the one option set cannot drift from the verl signatures."""
+    import dataclasses
+    import inspect
+
+    from veason_r1.reward import RewardConfig
+    from veason_r1.reward.verl_hook import compute_score, compute_score_batch
+
+    defaults = RewardConfig()
+    fields = [f.name for f in dataclasses.fields(RewardConfig)]
+    verl_only = {"reward_router_address", "reward_model_tokenizer"}  # what verl's naive manager may pass
+    for fn in (compute_score, compute_score_batch):
+        options = {n: p for n, p in inspect.signature(fn).parameters.items() if p.kind is p.KEYWORD_ONLY}
+        assert [n for n in options if n not in verl_only] == fields, fn.__name__
+        assert all(options[n].default == getattr(defaults, n) for n in fields), fn.__name__
+
+
+def test_reward_kwargs_from_omegaconf_reach_the_reward_config(tmp_path):
+    """verl hands reward_kwargs over from OmegaConf: the nested `propagator` arrives as a DictConfig."""
+    from omegaconf import OmegaConf
+
+    from veason_r1.reward.config import reward_config
+
+    kwargs = dict(OmegaConf.create({"variant": "strict", "image_size": 112,
+                                    "propagator": {"name": "tiny", "checkpoint": None, "device": "cpu"}}))
+    assert OmegaConf.is_config(kwargs["propagator"])
+    cfg = reward_config(**kwargs)
+    assert (cfg.variant, cfg.frame_side, cfg.propagator) == ("strict", 112, TINY_CPU)
 
 
 def test_group_manager_refuses_a_misspelt_reward_kwarg_at_start(tmp_path):
@@ -232,9 +279,18 @@ def test_group_manager_refuses_a_misspelt_reward_kwarg_at_start(tmp_path):
 
     tok = _byte_tokenizer(tmp_path / "tok")
     cfg = _config(tmp_path, GROUP_MANAGER, 1)
-    cfg.reward.custom_reward_function.reward_kwargs["sam2_devise"] = "cpu"
-    with pytest.raises(TypeError, match="sam2_devise"):
+    cfg.reward.custom_reward_function.reward_kwargs["max_wait"] = 1.0
+    with pytest.raises(ValueError, match="unknown key 'reward_kwargs.max_wait'"):
         load_reward_manager(cfg, tok)
+    cfg = _config(tmp_path, GROUP_MANAGER, 1)
+    cfg.reward.custom_reward_function.reward_kwargs.propagator["devise"] = "cpu"  # a misspelt nested key
+    with pytest.raises(ValueError, match=r"unknown key 'reward_kwargs.propagator.devise' \(known in "
+                                         r"reward_kwargs.propagator: checkpoint, device, name, offload\)"):
+        load_reward_manager(cfg, tok)
+    cfg = _config(tmp_path, GROUP_MANAGER, 1)
+    cfg.reward.custom_reward_function.reward_kwargs.update({"group_window_s": 0.3, "max_wait_s": 1.5})
+    manager = load_reward_manager(cfg, tok)  # the window knobs are read from the one RewardConfig
+    assert (manager.window_s, manager.max_wait_s) == (0.3, 1.5) and manager.reward.propagator == TINY_CPU
 
 
 def test_sam2_without_checkpoint_warns_every_time(caplog):
@@ -266,7 +322,7 @@ def test_sam2_load_failure_costs_only_the_consistency_term(tmp_path, monkeypatch
     real = sam2_module.load_sam2
     monkeypatch.setattr(sam2_module, "load_sam2", lambda *a, **k: (_ for _ in ()).throw(
         RuntimeError("CUDA error: out of memory")))
-    kwargs = {"sam2_model": "tiny", "sam2_checkpoint": None, "sam2_device": "cpu"}
+    kwargs = {"propagator": TINY_CPU}
     monkeypatch.setattr(verl_hook, "_PROPAGATORS", {})  # nothing loaded yet in this "process"
     with caplog.at_level("ERROR", logger="veason_r1.reward.verl_hook"):
         failed = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **kwargs)
@@ -285,8 +341,9 @@ def test_sam2_load_failure_costs_only_the_consistency_term(tmp_path, monkeypatch
 def test_sam2_error_mid_run_costs_that_batch_only(tmp_path, caplog):
     from veason_r1.reward import verl_hook
 
-    key = ("tiny", None, "cpu-midrun")
-    real = verl_hook.get_propagator("tiny", None, "cpu")
+    midrun = PropagatorConfig("tiny", device="cpu-midrun")
+    key = ("tiny", None, "cpu-midrun", False)
+    real = verl_hook.get_propagator(TINY_CPU)
 
     class Flaky:
         calls = 0
@@ -300,7 +357,7 @@ def test_sam2_error_mid_run_costs_that_batch_only(tmp_path, caplog):
     verl_hook._PROPAGATORS[key] = Flaky()
     try:
         sources, responses, gts, extras, uids = _batch(tmp_path, 4)
-        kwargs = {"sam2_model": "tiny", "sam2_device": "cpu-midrun"}
+        kwargs = {"propagator": midrun}
         with caplog.at_level("WARNING", logger="veason_r1.reward.scoring"):
             first = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **kwargs)
         second = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **kwargs)
@@ -323,9 +380,9 @@ def test_sam2_ok_metric_and_the_run_stops_after_n_failed_loads_in_a_row(tmp_path
     from veason_r1.reward import verl_hook
 
     sources, responses, gts, extras, uids = _batch(tmp_path, 5)
-    kwargs = {"sam2_model": "tiny", "sam2_checkpoint": None, "sam2_device": "cpu-fails", "max_sam2_load_failures": 2}
+    kwargs = {"propagator": PropagatorConfig("tiny", device="cpu-fails"), "max_sam2_load_failures": 2}
     healthy = verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids,
-                                            **{**kwargs, "sam2_device": "cpu"})
+                                            **{**kwargs, "propagator": TINY_CPU})
     assert [r["sam2_ok"] for r in healthy] == [1.0] * len(responses)
     real = sam2_module.load_sam2
     monkeypatch.setattr(sam2_module, "load_sam2", lambda *a, **k: (_ for _ in ()).throw(
@@ -343,7 +400,8 @@ def test_sam2_ok_metric_and_the_run_stops_after_n_failed_loads_in_a_row(tmp_path
     # through verl's reward manager: the error reaches every sample of the flush (the step fails, not hangs)
     tok = _byte_tokenizer(tmp_path / "tok")
     cfg = _config(tmp_path, GROUP_MANAGER, 1)
-    cfg.reward.custom_reward_function.reward_kwargs.update({"sam2_device": "cpu-fails", "max_sam2_load_failures": 1})
+    cfg.reward.custom_reward_function.reward_kwargs.update({"max_sam2_load_failures": 1})
+    cfg.reward.custom_reward_function.reward_kwargs.propagator.device = "cpu-fails"
     manager = load_reward_manager(cfg, tok)
     data = _dataproto(tok, responses[:2], gts[:2], uids[:2])
 
@@ -355,10 +413,11 @@ def test_sam2_ok_metric_and_the_run_stops_after_n_failed_loads_in_a_row(tmp_path
     assert all(isinstance(o, verl_hook.SAM2LoadError) for o in outs)
 
     monkeypatch.setattr(sam2_module, "load_sam2", real)  # a load that succeeds resets the count
-    verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **{**kwargs, "sam2_device": "cpu"})
+    verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, **{**kwargs, "propagator": TINY_CPU})
     assert verl_hook._LOAD_FAILURES["in_a_row"] == 0
-    with pytest.raises(ValueError, match="max_sam2_load_failures: expected an integer >= 1, got 0"):
-        verl_hook.RewardOptions(sam2_model="tiny", max_sam2_load_failures=0)
+    with pytest.raises(ValueError, match="reward_kwargs.max_sam2_load_failures = 0: must be >= 1"):
+        verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, propagator=TINY_CPU,
+                                      max_sam2_load_failures=0)
 
 
 def test_grpo_config_carries_the_sam2_failure_limit(synth_root):
@@ -415,7 +474,8 @@ def test_reward_flush_returns_sam2_cuda_memory(tmp_path):  # pragma: no cover - 
     from veason_r1.reward import verl_hook
 
     sources, responses, gts, extras, uids = _batch(tmp_path, 7)
-    verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, sam2_model="tiny", sam2_device="cuda")
+    verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids,
+                                  propagator=PropagatorConfig("tiny", device="cuda"))
     before = torch.cuda.memory_reserved()
     peak = verl_hook.release_cuda_cache()
     assert peak is not None and peak * 2**30 >= before >= torch.cuda.memory_reserved()
@@ -454,8 +514,9 @@ def test_streaming_reward_path_through_ray_with_the_generated_config(tmp_path, m
     from veason_r1.rl.verl_config import compose, verl_values, write_verl_yaml
 
     tok = _byte_tokenizer(tmp_path / "tok")
-    cfg = load_config(None, [f"model.path={tmp_path / 'tok'}", "reward.sam2=tiny", "reward.sam2_checkpoint=null",
-                             "reward.sam2_device=cpu", "reward.group_window_s=0.2"])
+    cfg = load_config(None, [f"model.path={tmp_path / 'tok'}", "reward.propagator.name=tiny",
+                             "reward.propagator.checkpoint=null", "reward.propagator.device=cpu",
+                             "reward.group_window_s=0.2", "data.image_size=112"])
     values, _ = verl_values(cfg, train_file="unused.parquet", val_file=None, has_flash_attn=False,
                             pythonpath=str(ROOT))
     path = values["reward.custom_reward_function.path"]
@@ -476,7 +537,7 @@ def test_streaming_reward_path_through_ray_with_the_generated_config(tmp_path, m
         outs = ray.get(refs)
     finally:
         ray.shutdown()
-    expected = [compute_score("revos", r, gt, {}, sam2_model="tiny", sam2_device="cpu") for r, gt in zip(responses, gts)]
+    expected = [compute_score("revos", r, gt, {}, propagator=TINY_CPU) for r, gt in zip(responses, gts)]
     assert [o["reward_score"] for o in outs] == pytest.approx([e["score"] for e in expected], abs=1e-5)
     assert [o["reward_extra_info"]["consistency"] for o in outs] == pytest.approx(
         [e["consistency"] for e in expected], abs=1e-5)
@@ -497,8 +558,10 @@ def test_no_keyframe_ablation_zeroes_only_the_keyframe_term(tmp_path):
     for a, b in zip(ablated, full):
         assert a["keyframe"] == 0.0 and a["format"] == b["format"] and a["spatial"] == b["spatial"]
         assert a["score"] == pytest.approx(b["score"] - b["keyframe"])
-    with pytest.raises(ValueError, match="use_keyframe: expected true/false"):
-        verl_hook.RewardOptions(use_consistency=False, use_keyframe="no")
-    cfg = load_config(None, ["reward.use_keyframe=false", "reward.use_consistency=false", "reward.sam2=null"])
+    with pytest.raises(ValueError, match="reward_kwargs.use_keyframe: expected bool"):
+        verl_hook.compute_score_batch(sources, responses, gts, extras, uids=uids, use_consistency=False,
+                                      use_keyframe="no")
+    cfg = load_config(None, ["reward.use_keyframe=false", "reward.use_consistency=false",
+                             "reward.propagator.name=null"])
     kwargs = verl_overrides(cfg)
     assert any(k.endswith("reward_kwargs.use_keyframe") and v is False for k, v in kwargs.items())

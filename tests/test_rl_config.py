@@ -4,6 +4,7 @@ wrong types and out-of-range values stop before anything runs, naming the file o
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -113,15 +114,90 @@ def test_one_home_per_grpo_hyper_parameter():
 
 
 def test_real_sam2_needs_a_checkpoint_tiny_only_by_name():
-    from veason_r1.rl.config import RewardSettings, load_config
+    from veason_r1.models.config import PropagatorConfig
+    from veason_r1.rl.config import GRPOConfig, load_config
 
-    assert RewardSettings().sam2 == "sam2_hiera_l" and RewardSettings().sam2_checkpoint  # the release's, on a real path
-    with pytest.raises(ConfigError, match="reward.sam2='sam2.1_hiera_l' needs its checkpoint"):
-        load_config(None, ["reward.sam2=sam2.1_hiera_l", "reward.sam2_checkpoint=null"])
-    with pytest.raises(ConfigError, match="reward.sam2 = None: the SAM2 consistency term needs a SAM2 config name"):
-        load_config(None, ["reward.sam2=null"])
-    assert load_config(None, ["reward.sam2=tiny", "reward.sam2_checkpoint=null"]).reward.sam2 == "tiny"
-    assert load_config(None, ["reward.use_consistency=false", "reward.sam2=null"]).reward.sam2 is None
+    assert GRPOConfig().reward.propagator == PropagatorConfig(  # the release's reward SAM2, on a real path
+        "sam2_hiera_l", "checkpoints/sam2_hiera_large.pt")
+    with pytest.raises(ConfigError, match="reward.propagator.name='sam2.1_hiera_l' needs its checkpoint"):
+        load_config(None, ["reward.propagator.name=sam2.1_hiera_l", "reward.propagator.checkpoint=null"])
+    with pytest.raises(ConfigError, match="reward.propagator.name = None: the SAM2 consistency term needs a propagator"):
+        load_config(None, ["reward.propagator.name=null"])
+    cfg = load_config(None, ["reward.propagator.name=tiny", "reward.propagator.checkpoint=null"])
+    assert cfg.reward.propagator.name == "tiny"
+    assert load_config(None, ["reward.use_consistency=false", "reward.propagator.name=null"]).reward.propagator.name \
+        is None
+
+
+def test_reward_section_is_one_nested_reward_config(tmp_path):
+    """`reward:` is the reward's one option set (reward/config.py), its propagator a nested mapping: a YAML layer and
+    `--set reward.propagator.<key>` override it key by key, a misspelt nested key is refused naming it."""
+    from veason_r1.models.config import PropagatorConfig
+    from veason_r1.reward import RewardConfig
+    from veason_r1.rl.config import GRPOConfig, load_config
+
+    assert type(GRPOConfig().reward) is RewardConfig
+    path = _yaml(tmp_path, "reward:\n  variant: strict\n  propagator:\n    device: cuda:1\n")
+    cfg = load_config(path, ["reward.propagator.checkpoint=/ckpt/sam2.pt", "data.image_size=112"])
+    # the keys the layers leave out keep the reward's default (the release's SAM2), not PropagatorConfig's own
+    assert cfg.reward.propagator == PropagatorConfig("sam2_hiera_l", "/ckpt/sam2.pt", "cuda:1")
+    assert cfg.reward.variant == "strict" and cfg.reward.image_size is None
+    assert cfg.reward_config().image_size == 112  # the policy's frame side has one home: data.image_size
+    for layer, message in [
+        (["reward.propagator.chekpoint=/x.pt"], ("override 'reward.propagator.chekpoint=/x.pt': unknown key "
+         "'reward.propagator.chekpoint' (known in reward.propagator: checkpoint, device, name, offload)")),
+        (["reward.propagator.offload=maybe"], "reward.propagator.offload: expected bool, got 'maybe'"),
+        (["reward.propagator=tiny"], "reward.propagator: expected a mapping of PropagatorConfig keys, got 'tiny'"),
+        (["reward.sam2_checkpoint=/x.pt"], "unknown key 'reward.sam2_checkpoint' (known in reward:"),
+        (["reward.max_sam2_load_failures=0"], "reward.max_sam2_load_failures = 0: must be >= 1"),
+        (["reward.image_size=300"], "reward.image_size = 300: the policy's frame side is data.image_size (560)"),
+    ]:
+        with pytest.raises(ConfigError) as e:
+            load_config(None, layer)
+        assert message in str(e.value), (layer, str(e.value))
+    with pytest.raises(ConfigError, match="unknown key 'reward.propagator.chekpoint'"):
+        load_config(_yaml(tmp_path, "reward:\n  propagator:\n    chekpoint: /x.pt\n"))
+    for name in ("3b", "7b"):  # the shipped YAMLs nest it too
+        assert load_config(ROOT / f"training_scripts/grpo_qwen2_5vl_{name}.yaml").reward.propagator == \
+            PropagatorConfig("sam2_hiera_l", "checkpoints/sam2_hiera_large.pt", "cuda")
+
+
+def test_verl_section_cannot_set_a_reward_kwarg():
+    """The reward's verl kwargs are written whole from `reward:`: a `verl:` key below them is refused, naming the
+    field that owns it (or the section, for a key no field has)."""
+    from veason_r1.rl.config import load_config
+
+    kwargs = "verl.reward.custom_reward_function.reward_kwargs"
+    for key, owner in [("variant=strict", "reward.variant"), ("propagator.checkpoint=/x.pt",
+                                                               "reward.propagator.checkpoint"),
+                       ("image_size=112", "reward.image_size"), ("sam2_model=tiny", "reward")]:
+        with pytest.raises(ConfigError, match=f"verl.{kwargs[5:]}.{key.split('=')[0]}: owned by the GRPO field "
+                                              f"'{owner}'"):
+            load_config(None, [f"{kwargs}.{key}"])
+
+
+@dataclasses.dataclass
+class _Inner:
+    name: str | None = "plain"
+    size: int = 1
+
+
+@dataclasses.dataclass
+class _Outer:  # a nested field whose default differs from its class's own defaults
+    inner: _Inner = dataclasses.field(default_factory=lambda: _Inner(name="special", size=5))
+    flag: bool = False
+
+
+def test_a_partial_nested_mapping_keeps_the_enclosing_default():
+    """A layer that sets some keys of a nested dataclass overrides those; the rest keep the enclosing field's
+    default (not the nested class's own)."""
+    from veason_r1.structured_config import load_structured
+
+    assert load_structured(_Outer, None, ["inner.size=7"]).inner == _Inner("special", 7)
+    assert load_structured(_Outer, None, ["inner.name=x", "inner.size=2"]).inner == _Inner("x", 2)
+    assert load_structured(_Outer, None, ["flag=true"]).inner == _Inner("special", 5)
+    with pytest.raises(ConfigError, match="inner: expected a mapping of _Inner keys, got 3"):
+        load_structured(_Outer, None, ["inner=3"])
 
 
 # ------------------------------------------------------------------------------------------------- SFT

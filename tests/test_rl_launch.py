@@ -35,7 +35,7 @@ def grpo_cfg(synth_root, tiny_dir, sam2_ckpt, out, *extra, config=ROOT / "traini
     from veason_r1.rl.config import load_config
 
     return load_config(config, [f"data.train_root={synth_root}", "data.train_pool=null", f"model.path={tiny_dir}",
-                                f"reward.sam2_checkpoint={sam2_ckpt}", f"trainer.default_local_dir={out}",
+                                f"reward.propagator.checkpoint={sam2_ckpt}", f"trainer.default_local_dir={out}",
                                 "data.val_max_samples=4", "data.image_size=112", *extra])
 
 
@@ -140,7 +140,7 @@ def test_sft_output_is_the_grpo_input_for_both_sizes():
 
 @pytest.mark.parametrize("broken,message", [
     ("model", "model.path: {model}: policy folder not found"),
-    ("sam2", "reward.sam2_checkpoint: {ckpt} not found"),
+    ("sam2", "reward.propagator.checkpoint: {ckpt} not found"),
     ("data", "data.train_root: '{data}' is not a folder"),
     ("pool", "data.train_pool: {pool} not found"),
 ])
@@ -154,7 +154,7 @@ def test_verl_launch_refuses_missing_inputs_before_ray(synth_root, tiny_dir, sam
                "pool": str(tmp_path / "no_pool.jsonl")}
     paths[broken] = missing[broken]
     rc = main(["rl", "--backend", "verl", "--set", f"model.path={paths['model']}",
-               "--set", f"reward.sam2_checkpoint={paths['sam2']}", "--set", f"data.train_root={paths['data']}",
+               "--set", f"reward.propagator.checkpoint={paths['sam2']}", "--set", f"data.train_root={paths['data']}",
                "--set", f"data.train_pool={paths['pool']}", "--set", f"trainer.default_local_dir={out}"])
     err = capsys.readouterr().err
     assert rc == 2 and err.startswith("error: ")
@@ -166,16 +166,16 @@ def test_verl_launch_refuses_missing_inputs_before_ray(synth_root, tiny_dir, sam
 def test_verl_launch_refuses_an_unknown_sam2_name(synth_root, tiny_dir, sam2_ckpt, tmp_path):
     from veason_r1.rl.launch import LaunchError, prepare
 
-    cfg = grpo_cfg(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", "reward.sam2=sam2_hiera_xl")
-    with pytest.raises(LaunchError, match="reward.sam2: unknown SAM2 config 'sam2_hiera_xl'"):
+    cfg = grpo_cfg(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", "reward.propagator.name=sam2_hiera_xl")
+    with pytest.raises(LaunchError, match="reward.propagator.name: unknown SAM2 config 'sam2_hiera_xl'"):
         prepare(cfg, "test")
 
 
 def test_verl_launch_takes_a_transformers_tracker_with_its_weights_folder(synth_root, tiny_dir, sam2_ckpt, tmp_path):
-    """issue 25: reward.sam2=sam3 / edgetam / hf-sam2 is a known name whose checkpoint is a folder, not a .pt."""
+    """issue 25: reward.propagator.name=sam3 / edgetam / hf-sam2 is a known name whose checkpoint is a folder, not a .pt."""
     from veason_r1.rl.launch import LaunchError, prepare
 
-    cfg = grpo_cfg(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", "reward.sam2=sam3")
+    cfg = grpo_cfg(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", "reward.propagator.name=sam3")
     with pytest.raises(LaunchError, match="is not a weights folder") as e:
         prepare(cfg, "test")
     assert "unknown SAM2 config" not in str(e.value)
@@ -197,7 +197,7 @@ def test_every_path_reaching_verl_is_absolute(synth_root, tiny_dir, sam2_ckpt, t
     cfg = grpo_cfg(synth_root, "model", "ck/sam2.pt", "outputs/rl/run")  # all relative
     tree = prepare(cfg, "test").tree
     keys = ["actor_rollout_ref.model.path", "reward.custom_reward_function.path",
-            "reward.custom_reward_function.reward_kwargs.sam2_checkpoint", "trainer.default_local_dir",
+            "reward.custom_reward_function.reward_kwargs.propagator.checkpoint", "trainer.default_local_dir",
             "trainer.validation_data_dir", "data.train_files", "data.val_files"]
     for key in keys:
         value = select(tree, key)

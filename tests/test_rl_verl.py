@@ -4,6 +4,7 @@ data through verl's dataset machinery and the Qwen2.5-VL processor; GRPO advanta
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 from pathlib import Path
@@ -39,7 +40,7 @@ def launch_plan(synth_root, tiny_dir, sam2_ckpt, out, config="training_scripts/g
     from veason_r1.rl.launch import prepare
 
     cfg = load_config(config, [f"data.train_root={synth_root}", "data.train_pool=null", f"model.path={tiny_dir}",
-                               f"reward.sam2_checkpoint={sam2_ckpt}", f"trainer.default_local_dir={out}",
+                               f"reward.propagator.checkpoint={sam2_ckpt}", f"trainer.default_local_dir={out}",
                                "data.val_max_samples=4", "data.image_size=112", *extra])
     return prepare(cfg, config, has_flash_attn=has_flash_attn)
 
@@ -57,8 +58,9 @@ def test_generated_verl_config_validates_and_holds_the_grpo_config(synth_root, t
     plan = launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", f"training_scripts/grpo_qwen2_5vl_{size}.yaml")
     tree, cfg = plan.tree, plan.cfg
     assert plan.yaml_path == tmp_path / "run" / "verl_config.yaml" and "GENERATED" in plan.yaml_path.read_text()
+    scored = dataclasses.replace(cfg, reward=cfg.reward_config())  # reward.image_size: data.image_size
     for ours, keys in verl_key_map().items():
-        want = get_field(cfg, ours)
+        want = get_field(scored, ours)
         if ours == "rollout.log_prob_micro_batch_size_per_gpu" and want is None:
             want = cfg.actor.ppo_micro_batch_size_per_gpu
         for key in keys:
@@ -72,7 +74,8 @@ def test_generated_verl_config_validates_and_holds_the_grpo_config(synth_root, t
                        "low_var_kl", "algorithm.norm_adv_by_std_in_grpo": True}.items():
         assert select(tree, key) == value
     assert d.actor.lr == 1e-6 and select(tree, "trainer.n_gpus_per_node") == gpus
-    assert select(tree, "reward.custom_reward_function.reward_kwargs.sam2_model") == "sam2_hiera_l"
+    assert select(tree, "reward.custom_reward_function.reward_kwargs.propagator.name") == "sam2_hiera_l"
+    assert "VEASON_SAM2_DEVICE" not in select(tree, "ray_kwargs.ray_init.runtime_env.env_vars")  # the kwargs carry it
     assert select(tree, "data.custom_cls.name") == "VeasonRLDataset"
     assert select(tree, "trainer.checkpoint_callback_class") == "veason_r1.rl.verl_callbacks.KeepLastAndBest"
     assert select(tree, "trainer.max_actor_ckpt_to_keep") is None and select(tree, "trainer.keep_last_checkpoints") == 2
@@ -80,6 +83,26 @@ def test_generated_verl_config_validates_and_holds_the_grpo_config(synth_root, t
     assert (actor.kl_loss_coef, actor.entropy_coeff, actor.optim.lr, actor.clip_ratio) == (5e-3, 1e-3, 1e-6, 0.2)
     rollout = omega_conf_to_dataclass(tree.actor_rollout_ref.rollout)
     assert (rollout.n, rollout.prompt_length, rollout.response_length, rollout.limit_images) == (8, 7100, 1024, None)
+
+
+def test_reward_kwargs_are_one_nested_reward_config(synth_root, tiny_dir, sam2_ckpt, tmp_path):
+    """verl's reward_kwargs are the GRPO config's `reward:` as one nested mapping (the propagator nested), with the
+    policy's frame side from data.image_size (before, the strict variant clipped to the default 560 on verl), and
+    they are exactly what the reward worker reads back (`reward_config`)."""
+    from veason_r1.reward.config import reward_config
+    from veason_r1.rl.verl_config import select
+
+    plan = launch_plan(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", "training_scripts/grpo_qwen2_5vl_3b.yaml",
+                       "reward.variant=strict")
+    kwargs = select(plan.tree, "reward.custom_reward_function.reward_kwargs")
+    assert kwargs == {"variant": "strict", "use_consistency": True, "use_keyframe": True, "image_size": 112,
+                      "propagator": {"name": "sam2_hiera_l", "checkpoint": str(sam2_ckpt), "device": "cuda",
+                                     "offload": False},
+                      "max_sam2_load_failures": 3, "group_window_s": 0.05, "max_wait_s": 2.0}
+    text = plan.yaml_path.read_text()  # one mapping in the generated file, not flat dotted keys
+    assert "propagator:" in text and "reward_kwargs.propagator" not in text and "sam2_model" not in text
+    read = reward_config(**plan.tree.reward.custom_reward_function.reward_kwargs)  # OmegaConf, as verl passes it
+    assert read == plan.cfg.reward_config() and read.frame_side == 112
 
 
 @pytest.mark.parametrize("size", ["3b", "7b"])
@@ -382,7 +405,7 @@ def test_cli_verl_dry_run_writes_data_and_validates(synth_root, tiny_dir, sam2_c
     out = tmp_path / "run"
     rc = main(["rl", "--backend", "verl", "--config", "training_scripts/grpo_qwen2_5vl_3b.yaml",
                "--set", f"data.train_root={synth_root}", "--set", "data.train_pool=null",
-               "--set", f"model.path={tiny_dir}", "--set", f"reward.sam2_checkpoint={sam2_ckpt}",
+               "--set", f"model.path={tiny_dir}", "--set", f"reward.propagator.checkpoint={sam2_ckpt}",
                "--set", f"trainer.default_local_dir={out}", "--set", "data.val_max_samples=2", "--dry-run"])
     assert rc == 0
     text = capsys.readouterr().out

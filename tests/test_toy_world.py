@@ -146,11 +146,11 @@ def test_training_batch_gives_the_logits_of_the_processor_path(tmp_path):
     the GPU, right padding) gives the processor path's logits at every real token, i.e. the same 3D M-RoPE
     positions (without mm_token_type_ids transformers silently falls back to 1D positions)."""
     import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from veason_r1.models.policy import load_processor
-    from veason_r1.models.toy import TOY_POLICY_CONFIG
     from veason_r1.models.tiny import make_tiny_qwen
-    from transformers import Qwen2_5_VLForConditionalGeneration
+    from veason_r1.models.toy import TOY_POLICY_CONFIG
     from veason_r1.toy.grounding import GroundingConfig, SampleStream
     from veason_r1.toy.policy_train import collate, encode, encode_with_processor, to_model_inputs
 
@@ -328,12 +328,14 @@ def test_a_resumed_build_equals_an_uninterrupted_one_and_refuses_new_steps(tmp_p
 
     torch.set_num_threads(1)
     if which == "sam2":
-        from veason_r1.toy.sam2_train import ToySAM2TrainConfig as Config, train
+        from veason_r1.toy.sam2_train import ToySAM2TrainConfig as Config
+        from veason_r1.toy.sam2_train import train
 
         cfg = Config(train_videos=3, batch_size=2, num_frames=2, workers=0, steps=4, checkpoint_every=2,
                      warmup_steps=1)
     else:
-        from veason_r1.toy.policy_train import ToyPolicyTrainConfig as Config, train
+        from veason_r1.toy.policy_train import ToyPolicyTrainConfig as Config
+        from veason_r1.toy.policy_train import train
 
         cfg = Config(batch_size=2, workers=0, steps=4, checkpoint_every=2, warmup_steps=1)
     resumed = _interrupted_then_resumed(monkeypatch, train, tmp_path / "a", cfg, stop_at=2)

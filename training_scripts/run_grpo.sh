@@ -8,7 +8,7 @@
 # 3. merges that FSDP checkpoint into a Hugging Face folder with verl's model merger (<run>/best_hf).
 # Every setting is a GRPOConfig key: pass `key=value` arguments, or these environment variables:
 #   TRAIN_ROOT (data.train_root), POOL (data.train_pool), SFT_MODEL (model.path), SAM2_CKPT
-#   (reward.sam2_checkpoint), VAL_SIZE (data.val_max_samples), VAL_SPLIT (data.val_split: opt-in validation on a
+#   (reward.propagator.checkpoint), VAL_SIZE (data.val_max_samples), VAL_SPLIT (data.val_split: opt-in validation on a
 #   named split, e.g. "valid"; the default is a held-out slice of the training videos). OUT_HF: merged output.
 # Python: $PYTHON if set; else the active virtualenv's `python`; else this checkout's .venv (what `make venv` makes).
 set -euo pipefail
@@ -27,7 +27,7 @@ add() { if [[ -n "${2:-}" ]]; then SETS+=(--set "$1=$2"); fi; }
 add data.train_root "${TRAIN_ROOT:-}"
 add data.train_pool "${POOL:-}"
 add model.path "${SFT_MODEL:-}"
-add reward.sam2_checkpoint "${SAM2_CKPT:-}"
+add reward.propagator.checkpoint "${SAM2_CKPT:-}"
 add data.val_max_samples "${VAL_SIZE:-}"
 add data.val_split "${VAL_SPLIT:-}"
 for kv in "$@"; do SETS+=(--set "$kv"); done

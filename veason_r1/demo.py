@@ -63,7 +63,8 @@ OWNED = frozenset({
     "sft.model_name_or_path", "sft.dataset", "sft.dataset_dir", "sft.output_dir", "sft.export_dir",
     "sft.image_size", "sft.seed",
     "rl.data.train_root", "rl.data.train_pool", "rl.data.val_root", "rl.data.image_size", "rl.data.seed",
-    "rl.model.path", "rl.trainer.default_local_dir", "rl.trainer.seed", "rl.reward.sam2", "rl.reward.sam2_checkpoint",
+    "rl.model.path", "rl.trainer.default_local_dir", "rl.trainer.seed", "rl.reward.propagator.name",
+    "rl.reward.propagator.checkpoint", "rl.reward.image_size",
 })
 
 
@@ -180,7 +181,8 @@ class DemoConfig:
                                      image_size=self.image_size, seed=self.seed),
             model=dataclasses.replace(rl.model, path=str(paths.sft_merged)),
             trainer=dataclasses.replace(rl.trainer, default_local_dir=str(paths.rl), seed=self.seed),
-            reward=dataclasses.replace(rl.reward, sam2=self.sam2, sam2_checkpoint=None))
+            reward=dataclasses.replace(rl.reward, propagator=dataclasses.replace(rl.reward.propagator, name=self.sam2,
+                                                                                 checkpoint=None)))
 
 
 class DemoSetupError(BadInput):

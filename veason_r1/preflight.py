@@ -17,7 +17,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from veason_r1.models.config import PropagatorConfig
@@ -259,29 +259,34 @@ def model_params(folder: str | Path) -> float:
     return model_bytes(folder) / per
 
 
-def sam2_check(propagator: PropagatorConfig, cpu_ok: bool) -> Check:
-    """The run's own checks (`PropagatorConfig.check`, then the load, as `predict` and the reward do), each failure
-    one line."""
+def sam2_check(propagator: PropagatorConfig, cpu_ok: bool, names: dict[str, str] | None = None) -> Check:
+    """The run's own checks (`PropagatorConfig.check`, then `load`, as `predict` and the reward do), each failure
+    one line. `names`: how the failures call the propagator's keys (default the command-line flags; GRPO passes
+    `reward.propagator.<key>`)."""
     import torch
 
     from veason_r1.errors import UserError
+    from veason_r1.models.config import PROPAGATOR_FLAGS
 
+    flag = {**PROPAGATOR_FLAGS, **(names or {})}
     name, checkpoint = propagator.name, propagator.checkpoint
     if not name:
-        return Check("sam2", FAIL, "no propagator configured", "set reward.propagator.name / --sam2 and its checkpoint")
+        return Check("sam2", FAIL, "no SAM2 configured", f"set {flag['name']} and its checkpoint")
     if checkpoint is None and propagator.needs_checkpoint:
-        return Check("sam2", FAIL, f"{name!r} without a checkpoint (random weights)", "give its checkpoint")
+        return Check("sam2", FAIL, f"SAM2 {name!r} without a checkpoint (random weights)",
+                     f"give its checkpoint ({flag['checkpoint']})")
     if checkpoint is not None and not Path(checkpoint).exists():  # a file, or a transformers tracker's folder
         return Check("sam2", FAIL, f"checkpoint {checkpoint} not found", "download it (docs/reproduce.md, 'What to download')")
     device = "cuda" if torch.cuda.is_available() else None
     if device is None and not cpu_ok:
         return Check("sam2", FAIL, f"{name} ({checkpoint}): no GPU to load it on", "run on the GPU node")
+    target = propagator if device else replace(propagator, device="cpu")  # no GPU (--cpu-ok): the CPU
     try:
-        propagator.check()
-        propagator.load(device or "cpu")
+        propagator.check(names)
+        target.load(device)
     except UserError as e:
-        return Check("sam2", FAIL, str(e), e.hint or "fix --sam2 / --sam2-checkpoint")
-    where = device or "cpu (--cpu-ok)"
+        return Check("sam2", FAIL, str(e), e.hint or f"fix {flag['name']} / {flag['checkpoint']}")
+    where = (target.device or device) if device else "cpu (--cpu-ok)"
     return Check("sam2", PASS, f"{name} loads from {checkpoint or '(no checkpoint: random weights, asked by name)'} "
                                 f"on {where}")
 
@@ -453,7 +458,8 @@ def grpo_checks(cfg, source: str, cpu_ok: bool = False) -> list[Check]:
         out.append(Check("inputs", PASS, "model folder, SAM2 checkpoint, reward file and data files exist"))
         out += _safe("model folder", lambda: model_check(cfg.model.path))
         if cfg.reward.use_consistency:
-            out += _safe("sam2", lambda: sam2_check(PropagatorConfig(cfg.reward.sam2, cfg.reward.sam2_checkpoint), cpu_ok))
+            names = {k: f"reward.propagator.{k}" for k in ("name", "checkpoint", "device", "offload")}
+            out += _safe("sam2", lambda: sam2_check(cfg.reward.propagator, cpu_ok, names))
             out += _safe("sam2 extension", lambda: sam2_extension_check(cpu_ok))
         out += _safe(f"data {cfg.data.train_split}", lambda: doctor_check(cfg.data.train_root, cfg.data.train_split))
         if cfg.data.val_split:

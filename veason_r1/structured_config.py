@@ -11,8 +11,13 @@ Hydra use), checks each layer against the dataclass before merging, and builds t
 - ranges and choices declared on the field: `setting(8, ge=1)`, `setting("auto", choices=(...))`;
 - YAML syntax errors, with the file and line.
 
+A nested dataclass is a nested mapping (`reward: {propagator: {checkpoint: ...}}`, `--set reward.propagator.name=x`):
+its keys are checked like the top level's, and a layer that sets some of them keeps the others at the enclosing
+field's default (which may differ from the nested class's own defaults).
+
 Field metadata may also carry a `key` (the name the same value has in another program's config, e.g. verl's), read
-by the code that translates the config (`veason_r1.rl.config.verl_key_map`).
+by the code that translates the config (`veason_r1.rl.config.verl_key_map`; a nested dataclass field's key is the
+mapping its fields are written under).
 """
 
 from __future__ import annotations
@@ -117,6 +122,8 @@ def _describe(hint: Any) -> str:
         return f"a list ({hint})"
     if origin in (dict, Mapping):
         return "a mapping"
+    if dataclasses.is_dataclass(hint):
+        return f"a mapping of {hint.__name__} keys"
     return getattr(hint, "__name__", str(hint))
 
 
@@ -168,7 +175,7 @@ def _rule_problem(meta: Mapping, value: Any) -> str:
     return ""
 
 
-def _nested_dataclass(hint: Any):
+def nested_dataclass(hint: Any):
     """The dataclass type of a field annotated `SomeConfig` (or `SomeConfig | None`), else None."""
     if dataclasses.is_dataclass(hint):
         return hint
@@ -190,7 +197,7 @@ def check_layer(cls, values: Any, source: str, prefix: str = "") -> None:
             raise ConfigError(f"{source}: unknown key {dotted!r} (known in {prefix.rstrip('.') or 'the top level'}: "
                               f"{', '.join(sorted(fields))})")
         hint = hints[key]
-        sub = _nested_dataclass(hint)
+        sub = nested_dataclass(hint)
         if sub is not None and (isinstance(value, Mapping) or value is not None):
             if not isinstance(value, Mapping):
                 raise ConfigError(f"{source}: {dotted}: expected a mapping of {sub.__name__} keys, got {value!r}")
@@ -214,18 +221,33 @@ def merge_layers(base: Mapping, layer: Mapping) -> dict:
     return out
 
 
-def build(cls, values: Mapping):
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default_factory is not _MISSING:
+        return f.default_factory()
+    return None if f.default is _MISSING else f.default
+
+
+def build(cls, values: Mapping, base: Any = None):
     """The dataclass from an already checked mapping (nested dataclasses built recursively, lists to tuples where the
-    field is a tuple)."""
+    field is a tuple). A nested mapping overrides its field's default key by key: `reward: {propagator: {checkpoint:
+    x}}` keeps the name of the `propagator` default the enclosing class declares, not the nested class's own default
+    (`base`: the instance whose values stand for keys the mapping leaves out)."""
     hints = _hints(cls)
     kwargs = {}
     for f in dataclasses.fields(cls):
+        if not f.init:
+            continue
         if f.name not in values:
+            if base is not None:
+                kwargs[f.name] = getattr(base, f.name)
             continue
         value, hint = values[f.name], hints[f.name]
-        sub = _nested_dataclass(hint)
+        sub = nested_dataclass(hint)
         if sub is not None and isinstance(value, Mapping):
-            value = build(sub, value)
+            default = None
+            if {g.name for g in dataclasses.fields(sub) if g.init} - set(value):  # a partial mapping
+                default = getattr(base, f.name) if base is not None else _field_default(f)
+            value = build(sub, value, default if isinstance(default, sub) else None)
         elif typing.get_origin(hint) is tuple and isinstance(value, list):
             value = tuple(value)
         kwargs[f.name] = value
@@ -282,5 +304,5 @@ def load_structured(cls, path: str | Path | None = None, overrides: list[str] | 
     return config
 
 
-__all__ = ["ConfigError", "as_dict", "build", "check_layer", "flatten", "load_structured", "merge_layers", "parse_overrides", "read_yaml",
-           "setting"]
+__all__ = ["ConfigError", "as_dict", "build", "check_layer", "flatten", "load_structured", "merge_layers",
+           "nested_dataclass", "parse_overrides", "read_yaml", "setting"]

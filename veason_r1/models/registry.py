@@ -112,7 +112,7 @@ PROPAGATORS: dict[str, NamedPropagator] = {
 
 
 # transformers' video trackers (models/hf_tracker.py): `hf-sam2`, `sam3`, `edgetam` take their weights folder as
-# the checkpoint (--sam2-checkpoint / reward.sam2_checkpoint); `tiny-<name>` is a random-weight folder built on first use.
+# the checkpoint (--sam2-checkpoint / reward.propagator.checkpoint); `tiny-<name>` is a random-weight folder built on first use.
 HF_TRACKERS = ("hf-sam2", "sam3", "edgetam")
 TINY_TRACKERS = {f"{TINY}-{n}": n for n in HF_TRACKERS}
 TOY_HF_SAM2 = f"{TOY}-hf-sam2"  # the shipped toy SAM2 converted for `hf-sam2` (models/hf_sam2_convert.py)
@@ -197,7 +197,7 @@ def load_propagator(name: str, checkpoint: str | Path | None = None, device: str
         folder = propagator_checkpoint(name, checkpoint)
         if folder is None:
             raise BadInput("--sam2", f"{name} needs its weights folder",
-                           hint="pass it as --sam2-checkpoint / reward.sam2_checkpoint (docs/models.md)")
+                           hint="pass it as --sam2-checkpoint / reward.propagator.checkpoint (docs/models.md)")
         return load_hf_tracker(tracker, folder, device, **options)
     ckpt = propagator_checkpoint(name, checkpoint)
     return load_sam2(name, None if ckpt is None else str(ckpt), device, **options)

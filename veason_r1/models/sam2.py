@@ -180,7 +180,7 @@ def build_sam2_model(name: str, checkpoint: str | None = None, device: str = "cp
                            hint="use one of SAM2's own configs (e.g. sam2.1_hiera_l) or a copy of one") from None
     if checkpoint is None:
         _log.warning("SAM2 %r runs WITHOUT A CHECKPOINT: random weights (seed %d); its masks and the consistency "
-                     "reward are noise. Give the checkpoint (e.g. --sam2-checkpoint / reward.sam2_checkpoint) for real runs.",
+                     "reward are noise. Give the checkpoint (e.g. --sam2-checkpoint / reward.propagator.checkpoint) for real runs.",
                      name, seed)
     if checkpoint is not None:
         ckpt = Path(checkpoint)

@@ -5,7 +5,8 @@ with one SAM2 encoding of its frames (`SAM2Propagator.propagate_many`), and `sco
 across several prompts. No function here raises because of a response, whatever the string: a broken answer
 scores 0 on the terms it breaks and says why in `failure`. Malformed ground truth (a data bug) raises ValueError.
 
-Variants (`RewardConfig.variant`):
+Options: `RewardConfig` (reward/config.py); the functions here read its SAM2-free fields (variant, use_consistency,
+use_keyframe, image_size), the caller brings the propagator. Variants (`RewardConfig.variant`):
 - "faithful" (default): the release's behaviour, including the +1 IoU convention and the dummy [0,0,0,0] GT boxes
   of absent objects taking part in the matching.
 - "strict": predicted boxes are corner-ordered and clipped to the image before IoU and SAM2, dummy GT boxes are
@@ -21,10 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from veason_r1.config import IMAGE_SIZE, MAX_BOXES
+from veason_r1.config import MAX_BOXES
 from veason_r1.models.families import DEFAULT_FAMILY
 from veason_r1.models.families import family as policy_family
 from veason_r1.reward import terms
+from veason_r1.reward.config import RewardConfig
 
 logger = logging.getLogger(__name__)
 
@@ -70,18 +72,6 @@ class RewardSample:
         return cached[1]
 
 
-@dataclass
-class RewardConfig:
-    variant: str = "faithful"  # "faithful" | "strict" (module docstring)
-    use_consistency: bool = True  # False: the SAM2 term is 0 (cheap runs, ablations)
-    use_keyframe: bool = True  # False: the keyframe term is 0 (the no-keyframe ablation, docs/toy_reproduction.md)
-    image_size: int = IMAGE_SIZE  # the policy's square frame size, for the strict variant's clipping
-
-    def __post_init__(self) -> None:
-        if self.variant not in terms.VARIANTS:
-            raise ValueError(f"RewardConfig.variant: {self.variant!r} is not one of {terms.VARIANTS}")
-
-
 def _empty_result(failure: str = "") -> dict:
     return {**{k: 0.0 for k in TERMS}, "overall": 0.0, "failure": failure}
 
@@ -115,7 +105,7 @@ def _score_without_sam2(response: Any, sample: RewardSample, config: RewardConfi
             plus_one = True
             row = policy_family(sample.family)
             if config.variant == "strict":
-                pred = terms.strict_boxes(pred, row.answer_extent(config.image_size))
+                pred = terms.strict_boxes(pred, row.answer_extent(config.frame_side))
                 gt = terms.drop_dummy_gt(gt) if gt is not None else None
                 plus_one = False
             if gt is None or len(gt) == 0:

@@ -11,9 +11,11 @@ Ground truth (what the RL data preparation stores in `reward_model.ground_truth`
 The SAM2 predictor is created once per process (per verl reward-loop worker), on the GPU when one is visible, and
 guarded by a lock: verl runs `compute_score` in a thread pool. Rollouts of one prompt reuse the prompt's encoded
 frames through a small per-process cache (keyed by the frames' content), so a group's frames are encoded once.
-Configure through `custom_reward_function.reward_kwargs` (`RewardOptions`: sam2_model, sam2_checkpoint,
-sam2_device, variant, use_consistency; an unknown key raises) or the env vars VEASON_SAM2_MODEL /
-VEASON_SAM2_CHECKPOINT / VEASON_SAM2_DEVICE. A SAM2 that fails to load or to run costs the consistency term of that
+Configure through `custom_reward_function.reward_kwargs`, one nested mapping of `RewardConfig` (reward/config.py):
+{variant, use_consistency, use_keyframe, image_size, propagator: {name, checkpoint, device, offload},
+max_sam2_load_failures, group_window_s, max_wait_s}; they are the explicit keyword parameters of `compute_score` and
+`compute_score_batch`, checked by `reward_config` (a misspelt key, nested ones included, is an error naming it; there
+are no environment-variable fallbacks). A SAM2 that fails to load or to run costs the consistency term of that
 batch only (logged); the other three terms are scored as usual, and the next batch tries again. Each result carries
 `sam2_ok` (1.0, or 0.0 when SAM2 failed for that rollout), which verl averages into its step metrics, so a lost
 SAM2 term is visible there; after `max_sam2_load_failures` failed loads in a row the worker raises `SAM2LoadError`
@@ -29,31 +31,32 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from veason_r1.models.config import PropagatorConfig
 from veason_r1.models.families import DEFAULT_FAMILY
-from veason_r1.models.registry import propagator_needs_checkpoint
-from veason_r1.reward.scoring import TERMS, RewardConfig, RewardSample, score_groups, score_response
+from veason_r1.reward.config import FIELDS, RewardConfig, reward_config
+from veason_r1.reward.scoring import TERMS, RewardSample, score_groups, score_response
 
 logger = logging.getLogger(__name__)
 
 _LOCK = threading.RLock()
 _PROPAGATORS: dict[tuple, Any] = {}
 _LOAD_FAILURES = {"in_a_row": 0}  # failed SAM2 loads in a row in this process (reset by a successful load)
-DEFAULT_MAX_SAM2_LOAD_FAILURES = 3
+_DEFAULT = RewardConfig()  # the defaults of compute_score's keyword options (a test keeps them equal to the fields)
+_SAMPLES: OrderedDict[str, RewardSample] = OrderedDict()
+_VIDEOS: OrderedDict[str, Any] = OrderedDict()
+SAMPLE_CACHE = 256
+VIDEO_CACHE = 32
 
 
 class SAM2LoadError(RuntimeError):
     """SAM2 failed to load `max_sam2_load_failures` times in a row: the consistency term would be 0 for the rest of
     the run, so the reward worker stops it."""
-_SAMPLES: OrderedDict[str, RewardSample] = OrderedDict()
-_VIDEOS: OrderedDict[str, Any] = OrderedDict()
-SAMPLE_CACHE = 256
-VIDEO_CACHE = 32
 
 
 def make_ground_truth(frame_ids, gt_boxes, gt_masks, frames=None, jpeg_quality: int = 95,
@@ -126,65 +129,13 @@ def parse_ground_truth(ground_truth: Any, extra_info: dict | None = None) -> Rew
                         family=str(gt.get("family") or DEFAULT_FAMILY.name))
 
 
-@dataclass(frozen=True)
-class RewardOptions:
-    """The `reward_kwargs` of `compute_score` / `compute_score_batch`: a misspelt key is an error, never a default.
-
-    `sam2_model` / `sam2_checkpoint` / `sam2_device` fall back to VEASON_SAM2_MODEL / VEASON_SAM2_CHECKPOINT /
-    VEASON_SAM2_DEVICE; with `use_consistency` a SAM2 config is required, and a real one (not the random-weight
-    "tiny", which only a test or the demo asks for by name) needs its checkpoint."""
-
-    sam2_model: str | None = None
-    sam2_checkpoint: str | None = None
-    sam2_device: str | None = None
-    variant: str = "faithful"
-    use_consistency: bool = True
-    use_keyframe: bool = True
-    max_sam2_load_failures: int = DEFAULT_MAX_SAM2_LOAD_FAILURES
-
-    def __post_init__(self) -> None:
-        env = os.environ
-        object.__setattr__(self, "sam2_model", self.sam2_model or env.get("VEASON_SAM2_MODEL") or None)
-        object.__setattr__(self, "sam2_checkpoint", self.sam2_checkpoint or env.get("VEASON_SAM2_CHECKPOINT") or None)
-        object.__setattr__(self, "sam2_device", self.sam2_device or env.get("VEASON_SAM2_DEVICE") or None)
-        for name in ("use_consistency", "use_keyframe"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"reward_kwargs.{name}: expected true/false, got {getattr(self, name)!r}")
-        n = self.max_sam2_load_failures
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"reward_kwargs.max_sam2_load_failures: expected an integer >= 1, got {n!r}")
-        if self.use_consistency and not self.sam2_model:
-            raise ValueError("reward_kwargs.sam2_model is required with use_consistency (e.g. sam2_hiera_l, with "
-                             "sam2_checkpoint); set use_consistency: false to drop the SAM2 term")
-        if self.use_consistency and propagator_needs_checkpoint(self.sam2_model) and not self.sam2_checkpoint:
-            raise ValueError(f"reward_kwargs.sam2_checkpoint is required for sam2_model={self.sam2_model!r}: a real "
-                             "SAM2 never scores with random weights")
-        RewardConfig(variant=self.variant)  # checks the variant name
-
-    @property
-    def config(self) -> RewardConfig:
-        return RewardConfig(variant=self.variant, use_consistency=self.use_consistency,
-                            use_keyframe=self.use_keyframe)
-
-
-def reward_options(**kwargs) -> RewardOptions:
-    """RewardOptions from reward_kwargs; an unknown key raises TypeError naming it and the known ones."""
-    known = {f.name for f in fields(RewardOptions)}
-    unknown = sorted(set(kwargs) - known)
-    if unknown:
-        raise TypeError(f"reward_kwargs: unknown key(s) {unknown}; known: {sorted(known)}")
-    return RewardOptions(**kwargs)
-
-
-def get_propagator(name: str, checkpoint: str | None = None, device: str | None = None):
+def get_propagator(propagator: PropagatorConfig):
     """This process's SAM2 propagator for one configuration (created once; thread safe). A failed load is not
     cached: the next batch tries again."""
-    from veason_r1.models.registry import load_propagator
-
-    key = (name, checkpoint, device)
+    key = (propagator.name, propagator.checkpoint, propagator.device, propagator.offload)
     with _LOCK:
         if key not in _PROPAGATORS:
-            _PROPAGATORS[key] = load_propagator(name, checkpoint, device)
+            _PROPAGATORS[key] = propagator.load()
         return _PROPAGATORS[key]
 
 
@@ -201,25 +152,25 @@ class _Unavailable:
     encode = propagate = propagate_groups = frame_ious_groups = _raise
 
 
-def _propagator(options: RewardOptions):
+def _propagator(config: RewardConfig):
     """The propagator, or an `_Unavailable` that fails only the consistency term (the error logged loudly); raises
     `SAM2LoadError` at the `max_sam2_load_failures`-th failed load in a row."""
+    p = config.propagator
     try:
-        propagator = get_propagator(options.sam2_model, options.sam2_checkpoint, options.sam2_device)
+        propagator = get_propagator(p)
     except Exception as e:  # a SAM2 failure costs the consistency term of this batch only
         with _LOCK:
             _LOAD_FAILURES["in_a_row"] += 1
             failures = _LOAD_FAILURES["in_a_row"]
-        if failures >= options.max_sam2_load_failures:
+        if failures >= config.max_sam2_load_failures:
             raise SAM2LoadError(
-                f"SAM2 {options.sam2_model!r} (checkpoint {options.sam2_checkpoint}, device {options.sam2_device}) "
-                f"failed to load {failures} times in a row in this reward worker ({type(e).__name__}: {e}); "
-                "stopping rather than training without the consistency term: fix the checkpoint or device (or set "
-                "reward.use_consistency=false to drop the term; reward.max_sam2_load_failures sets the limit)"
+                f"SAM2 {p.name!r} (checkpoint {p.checkpoint}, device {p.device}) failed to load {failures} times in "
+                f"a row in this reward worker ({type(e).__name__}: {e}); stopping rather than training without the "
+                "consistency term: fix reward.propagator.checkpoint or .device (or set reward.use_consistency=false "
+                "to drop the term; reward.max_sam2_load_failures sets the limit)"
             ) from e
         logger.exception("SAM2 %r (checkpoint %s) failed to load (%d in a row, limit %d): consistency scored 0 for "
-                         "this batch: %s", options.sam2_model, options.sam2_checkpoint, failures,
-                         options.max_sam2_load_failures, e)
+                         "this batch: %s", p.name, p.checkpoint, failures, config.max_sam2_load_failures, e)
         return _Unavailable(e)
     with _LOCK:
         _LOAD_FAILURES["in_a_row"] = 0
@@ -270,45 +221,51 @@ def _sample_key(ground_truth: Any, extra_info: dict | None) -> str:
     return f"{hash(text)}:{(extra_info or {}).get('frames_path', '')}"
 
 
+def _options(params: dict) -> RewardConfig:
+    """The RewardConfig of `compute_score`'s keyword options (`params`: its locals; the RewardConfig fields only)."""
+    return reward_config(**{name: params[name] for name in FIELDS})
+
+
 def compute_score(data_source=None, solution_str="", ground_truth=None, extra_info=None, *,
-                  sam2_model: str | None = None, sam2_checkpoint: str | None = None, sam2_device: str | None = None,
                   variant: str = "faithful", use_consistency: bool = True, use_keyframe: bool = True,
-                  max_sam2_load_failures: int = DEFAULT_MAX_SAM2_LOAD_FAILURES,
+                  image_size: int | None = None, propagator: PropagatorConfig | Mapping = _DEFAULT.propagator,
+                  max_sam2_load_failures: int = 3, group_window_s: float = 0.05, max_wait_s: float = 2.0,
                   reward_router_address=None, reward_model_tokenizer=None) -> dict:
     """verl `custom_reward_function`: {"score": overall, "format", "keyframe", "spatial", "consistency",
-    "overall", "sam2_ok"} (floats only: verl averages the extra keys). Never raises because of `solution_str`; a SAM2 that
-    fails costs only the consistency term. The keyword options are `RewardOptions` (a typo is a TypeError);
+    "overall", "sam2_ok"} (floats only: verl averages the extra keys). Never raises because of `solution_str`; a SAM2
+    that fails costs only the consistency term. The keyword options are the `RewardConfig` fields (reward/config.py;
+    `propagator` a PropagatorConfig or a mapping, e.g. verl's DictConfig): a misspelt one is a TypeError, a bad value
+    a ValueError naming `reward_kwargs.<key>`. `group_window_s` / `max_wait_s` are read by the batching manager only;
     `reward_router_address` / `reward_model_tokenizer` are what verl's naive manager may pass, unused here."""
-    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency, use_keyframe,
-                            max_sam2_load_failures)
+    config = _options(locals())
     extra_info = extra_info if isinstance(extra_info, dict) else {}
     sample = _cached(_SAMPLES, _sample_key(ground_truth, extra_info),
                      lambda: parse_ground_truth(ground_truth, extra_info), SAMPLE_CACHE)
     propagate = None
-    if options.use_consistency and sample.frames is not None:
-        propagator = _propagator(options)
+    if config.use_consistency and sample.frames is not None:
+        model = _propagator(config)
 
         def propagate(frames, position, boxes):
-            key = f"{id(propagator)}:{hash(frames.tobytes())}"
-            video = _cached(_VIDEOS, key, lambda: propagator.encode(frames), VIDEO_CACHE)
-            return propagator.propagate(video, position, boxes)
+            key = f"{id(model)}:{hash(frames.tobytes())}"
+            video = _cached(_VIDEOS, key, lambda: model.encode(frames), VIDEO_CACHE)
+            return model.propagate(video, position, boxes)
 
     result = score_response(solution_str if isinstance(solution_str, str) else str(solution_str),
-                            sample.frame_ids, sample.gt_boxes, sample.gt_masks, sample.frames, propagate,
-                            options.config)
+                            sample.frame_ids, sample.gt_boxes, sample.gt_masks, sample.frames, propagate, config)
     if result["failure"]:
         logger.debug("reward failure (%s): %s", data_source, result["failure"])
     return _with_sam2_ok(result)
 
 
 def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, uids=None, *,
-                        sam2_model: str | None = None, sam2_checkpoint: str | None = None,
-                        sam2_device: str | None = None, variant: str = "faithful",
-                        use_consistency: bool = True, use_keyframe: bool = True,
-                        max_sam2_load_failures: int = DEFAULT_MAX_SAM2_LOAD_FAILURES) -> list[dict]:
-    """Batch form of `compute_score` (same dicts, same values): rollouts grouped by prompt (`uids[i]`, else the
-    ground truth), then one `score_groups` call, so SAM2 tracks all of them in shared batches. Used by
-    `VeasonGroupRewardManager` (verl_manager.py); also fits reward managers that call a function with lists."""
+                        variant: str = "faithful", use_consistency: bool = True, use_keyframe: bool = True,
+                        image_size: int | None = None, propagator: PropagatorConfig | Mapping = _DEFAULT.propagator,
+                        max_sam2_load_failures: int = 3, group_window_s: float = 0.05,
+                        max_wait_s: float = 2.0) -> list[dict]:
+    """Batch form of `compute_score` (same dicts, same values, same keyword options): rollouts grouped by prompt
+    (`uids[i]`, else the ground truth), then one `score_groups` call, so SAM2 tracks all of them in shared batches.
+    Used by `VeasonGroupRewardManager` (verl_manager.py); also fits reward managers that call a function with lists."""
+    config = _options(locals())
     n = len(solution_strs)
     for name, values in (("data_sources", data_sources), ("ground_truths", ground_truths),
                          ("extra_infos", extra_infos)):
@@ -316,9 +273,6 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos,
             raise ValueError(f"compute_score_batch: {name} has {len(values)} items for {n} solution_strs")
     if uids is not None and len(uids) != n:
         raise ValueError(f"compute_score_batch: uids has {len(uids)} items for {n} solution_strs")
-    options = RewardOptions(sam2_model, sam2_checkpoint, sam2_device, variant, use_consistency, use_keyframe,
-                            max_sam2_load_failures)
-    config = options.config
     groups: OrderedDict[tuple, list[int]] = OrderedDict()
     samples: dict[tuple, RewardSample] = {}
     for i in range(n):
@@ -329,12 +283,12 @@ def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos,
         key = (uid, skey)
         groups.setdefault(key, []).append(i)
         samples[key] = sample
-    propagator = None
+    model = None
     if config.use_consistency and any(s.frames is not None for s in samples.values()):
-        propagator = _propagator(options)
+        model = _propagator(config)
     texts = [s if isinstance(s, str) else str(s) for s in solution_strs]
     batches = [([texts[i] for i in idx], samples[key]) for key, idx in groups.items()]
-    scored = score_groups(batches, propagator, config)
+    scored = score_groups(batches, model, config)
     out: list[dict | None] = [None] * n
     for idx, results in zip(groups.values(), scored):
         for i, result in zip(idx, results):

@@ -13,16 +13,21 @@ rollouts grouped by prompt (`uid`, else the ground truth), SAM2 tracking batched
 - Streaming (the agent loop sends each finished rollout to a reward worker) batches whatever arrives within the
   window; scores do not depend on how samples are batched (same as per-sample `compute_score`).
 
-Config (verl YAML):
+Config (verl YAML; `veason-r1 rl --backend verl` writes this section from the GRPO config's `reward:`):
     reward:
       num_workers: 1
       reward_manager: {source: importlib, name: VeasonGroupRewardManager,
                        module: {path: pkg://veason_r1.reward.verl_manager}}
-      custom_reward_function: {path: /abs/checkout/grpo_reward/reward_score.py, name: compute_score,
-                               reward_kwargs: {sam2_model: sam2_hiera_l, sam2_checkpoint: /abs/sam2_hiera_large.pt,
-                                               group_window_s: 0.05, max_wait_s: 2.0}}
-The `reward_kwargs` are those of `compute_score` (verl_hook.py: `RewardOptions`, checked when the manager starts)
-plus the two timing knobs above. `veason-r1 rl --backend verl` writes this section from GRPOConfig `reward.*`.
+      custom_reward_function:
+        path: /abs/checkout/grpo_reward/reward_score.py
+        name: compute_score
+        reward_kwargs: {variant: faithful, use_consistency: true, use_keyframe: true, image_size: 560,
+                        propagator: {name: sam2_hiera_l, checkpoint: /abs/sam2_hiera_large.pt, device: cuda,
+                                     offload: false},
+                        max_sam2_load_failures: 3, group_window_s: 0.05, max_wait_s: 2.0}
+The `reward_kwargs` are one `RewardConfig` (reward/config.py), the keyword options of `compute_score`; they are
+checked by `reward_config` when the manager starts (a misspelt key, nested ones included, fails there rather than
+mid-step), and the two timing knobs above are read from it.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ import time
 from verl import DataProto
 from verl.experimental.reward_loop.reward_manager.base import RewardManagerBase
 
-from veason_r1.reward.verl_hook import compute_score_batch, release_cuda_cache, reward_options
+from veason_r1.reward.config import FIELDS, reward_config
+from veason_r1.reward.verl_hook import compute_score_batch, release_cuda_cache
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +51,11 @@ class VeasonGroupRewardManager(RewardManagerBase):
     def __init__(self, config, tokenizer, compute_score=None, reward_router_address=None, reward_model_tokenizer=None):
         super().__init__(config, tokenizer, compute_score)
         reward_cfg = config.reward.get("custom_reward_function", None) or {}
-        kwargs = dict(reward_cfg.get("reward_kwargs", None) or {})
-        self.window_s = float(kwargs.pop("group_window_s", 0.05))
-        self.max_wait_s = float(kwargs.pop("max_wait_s", 2.0))
-        reward_options(**kwargs)  # a misspelt or missing key fails here, when the worker starts, not mid-step
-        self.reward_kwargs = kwargs
+        # a misspelt key or a bad value fails here, when the worker starts, not mid-step
+        self.reward = reward_config(**dict(reward_cfg.get("reward_kwargs", None) or {}))
+        self.window_s = self.reward.group_window_s
+        self.max_wait_s = self.reward.max_wait_s
+        self.reward_kwargs = {name: getattr(self.reward, name) for name in FIELDS}  # compute_score_batch's options
         self._pending: list[tuple[dict, asyncio.Future]] = []
         self._first_arrival = 0.0
         self._timer: asyncio.TimerHandle | None = None

@@ -5,7 +5,9 @@ local trainer's knobs. The verl back-end never reads a second copy: each field t
 key in its metadata (`setting(..., key="actor_rollout_ref.actor.optim.lr")`), and `veason-r1 rl --backend verl`
 writes the verl config from this dataclass (`verl_overrides`, `veason_r1.rl.verl_config`). What verl needs beyond
 the method (GPU layout, vLLM memory, offloading: engine settings, not hyper-parameters) sits in the `verl` section,
-which may not set a key that a field here owns.
+which may not set a key that a field here owns. The `reward` section is the reward's own `RewardConfig`
+(reward/config.py), written whole as verl's `reward_kwargs` (one nested mapping, `propagator` nested, `image_size`
+from `data.image_size`): its key sits on the section and every field below it inherits it.
 
 One grammar for every change: a YAML file (`training_scripts/grpo_qwen2_5vl_3b.yaml`, `configs/grpo_local_tiny.yaml`)
 then `--set section.key=value` dotlists, checked strictly against these types and ranges before anything runs
@@ -22,8 +24,8 @@ from typing import Any, Literal
 from veason_r1.config import FRAMES, RESPONSE_BUDGET
 from veason_r1.models.families import DEFAULT_FAMILY, FAMILIES, family_of_folder
 from veason_r1.models.families import family as policy_family
-from veason_r1.models.registry import propagator_needs_checkpoint
-from veason_r1.structured_config import ConfigError, as_dict, flatten, load_structured, setting
+from veason_r1.reward.config import RewardConfig
+from veason_r1.structured_config import ConfigError, as_dict, flatten, load_structured, nested_dataclass, setting
 
 ARR = "actor_rollout_ref"
 REWARD_KWARGS = "reward.custom_reward_function.reward_kwargs"
@@ -123,25 +125,6 @@ class AlgorithmConfig:
 
 
 @dataclass
-class RewardSettings:
-    variant: Literal["faithful", "strict"] = setting("faithful", key=f"{REWARD_KWARGS}.variant")
-    use_consistency: bool = setting(True, key=f"{REWARD_KWARGS}.use_consistency")
-    use_keyframe: bool = setting(True, key=f"{REWARD_KWARGS}.use_keyframe", doc="False: the no-keyframe ablation")
-    # The release's reward SAM2 (v1 Hiera-L, docs/method.md §7) at the path docs/reproduce.md downloads it to. A real
-    # SAM2 always needs its checkpoint; the random-weight "tiny" model only when asked for by name (tests, demo).
-    sam2: str | None = setting("sam2_hiera_l", key=f"{REWARD_KWARGS}.sam2_model")
-    sam2_checkpoint: str | None = setting("checkpoints/sam2_hiera_large.pt", key=f"{REWARD_KWARGS}.sam2_checkpoint")
-    sam2_device: str | None = setting(None, key=f"{REWARD_KWARGS}.sam2_device", doc="None = the policy's device")
-    # verl's VeasonGroupRewardManager: flush a batch this long after the last arrival, at most max_wait_s after
-    # the first (streamed rollouts)
-    # Failed SAM2 loads in a row (per reward worker) after which the run stops: each failed batch scores its
-    # consistency term 0 (verl's `sam2_ok` metric shows it); a SAM2 that never loads must not train silently.
-    max_sam2_load_failures: int = setting(3, ge=1, key=f"{REWARD_KWARGS}.max_sam2_load_failures")
-    group_window_s: float = setting(0.05, ge=0, key=f"{REWARD_KWARGS}.group_window_s")
-    max_wait_s: float = setting(2.0, gt=0, key=f"{REWARD_KWARGS}.max_wait_s")
-
-
-@dataclass
 class TrainerConfig:
     project_name: str = setting("veason_r1", key="trainer.project_name")
     experiment_name: str = setting("grpo_qwen2_5vl_3b", key="trainer.experiment_name")
@@ -178,7 +161,10 @@ class GRPOConfig:
     actor: ActorConfig = dataclasses.field(default_factory=ActorConfig)
     rollout: RolloutConfig = dataclasses.field(default_factory=RolloutConfig)
     algorithm: AlgorithmConfig = dataclasses.field(default_factory=AlgorithmConfig)
-    reward: RewardSettings = dataclasses.field(default_factory=RewardSettings)
+    # the reward (reward/config.py), written whole as verl's reward_kwargs: every field below it maps to
+    # `reward.custom_reward_function.reward_kwargs.<field>` (`propagator` a nested mapping), `image_size` from
+    # data.image_size (its one home)
+    reward: RewardConfig = setting(factory=RewardConfig, key=REWARD_KWARGS)  # noqa: RUF009
     trainer: TrainerConfig = dataclasses.field(default_factory=TrainerConfig)
     # verl engine settings (nested verl keys): GPUs, tensor parallelism, vLLM memory, offloading, micro-batches of
     # the reference model. Read only by the verl back-end; a key owned by a field above is refused.
@@ -208,18 +194,22 @@ class GRPOConfig:
         need(self.rollout.top_k != 0, "rollout.top_k", "use -1 for off, or a positive count")
         unknown = sorted(set(t.logger) - set(LOGGERS))
         need(not unknown, "trainer.logger", f"unknown logger(s) {unknown}; known: {', '.join(LOGGERS)}")
-        if r.use_consistency:
-            need(r.sam2 is not None, "reward.sam2", "the SAM2 consistency term needs a SAM2 config name (the "
-                 "release's is sam2_hiera_l, with reward.sam2_checkpoint); set reward.use_consistency=false to drop it")
-        if r.sam2 is not None and propagator_needs_checkpoint(r.sam2):
-            need(r.sam2_checkpoint is not None, "reward.sam2_checkpoint",
-                 f"reward.sam2={r.sam2!r} needs its checkpoint: a real SAM2 never runs with random weights")
-        owned = {k for keys in verl_key_map().values() for k in keys}
-        clash = sorted(k for k in flatten(self.verl) if k in owned or any(k.startswith(o + ".") for o in owned))
-        if clash:
-            fields = {k: f for f, keys in verl_key_map().items() for k in keys}
-            raise ConfigError(f"{source}: verl.{clash[0]}: owned by the GRPO field {fields.get(clash[0], '?')!r}; "
-                              "set it there (one home per hyper-parameter)")
+        need(r.image_size in (None, d.image_size), "reward.image_size",
+             f"the policy's frame side is data.image_size ({d.image_size}), its one home: leave reward.image_size "
+             "unset (the reward reads data.image_size)")
+        problem = r.sam2_problem("reward.")
+        need(problem is None, *(problem or ("", "")))
+        owner = {k: f for f, keys in verl_key_map().items() for k in keys}
+        for key in sorted(flatten(self.verl)):
+            field = owner.get(key) or next((f for o, f in owner.items() if key.startswith(o + ".")), None)
+            field = field or next((f for m, f in verl_mappings().items() if key == m or key.startswith(m + ".")), None)
+            if field:
+                raise ConfigError(f"{source}: verl.{key}: owned by the GRPO field {field!r}; set it there (one home "
+                                  "per hyper-parameter)")
+
+    def reward_config(self) -> RewardConfig:
+        """The reward as the run scores it: `reward` with the policy's frame side (`data.image_size`)."""
+        return dataclasses.replace(self.reward, image_size=self.data.image_size)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -248,26 +238,52 @@ def get_field(cfg: Any, dotted: str) -> Any:
 # the verl key map, read off the fields
 
 
+def _walk_keys() -> tuple[dict[str, tuple[str, ...]], dict[str, str]]:
+    """(our dotted leaf field -> its verl key(s), verl mapping -> the field that owns it whole). A nested dataclass
+    whose field carries a key is written as that verl mapping: each of its fields maps to `<key>.<name>`, nested
+    ones recursively (`reward.propagator.name` -> `reward.custom_reward_function.reward_kwargs.propagator.name`)."""
+    import typing
+
+    leaves: dict[str, tuple[str, ...]] = {}
+    mappings: dict[str, str] = {}
+
+    def walk(cls, ours: str, inherited: str | None) -> None:
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            name = f"{ours}{f.name}"
+            key = f.metadata.get("key")
+            below = f"{inherited}.{f.name}" if inherited else None
+            sub = nested_dataclass(hints[f.name])
+            if sub is not None:
+                if key:
+                    mappings[key] = name
+                walk(sub, f"{name}.", key or below)
+            elif key:
+                leaves[name] = (key,) if isinstance(key, str) else tuple(key)
+            elif below:
+                leaves[name] = (below,)
+
+    walk(GRPOConfig, "", None)
+    return leaves, mappings
+
+
 def verl_key_map() -> dict[str, tuple[str, ...]]:
     """Our dotted field -> the verl 0.9.1 key(s) holding the same value (from the fields' metadata)."""
-    out: dict[str, tuple[str, ...]] = {}
-    defaults = GRPOConfig()
-    for section in dataclasses.fields(GRPOConfig):
-        cls = type(getattr(defaults, section.name))
-        if not dataclasses.is_dataclass(cls):
-            continue
-        for f in dataclasses.fields(cls):
-            key = f.metadata.get("key")
-            if key:
-                out[f"{section.name}.{f.name}"] = (key,) if isinstance(key, str) else tuple(key)
-    return out
+    return _walk_keys()[0]
+
+
+def verl_mappings() -> dict[str, str]:
+    """verl mappings written whole from one GRPO section (the reward's `reward_kwargs`) -> that section."""
+    return _walk_keys()[1]
 
 
 def verl_overrides(cfg: GRPOConfig) -> dict[str, Any]:
-    """verl key -> value for every field that verl also has (what the verl back-end writes into its config)."""
+    """verl key -> value for every field that verl also has (what the verl back-end writes into its config). The
+    reward's fields become one nested `reward_kwargs` mapping (`verl_config.nested`), `image_size` included."""
     out: dict[str, Any] = {}
+    resolved = dataclasses.replace(cfg, reward=cfg.reward_config())
     for ours, keys in verl_key_map().items():
-        value = get_field(cfg, ours)
+        value = get_field(resolved, ours)
         if ours == "rollout.log_prob_micro_batch_size_per_gpu" and value is None:
             value = cfg.actor.ppo_micro_batch_size_per_gpu
         if isinstance(value, tuple):
@@ -279,5 +295,5 @@ def verl_overrides(cfg: GRPOConfig) -> dict[str, Any]:
 
 
 __all__ = ["ActorConfig", "AlgorithmConfig", "ConfigError", "DataConfig", "GRPOConfig", "ModelConfig",
-           "RewardSettings", "RolloutConfig", "TrainerConfig", "flatten", "get_field", "load_config",
-           "validation_enabled", "verl_key_map", "verl_overrides"]
+           "RewardConfig", "RolloutConfig", "TrainerConfig", "flatten", "get_field", "load_config",
+           "validation_enabled", "verl_key_map", "verl_mappings", "verl_overrides"]

@@ -55,7 +55,8 @@ def absolute(cfg: GRPOConfig, base: str | Path | None = None) -> GRPOConfig:
         data=dataclasses.replace(d, train_root=_abs(d.train_root, base), train_pool=_abs(d.train_pool, base),
                                  val_root=_abs(d.val_root, base)),
         model=dataclasses.replace(m, path=_abs(_named_policy_folder(m.path), base)),
-        reward=dataclasses.replace(r, sam2_checkpoint=_abs(r.sam2_checkpoint, base)),
+        reward=dataclasses.replace(r, propagator=dataclasses.replace(
+            r.propagator, checkpoint=_abs(r.propagator.checkpoint, base))),
         trainer=dataclasses.replace(t, default_local_dir=_abs(t.default_local_dir, base)),
     )
 
@@ -72,17 +73,18 @@ def missing_inputs(cfg: GRPOConfig) -> list[str]:
         problems.append(f"model.path: {e} (the SFT-merged model: training_scripts/run_sft.sh writes it)")
     from veason_r1.models.registry import propagator_name_problem, tracker_of
 
-    tracker = tracker_of(cfg.reward.sam2)  # a transformers tracker: a name, and its checkpoint is a weights folder
-    if cfg.reward.use_consistency and cfg.reward.sam2 and tracker is None:
-        problem = propagator_name_problem(cfg.reward.sam2)
+    prop = cfg.reward.propagator
+    tracker = tracker_of(prop.name)  # a transformers tracker: a name, and its checkpoint is a weights folder
+    if cfg.reward.use_consistency and prop.name and tracker is None:
+        problem = propagator_name_problem(prop.name)
         if problem:
-            problems.append(f"reward.sam2: {problem[0]}: {problem[1]}")
-    ckpt = cfg.reward.sam2_checkpoint
+            problems.append(f"reward.propagator.name: {problem[0]}: {problem[1]}")
+    ckpt = prop.checkpoint
     if tracker is not None and cfg.reward.use_consistency and ckpt and not (Path(ckpt) / "config.json").is_file():
-        problems.append(f"reward.sam2_checkpoint: {ckpt} is not a weights folder (config.json + model.safetensors) "
-                        f"for reward.sam2={cfg.reward.sam2} (docs/models.md)")
+        problems.append(f"reward.propagator.checkpoint: {ckpt} is not a weights folder (config.json + "
+                        f"model.safetensors) for reward.propagator.name={prop.name} (docs/models.md)")
     elif tracker is None and cfg.reward.use_consistency and ckpt and not Path(ckpt).is_file():
-        problems.append(f"reward.sam2_checkpoint: {cfg.reward.sam2_checkpoint} not found (docs/reproduce.md, 'What to download' "
+        problems.append(f"reward.propagator.checkpoint: {ckpt} not found (docs/reproduce.md, 'What to download' "
                         "says where to download it)")
     if not REWARD_FILE.is_file():
         problems.append(f"reward file: {REWARD_FILE} not found (the checkout is incomplete)")

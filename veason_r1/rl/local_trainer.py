@@ -183,16 +183,10 @@ class LocalGRPOTrainer:
             use_kl_loss=cfg.actor.use_kl_loss, kl_loss_coef=cfg.actor.kl_loss_coef, kl_loss_type=cfg.actor.kl_loss_type,
             ppo_epochs=cfg.actor.ppo_epochs,
         )
-        from veason_r1.reward import RewardConfig
-
-        self.reward_config = RewardConfig(variant=cfg.reward.variant, use_consistency=cfg.reward.use_consistency,
-                                          use_keyframe=cfg.reward.use_keyframe, image_size=cfg.data.image_size)
+        self.reward_config = cfg.reward_config()  # image_size: data.image_size
         self.propagator = propagator
         if self.propagator is None and cfg.reward.use_consistency:
-            from veason_r1.models.registry import load_propagator
-
-            self.propagator = load_propagator(cfg.reward.sam2, cfg.reward.sam2_checkpoint,
-                                        cfg.reward.sam2_device or self.device)  # "tiny" only when named
+            self.propagator = cfg.reward.propagator.load(self.device)  # its own device, else the trainer's
         bs = cfg.data.train_batch_size
         self.steps_per_epoch = max(1, len(self.train_pool) // bs)
         self.total_steps = cfg.trainer.total_training_steps or self.steps_per_epoch * cfg.trainer.total_epochs

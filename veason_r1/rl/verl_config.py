@@ -238,8 +238,6 @@ def verl_values(cfg: GRPOConfig, *, train_file: str, val_file: str | None, has_f
     # verl's TensorBoard logger writes to $TENSORBOARD_DIR, else to tensorboard_log/ under the cwd of its driver (a
     # Ray actor: on an existing cluster, the cluster's start directory): keep the events with the run
     values[f"{env}.TENSORBOARD_DIR"] = str(run_dir / "tensorboard")
-    if cfg.reward.sam2_device:
-        values[f"{env}.VEASON_SAM2_DEVICE"] = cfg.reward.sam2_device
     return values, [note] if note else []
 
 
