@@ -88,8 +88,9 @@ def main(argv=None) -> int:
         extra = [] if seed is None else [f"demo.seed={seed}"]
         base = {"out": str(out), "demo": as_dict(DemoConfig(out=str(out / "shared"), progress=False))}
         cfg = load_structured(ReproConfig, None, [*args.set, *extra], base=base)
-        if cfg.demo.policy != "toy" or cfg.demo.sam2 != "toy":
-            print("toy_reproduction: starts from the shipped toy models (demo.policy=toy, demo.sam2=toy)",
+        if cfg.demo.policy.model != "toy" or cfg.demo.propagator.name != "toy":
+            print("toy_reproduction: starts from the shipped toy models (demo.policy.model=toy, "
+                  "demo.propagator.name=toy)",
                   file=sys.stderr)
             return 2
         result = run_one(cfg, force=args.force)
@@ -108,7 +109,6 @@ def main(argv=None) -> int:
 def run_one(cfg: ReproConfig, force: bool = False) -> dict:
     """One seed: the shared stages, every arm, every evaluation (resumable in cfg.out); the summary."""
     from veason_r1 import stages
-    from veason_r1.models.sam2 import load_sam2
     from veason_r1.models.toy import toy_policy_dir
     from veason_r1.rl.heldout import HeldoutConfig
     from veason_r1.runner import StageRunner
@@ -125,7 +125,7 @@ def run_one(cfg: ReproConfig, force: bool = False) -> dict:
     runner = StageRunner(out, names, fingerprint, what="toy reproduction", force=force).open()
     restore = stages.offline_runtime(demo.threads)
     try:
-        sam2 = load_sam2(demo.sam2, device="cpu", seed=demo.seed)
+        sam2 = demo.propagator.load(seed=demo.seed)
         sft = demo.sft_config(paths, toy_policy_dir())
         arms = {a: arm_config(cfg, paths, a) for a in cfg.arms}
         models = {"sft": paths.sft_merged, **{a: stages.final_model(c) for a, c in arms.items()}}

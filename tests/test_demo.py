@@ -229,6 +229,29 @@ def test_demo_overrides_share_the_config_grammar(tmp_path, capsys):
     assert not (tmp_path / "x").exists()
 
 
+def test_demo_models_are_the_nested_policy_and_propagator_configs(tmp_path, capsys):
+    """The demo names its models with models/config.py's PolicyConfig / PropagatorConfig: `--sam2 tiny` and
+    `--set propagator.name=tiny` are the same setting, the GRPO reward gets the demo's propagator whole, and a model
+    the demo cannot run (a real SAM2, a GPU) is refused naming the key."""
+    from veason_r1.cli import main
+    from veason_r1.demo import Paths, demo_config
+    from veason_r1.models.config import PolicyConfig, PropagatorConfig
+
+    cfg = demo_config(["propagator.name=tiny"], out=str(tmp_path / "d"))
+    assert cfg.propagator == PropagatorConfig("tiny", device="cpu")
+    assert cfg.policy == PolicyConfig("toy", device="cpu", dtype="float32")
+    assert cfg.rl_config(Paths(tmp_path / "d")).reward.propagator == cfg.propagator
+    assert demo_config([], out=str(tmp_path / "d"), propagator={"name": "tiny"}) == cfg
+    for bad, message in (("propagator.name=sam2.1_hiera_l", "propagator.name = 'sam2.1_hiera_l': must be 'toy'"),
+                         ("propagator.device=cuda", "propagator.device = 'cuda': the demo runs on the CPU"),
+                         ("policy.model=/a/folder", "policy.model = '/a/folder': must be 'toy'"),
+                         ("rl.reward.propagator.name=tiny", "rl.reward.propagator.name is filled in by the demo")):
+        assert main(["demo", "--out", str(tmp_path / "x"), "--set", bad, "--no-progress"]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert not (tmp_path / "x").exists()
+
+
 def test_force_keeps_the_users_files_and_refuses_a_symlink(tmp_path, capsys):
     """Issue 26 items 3 and 7: --force deleted files the user added in the demo folder, a symlinked --out gave a
     traceback, a corrupt state file gave a traceback."""

@@ -35,6 +35,7 @@ from veason_r1 import stages
 from veason_r1.data.synthetic import SynthConfig
 from veason_r1.datacon.cot import CotConfig
 from veason_r1.errors import BadInput
+from veason_r1.models.config import PolicyConfig, PropagatorConfig
 from veason_r1.models.families import DEFAULT_FAMILY
 from veason_r1.rl.config import GRPOConfig
 from veason_r1.runner import StageRecord, StageRunner
@@ -56,6 +57,9 @@ STAGES: tuple[tuple[str, str], ...] = (
 )
 # settings that only change how the demo runs, not what it computes (a rerun may change them freely)
 RUNTIME_FIELDS = ("out", "threads", "progress", "force", "verbose")
+# the models the demo can start from: named ones, which need no download
+DEMO_POLICIES = ("toy", "tiny")
+DEMO_PROPAGATORS = ("toy", "tiny", "toy-hf-sam2")
 # stage-config fields the demo fills in itself (paths under `out`, `seed`, `image_size`, the models): `--set` on them
 # is refused rather than silently overwritten
 OWNED = frozenset({
@@ -64,7 +68,8 @@ OWNED = frozenset({
     "sft.image_size", "sft.seed",
     "rl.data.train_root", "rl.data.train_pool", "rl.data.val_root", "rl.data.image_size", "rl.data.seed",
     "rl.model.path", "rl.trainer.default_local_dir", "rl.trainer.seed", "rl.reward.propagator.name",
-    "rl.reward.propagator.checkpoint", "rl.reward.image_size",
+    "rl.reward.propagator.checkpoint", "rl.reward.propagator.device", "rl.reward.propagator.offload",
+    "rl.reward.image_size",
 })
 
 
@@ -114,10 +119,11 @@ class DemoConfig:
     seed: int = 0  # data, models and training (filled into each stage's config)
     # policy inputs: 112 px -> 16 visual tokens per frame (560 -> 400 on the real model)
     image_size: int = 112
-    # the models the recipe starts from: "toy" = the shipped trained toy checkpoints (veason_r1/assets/toy,
-    # `veason-r1 make-toy`), "tiny" = random-init tiny models (fast pipeline checks; they cannot learn much)
-    policy: str = "toy"
-    sam2: str = "toy"
+    # the models the recipe starts from (models/config.py, on the CPU): "toy" = the shipped trained toy checkpoints
+    # (veason_r1/assets/toy, `veason-r1 make-toy`), "tiny" = random-init tiny models (fast pipeline checks; they
+    # cannot learn much); the propagator also "toy-hf-sam2" (the toy weights through transformers)
+    policy: PolicyConfig = field(default_factory=lambda: PolicyConfig(model="toy", device="cpu", dtype="float32"))
+    propagator: PropagatorConfig = field(default_factory=lambda: PropagatorConfig(name="toy", device="cpu"))
     # policy "tiny" only: its random lm_head is scaled so that LoRA (which leaves lm_head and the final norm
     # frozen) can make it confident: at the stock init a perfectly aligned hidden state reaches a softmax of only
     # ~0.14 over the 3k vocabulary, so SFT plateaus near loss 2.5 and temperature-1 rollouts are noise.
@@ -150,9 +156,15 @@ class DemoConfig:
         need(self.eval.max_new_tokens >= 1, "eval.max_new_tokens", "must be >= 1")
         need(self.eval.batch_size >= 1, "eval.batch_size", "must be >= 1")
         need(self.threads is None or self.threads >= 1, "threads", "must be >= 1 or None")
-        need(self.policy in ("toy", "tiny"), "policy", "must be 'toy' (the shipped toy base) or 'tiny' (random init)")
-        need(self.sam2 in ("toy", "tiny", "toy-hf-sam2"), "sam2", "must be 'toy' (the shipped toy SAM2), "
+        need(self.policy.model in DEMO_POLICIES, "policy.model",
+             "must be 'toy' (the shipped toy base) or 'tiny' (random init)")
+        need(self.policy.device == "cpu", "policy.device", "the demo runs on the CPU")
+        need(self.policy.dtype in ("auto", "float32"), "policy.dtype", "the demo trains and predicts in float32")
+        need(self.propagator.device == "cpu", "propagator.device", "the demo runs on the CPU")
+        need(self.propagator.name in DEMO_PROPAGATORS, "propagator.name", "must be 'toy' (the shipped toy SAM2), "
              "'toy-hf-sam2' (the same weights through transformers) or 'tiny' (random init)")
+        need(self.propagator.checkpoint is None, "propagator.checkpoint",
+             "the demo's propagators are named ones, which bring their own weights")
         self.synth.validate()
         self.rl.validate(source)
 
@@ -181,8 +193,7 @@ class DemoConfig:
                                      image_size=self.image_size, seed=self.seed),
             model=dataclasses.replace(rl.model, path=str(paths.sft_merged)),
             trainer=dataclasses.replace(rl.trainer, default_local_dir=str(paths.rl), seed=self.seed),
-            reward=dataclasses.replace(rl.reward, propagator=dataclasses.replace(rl.reward.propagator, name=self.sam2,
-                                                                                 checkpoint=None)))
+            reward=dataclasses.replace(rl.reward, propagator=self.propagator))
 
 
 class DemoSetupError(BadInput):
@@ -295,9 +306,7 @@ class Demo:
         """The demo's SAM2 (CPU): the shipped toy checkpoint or a random-init tiny one, loaded once for the reward,
         both evaluations and the held-out reward."""
         if self._propagator is None:
-            from veason_r1.models.registry import load_propagator
-
-            self._propagator = load_propagator(self.cfg.sam2, device="cpu", seed=self.cfg.seed)
+            self._propagator = self.cfg.propagator.load(seed=self.cfg.seed)
         return self._propagator
 
     @property
@@ -305,11 +314,11 @@ class Demo:
         """The folder SFT starts from: the shipped toy base policy, or the demo's own random-init tiny model."""
         from veason_r1.models.toy import toy_policy_dir
 
-        return toy_policy_dir() if self.cfg.policy == "toy" else self.paths.tiny
+        return toy_policy_dir() if self.cfg.policy.model == "toy" else self.paths.tiny
 
     def stage_base(self) -> tuple[str, dict]:
         c = self.cfg
-        if c.policy == "toy":
+        if c.policy.model == "toy":
             manifest = json.loads((self.base_model / "manifest.json").read_text())
             held = manifest["heldout"]
             params = stages.count_parameters(self.base_model)
@@ -379,7 +388,7 @@ def demo_config(overrides: list[str] | tuple[str, ...] = (), *, rl_config: str |
         owned = sorted(k for k in flatten(dict(layer)) if k in OWNED)
         if owned:
             raise DemoSetupError(source if source != "config" else owned[0],
-                                 f"{owned[0]} is filled in by the demo (from out, seed, image_size, policy or sam2)",
+                                 f"{owned[0]} is filled in by the demo (from out, seed, image_size, policy or propagator)",
                                  hint="set the demo's own field instead")
     return load_structured(DemoConfig, None, overrides, base=merge_layers(base, values))
 

@@ -32,16 +32,21 @@ TOY_STATEMENT = ("This is a toy world: synthetic coloured shapes and toy models 
                  "says nothing about the paper's numbers.")
 
 
+def _named(cfg: dict, section: str, key: str) -> str | None:
+    """The model a demo config names (`policy.model`, `propagator.name`: models/config.py)."""
+    return (cfg.get(section) or {}).get(key)
+
+
 def statement(cfg: dict) -> str:
     """What the numbers of a run can and cannot mean, by the models it started from."""
-    return TOY_STATEMENT if cfg.get("policy") == "toy" else DISCLAIMER
+    return TOY_STATEMENT if _named(cfg, "policy", "model") == "toy" else DISCLAIMER
 
 
 def models_line(cfg: dict) -> str:
     policy = ("the shipped toy base policy (5.6M-parameter Qwen2.5-VL trained on synthetic grounding tasks; "
-              "docs/toy_reproduction.md)" if cfg.get("policy") == "toy" else
+              "docs/toy_reproduction.md)" if _named(cfg, "policy", "model") == "toy" else
               "a ~1.3M-parameter Qwen2.5-VL with random initial weights")
-    sam2 = ("the shipped toy SAM2 (1.5M parameters trained with SAM2's own training code)" if cfg.get("sam2") == "toy"
+    sam2 = ("the shipped toy SAM2 (1.5M parameters trained with SAM2's own training code)" if _named(cfg, "propagator", "name") == "toy"
             else "a ~1M-parameter random-init SAM2.1")
     return f"The policy starts from {policy}; SAM2 is {sam2}; the data is the synthetic shapes benchmark."
 
@@ -338,7 +343,7 @@ def _answers_line(results: dict) -> str:
 
 
 def _base_choice(cfg: dict) -> str:
-    if cfg.get("policy") == "toy":
+    if _named(cfg, "policy", "model") == "toy":
         return (f"SFT trains `{cfg['sft']['additional_target']}` in full beside the LoRA adapter: the toy base only "
                 "ever answered JSON, so its output layer pushes every English word of the CoT down (LoRA alone "
                 "stalled at loss 6.9).")

@@ -15,7 +15,7 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from veason_r1.demo import DemoConfig
+    from veason_r1.demo import DEMO_POLICIES, DEMO_PROPAGATORS, DemoConfig
     from veason_r1.models.families import DEFAULT_FAMILY
 
     d = DemoConfig()  # every default below is read from it
@@ -43,11 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-new-tokens", type=int, default=None,
                         help=f"response budget at prediction and in GRPO rollouts (eval.max_new_tokens and "
                              f"rl.data.max_response_length, default: {d.eval.max_new_tokens})")
-    parser.add_argument("--policy", choices=["toy", "tiny"], default=d.policy,
-                        help=f"base policy: the shipped toy base or a random-init tiny model (default: {d.policy})")
-    parser.add_argument("--sam2", choices=["toy", "tiny", "toy-hf-sam2"], default=d.sam2,
-                        help=f"SAM2: the shipped toy checkpoint, the same through transformers (toy-hf-sam2) or a "
-                             f"random-init tiny model (default: {d.sam2})")
+    parser.add_argument("--policy", choices=DEMO_POLICIES, default=d.policy.model,
+                        help=f"base policy (policy.model): the shipped toy base or a random-init tiny model "
+                             f"(default: {d.policy.model})")
+    parser.add_argument("--sam2", choices=DEMO_PROPAGATORS, default=d.propagator.name,
+                        help=f"propagator (propagator.name): the shipped toy SAM2, the same through transformers "
+                             f"(toy-hf-sam2) or a random-init tiny model (default: {d.propagator.name})")
     parser.add_argument("--rl-config", default=None, help="GRPO YAML replacing configs/grpo_demo.yaml")
     parser.add_argument("--threads", type=int, default=d.threads, help=f"torch threads (default: {d.threads})")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -102,7 +103,8 @@ def run(args: argparse.Namespace) -> int:
         ("rl", "actor", "ppo_mini_batch_size"): args.rl_batch_size, ("rl", "rollout", "n"): args.rollout_n,
         ("eval", "max_new_tokens"): args.max_new_tokens, ("rl", "data", "max_response_length"): args.max_new_tokens,
     }
-    values: dict = {"out": args.out, "seed": args.seed, "policy": args.policy, "sam2": args.sam2,
+    values: dict = {"out": args.out, "seed": args.seed, "policy": {"model": args.policy},
+                    "propagator": {"name": args.sam2},
                     "threads": args.threads, "force": args.force, "progress": not args.no_progress}
     for keys, value in flags.items():
         if value is not None:
