@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import ast
 from pathlib import Path
 
@@ -232,3 +233,25 @@ def test_family_rows_are_the_rules():
     for row in FAMILIES.values():  # every family's recipe frame keeps the paper's ~400 visual tokens
         assert row.visual_tokens_per_frame(row.default_image_size) == 400
     assert RESPONSE_BUDGET == 1024 == SamplingConfig().max_new_tokens == GRPOConfig().data.max_response_length
+
+
+# the propagator's options before the model seams (issue 24): four spellings of three settings
+OLD_PROPAGATOR_SPELLINGS = re.compile(r"\b(sam2_ckpt|sam2_checkpoint|sam2_model|sam2_device|VEASON_SAM2_\w+)\b")
+
+
+def old_propagator_spellings(root: Path) -> list[str]:
+    """Lines of code, configs, scripts and docs that spell a propagator option another way than
+    `propagator.{name, checkpoint, device, offload}` (models/config.py)."""
+    files = [p for d in ("veason_r1", "grpo_reward", "configs", "training_scripts", "eval", "bench", "docs")
+             for p in sorted((root / d).rglob("*")) if p.suffix in (".py", ".yaml", ".sh", ".md")]
+    files += [root / "README.md"]
+    return [f"{p.relative_to(root)}:{i}: {line.strip()}" for p in files if p.is_file()
+            for i, line in enumerate(p.read_text().splitlines(), 1) if OLD_PROPAGATOR_SPELLINGS.search(line)]
+
+
+def test_the_propagator_options_have_one_spelling(tmp_path):
+    assert old_propagator_spellings(ROOT) == []
+    (tmp_path / "configs").mkdir()
+    (tmp_path / "README.md").write_text("reward.propagator.checkpoint\n")
+    (tmp_path / "configs" / "x.yaml").write_text("reward:\n  sam2_checkpoint: a.pt\n")
+    assert old_propagator_spellings(tmp_path) == ["configs/x.yaml:2: sam2_checkpoint: a.pt"]

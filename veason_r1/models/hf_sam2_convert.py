@@ -195,14 +195,14 @@ def sam2_to_hf(name: str, checkpoint: str | Path | None = None, seed: int = 0):
 
     from veason_r1.models.sam2 import build_sam2_model
 
-    sam2_model = build_sam2_model(name, None if checkpoint is None else str(checkpoint), "cpu", seed)
+    source_model = build_sam2_model(name, None if checkpoint is None else str(checkpoint), "cpu", seed)
     model_cfg = sam2_model_config(name)
     config = hf_config_from_sam2(model_cfg)
     model = Sam2VideoModel(config)
     kv = int(model_cfg["memory_encoder"]["out_dim"])
     if kv != 64:
         fit_memory_dim(model, kv)
-    state = convert_state_dict(sam2_model.state_dict())
+    state = convert_state_dict(source_model.state_dict())
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"sam2 -> hf-sam2 for {name!r}: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -24,9 +24,8 @@ string for a bool, `max_sam2_load_failures: 0` are each one line naming the key)
 `use_consistency` a propagator name is required, and a propagator that is not a registered name (`toy`, `tiny`, ...)
 needs its checkpoint: a real SAM2 never scores with random weights.
 
-There are no environment-variable fallbacks (the former VEASON_SAM2_MODEL / VEASON_SAM2_CHECKPOINT /
-VEASON_SAM2_DEVICE): the nested `propagator` mapping carries the name, checkpoint and device to every reward worker,
-so the generated verl config no longer sets VEASON_SAM2_DEVICE either.
+There are no environment-variable fallbacks: the nested `propagator` mapping carries the name, checkpoint and device
+to every reward worker, and the generated verl config sets no propagator variable in the workers' environment.
 """
 
 from __future__ import annotations
