@@ -68,7 +68,7 @@ def test_grpo_preflight_fails_without_gpu_and_names_each_fix(synth_root, tiny_di
     rows = _rows(text)
     assert rc == 1 and "NOT READY" in text
     assert rows["gpus"] == ("FAIL", rows["gpus"][1]) and rows["gpus"][1].startswith("no GPU:")
-    assert rows["inputs"][0] == "FAIL" and f"reward.propagator.checkpoint: {tmp_path / 'no.pt'} not found" in rows["inputs"][1]
+    assert rows["inputs"][0] == "FAIL" and f"{tmp_path / 'no.pt'}: reward.propagator.checkpoint: checkpoint not found" in rows["inputs"][1]
     assert "FAIL gpus: fix: run on a node with 2 GPU(s) of >= 75 GiB" in text
     assert "FAIL import vllm: fix: make ENV=gpu-vllm venv (installs vllm==0.24.0 with the pinned set)" in text
 

@@ -6,6 +6,7 @@ compose + validate_config, HFModelConfig, the FSDP engine's model builder, the c
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -26,8 +27,12 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sam2_ckpt(tmp_path_factory):
+    """A complete `torch.save` file where the SAM2 checkpoint must be (the launch checks its zip directory, as
+    `predict` does; nothing loads it here)."""
+    import torch
+
     path = tmp_path_factory.mktemp("ckpt") / "sam2_hiera_large.pt"
-    path.write_bytes(b"exists; not loaded by these tests")
+    torch.save({"model": {}}, path)
     return path
 
 
@@ -140,7 +145,7 @@ def test_sft_output_is_the_grpo_input_for_both_sizes():
 
 @pytest.mark.parametrize("broken,message", [
     ("model", "model.path: {model}: policy folder not found"),
-    ("sam2", "reward.propagator.checkpoint: {ckpt} not found"),
+    ("sam2", "{ckpt}: reward.propagator.checkpoint: checkpoint not found"),
     ("data", "data.train_root: '{data}' is not a folder"),
     ("pool", "data.train_pool: {pool} not found"),
 ])
@@ -176,7 +181,7 @@ def test_verl_launch_takes_a_transformers_tracker_with_its_weights_folder(synth_
     from veason_r1.rl.launch import LaunchError, prepare
 
     cfg = grpo_cfg(synth_root, tiny_dir, sam2_ckpt, tmp_path / "run", "reward.propagator.name=sam3")
-    with pytest.raises(LaunchError, match="is not a weights folder") as e:
+    with pytest.raises(LaunchError, match="reward.propagator.checkpoint: sam3 takes its weights folder") as e:
         prepare(cfg, "test")
     assert "unknown SAM2 config" not in str(e.value)
 
@@ -190,9 +195,7 @@ def test_every_path_reaching_verl_is_absolute(synth_root, tiny_dir, sam2_ckpt, t
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "ck").mkdir()
-    (tmp_path / "ck" / "sam2.pt").write_bytes(b"x")
-    import shutil
-
+    shutil.copyfile(sam2_ckpt, tmp_path / "ck" / "sam2.pt")
     shutil.copytree(tiny_dir, tmp_path / "model")
     cfg = grpo_cfg(synth_root, "model", "ck/sam2.pt", "outputs/rl/run")  # all relative
     tree = prepare(cfg, "test").tree

@@ -28,9 +28,11 @@ def tiny_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sam2_ckpt(tmp_path_factory):
-    """A file where the SAM2 checkpoint must be (the launch checks it exists; nothing loads it here)."""
+    """A complete `torch.save` file where the SAM2 checkpoint must be (the launch checks it; nothing loads it here)."""
+    import torch
+
     path = tmp_path_factory.mktemp("ckpt") / "sam2_hiera_large.pt"
-    path.write_bytes(b"not loaded by these tests")
+    torch.save({"model": {}}, path)
     return path
 
 

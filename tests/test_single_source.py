@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import re
 import ast
+import re
 from pathlib import Path
 
 from veason_r1.config import FRAMES, IMAGE_SIZE

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from veason_r1.models.config import PropagatorConfig
+from veason_r1.models.config import PropagatorConfig, config_keys
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 PASS, WARN, SKIP, FAIL = "PASS", "WARN", "SKIP", "FAIL"
@@ -458,8 +458,7 @@ def grpo_checks(cfg, source: str, cpu_ok: bool = False) -> list[Check]:
         out.append(Check("inputs", PASS, "model folder, SAM2 checkpoint, reward file and data files exist"))
         out += _safe("model folder", lambda: model_check(cfg.model.path))
         if cfg.reward.use_consistency:
-            names = {k: f"reward.propagator.{k}" for k in ("name", "checkpoint", "device", "offload")}
-            out += _safe("sam2", lambda: sam2_check(cfg.reward.propagator, cpu_ok, names))
+            out += _safe("sam2", lambda: sam2_check(cfg.reward.propagator, cpu_ok, config_keys("reward.propagator")))
             out += _safe("sam2 extension", lambda: sam2_extension_check(cpu_ok))
         out += _safe(f"data {cfg.data.train_split}", lambda: doctor_check(cfg.data.train_root, cfg.data.train_split))
         if cfg.data.val_split:

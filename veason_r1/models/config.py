@@ -167,6 +167,12 @@ def check_torch_checkpoint(path: str | os.PathLike, flag: str) -> None:
 # the one flag group
 
 
+def config_keys(prefix: str) -> dict[str, str]:
+    """How errors name a nested propagator's keys in a config file (`reward.propagator` -> `reward.propagator.name`,
+    ...) instead of the command-line flags."""
+    return {key: f"{prefix}.{key}" for key in PROPAGATOR_FLAGS}
+
+
 def add_propagator_flags(parser: argparse.ArgumentParser | Any, default: PropagatorConfig | None = None,
                          choices: list[str] | None = None) -> None:
     """--sam2, --sam2-checkpoint, --sam2-device, --offload (defaults from `default`); `choices` limits the names."""
@@ -221,5 +227,5 @@ def policy_from_args(args: argparse.Namespace) -> PolicyConfig:
 
 
 __all__ = ["DEFAULT_PROPAGATOR", "POLICY_FLAGS", "PROPAGATOR_FLAGS", "PolicyConfig", "PropagatorConfig",
-           "add_policy_flags", "add_propagator_flags", "check_torch_checkpoint", "policy_from_args",
+           "add_policy_flags", "add_propagator_flags", "check_torch_checkpoint", "config_keys", "policy_from_args",
            "propagator_from_args"]

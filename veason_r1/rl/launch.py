@@ -27,6 +27,8 @@ from pathlib import Path
 from veason_r1.rl.config import GRPOConfig, validation_enabled
 from veason_r1.rl.verl_config import GENERATED_NAME, REWARD_FILE, build_tree
 
+DOWNLOAD_HINT = "docs/reproduce.md, 'What to download', says where to get it"
+
 
 class LaunchError(ValueError):
     """A launch that would fail (a missing input): one line naming the config key and the path."""
@@ -71,21 +73,14 @@ def missing_inputs(cfg: GRPOConfig) -> list[str]:
         check_model_dir(cfg.model.path)
     except FileNotFoundError as e:
         problems.append(f"model.path: {e} (the SFT-merged model: training_scripts/run_sft.sh writes it)")
-    from veason_r1.models.registry import propagator_name_problem, tracker_of
+    if cfg.reward.use_consistency:  # the checks `predict` makes: a known name, a complete .pt / weights folder
+        from veason_r1.errors import UserError
+        from veason_r1.models.config import config_keys
 
-    prop = cfg.reward.propagator
-    tracker = tracker_of(prop.name)  # a transformers tracker: a name, and its checkpoint is a weights folder
-    if cfg.reward.use_consistency and prop.name and tracker is None:
-        problem = propagator_name_problem(prop.name)
-        if problem:
-            problems.append(f"reward.propagator.name: {problem[0]}: {problem[1]}")
-    ckpt = prop.checkpoint
-    if tracker is not None and cfg.reward.use_consistency and ckpt and not (Path(ckpt) / "config.json").is_file():
-        problems.append(f"reward.propagator.checkpoint: {ckpt} is not a weights folder (config.json + "
-                        f"model.safetensors) for reward.propagator.name={prop.name} (docs/models.md)")
-    elif tracker is None and cfg.reward.use_consistency and ckpt and not Path(ckpt).is_file():
-        problems.append(f"reward.propagator.checkpoint: {ckpt} not found (docs/reproduce.md, 'What to download' "
-                        "says where to download it)")
+        try:
+            cfg.reward.propagator.check(config_keys("reward.propagator"))
+        except UserError as e:
+            problems.append(f"{e} ({e.hint or DOWNLOAD_HINT})")
     if not REWARD_FILE.is_file():
         problems.append(f"reward file: {REWARD_FILE} not found (the checkout is incomplete)")
     d = cfg.data
