@@ -106,6 +106,8 @@ GRPO_YAML = {"qwen2_5_vl": "training_scripts/grpo_qwen2_5vl_3b.yaml",
 @pytest.mark.parametrize("name", list(NAMES))
 def test_verl_config_per_family_validates_through_verl(name, cached, synth_root, tmp_path):
     pytest.importorskip("verl")
+    import torch
+
     from veason_r1.models.registry import resolve_policy
     from veason_r1.rl.config import load_config
     from veason_r1.rl.launch import prepare
@@ -113,7 +115,7 @@ def test_verl_config_per_family_validates_through_verl(name, cached, synth_root,
 
     row = FAMILIES[name]
     ckpt = tmp_path / "sam2_hiera_large.pt"
-    ckpt.write_bytes(b"not loaded here")
+    torch.save({"model": {}}, ckpt)  # a complete checkpoint file (the launch checks it; nothing loads it here)
     size = small_size(row)
     cfg = load_config(GRPO_YAML[name], [f"data.train_root={synth_root}", "data.train_pool=null",
                                         f"model.path={resolve_policy(NAMES[name])}", f"reward.propagator.checkpoint={ckpt}",
