@@ -8,7 +8,10 @@
 # SAM2_SET / POLICY_SET: extra `--set KEY=VALUE` flags; SAM2_ARGS / POLICY_ARGS: extra make-toy flags.
 # POLICY_B_SET: a second policy build with these `--set` flags, trained at the same time (variant "b").
 # $OUT gets one tarball per build (checkpoint, manifest, curve, log) and the logs' tails: the device returns at most
-# 8 files of 16 MiB.
+# 8 files of 16 MiB. Each build is packed as soon as it ends.
+# DEADLINE (seconds from the start; 0 = none): builds still running then are stopped and what they have is packed,
+# so a call that runs long still returns every log and every finished checkpoint. SAM2_S / POLICY_S bound only the
+# training loops: set DEADLINE below the call's limit (the held-out measurement after training takes 1-3 minutes).
 set -u
 OUT=${OUT:-toy_build}
 SAM2_S=${SAM2_S:-380}
@@ -27,26 +30,46 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "sam
 PY
 echo "cpus $(nproc)"
 W=/tmp/toy_build; mkdir -p $W
+T0=$(date +%s)
+
+pack() {  # NAME: the build's folder (without its _work, nor the tokenizer files every toy policy shares) and log
+  local name=$1
+  [ -f $W/$name.log ] || return 0
+  cp $W/$name.log $W/$name/build.log 2>/dev/null
+  tar -C $W/$name -czf "$OUT/$name.tgz" --exclude=_work --exclude=tokenizer.json --exclude=vocab.json \
+    --exclude=merges.txt --exclude=tokenizer_config.json . 2>/dev/null
+  echo "$name packed at $(( $(date +%s) - T0 )) s" >> "$OUT/packed.txt"
+}
 
 policy() {  # NAME WORKERS SET...
   local name=$1 workers=$2; shift 2
   python3 -m veason_r1 make-toy policy --out $W/$name --device $DEVICE --time-budget "$POLICY_S" --workers $workers \
-    --heldout 200 --set eval_every=${EVAL_EVERY:-1000} ${POLICY_ARGS:-} "$@" > $W/$name.log 2>&1
+    --heldout ${POLICY_HELDOUT:-100} --set eval_every=${EVAL_EVERY:-1000} ${POLICY_ARGS:-} "$@" > $W/$name.log 2>&1
   echo "$name rc=$?" >> $W/$name.log
   sha256sum $W/$name/tokenizer.json $W/$name/config.json >> $W/$name.log 2>&1
+  pack $name
 }
 
 ( python3 -m veason_r1 make-toy sam2 --out $W/sam2 --device $DEVICE --time-budget "$SAM2_S" \
-    --workers ${SAM2_WORKERS:-5} ${SAM2_ARGS:-} ${SAM2_SET:-} > $W/sam2.log 2>&1; echo "sam2 rc=$?" >> $W/sam2.log ) &
+    --workers ${SAM2_WORKERS:-5} ${SAM2_ARGS:-} ${SAM2_SET:-} > $W/sam2.log 2>&1; echo "sam2 rc=$?" >> $W/sam2.log
+  pack sam2 ) &
+BUILDS=$!
 if [ -n "${POLICY_B_SET:-}" ]; then
   policy policy_b ${POLICY_B_WORKERS:-5} $POLICY_B_SET &
+  BUILDS="$BUILDS $!"
 fi
-policy policy ${POLICY_WORKERS:-10} ${POLICY_SET:-}
-wait
+policy policy ${POLICY_WORKERS:-10} ${POLICY_SET:-} &
+BUILDS="$BUILDS $!"
+WATCH=""
+if [ "${DEADLINE:-0}" -gt 0 ]; then
+  ( sleep "$DEADLINE"; echo "DEADLINE ${DEADLINE} s: stopping the builds still running" >> "$OUT/packed.txt"
+    pkill -TERM -f "veason_r1 make-toy" ) &
+  WATCH=$!
+fi
+wait $BUILDS  # every build (each packs itself when it ends), not the watchdog
+[ -n "$WATCH" ] && { pkill -P $WATCH 2>/dev/null; kill $WATCH 2>/dev/null; }
 for name in sam2 policy policy_b; do
   [ -f $W/$name.log ] || continue
-  cp $W/$name.log $W/$name/build.log 2>/dev/null
-  tar -C $W/$name -czf "$OUT/$name.tgz" --exclude=_work --exclude=tokenizer.json --exclude=vocab.json \
-    --exclude=merges.txt --exclude=tokenizer_config.json . 2>/dev/null
+  [ -f "$OUT/$name.tgz" ] || pack $name  # stopped at the deadline: what it has
   echo "== $name"; tail -c 1200 $W/$name.log
 done
