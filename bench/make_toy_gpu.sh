@@ -29,13 +29,14 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "sam
       torch.cuda.get_device_name(0) if torch.cuda.is_available() else "NO GPU")
 PY
 echo "cpus $(nproc)"
-W=/tmp/toy_build; mkdir -p $W
+W=${WORK:-/tmp/toy_build}; mkdir -p $W  # the builds' folders (WORK: elsewhere, e.g. a test's)
 T0=$(date +%s)
 
 pack() {  # NAME: the build's folder (without its _work, nor the tokenizer files every toy policy shares) and log
   local name=$1
   [ -f $W/$name.log ] || return 0
   cp $W/$name.log $W/$name/build.log 2>/dev/null
+  [ -f $W/$name/curve.json ] || cp $W/$name/_work/curve.json $W/$name/curve.json 2>/dev/null  # stopped: the curve so far
   tar -C $W/$name -czf "$OUT/$name.tgz" --exclude=_work --exclude=tokenizer.json --exclude=vocab.json \
     --exclude=merges.txt --exclude=tokenizer_config.json . 2>/dev/null
   echo "$name packed at $(( $(date +%s) - T0 )) s" >> "$OUT/packed.txt"
@@ -63,7 +64,7 @@ BUILDS="$BUILDS $!"
 WATCH=""
 if [ "${DEADLINE:-0}" -gt 0 ]; then
   ( sleep "$DEADLINE"; echo "DEADLINE ${DEADLINE} s: stopping the builds still running" >> "$OUT/packed.txt"
-    pkill -TERM -f "veason_r1 make-toy" ) &
+    pkill -TERM -f "veason_r1 make-toy [a-z0-9]+ --out $W/" ) &  # this script's builds only
   WATCH=$!
 fi
 wait $BUILDS  # every build (each packs itself when it ends), not the watchdog

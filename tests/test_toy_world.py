@@ -345,3 +345,51 @@ def test_a_resumed_build_equals_an_uninterrupted_one_and_refuses_new_steps(tmp_p
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(BadInput, match=r"steps: 4 -> 6"):
         train(tmp_path / "a", dataclasses.replace(cfg, steps=6), progress=False)
+
+
+def test_the_learning_curve_so_far_is_on_disk_at_every_logged_point(tmp_path):
+    """A build stopped between checkpoints (a GPU call's deadline) still leaves its curve: every `log` rewrites
+    `_work/curve.json`, which bench/make_toy_gpu.sh packs when the final one was not written."""
+    import json
+
+    from veason_r1.toy.schedule import TrainState
+
+    state = TrainState(tmp_path / "_work" / "train_state.pt")
+    state.history = []
+    (tmp_path / "_work").mkdir()
+    state.step = 25
+    state.log(loss=3.5)
+    state.step = 50
+    state.log(loss=3.25, s=1.5)
+    assert json.loads(state.curve_path.read_text()) == [{"step": 25, "loss": 3.5}, {"step": 50, "loss": 3.25, "s": 1.5}]
+
+
+def test_the_gpu_build_script_packs_every_build_when_its_deadline_stops_them(tmp_path):
+    """bench/make_toy_gpu.sh on the CPU at a tiny setting: DEADLINE stops the three builds mid-training (a GPU call
+    that runs long must still return its logs), each is packed with its log, and none of its processes is left."""
+    import os
+    import subprocess
+    import sys
+    import tarfile
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    work, out = tmp_path / "work", tmp_path / "out"
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
+           "PYTHONPATH": str(root), "SKIP_WHL": "1", "DEVICE": "cpu", "DEADLINE": "25", "SAM2_S": "5",
+           "POLICY_S": "5", "SAM2_WORKERS": "0", "POLICY_WORKERS": "0", "POLICY_B_WORKERS": "0", "WORK": str(work),
+           "SAM2_ARGS": "--train-videos 3 --heldout 1 --batch-size 2 --steps 100000",
+           "POLICY_ARGS": "--set batch_size=2 --steps 100000", "POLICY_HELDOUT": "2", "POLICY_B_SET": "--set lr=1e-3",
+           "OUT": str(out), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    run = subprocess.run(["bash", str(root / "bench/make_toy_gpu.sh")], cwd=root, env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert run.returncode == 0, run.stderr[-2000:]
+    packed = (out / "packed.txt").read_text()
+    assert "DEADLINE 25 s: stopping the builds still running" in packed
+    for name in ("sam2", "policy", "policy_b"):
+        assert f"{name} packed at" in packed
+        with tarfile.open(out / f"{name}.tgz") as tar:
+            log = tar.extractfile("./build.log").read().decode()
+        assert f"{name} rc=143" in log  # stopped by the deadline's SIGTERM, not finished
+    left = subprocess.run(["pgrep", "-f", f"make-toy [a-z0-9]+ --out {work}/"], capture_output=True, text=True)
+    assert left.stdout == ""

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from veason_r1.io_utils import atomic_write_bytes
+from veason_r1.io_utils import atomic_write_bytes, atomic_write_json
 
 
 @dataclass
@@ -57,8 +57,15 @@ class TrainState:
                     "history": self.history, "total": total, "config": self._fingerprint()}, buf)
         atomic_write_bytes(self.path, buf.getvalue())
 
+    @property
+    def curve_path(self) -> Path:
+        """The learning curve so far, next to the state file: a build stopped between checkpoints (a GPU call's
+        deadline) still leaves every logged point (make-toy writes the final `curve.json` itself)."""
+        return Path(self.path).parent / "curve.json"
+
     def log(self, **values: Any) -> None:
         self.history.append({"step": self.step, **values})
+        atomic_write_json(self.curve_path, self.history)
 
 
 def cosine_lr(step: int, total: int, lr: float, warmup: int, min_ratio: float) -> float:
