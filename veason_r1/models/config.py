@@ -183,11 +183,12 @@ def add_propagator_flags(parser: argparse.ArgumentParser | Any, default: Propaga
         f"{', '.join(sorted(PROPAGATORS))}, sam2.1_hiera_{{t,s,b+,l}}, sam2_hiera_*, a yaml, or a transformers "
         f"tracker ({', '.join(HF_TRACKERS)}) with its weights folder")
     parser.add_argument(PROPAGATOR_FLAGS["name"], dest="propagator_name", default=d.name, choices=choices,
+                        metavar=None if choices else "NAME",
                         help=f"mask propagator: {names} (default: {d.name})")
     parser.add_argument(PROPAGATOR_FLAGS["checkpoint"], "--sam2-ckpt", dest="propagator_checkpoint",
-                        default=d.checkpoint, help="its checkpoint: a SAM2 .pt file, or a tracker's weights folder "
+                        default=d.checkpoint, metavar="PATH", help="its checkpoint: a SAM2 .pt file, or a tracker's weights folder "
                         "(named propagators bring their own; a SAM2 config without one has random weights)")
-    parser.add_argument(PROPAGATOR_FLAGS["device"], dest="propagator_device", default=d.device,
+    parser.add_argument(PROPAGATOR_FLAGS["device"], dest="propagator_device", default=d.device, metavar="DEVICE",
                         help="its device (default: the policy's --device, else cuda when available)")
     parser.add_argument(PROPAGATOR_FLAGS["offload"], dest="propagator_offload", action="store_true",
                         default=d.offload, help="keep frames and memories in CPU memory (long videos: bounded GPU "
@@ -207,10 +208,11 @@ def add_policy_flags(parser: argparse.ArgumentParser | Any, default: PolicyConfi
 
     d = default or PolicyConfig()
     parser.add_argument(POLICY_FLAGS["model"], dest="policy_model", required=model_required, default=d.model,
+                        metavar="MODEL",
                         help=model_help or f"policy: a model folder (any family in models/families.py) or a name "
                                            f"({', '.join(sorted(POLICIES))})")
     parser.add_argument(POLICY_FLAGS["engine"], dest="policy_engine", choices=("hf", "vllm"), default=d.engine)
-    parser.add_argument(POLICY_FLAGS["device"], dest="policy_device", default=d.device,
+    parser.add_argument(POLICY_FLAGS["device"], dest="policy_device", default=d.device, metavar="DEVICE",
                         help="cuda / cpu (default: cuda when available)")
     parser.add_argument(POLICY_FLAGS["dtype"], dest="policy_dtype", default=d.dtype,
                         choices=("auto", "bfloat16", "float16", "float32"),
@@ -218,7 +220,7 @@ def add_policy_flags(parser: argparse.ArgumentParser | Any, default: PolicyConfi
     parser.add_argument(POLICY_FLAGS["fast_paths"], dest="policy_fast_paths", choices=("auto", "on", "off"),
                         default=d.fast_paths, help="exact HF speed-ups for Qwen2.5-VL (batched vision windows, "
                         "grouped decode attention); auto = on CUDA")
-    parser.add_argument(POLICY_FLAGS["tensor_parallel_size"], dest="policy_tensor_parallel_size", type=positive_int,
+    parser.add_argument(POLICY_FLAGS["tensor_parallel_size"], dest="policy_tensor_parallel_size", type=positive_int, metavar="N",
                         default=d.tensor_parallel_size, help="vLLM only")
 
 
