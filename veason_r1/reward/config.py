@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from veason_r1.config import IMAGE_SIZE
 from veason_r1.models.config import PropagatorConfig
-from veason_r1.structured_config import ConfigError, build, check_layer, setting
+from veason_r1.structured_config import ConfigError, as_dict, build, check_layer, setting
 
 # The release's reward SAM2 (v1 Hiera-L, docs/method.md §7) at the path docs/reproduce.md downloads it to. A real
 # SAM2 always needs its checkpoint; the random-weight "tiny" model only when asked for by name (tests, demo).
@@ -102,7 +102,7 @@ def plain(value: Any) -> Any:
     """Plain Python containers from a RewardConfig / PropagatorConfig, an OmegaConf node (verl hands the nested
     `propagator` over as a DictConfig) or any Mapping; other values unchanged."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        return as_dict(value)
     try:
         from omegaconf import OmegaConf
 

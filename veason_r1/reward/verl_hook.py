@@ -25,6 +25,7 @@ and the run stops instead of training on a reward without its SAM2 term (issue 2
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import logging
@@ -47,7 +48,7 @@ logger = logging.getLogger(__name__)
 _LOCK = threading.RLock()
 _PROPAGATORS: dict[tuple, Any] = {}
 _LOAD_FAILURES = {"in_a_row": 0}  # failed SAM2 loads in a row in this process (reset by a successful load)
-_DEFAULT = RewardConfig()  # the defaults of compute_score's keyword options (a test keeps them equal to the fields)
+_DEFAULT = RewardConfig()  # the defaults of compute_score's keyword options (a test keeps the names equal to the fields)
 _SAMPLES: OrderedDict[str, RewardSample] = OrderedDict()
 _VIDEOS: OrderedDict[str, Any] = OrderedDict()
 SAMPLE_CACHE = 256
@@ -132,7 +133,7 @@ def parse_ground_truth(ground_truth: Any, extra_info: dict | None = None) -> Rew
 def get_propagator(propagator: PropagatorConfig):
     """This process's SAM2 propagator for one configuration (created once; thread safe). A failed load is not
     cached: the next batch tries again."""
-    key = (propagator.name, propagator.checkpoint, propagator.device, propagator.offload)
+    key = dataclasses.astuple(propagator)  # every field: another checkpoint, device or offload is another model
     with _LOCK:
         if key not in _PROPAGATORS:
             _PROPAGATORS[key] = propagator.load()
@@ -227,9 +228,11 @@ def _options(params: dict) -> RewardConfig:
 
 
 def compute_score(data_source=None, solution_str="", ground_truth=None, extra_info=None, *,
-                  variant: str = "faithful", use_consistency: bool = True, use_keyframe: bool = True,
-                  image_size: int | None = None, propagator: PropagatorConfig | Mapping = _DEFAULT.propagator,
-                  max_sam2_load_failures: int = 3, group_window_s: float = 0.05, max_wait_s: float = 2.0,
+                  variant: str = _DEFAULT.variant, use_consistency: bool = _DEFAULT.use_consistency,
+                  use_keyframe: bool = _DEFAULT.use_keyframe, image_size: int | None = _DEFAULT.image_size,
+                  propagator: PropagatorConfig | Mapping = _DEFAULT.propagator,
+                  max_sam2_load_failures: int = _DEFAULT.max_sam2_load_failures,
+                  group_window_s: float = _DEFAULT.group_window_s, max_wait_s: float = _DEFAULT.max_wait_s,
                   reward_router_address=None, reward_model_tokenizer=None) -> dict:
     """verl `custom_reward_function`: {"score": overall, "format", "keyframe", "spatial", "consistency",
     "overall", "sam2_ok"} (floats only: verl averages the extra keys). Never raises because of `solution_str`; a SAM2
@@ -258,10 +261,12 @@ def compute_score(data_source=None, solution_str="", ground_truth=None, extra_in
 
 
 def compute_score_batch(data_sources, solution_strs, ground_truths, extra_infos, uids=None, *,
-                        variant: str = "faithful", use_consistency: bool = True, use_keyframe: bool = True,
-                        image_size: int | None = None, propagator: PropagatorConfig | Mapping = _DEFAULT.propagator,
-                        max_sam2_load_failures: int = 3, group_window_s: float = 0.05,
-                        max_wait_s: float = 2.0) -> list[dict]:
+                        variant: str = _DEFAULT.variant, use_consistency: bool = _DEFAULT.use_consistency,
+                        use_keyframe: bool = _DEFAULT.use_keyframe, image_size: int | None = _DEFAULT.image_size,
+                        propagator: PropagatorConfig | Mapping = _DEFAULT.propagator,
+                        max_sam2_load_failures: int = _DEFAULT.max_sam2_load_failures,
+                        group_window_s: float = _DEFAULT.group_window_s,
+                        max_wait_s: float = _DEFAULT.max_wait_s) -> list[dict]:
     """Batch form of `compute_score` (same dicts, same values, same keyword options): rollouts grouped by prompt
     (`uids[i]`, else the ground truth), then one `score_groups` call, so SAM2 tracks all of them in shared batches.
     Used by `VeasonGroupRewardManager` (verl_manager.py); also fits reward managers that call a function with lists."""

@@ -199,10 +199,11 @@ class GRPOConfig:
              "unset (the reward reads data.image_size)")
         problem = r.sam2_problem("reward.")
         need(problem is None, *(problem or ("", "")))
-        owner = {k: f for f, keys in verl_key_map().items() for k in keys}
+        leaves, mappings = _walk_keys()
+        owner = {k: f for f, keys in leaves.items() for k in keys}
         for key in sorted(flatten(self.verl)):
             field = owner.get(key) or next((f for o, f in owner.items() if key.startswith(o + ".")), None)
-            field = field or next((f for m, f in verl_mappings().items() if key == m or key.startswith(m + ".")), None)
+            field = field or next((f for m, f in mappings.items() if key == m or key.startswith(m + ".")), None)
             if field:
                 raise ConfigError(f"{source}: verl.{key}: owned by the GRPO field {field!r}; set it there (one home "
                                   "per hyper-parameter)")
