@@ -359,7 +359,7 @@ def test_resolve_models_builds_the_tiny_policy_once_and_names_bad_paths(app_cach
     assert resolve_models(cpu, cache_dir=app_cache).image_size == 112 and config.stat().st_mtime_ns == stamp
     with pytest.raises(BadInput, match=r"--model: '/no/such/model' is neither a known name \(tiny, tiny-qwen3_5, tiny-qwen3_vl, toy\)"):
         resolve_models(PolicyConfig(model="/no/such/model"), cache_dir=app_cache)
-    with pytest.raises(MissingInput, match="--sam2-checkpoint: no checkpoint there"):
+    with pytest.raises(MissingInput, match="/no/sam2.pt: --sam2-checkpoint: checkpoint not found"):
         resolve_models(cpu, PropagatorConfig(name="tiny", checkpoint="/no/sam2.pt"), cache_dir=app_cache)
 
 

@@ -72,6 +72,8 @@ def test_propagator_check_names_the_flag_or_the_config_key(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(BadInput, match="reward.propagator.checkpoint: not a PyTorch checkpoint"):
         PropagatorConfig("sam2.1_hiera_t", str(bad)).check({"checkpoint": "reward.propagator.checkpoint"})
+    with pytest.raises(MissingInput, match="--sam2-checkpoint: checkpoint not found"):  # a tracker's folder too
+        PropagatorConfig("sam3", str(tmp_path / "no_folder")).check()
     PropagatorConfig("toy").check()  # named: brings its own checkpoint
     assert not PropagatorConfig("toy").needs_checkpoint and PropagatorConfig("sam2.1_hiera_t").needs_checkpoint
     assert PropagatorConfig("tiny").random_weights and not PropagatorConfig("toy").random_weights

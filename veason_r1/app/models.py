@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from veason_r1.config import RESPONSE_BUDGET
-from veason_r1.models.config import POLICY_FLAGS, PROPAGATOR_FLAGS, PolicyConfig, PropagatorConfig
+from veason_r1.models.config import POLICY_FLAGS, PolicyConfig, PropagatorConfig
 from veason_r1.models.families import DEFAULT_FAMILY, family_of_folder
 from veason_r1.models.registry import POLICIES, PROPAGATORS, TINY, TINY_IMAGE_SIZE  # noqa: F401 - re-exported
 
@@ -58,13 +58,11 @@ def resolve_models(
     `max_shown_frames` bounds the frames per prompt a request may ask for (vLLM reserves room for them).
     Raises a `UserError` naming the flag and the value when a model is missing or wrong.
     """
-    from veason_r1.errors import BadInput, MissingInput
+    from veason_r1.errors import BadInput
     from veason_r1.inference.pipeline import build_engine
 
     policy = policy or PolicyConfig(model=DEFAULT_MODEL)
     propagator = propagator or PropagatorConfig(name=DEFAULT_SAM2)
-    if propagator.checkpoint is not None and not Path(propagator.checkpoint).exists():  # a file or a tracker folder
-        raise MissingInput(propagator.checkpoint, f"{PROPAGATOR_FLAGS['checkpoint']}: no checkpoint there")
     propagator.check()  # before the policy loads (minutes on a GPU node): a known name, a complete checkpoint
     named = NAMED_POLICIES.get(policy.model)
     if named is not None:

@@ -77,6 +77,9 @@ class PropagatorConfig:
                 raise BadInput(flag["checkpoint"], f"{flag['name']} {self.name} needs its weights folder",
                                hint=f"download it (docs/models.md), or use tiny-{self.name} for a random-weight "
                                     "test model")
+            if self.checkpoint is not None and not Path(self.checkpoint).exists():
+                raise MissingInput(self.checkpoint, f"{flag['checkpoint']}: checkpoint not found",
+                                   hint="see docs/models.md for what to download")
             if self.checkpoint is not None and not (Path(self.checkpoint) / "config.json").is_file():
                 raise MissingInput(self.checkpoint, f"{flag['checkpoint']}: {self.name} takes its weights folder "
                                    "(config.json + model.safetensors)", hint="see docs/models.md for what to download")
