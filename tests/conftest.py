@@ -46,6 +46,25 @@ def pytest_unconfigure(config):
 
 
 @pytest.fixture(scope="session")
+def llamafactory_sft():
+    """LLaMA-Factory's own SFT data path (arguments -> tokenizer -> template -> `get_dataset`), as a function of its
+    argument dict: (the tokenized train split, the tokenizer)."""
+
+    def load(args: dict):
+        from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
+        from llamafactory.hparams import get_train_args
+        from llamafactory.model import load_tokenizer
+
+        model_args, data_args, training_args, _, _ = get_train_args(args)
+        tok_module = load_tokenizer(model_args)
+        template = get_template_and_fix_tokenizer(tok_module["tokenizer"], data_args)
+        dataset = get_dataset(template, model_args, data_args, training_args, stage="sft", **tok_module)
+        return dataset["train_dataset"], tok_module["tokenizer"]
+
+    return load
+
+
+@pytest.fixture(scope="session")
 def synth_root(tmp_path_factory) -> Path:
     """A small synthetic ReVOS-format benchmark shared by the whole session (12 videos, seed 0)."""
     from veason_r1.data.synthetic import SynthConfig, write_benchmark

@@ -254,11 +254,9 @@ def _export(out_dir, row, size):
 
 
 @pytest.mark.parametrize("name", list(NAMES))
-def test_sft_export_tokenizes_with_the_family_template_as_the_policy_inputs(name, cached, tmp_path):
+def test_sft_export_tokenizes_with_the_family_template_as_the_policy_inputs(name, cached, tmp_path,
+                                                                            llamafactory_sft):
     pytest.importorskip("llamafactory")
-    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
-    from llamafactory.hparams import get_train_args
-    from llamafactory.model import load_tokenizer
     from PIL import Image
 
     from veason_r1.models.policy import GenerationRequest, build_inputs, load_processor
@@ -282,10 +280,7 @@ def test_sft_export_tokenizes_with_the_family_template_as_the_policy_inputs(name
                     export_dir=None, image_size=size, cutoff_len=1024, bf16=False, use_cpu=True,
                     template=row.sft_template, preprocessing_num_workers=None, dataloader_num_workers=0,
                     report_to="none")
-    model_args, data_args, training_args, _, _ = get_train_args(cfg.to_llamafactory())
-    tok_module = load_tokenizer(model_args)
-    template = get_template_and_fix_tokenizer(tok_module["tokenizer"], data_args)
-    ds = get_dataset(template, model_args, data_args, training_args, stage="sft", **tok_module)["train_dataset"]
+    ds, _ = llamafactory_sft(cfg.to_llamafactory())
     processor = load_processor(folder)
     tok = processor.tokenizer
     end = [tok.convert_tokens_to_ids("<|im_end|>")] + tok("\n", add_special_tokens=False)["input_ids"]

@@ -241,22 +241,15 @@ def test_resumed_training_logs_each_step_once(tiny_dir, data_dir, tmp_path):
 # SFT inputs == RL / inference inputs
 
 
-def test_sft_tokens_equal_policy_inputs(tiny_dir, data_dir, tmp_path):
+def test_sft_tokens_equal_policy_inputs(tiny_dir, data_dir, tmp_path, llamafactory_sft):
     """LLaMA-Factory's tokenized SFT sample == policy.build_inputs(prompt + response) + <|im_end|>\\n, and only the
     response (plus the end tokens) is supervised."""
-    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
-    from llamafactory.hparams import get_train_args
-    from llamafactory.model import load_tokenizer
-
     from veason_r1.models.policy import GenerationRequest, build_inputs, load_processor
 
     cfg = SFTConfig(model_name_or_path=str(tiny_dir), dataset_dir=str(data_dir), output_dir=str(tmp_path / "a"),
                     export_dir=None, image_size=SIZE, cutoff_len=1024, bf16=False, use_cpu=True,
                     preprocessing_num_workers=None, dataloader_num_workers=0, report_to="none")
-    model_args, data_args, training_args, _finetuning_args, _ = get_train_args(cfg.to_llamafactory())
-    tok_module = load_tokenizer(model_args)
-    template = get_template_and_fix_tokenizer(tok_module["tokenizer"], data_args)
-    ds = get_dataset(template, model_args, data_args, training_args, stage="sft", **tok_module)["train_dataset"]
+    ds, _ = llamafactory_sft(cfg.to_llamafactory())
     processor = load_processor(tiny_dir)
     tok = processor.tokenizer
     end = [tok.convert_tokens_to_ids("<|im_end|>")] + tok("\n", add_special_tokens=False)["input_ids"]

@@ -90,7 +90,7 @@ def tiny_qwen(tmp_path_factory) -> Path:
     return make_tiny_qwen(tmp_path_factory.mktemp("tiny_qwen"), seed=0)
 
 
-def test_llamafactory_loader_reads_the_export(synth_root, tiny_qwen, tmp_path):
+def test_llamafactory_loader_reads_the_export(synth_root, tiny_qwen, tmp_path, llamafactory_sft):
     """LLaMA-Factory's own get_dataset (qwen2_vl template, tiny offline tokenizer/processor) tokenizes every row
     with one block of image tokens per frame, and trains on exactly the assistant turn."""
     from veason_r1.cli import main
@@ -102,19 +102,11 @@ def test_llamafactory_loader_reads_the_export(synth_root, tiny_qwen, tmp_path):
     records = load_cot_records(out / "cot_records.jsonl")
     assert len(records) == 4
 
-    from llamafactory.data import get_dataset, get_template_and_fix_tokenizer
-    from llamafactory.hparams import get_train_args
-    from llamafactory.model import load_tokenizer
-
-    model_args, data_args, training_args, _, _ = get_train_args(dict(
+    train, tok = llamafactory_sft(dict(
         stage="sft", do_train=True, model_name_or_path=str(tiny_qwen), dataset="veason_cot",
         dataset_dir=str(out / "sft"), template="qwen2_vl", cutoff_len=8192, output_dir=str(tmp_path / "lf"),
         finetuning_type="lora", overwrite_cache=True, report_to="none", cache_dir=str(tmp_path / "hf_cache")))
-    tm = load_tokenizer(model_args)
-    template = get_template_and_fix_tokenizer(tm["tokenizer"], data_args)
-    train = get_dataset(template, model_args, data_args, training_args, "sft", **tm)["train_dataset"]
     assert len(train) == 4
-    tok = tm["tokenizer"]
     pad = tok.convert_tokens_to_ids("<|image_pad|>")
     rows = json.loads((out / "sft" / "veason_cot.json").read_text())
     by_answer = {r["messages"][2]["content"]: r for r in rows}

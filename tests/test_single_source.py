@@ -27,31 +27,40 @@ def _int_literal(node) -> bool:
     return isinstance(node, ast.Constant) and type(node.value) is int and node.value in METHOD_NUMBERS
 
 
+def _call_name(node: ast.Call) -> str:
+    return getattr(node.func, "id", getattr(node.func, "attr", ""))
+
+
+def named_values(node) -> list[tuple[str, str, ast.AST, int]]:
+    """(name, how a hit shows it, value, line) of every value `node` gives a name: function defaults, annotated
+    fields, `add_argument("--flag", default=...)` (shown as --flag) and call keywords. Both scanners below read
+    retyped numbers off these."""
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+        args = node.args.posonlyargs + node.args.args
+        pairs = list(zip(args[len(args) - len(node.args.defaults):], node.args.defaults))
+        pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
+        return [(a.arg, a.arg, d, d.lineno) for a, d in pairs]
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name) and node.value is not None:
+        return [(node.target.id, node.target.id, node.value, node.lineno)]
+    if not isinstance(node, ast.Call):
+        return []
+    out = []
+    if _call_name(node) == "add_argument":
+        flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
+        dest = flags[0].lstrip("-").replace("-", "_") if flags else ""
+        out += [(dest, f"--{dest}", kw.value, kw.lineno) for kw in node.keywords if kw.arg == "default"]
+    return out + [(kw.arg, kw.arg, kw.value, kw.lineno) for kw in node.keywords if kw.arg]
+
+
 def retyped_frame_numbers(path: Path) -> list[str]:
     """`name = <int>` defaults of frame-number names in one file (function defaults, fields, add_argument)."""
-    tree = ast.parse(path.read_text())
     found = []
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            args = node.args.posonlyargs + node.args.args
-            pairs = list(zip(args[len(args) - len(node.args.defaults):], node.args.defaults))
-            pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
-            found += [f"{a.arg}={d.value} (line {d.lineno})" for a, d in pairs
-                      if a.arg in FRAME_NAMES and _int_literal(d)]
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if node.target.id in FRAME_NAMES and node.value is not None and _int_literal(node.value):
-                found.append(f"{node.target.id}={node.value.value} (line {node.lineno})")
-        elif isinstance(node, ast.Call):
-            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
-            if name == "add_argument":
-                flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-                dest = flags[0].lstrip("-").replace("-", "_") if flags else ""
-                found += [f"--{dest}={kw.value.value} (line {kw.lineno})" for kw in node.keywords
-                          if kw.arg == "default" and dest in FRAME_NAMES and _int_literal(kw.value)]
-            found += [f"{kw.arg}={kw.value.value} (line {kw.lineno})" for kw in node.keywords
-                      if kw.arg in FRAME_NAMES and _int_literal(kw.value)]
-            if name in FRAME_CALLS:
-                found += [f"{name}=(..., {a.value}, ...) (line {a.lineno})" for a in node.args if _int_literal(a)]
+    for node in ast.walk(ast.parse(path.read_text())):
+        found += [f"{shown}={value.value} (line {line})" for name, shown, value, line in named_values(node)
+                  if name in FRAME_NAMES and _int_literal(value)]
+        if isinstance(node, ast.Call) and _call_name(node) in FRAME_CALLS:
+            found += [f"{_call_name(node)}=(..., {a.value}, ...) (line {a.lineno})" for a in node.args
+                      if _int_literal(a)]
     return found
 
 
@@ -179,23 +188,8 @@ def _patch_and_budget_literals(path: Path) -> list[str]:
             for k, v in zip(node.keys, node.values):
                 if isinstance(k, ast.Constant) and k.value in ("patch_size", "merge_size") and patch_const(v):
                     found.append(f"patch rule {k.value!r}: {v.value} (line {v.lineno})")
-        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            args = node.args.posonlyargs + node.args.args
-            pairs = list(zip(args[len(args) - len(node.args.defaults):], node.args.defaults))
-            pairs += [(a, d) for a, d in zip(node.args.kwonlyargs, node.args.kw_defaults) if d is not None]
-            found += [f"budget {a.arg}=1024 (line {d.lineno})" for a, d in pairs if a.arg in BUDGET_NAMES and budget(d)]
-        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
-            if node.target.id in BUDGET_NAMES and node.value is not None and budget(node.value):
-                found.append(f"budget {node.target.id}=1024 (line {node.lineno})")
-        elif isinstance(node, ast.Call):
-            name = getattr(node.func, "id", getattr(node.func, "attr", ""))
-            if name == "add_argument":
-                flags = [a.value for a in node.args if isinstance(a, ast.Constant) and isinstance(a.value, str)]
-                dest = flags[0].lstrip("-").replace("-", "_") if flags else ""
-                found += [f"budget --{dest}=1024 (line {kw.lineno})" for kw in node.keywords
-                          if kw.arg == "default" and dest in BUDGET_NAMES and budget(kw.value)]
-            found += [f"budget {kw.arg}=1024 (line {kw.lineno})" for kw in node.keywords
-                      if kw.arg in BUDGET_NAMES and budget(kw.value)]
+        found += [f"budget {shown}=1024 (line {line})" for name, shown, value, line in named_values(node)
+                  if name in BUDGET_NAMES and budget(value)]
     return found
 
 
